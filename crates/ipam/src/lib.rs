@@ -1,1 +1,270 @@
-//! ipam
+//! IP address management for one node's pod CIDR, stored in files.
+//!
+//! # Layout
+//! One directory per network: `<dataDir>/<network>/`, holding
+//! - one record per allocated IP, named after the IP, holding `<containerID>\n<ifname>`;
+//!   a record appears atomically (written to a temporary file, then hard-linked into place,
+//!   which fails if the IP is taken), so a crash never leaves a half-written record;
+//! - `last_reserved_ip`: where the round-robin search starts next (replaced atomically);
+//! - `lock`: every operation holds an exclusive `flock` on it for its whole duration.
+//!
+//! The network address, the first host address (kept for the node, like a gateway) and the
+//! broadcast address are never handed out.
+//!
+//! This crate must not touch the network: it only keeps the books.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("subnet {0} is too small to allocate from (needs a prefix of /30 or shorter)")]
+    SubnetTooSmall(Ipv4Net),
+    #[error("no free address left in {0}")]
+    Exhausted(Ipv4Net),
+    #[error("requested address {ip} is not allocatable in {subnet}")]
+    NotInRange { ip: Ipv4Addr, subnet: Ipv4Net },
+    #[error("requested address {ip} is already allocated to {owner}")]
+    Taken { ip: Ipv4Addr, owner: String },
+    #[error("{container_id}/{ifname} already holds {ip}; delete it before adding it again")]
+    Duplicate { container_id: String, ifname: String, ip: Ipv4Addr },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IpamError + '_ {
+    move |source| IpamError::Io { path: path.to_path_buf(), source }
+}
+
+/// One allocation: who holds which address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub ip: Ipv4Addr,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// The allocator of one network on one node.
+pub struct Ipam {
+    dir: PathBuf,
+    subnet: Ipv4Net,
+}
+
+/// Holds the directory lock; released on drop (and by the kernel if the process dies).
+struct Lock(File);
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // SAFETY: the fd is owned by self.0 and stays open for the duration of the call.
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+impl Ipam {
+    /// `data_dir/<network>` is created on first use.
+    pub fn new(data_dir: &Path, network: &str, subnet: Ipv4Net) -> Result<Self, IpamError> {
+        if subnet.prefix_len() > 30 {
+            return Err(IpamError::SubnetTooSmall(subnet));
+        }
+        Ok(Self { dir: data_dir.join(network), subnet: subnet.trunc() })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// First and last address that may be handed out.
+    fn range(&self) -> (u32, u32) {
+        let net = u32::from(self.subnet.network());
+        let bcast = u32::from(self.subnet.broadcast());
+        (net + 2, bcast - 1)
+    }
+
+    /// Addresses that may be handed out.
+    pub fn capacity(&self) -> u32 {
+        let (first, last) = self.range();
+        last - first + 1
+    }
+
+    fn lock(&self) -> Result<Lock, IpamError> {
+        fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let path = self.dir.join("lock");
+        let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io(&path))?;
+        loop {
+            // SAFETY: flock on an fd we own; no memory is involved.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(Lock(file));
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(IpamError::Io { path, source: err });
+            }
+        }
+    }
+
+    fn read_records(&self) -> Result<Vec<Record>, IpamError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(IpamError::Io { path: self.dir.clone(), source: e }),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io(&self.dir))?;
+            let name = entry.file_name();
+            let Some(ip) = name.to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else { continue };
+            let path = entry.path();
+            let text = match fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(IpamError::Io { path, source: e }),
+            };
+            let mut lines = text.lines();
+            let container_id = lines.next().unwrap_or_default().trim().to_string();
+            let ifname = lines.next().unwrap_or_default().trim().to_string();
+            out.push(Record { ip, container_id, ifname });
+        }
+        out.sort_by_key(|r| r.ip);
+        Ok(out)
+    }
+
+    /// Every allocation, ordered by address.
+    pub fn list(&self) -> Result<Vec<Record>, IpamError> {
+        let _lock = self.lock()?;
+        self.read_records()
+    }
+
+    /// The address held by `container_id`/`ifname`, if any.
+    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, IpamError> {
+        let _lock = self.lock()?;
+        Ok(self
+            .read_records()?
+            .into_iter()
+            .find(|r| r.container_id == container_id && r.ifname == ifname)
+            .map(|r| r.ip))
+    }
+
+    /// Allocates an address (the requested one, or the next free one after the last handed
+    /// out, wrapping around) and records it for `container_id`/`ifname`.
+    pub fn allocate(&self, container_id: &str, ifname: &str, requested: Option<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
+        let _lock = self.lock()?;
+        let records = self.read_records()?;
+        if let Some(r) = records.iter().find(|r| r.container_id == container_id && r.ifname == ifname) {
+            return Err(IpamError::Duplicate { container_id: container_id.into(), ifname: ifname.into(), ip: r.ip });
+        }
+        let (first, last) = self.range();
+        if let Some(ip) = requested {
+            let n = u32::from(ip);
+            if n < first || n > last {
+                return Err(IpamError::NotInRange { ip, subnet: self.subnet });
+            }
+            if let Some(r) = records.iter().find(|r| r.ip == ip) {
+                return Err(IpamError::Taken { ip, owner: format!("{}/{}", r.container_id, r.ifname) });
+            }
+            self.write_record(ip, container_id, ifname)?;
+            return Ok(ip);
+        }
+        let taken: std::collections::HashSet<Ipv4Addr> = records.iter().map(|r| r.ip).collect();
+        let size = last - first + 1;
+        let start = self
+            .last_reserved()
+            .map(u32::from)
+            .filter(|n| (first..=last).contains(n))
+            .map(|n| if n == last { first } else { n + 1 })
+            .unwrap_or(first);
+        for i in 0..size {
+            let n = first + (start - first + i) % size;
+            let ip = Ipv4Addr::from(n);
+            if taken.contains(&ip) {
+                continue;
+            }
+            match self.write_record(ip, container_id, ifname) {
+                Ok(()) => return Ok(ip),
+                // A record we could not see (written by an older version without the lock).
+                Err(IpamError::Taken { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(IpamError::Exhausted(self.subnet))
+    }
+
+    fn last_reserved(&self) -> Option<Ipv4Addr> {
+        fs::read_to_string(self.dir.join("last_reserved_ip")).ok()?.trim().parse().ok()
+    }
+
+    fn write_record(&self, ip: Ipv4Addr, container_id: &str, ifname: &str) -> Result<(), IpamError> {
+        let tmp = self.dir.join(format!(".tmp-{}", std::process::id()));
+        let target = self.dir.join(ip.to_string());
+        write_file(&tmp, format!("{container_id}\n{ifname}").as_bytes())?;
+        let linked = fs::hard_link(&tmp, &target);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(IpamError::Taken { ip, owner: "another container".into() });
+            }
+            Err(e) => return Err(IpamError::Io { path: target, source: e }),
+        }
+        let last = self.dir.join("last_reserved_ip");
+        let tmp_last = self.dir.join(format!(".last-{}", std::process::id()));
+        write_file(&tmp_last, ip.to_string().as_bytes())?;
+        fs::rename(&tmp_last, &last).map_err(io(&last))?;
+        Ok(())
+    }
+
+    /// Releases what `container_id`/`ifname` holds; `Ok(None)` when it holds nothing.
+    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, IpamError> {
+        let _lock = self.lock()?;
+        let records = self.read_records()?;
+        let Some(r) = records.into_iter().find(|r| r.container_id == container_id && r.ifname == ifname) else {
+            return Ok(None);
+        };
+        let path = self.dir.join(r.ip.to_string());
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(Some(r.ip)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(IpamError::Io { path, source: e }),
+        }
+    }
+
+    /// Releases every record whose attachment is not in `valid`; returns what was released.
+    /// Keeps going past errors and returns them all.
+    pub fn gc(&self, valid: &[(String, String)]) -> Result<(Vec<Record>, Vec<IpamError>), IpamError> {
+        let _lock = self.lock()?;
+        let mut released = Vec::new();
+        let mut errors = Vec::new();
+        for r in self.read_records()? {
+            if valid.iter().any(|(c, i)| *c == r.container_id && *i == r.ifname) {
+                continue;
+            }
+            let path = self.dir.join(r.ip.to_string());
+            match fs::remove_file(&path) {
+                Ok(()) => released.push(r),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(IpamError::Io { path, source: e }),
+            }
+        }
+        Ok((released, errors))
+    }
+
+    /// Checks that the directory can be used (for STATUS).
+    pub fn check_usable(&self) -> Result<(), IpamError> {
+        let _lock = self.lock()?;
+        Ok(())
+    }
+}
+
+fn write_file(path: &Path, data: &[u8]) -> Result<(), IpamError> {
+    let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(path).map_err(io(path))?;
+    f.write_all(data).map_err(io(path))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

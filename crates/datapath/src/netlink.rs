@@ -1,0 +1,535 @@
+//! A synchronous rtnetlink socket bound to one network namespace.
+//!
+//! One request at a time, each acknowledged, so every error names the operation that failed.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::num::NonZeroI32;
+use std::os::fd::RawFd;
+
+use ipnet::Ipv4Net;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use crate::netns::{NetNs, NetnsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink socket: {0}")]
+    Socket(std::io::Error),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("{op}: {source}")]
+    Kernel { op: String, source: std::io::Error },
+    #[error("{op}: cannot decode the kernel's answer: {detail}")]
+    Decode { op: String, detail: String },
+    #[error("link {0} not found")]
+    LinkNotFound(String),
+}
+
+impl NetlinkError {
+    /// The errno the kernel answered with, if this is a kernel error.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Kernel { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// What callers need to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    pub up: bool,
+    pub kind: Option<String>,
+}
+
+/// A route in the main table, as far as flatnet uses routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    pub scope_link: bool,
+    /// Route the gateway even if it is not on a connected subnet (`onlink`).
+    pub onlink: bool,
+}
+
+pub struct Handle {
+    socket: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+const RTNH_F_ONLINK: u32 = 4;
+
+impl Handle {
+    /// A socket in the calling thread's namespace.
+    pub fn new() -> Result<Self, NetlinkError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
+        socket.bind_auto().map_err(NetlinkError::Socket)?;
+        socket.connect(&SocketAddr::new(0, 0)).map_err(NetlinkError::Socket)?;
+        // Strict checking makes the kernel filter dumps by the header fields we set.
+        let _ = socket.set_netlink_get_strict_chk(true);
+        Ok(Self { socket, seq: 0, buf: vec![0; 64 * 1024] })
+    }
+
+    /// A socket bound to `ns` (created inside it; the thread returns afterwards).
+    pub fn in_netns(ns: &NetNs) -> Result<Self, NetlinkError> {
+        ns.run(Self::new)?
+    }
+
+    fn request(
+        &mut self,
+        op: impl Fn() -> String,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        self.seq = self.seq.wrapping_add(1);
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        packet.finalize();
+        let len = packet.buffer_len();
+        let mut out = vec![0u8; len];
+        packet.serialize(&mut out);
+        self.socket
+            .send(&out, 0)
+            .map_err(|source| NetlinkError::Kernel { op: op(), source })?;
+
+        let mut answers = Vec::new();
+        loop {
+            let n = self
+                .socket
+                .recv(&mut &mut self.buf[..], 0)
+                .map_err(|source| NetlinkError::Kernel { op: op(), source })?;
+            let mut offset = 0;
+            while offset < n {
+                let bytes = &self.buf[offset..n];
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
+                    .map_err(|e| NetlinkError::Decode { op: op(), detail: e.to_string() })?;
+                let len = reply.header.length as usize;
+                if reply.header.sequence_number != self.seq {
+                    // A late answer to an earlier request: skip it.
+                    offset += len.max(1);
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::Done(_) => return Ok(answers),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(answers),
+                            Some(code) => Err(NetlinkError::Kernel {
+                                op: op(),
+                                source: errno(code),
+                            }),
+                        };
+                    }
+                    NetlinkPayload::InnerMessage(m) => {
+                        answers.push(m);
+                        if !dump && flags & NLM_F_ACK == 0 {
+                            return Ok(answers);
+                        }
+                    }
+                    _ => {}
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+        }
+    }
+
+    // ---- links ----
+
+    pub fn link(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(|| format!("get link {name}"), RouteNetlinkMessage::GetLink(msg), 0) {
+            Ok(answers) => Ok(answers.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(to_link(&l)),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
+        let msg = LinkMessage::default();
+        let answers = self.request(|| "list links".into(), RouteNetlinkMessage::GetLink(msg), NLM_F_DUMP)?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(to_link(&l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Creates a veth pair: `name` here, `peer` born inside the namespace `peer_ns` (so it
+    /// never appears in this namespace under a name that could collide).
+    pub fn add_veth(&mut self, name: &str, peer: &str, peer_ns: RawFd, mtu: u32) -> Result<(), NetlinkError> {
+        let mut peer_msg = LinkMessage::default();
+        peer_msg.attributes.push(LinkAttribute::IfName(peer.to_string()));
+        peer_msg.attributes.push(LinkAttribute::NetNsFd(peer_ns));
+        peer_msg.attributes.push(LinkAttribute::Mtu(mtu));
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+        ]));
+        self.request(
+            || format!("create veth {name} with peer {peer}"),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    /// Creates a VXLAN device without learning (entries are programmed explicitly).
+    pub fn add_vxlan(
+        &mut self,
+        name: &str,
+        vni: u32,
+        local: Ipv4Addr,
+        underlay_index: u32,
+        port: u16,
+        mtu: u32,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Vxlan),
+            LinkInfo::Data(InfoData::Vxlan(vec![
+                InfoVxlan::Id(vni),
+                InfoVxlan::Local(local),
+                InfoVxlan::Link(underlay_index),
+                InfoVxlan::Port(port),
+                InfoVxlan::Learning(false),
+            ])),
+        ]));
+        self.request(
+            || format!("create vxlan {name}"),
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    pub fn set_up(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        self.request(|| format!("set link {index} up"), RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)?;
+        Ok(())
+    }
+
+    /// Deletes a link by name; `Ok(false)` when there was none.
+    pub fn del_link(&mut self, name: &str) -> Result<bool, NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        match self.request(|| format!("delete link {name}"), RouteNetlinkMessage::DelLink(msg), NLM_F_ACK) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    // ---- addresses ----
+
+    pub fn add_addr(&mut self, index: u32, addr: Ipv4Net) -> Result<(), NetlinkError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = addr.prefix_len();
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
+        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+        self.request(
+            || format!("add address {addr} to link {index}"),
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        Ok(())
+    }
+
+    /// IPv4 addresses on a link.
+    pub fn addrs(&mut self, index: u32) -> Result<Vec<Ipv4Net>, NetlinkError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.index = index;
+        let answers = self.request(
+            || format!("list addresses of link {index}"),
+            RouteNetlinkMessage::GetAddress(msg),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for m in answers {
+            if let RouteNetlinkMessage::NewAddress(a) = m {
+                if a.header.index != index {
+                    continue;
+                }
+                for attr in &a.attributes {
+                    if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
+                        if let Ok(net) = Ipv4Net::new(*ip, a.header.prefix_len) {
+                            out.push(net);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- routes ----
+
+    fn route_msg(route: &Route) -> RouteMessage {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.destination_prefix_length = route.dst.prefix_len();
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        msg.header.protocol = RouteProtocol::Static;
+        msg.header.scope = if route.scope_link { RouteScope::Link } else { RouteScope::Universe };
+        msg.header.kind = RouteType::Unicast;
+        if route.onlink {
+            msg.header.flags = netlink_packet_route::route::RouteFlags::from_bits_retain(RTNH_F_ONLINK);
+        }
+        msg.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(route.dst.network())));
+        if let Some(gw) = route.gateway {
+            msg.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+        }
+        if let Some(oif) = route.oif {
+            msg.attributes.push(RouteAttribute::Oif(oif));
+        }
+        msg
+    }
+
+    /// Adds or replaces a route (idempotent).
+    pub fn replace_route(&mut self, route: &Route) -> Result<(), NetlinkError> {
+        self.request(
+            || format!("add route {}", route.dst),
+            RouteNetlinkMessage::NewRoute(Self::route_msg(route)),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a route; `Ok(false)` when there was none.
+    pub fn del_route(&mut self, route: &Route) -> Result<bool, NetlinkError> {
+        match self.request(
+            || format!("delete route {}", route.dst),
+            RouteNetlinkMessage::DelRoute(Self::route_msg(route)),
+            NLM_F_ACK,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ESRCH) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// IPv4 routes of the main table.
+    pub fn routes(&mut self) -> Result<Vec<Route>, NetlinkError> {
+        let mut msg = RouteMessage::default();
+        msg.header.address_family = AddressFamily::Inet;
+        msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        let answers = self.request(|| "list routes".into(), RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for m in answers {
+            let RouteNetlinkMessage::NewRoute(r) = m else { continue };
+            if r.header.table != RouteHeader::RT_TABLE_MAIN || r.header.kind != RouteType::Unicast {
+                continue;
+            }
+            let mut dst = Ipv4Addr::UNSPECIFIED;
+            let mut gateway = None;
+            let mut oif = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            let Ok(dst) = Ipv4Net::new(dst, r.header.destination_prefix_length) else { continue };
+            out.push(Route {
+                dst,
+                gateway,
+                oif,
+                scope_link: r.header.scope == RouteScope::Link,
+                onlink: r.header.flags.bits() & RTNH_F_ONLINK != 0,
+            });
+        }
+        Ok(out)
+    }
+
+    // ---- neighbours ----
+
+    fn neigh_msg(index: u32, ip: Ipv4Addr, mac: Option<[u8; 6]>, bridge: bool) -> NeighbourMessage {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = if bridge { AddressFamily::Bridge } else { AddressFamily::Inet };
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        if bridge {
+            msg.header.flags = NeighbourFlags::Own;
+        }
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        if let Some(mac) = mac {
+            msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        }
+        msg
+    }
+
+    /// A permanent ARP entry `ip -> mac` on link `index` (added or replaced).
+    pub fn replace_neigh(&mut self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        self.request(
+            || format!("add neighbour {ip} on link {index}"),
+            RouteNetlinkMessage::NewNeighbour(Self::neigh_msg(index, ip, Some(mac), false)),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        Ok(())
+    }
+
+    pub fn del_neigh(&mut self, index: u32, ip: Ipv4Addr) -> Result<bool, NetlinkError> {
+        match self.request(
+            || format!("delete neighbour {ip} on link {index}"),
+            RouteNetlinkMessage::DelNeighbour(Self::neigh_msg(index, ip, None, false)),
+            NLM_F_ACK,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A VXLAN forwarding entry: frames for `mac` go to the VTEP at `dst` (`bridge fdb append`).
+    pub fn replace_fdb(&mut self, index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Result<(), NetlinkError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        msg.header.state = NeighbourState::Permanent;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        self.request(
+            || format!("add fdb entry for {dst} on link {index}"),
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        Ok(())
+    }
+
+    pub fn del_fdb(&mut self, index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Result<bool, NetlinkError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        match self.request(
+            || format!("delete fdb entry for {dst} on link {index}"),
+            RouteNetlinkMessage::DelNeighbour(msg),
+            NLM_F_ACK,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Permanent IPv4 neighbours: (link index, ip, mac).
+    pub fn neighbours(&mut self) -> Result<Vec<(u32, Ipv4Addr, [u8; 6])>, NetlinkError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        let answers = self.request(|| "list neighbours".into(), RouteNetlinkMessage::GetNeighbour(msg), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for m in answers {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
+            if n.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let mut ip = None;
+            let mut mac = None;
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(*v),
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(l),
+                    _ => {}
+                }
+            }
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.push((n.header.ifindex, ip, mac));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn errno(code: NonZeroI32) -> std::io::Error {
+    std::io::Error::from_raw_os_error(code.get().abs())
+}
+
+fn mac6(bytes: &[u8]) -> Option<[u8; 6]> {
+    bytes.try_into().ok()
+}
+
+fn to_link(m: &LinkMessage) -> Link {
+    let mut link = Link {
+        index: m.header.index,
+        name: String::new(),
+        mac: None,
+        mtu: None,
+        up: m.header.flags.contains(LinkFlags::Up),
+        kind: None,
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Address(mac) => link.mac = mac6(mac),
+            LinkAttribute::Mtu(mtu) => link.mtu = Some(*mtu),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        link.kind = Some(k.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+/// `aa:bb:cc:dd:ee:ff`
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
+    parts.try_into().ok()
+}

@@ -1,0 +1,69 @@
+//! Network namespaces: open one by path and run code inside it on the calling thread.
+
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::sched::{CloneFlags, setns};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("cannot open network namespace {path}: {source}")]
+    Open { path: PathBuf, source: std::io::Error },
+    #[error("cannot enter network namespace {path}: {source}")]
+    Enter { path: PathBuf, source: nix::Error },
+    #[error("cannot return to the original network namespace: {0}")]
+    Return(nix::Error),
+}
+
+/// An open network namespace file (`/run/netns/NAME`, `/proc/PID/ns/net`).
+#[derive(Debug)]
+pub struct NetNs {
+    file: File,
+    path: PathBuf,
+}
+
+impl NetNs {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, NetnsError> {
+        let path = path.as_ref().to_path_buf();
+        let file = File::open(&path).map_err(|source| NetnsError::Open { path: path.clone(), source })?;
+        Ok(Self { file, path })
+    }
+
+    /// The namespace of the calling thread.
+    pub fn current() -> Result<Self, NetnsError> {
+        Self::open("/proc/thread-self/ns/net")
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Runs `f` with the calling thread inside this namespace and returns to the original one
+    /// afterwards. Sockets created inside `f` stay bound to this namespace.
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T, NetnsError> {
+        let origin = Self::current()?;
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|source| NetnsError::Enter { path: self.path.clone(), source })?;
+        let out = f();
+        setns(origin.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(NetnsError::Return)?;
+        Ok(out)
+    }
+
+    /// Moves the calling thread into this namespace for good (for a process about to exec).
+    pub fn enter(&self) -> Result<(), NetnsError> {
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(|source| NetnsError::Enter { path: self.path.clone(), source })
+    }
+
+    /// Device and inode of the namespace: equal for two handles of the same namespace.
+    pub fn id(&self) -> std::io::Result<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.file.metadata()?;
+        Ok((m.dev(), m.ino()))
+    }
+}
