@@ -101,7 +101,8 @@ impl CniResult {
     ///
     /// 0.3.0/0.3.1/0.4.0 put `"version": "4"|"6"` in each `ips` entry; those and 1.0.0 drop the
     /// 1.1.0-only fields (`interfaces[].mtu`, `routes[].mtu/advmss/priority/table/scope`).
-    /// Empty lists, `None` and empty strings are left out; `dns` only when `Some`.
+    /// Empty lists, `None` and empty strings are left out; `dns` only when `Some`. A version
+    /// that does not parse, or is newer than 1.1.0, gets the 1.1.0 shape.
     pub fn to_json(&self, version: &str) -> Value {
         let shape = Shape::of(version);
         let mut out = Map::new();
