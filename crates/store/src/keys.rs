@@ -1,0 +1,83 @@
+//! Key names of design.md §4, relative to the store prefix (`/flatnet/`).
+
+/// Network config: pod CIDR, per-node prefix length, backend, service CIDR.
+pub const CONFIG: &str = "config";
+/// Prefix of every Kubernetes object key.
+pub const OBJECTS: &str = "objects/";
+/// Prefix of every node subnet lease key.
+pub const SUBNETS: &str = "subnets/";
+/// Prefix of every agent status key.
+pub const AGENTS: &str = "agents/";
+
+/// Namespace segment used for cluster-scoped kinds.
+pub const CLUSTER_SCOPE: &str = "_";
+
+/// `objects/<kind>/<namespace or _>/<name>`; `kind` is used as given (callers pick one spelling).
+pub fn object(kind: &str, namespace: Option<&str>, name: &str) -> String {
+    format!(
+        "{OBJECTS}{kind}/{}/{name}",
+        namespace.unwrap_or(CLUSTER_SCOPE)
+    )
+}
+
+/// `objects/<kind>/`: list or watch every object of one kind.
+pub fn object_kind_prefix(kind: &str) -> String {
+    format!("{OBJECTS}{kind}/")
+}
+
+/// `subnets/10.244.1.0-24` for `10.244.1.0/24` (the `/` would read as a path separator).
+pub fn subnet(cidr: &str) -> String {
+    format!("{SUBNETS}{}", cidr.replace('/', "-"))
+}
+
+/// The CIDR a subnet key names: `subnets/10.244.1.0-24` -> `10.244.1.0/24`; None for other keys.
+pub fn subnet_cidr(key: &str) -> Option<String> {
+    let rest = key.strip_prefix(SUBNETS)?;
+    let (addr, len) = rest.rsplit_once('-')?;
+    if addr.is_empty() || len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(format!("{addr}/{len}"))
+}
+
+/// `agents/<node>`.
+pub fn agent(node: &str) -> String {
+    format!("{AGENTS}{node}")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaced_and_cluster_scoped_objects() {
+        assert_eq!(
+            object("pods", Some("default"), "web-0"),
+            "objects/pods/default/web-0"
+        );
+        assert_eq!(object("nodes", None, "n1"), "objects/nodes/_/n1");
+        assert!(object("pods", Some("default"), "web-0").starts_with(&object_kind_prefix("pods")));
+    }
+
+    #[test]
+    fn subnet_key_round_trips_v4_and_v6() {
+        assert_eq!(subnet("10.244.1.0/24"), "subnets/10.244.1.0-24");
+        assert_eq!(
+            subnet_cidr("subnets/10.244.1.0-24").as_deref(),
+            Some("10.244.1.0/24")
+        );
+        assert_eq!(
+            subnet_cidr(&subnet("fd00:10:244:1::/64")).as_deref(),
+            Some("fd00:10:244:1::/64")
+        );
+        assert_eq!(subnet_cidr("agents/n1"), None);
+        assert_eq!(subnet_cidr("subnets/garbage"), None);
+    }
+
+    #[test]
+    fn agent_and_config_keys() {
+        assert_eq!(agent("node-1"), "agents/node-1");
+        assert_eq!(CONFIG, "config");
+    }
+}
