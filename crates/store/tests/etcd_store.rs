@@ -190,3 +190,18 @@ async fn detached_server_keeps_running() {
     assert!(status.unwrap().success());
     alive.unwrap();
 }
+
+#[tokio::test]
+async fn watch_outlives_the_request_timeout() {
+    let Some(h) = etcd("idle-watch").await else {
+        return;
+    };
+    let mut w = h.store.watch("agents/", 0).await.unwrap();
+    tokio::time::sleep(store::REQUEST_TIMEOUT + Duration::from_secs(2)).await;
+    let r = h.store.put("agents/n1", vec![]).await.unwrap();
+    assert_eq!(
+        next_ok(&mut w).await.mod_revision(),
+        r,
+        "an idle watch is not a slow request"
+    );
+}
