@@ -57,11 +57,21 @@ pub struct EtcdProcess {
 impl EtcdProcess {
     /// Start on two free loopback ports and wait until it answers (at most [`START_TIMEOUT`]).
     pub fn start(dir: &Path) -> Result<Self, StoreError> {
+        Self::start_with(dir, false)
+    }
+
+    /// Like [`EtcdProcess::start`], but the server runs in a session of its own, so it
+    /// outlives the caller's terminal and process group (the lab daemonises it this way).
+    pub fn start_in_own_session(dir: &Path) -> Result<Self, StoreError> {
+        Self::start_with(dir, true)
+    }
+
+    fn start_with(dir: &Path, own_session: bool) -> Result<Self, StoreError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let (client_port, peer_port) = free_ports()?;
-            match Self::start_on(dir, client_port, peer_port) {
+            match Self::spawn(dir, client_port, peer_port, own_session) {
                 Err(StoreError::Other(msg))
                     if attempt < START_ATTEMPTS && msg.contains("exited") =>
                 {
@@ -75,6 +85,10 @@ impl EtcdProcess {
     /// Start on the given ports with the data under `dir`: after [`EtcdProcess::stop`], the
     /// same ports and data dir bring the same member (and its keys) back.
     pub fn start_on(dir: &Path, client_port: u16, peer_port: u16) -> Result<Self, StoreError> {
+        Self::spawn(dir, client_port, peer_port, false)
+    }
+
+    fn spawn(dir: &Path, client_port: u16, peer_port: u16, own_session: bool) -> Result<Self, StoreError> {
         let io_err = |what: &str, e: std::io::Error| {
             StoreError::Other(format!("start etcd in {}: {what}: {e}", dir.display()))
         };
@@ -117,6 +131,18 @@ impl EtcdProcess {
             let is_etcd = name.to_str().is_some_and(|n| n.starts_with("ETCD_"));
             if is_etcd && name != "ETCD_UNSUPPORTED_ARCH" {
                 command.env_remove(name);
+            }
+        }
+        if own_session {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setsid(2) is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                command.pre_exec(|| {
+                    if libc::setsid() < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
             }
         }
         let child = command
