@@ -1,0 +1,320 @@
+//! The API-server and scheduler part of the lab: defaulting and storing objects (`apply`,
+//! `delete`, `label`, `get`), binding pods to nodes and expanding Deployments into pods.
+//! Validation happens before anything is written (all-or-nothing per `apply`).
+
+use std::collections::{BTreeMap, HashMap};
+
+use model::{Kind, Object};
+use serde_json::{Value, json};
+use store::{EtcdStore, Store, StoreError};
+
+use crate::kubelet::update;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{kind} {name} not found{ns}", ns = namespace.as_ref().map(|n| format!(" in namespace {n}")).unwrap_or_default())]
+    NotFound { kind: String, namespace: Option<String>, name: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What `apply` did to one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub kind: Kind,
+    pub namespace: Option<String>,
+    pub name: String,
+    /// "created", "configured" or "unchanged", as kubectl says.
+    pub action: &'static str,
+}
+
+/// Namespaces every cluster has.
+pub const BUILTIN_NAMESPACES: [&str; 2] = ["default", "kube-system"];
+
+fn new_uid() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid").map(|s| s.trim().to_string()).unwrap_or_else(|_| {
+        format!("{:032x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0))
+    })
+}
+
+pub fn kind_key(kind: Kind, namespace: Option<&str>, name: &str) -> String {
+    model::object_key(kind, if kind.namespaced() { namespace.or(Some("default")) } else { None }, name)
+}
+
+/// Creates the built-in namespaces if they are missing.
+pub async fn ensure_builtin_namespaces(store: &EtcdStore) -> Result<(), ApiError> {
+    for ns in BUILTIN_NAMESPACES {
+        let obj = model::parse_manifests(&format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"), "builtin")
+            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        apply(store, obj).await?;
+    }
+    Ok(())
+}
+
+/// Stores validated objects: creates what is new, updates what exists, keeping the fields the
+/// cluster owns (uid, creation time, pod binding and status).
+pub async fn apply(store: &EtcdStore, objects: Vec<Object>) -> Result<Vec<Applied>, ApiError> {
+    // Every namespace referenced must exist or be created by this same apply.
+    let mut namespaces: Vec<String> = objects.iter().filter(|o| o.kind == Kind::Namespace).map(|o| o.name().to_string()).collect();
+    for o in &objects {
+        if let Some(ns) = o.namespace() {
+            if namespaces.iter().any(|n| n == ns) {
+                continue;
+            }
+            if store.get(&kind_key(Kind::Namespace, None, ns)).await?.is_none() {
+                return Err(ApiError::Invalid(format!(
+                    "{} {}/{}: namespace {ns} does not exist (nothing was applied)",
+                    o.kind.as_str(),
+                    ns,
+                    o.name()
+                )));
+            }
+            namespaces.push(ns.to_string());
+        }
+    }
+    let mut out = Vec::new();
+    for obj in objects {
+        let action = apply_one(store, &obj).await?;
+        out.push(Applied { kind: obj.kind, namespace: obj.namespace().map(str::to_string), name: obj.name().to_string(), action });
+        if obj.kind == Kind::Deployment {
+            reconcile_deployment(store, obj.namespace().unwrap_or("default"), obj.name()).await?;
+        }
+    }
+    Ok(out)
+}
+
+async fn apply_one(store: &EtcdStore, obj: &Object) -> Result<&'static str, ApiError> {
+    let key = obj.key();
+    let mut action = "created";
+    let mut new = obj.value.clone();
+    let pod_node = if obj.kind == Kind::Pod { Some(schedule(store).await?) } else { None };
+    let changed = update(store, &key, |cur| {
+        new = obj.value.clone();
+        if cur.is_null() {
+            action = "created";
+            new["metadata"]["uid"] = json!(new_uid());
+            new["metadata"]["creationTimestamp"] = json!(crate::now_rfc3339());
+            if obj.kind == Kind::Pod {
+                if new.pointer("/spec/nodeName").and_then(Value::as_str).is_none() {
+                    new["spec"]["nodeName"] = json!(pod_node.clone().unwrap_or_default());
+                }
+                new["status"] = json!({"phase": "Pending"});
+            }
+        } else {
+            action = "configured";
+            for f in ["uid", "creationTimestamp"] {
+                new["metadata"][f] = cur["metadata"][f].clone();
+            }
+            if obj.kind == Kind::Pod {
+                // Pods are immutable but for their metadata: keep the running spec and status.
+                let (labels, annotations) = (new["metadata"]["labels"].clone(), new["metadata"]["annotations"].clone());
+                new = cur.clone();
+                new["metadata"]["labels"] = labels;
+                new["metadata"]["annotations"] = annotations;
+            } else if let Some(status) = cur.get("status") {
+                new["status"] = status.clone();
+            }
+            if strip_nulls(new.clone()) == strip_nulls(cur.clone()) {
+                action = "unchanged";
+                return false;
+            }
+        }
+        *cur = strip_nulls(new.clone());
+        true
+    })
+    .await?;
+    Ok(if changed { action } else { "unchanged" })
+}
+
+fn strip_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect()),
+        Value::Array(a) => Value::Array(a.into_iter().map(strip_nulls).collect()),
+        v => v,
+    }
+}
+
+/// The Ready node with the fewest pods (ties: by name).
+async fn schedule(store: &EtcdStore) -> Result<String, ApiError> {
+    let (nodes, _) = store.list(&store::keys::object_kind_prefix(Kind::Node.plural())).await?;
+    let (pods, _) = store.list(&store::keys::object_kind_prefix(Kind::Pod.plural())).await?;
+    let mut load: BTreeMap<String, usize> = nodes
+        .iter()
+        .filter_map(|kv| kv.decode::<Value>().ok())
+        .filter(|n| {
+            n.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        })
+        .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str).map(|s| (s.to_string(), 0)))
+        .collect();
+    for p in pods.iter().filter_map(|kv| kv.decode::<Value>().ok()) {
+        if let Some(n) = p.pointer("/spec/nodeName").and_then(Value::as_str) {
+            if let Some(c) = load.get_mut(n) {
+                *c += 1;
+            }
+        }
+    }
+    load.into_iter()
+        .min_by_key(|(name, c)| (*c, name.clone()))
+        .map(|(n, _)| n)
+        .ok_or_else(|| ApiError::Invalid("no Ready node to schedule the pod on".into()))
+}
+
+/// Makes the pods of a Deployment match its replicas: adds pods (named
+/// `<deployment>-<suffix>`, with the template's labels) or removes the newest ones.
+pub async fn reconcile_deployment(store: &EtcdStore, ns: &str, name: &str) -> Result<(), ApiError> {
+    let Some(kv) = store.get(&kind_key(Kind::Deployment, Some(ns), name)).await? else { return Ok(()) };
+    let dep: Value = kv.decode()?;
+    let replicas = dep.pointer("/spec/replicas").and_then(Value::as_u64).unwrap_or(1) as usize;
+    let owned = owned_pods(store, ns, name).await?;
+    if owned.len() < replicas {
+        let template = dep.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        for _ in owned.len()..replicas {
+            let suffix: String = new_uid().chars().filter(|c| c.is_ascii_alphanumeric()).take(5).collect();
+            let mut pod = json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": format!("{name}-{suffix}"),
+                    "namespace": ns,
+                    "labels": template.pointer("/metadata/labels").cloned().unwrap_or(json!({})),
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": dep.pointer("/metadata/uid").cloned().unwrap_or(Value::Null), "controller": true}],
+                },
+                "spec": template.get("spec").cloned().unwrap_or(json!({})),
+            });
+            if let Some(a) = template.pointer("/metadata/annotations") {
+                pod["metadata"]["annotations"] = a.clone();
+            }
+            let obj = Object { kind: Kind::Pod, value: pod };
+            apply_one(store, &obj).await?;
+        }
+    } else if owned.len() > replicas {
+        let mut owned = owned;
+        let excess = owned.len() - replicas;
+        // Newest first, as the ReplicaSet controller prefers to remove young pods.
+        owned.sort_by(|a, b| b.1.cmp(&a.1));
+        for (pod, _) in owned.into_iter().take(excess) {
+            store.delete(&kind_key(Kind::Pod, Some(ns), &pod)).await?;
+        }
+    }
+    Ok(())
+}
+
+/// (name, creationTimestamp) of the pods a Deployment owns.
+async fn owned_pods(store: &EtcdStore, ns: &str, deployment: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let (pods, _) = store.list(&format!("{}{ns}/", store::keys::object_kind_prefix(Kind::Pod.plural()))).await?;
+    Ok(pods
+        .iter()
+        .filter_map(|kv| kv.decode::<Value>().ok())
+        .filter(|p| {
+            p.pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .is_some_and(|o| o.iter().any(|r| r["kind"] == "Deployment" && r["name"] == deployment))
+        })
+        .map(|p| {
+            (
+                p.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string(),
+                p.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
+/// Deletes one object; a Namespace takes everything in it along, a Deployment its pods.
+pub async fn delete(store: &EtcdStore, kind: Kind, namespace: Option<&str>, name: &str) -> Result<(), ApiError> {
+    let ns = if kind.namespaced() { Some(namespace.unwrap_or("default")) } else { None };
+    let key = kind_key(kind, ns, name);
+    if !store.delete(&key).await? {
+        return Err(ApiError::NotFound { kind: kind.as_str().into(), namespace: ns.map(str::to_string), name: name.into() });
+    }
+    match kind {
+        Kind::Namespace => {
+            for k in NAMESPACED_KINDS {
+                store.delete_prefix(&format!("{}{name}/", store::keys::object_kind_prefix(k.plural()))).await?;
+            }
+        }
+        Kind::Deployment => {
+            for (pod, _) in owned_pods(store, ns.unwrap_or("default"), name).await? {
+                store.delete(&kind_key(Kind::Pod, ns, &pod)).await?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+const NAMESPACED_KINDS: [Kind; 7] =
+    [Kind::Pod, Kind::Service, Kind::NetworkPolicy, Kind::Ingress, Kind::Secret, Kind::Deployment, Kind::EndpointSlice];
+
+/// `kubectl label --overwrite`: `Some(v)` sets, `None` removes.
+pub async fn label(
+    store: &EtcdStore,
+    kind: Kind,
+    namespace: Option<&str>,
+    name: &str,
+    changes: &[(String, Option<String>)],
+) -> Result<(), ApiError> {
+    let key = kind_key(kind, namespace, name);
+    let mut missing = false;
+    update(store, &key, |v| {
+        if v.is_null() {
+            missing = true;
+            return false;
+        }
+        if !v["metadata"].get("labels").is_some_and(Value::is_object) {
+            v["metadata"]["labels"] = json!({});
+        }
+        for (k, val) in changes {
+            match val {
+                Some(val) => v["metadata"]["labels"][k] = json!(val),
+                None => {
+                    if let Some(m) = v["metadata"]["labels"].as_object_mut() {
+                        m.remove(k);
+                    }
+                }
+            }
+        }
+        true
+    })
+    .await?;
+    if missing {
+        return Err(ApiError::NotFound {
+            kind: kind.as_str().into(),
+            namespace: kind.namespaced().then(|| namespace.unwrap_or("default").to_string()),
+            name: name.into(),
+        });
+    }
+    Ok(())
+}
+
+/// Objects of one kind: one by name, all in a namespace, or all (`namespace` None).
+pub async fn get(store: &EtcdStore, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Result<Vec<Value>, ApiError> {
+    if let Some(name) = name {
+        let key = kind_key(kind, namespace, name);
+        let Some(kv) = store.get(&key).await? else {
+            return Err(ApiError::NotFound {
+                kind: kind.as_str().into(),
+                namespace: kind.namespaced().then(|| namespace.unwrap_or("default").to_string()),
+                name: name.into(),
+            });
+        };
+        return Ok(vec![kv.decode()?]);
+    }
+    let prefix = match (kind.namespaced(), namespace) {
+        (true, Some(ns)) => format!("{}{ns}/", store::keys::object_kind_prefix(kind.plural())),
+        _ => store::keys::object_kind_prefix(kind.plural()),
+    };
+    let (kvs, _) = store.list(&prefix).await?;
+    Ok(kvs.iter().filter_map(|kv| kv.decode::<Value>().ok()).collect())
+}
+
+/// Label selector helper for callers that only have JSON.
+pub fn labels_of(v: &Value) -> HashMap<String, String> {
+    v.pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .unwrap_or_default()
+}

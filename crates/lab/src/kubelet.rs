@@ -1,0 +1,510 @@
+//! The kubelet role, one process per node: registers the node, watches the pods bound to it,
+//! and for each pod creates a network namespace, runs the CNI plugin chain exactly as a
+//! runtime would, starts the containers inside the namespace, and writes the pod's IP and
+//! readiness back to the store. Deleted pods are stopped and their network torn down (CNI DEL).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use model::{Container, Pod};
+use serde_json::{Value, json};
+use store::{EtcdStore, Store, StoreError, WatchEvent};
+use tokio::sync::mpsc;
+
+use crate::names::Lab;
+use crate::runtime::{self, Attachment, NetworkList};
+use crate::shell;
+use crate::topology::{CONFLIST_NAME, LabError};
+
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    pub lab: Lab,
+    pub node: String,
+    pub node_ip: Ipv4Addr,
+    pub pod_cidr: ipnet::Ipv4Net,
+    /// Directory of the `flatnet` and `flatnet-cni` binaries (the CNI_PATH).
+    pub bin_dir: PathBuf,
+}
+
+/// A pod this kubelet runs.
+struct RunningPod {
+    uid: String,
+    netns: String,
+    pids: Vec<u32>,
+    result: Option<Value>,
+}
+
+/// Sent by the threads that wait for container processes.
+struct Exited {
+    key: String,
+    uid: String,
+    container: String,
+    code: Option<i32>,
+}
+
+const PODS: &str = "objects/pods/";
+
+pub async fn run(cfg: KubeletConfig) -> Result<(), LabError> {
+    let store = loop {
+        match crate::client::connect(&cfg.lab).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!("store not reachable yet: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    register_node(&store, &cfg).await?;
+    let (exit_tx, mut exit_rx) = mpsc::channel::<Exited>(64);
+    let mut pods: HashMap<String, RunningPod> = HashMap::new();
+    loop {
+        let (kvs, rev) = match store.list(PODS).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("list pods: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut desired = HashMap::new();
+        for kv in kvs {
+            if let Some(pod) = mine(&cfg, &kv.value) {
+                desired.insert(kv.key.clone(), pod);
+            }
+        }
+        let stale: Vec<String> = pods
+            .iter()
+            .filter(|(k, rp)| desired.get(*k).is_none_or(|p| uid(p) != rp.uid))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in stale {
+            if let Some(rp) = pods.remove(&k) {
+                stop_pod(&cfg, &k, rp).await;
+            }
+        }
+        for (k, pod) in desired {
+            if !pods.contains_key(&k) {
+                start_pod(&cfg, &store, &k, pod, &exit_tx, &mut pods).await;
+            }
+        }
+        let mut watch = match store.watch(PODS, rev + 1).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("watch pods: {e}; relisting");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        loop {
+            tokio::select! {
+                ev = watch.recv() => match ev {
+                    Some(Ok(WatchEvent::Put(kv))) => {
+                        let want = mine(&cfg, &kv.value);
+                        let have_uid = pods.get(&kv.key).map(|p| p.uid.clone());
+                        match (want, have_uid) {
+                            (Some(p), Some(u)) if uid(&p) == u => {}
+                            (Some(p), _) => {
+                                if let Some(rp) = pods.remove(&kv.key) { stop_pod(&cfg, &kv.key, rp).await; }
+                                start_pod(&cfg, &store, &kv.key, p, &exit_tx, &mut pods).await;
+                            }
+                            (None, Some(_)) => {
+                                if let Some(rp) = pods.remove(&kv.key) { stop_pod(&cfg, &kv.key, rp).await; }
+                            }
+                            (None, None) => {}
+                        }
+                    }
+                    Some(Ok(WatchEvent::Delete { key, .. })) => {
+                        if let Some(rp) = pods.remove(&key) { stop_pod(&cfg, &key, rp).await; }
+                    }
+                    Some(Err(e)) => { tracing::warn!("pod watch ended: {e}; relisting"); break; }
+                    None => break,
+                },
+                Some(ex) = exit_rx.recv() => container_exited(&store, &pods, ex).await,
+            }
+        }
+    }
+}
+
+fn uid(p: &Pod) -> String {
+    p.metadata.uid.clone().unwrap_or_default()
+}
+
+/// The pod if it is bound to this node.
+fn mine(cfg: &KubeletConfig, value: &[u8]) -> Option<Pod> {
+    let pod: Pod = serde_json::from_slice(value).ok()?;
+    (pod.spec.node_name.as_deref() == Some(cfg.node.as_str())).then_some(pod)
+}
+
+async fn register_node(store: &EtcdStore, cfg: &KubeletConfig) -> Result<(), LabError> {
+    let key = store::keys::object("nodes", None, &cfg.node);
+    let now = crate::now_rfc3339();
+    let node = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": cfg.node,
+            "labels": {"kubernetes.io/hostname": cfg.node, "kubernetes.io/os": "linux"},
+            "creationTimestamp": now,
+        },
+        "spec": {"podCIDR": cfg.pod_cidr.to_string(), "podCIDRs": [cfg.pod_cidr.to_string()]},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": cfg.node_ip.to_string()}, {"type": "Hostname", "address": cfg.node}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastTransitionTime": now}],
+        },
+    });
+    update(store, &key, |v| {
+        let labels = v.pointer("/metadata/labels").cloned();
+        *v = node.clone();
+        if let (Some(Value::Object(old)), Some(Value::Object(new))) = (labels, v.pointer_mut("/metadata/labels")) {
+            for (k, val) in old {
+                new.entry(k).or_insert(val);
+            }
+        }
+        true
+    })
+    .await?;
+    Ok(())
+}
+
+/// Read-modify-write of one object with optimistic concurrency; `f` returns false to skip
+/// the write. A missing key starts from `null`.
+pub async fn update(store: &EtcdStore, key: &str, mut f: impl FnMut(&mut Value) -> bool) -> Result<bool, StoreError> {
+    for _ in 0..20 {
+        let cur = store.get(key).await?;
+        let (mut v, rev) = match &cur {
+            Some(kv) => (kv.decode::<Value>()?, kv.mod_revision),
+            None => (Value::Null, 0),
+        };
+        if !f(&mut v) {
+            return Ok(false);
+        }
+        match store.put_if(key, store::encode(key, &v)?, rev).await {
+            Ok(_) => return Ok(true),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict { key: key.to_string() })
+}
+
+/// Changes the status of the pod at `key` if it is still the pod with `uid`.
+async fn set_status(store: &EtcdStore, key: &str, uid: &str, f: impl Fn(&mut Value)) {
+    let r = update(store, key, |v| {
+        if v.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+            return false;
+        }
+        if !v.get("status").is_some_and(Value::is_object) {
+            v["status"] = json!({});
+        }
+        f(&mut v["status"]);
+        true
+    })
+    .await;
+    if let Err(e) = r {
+        tracing::warn!(pod = key, "cannot write status: {e}");
+    }
+}
+
+fn ready_condition(ready: bool) -> Value {
+    json!([
+        {"type": "PodScheduled", "status": "True"},
+        {"type": "Initialized", "status": "True"},
+        {"type": "ContainersReady", "status": if ready {"True"} else {"False"}},
+        {"type": "Ready", "status": if ready {"True"} else {"False"}, "lastTransitionTime": crate::now_rfc3339()},
+    ])
+}
+
+async fn start_pod(
+    cfg: &KubeletConfig,
+    store: &EtcdStore,
+    key: &str,
+    pod: Pod,
+    exit_tx: &mpsc::Sender<Exited>,
+    pods: &mut HashMap<String, RunningPod>,
+) {
+    let uid = uid(&pod);
+    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = pod.metadata.name.clone();
+    let span = tracing::info_span!("pod", pod = %format!("{ns}/{name}"));
+    let _g = span.enter();
+    let cfg2 = cfg.clone();
+    let pod2 = pod.clone();
+    let started = tokio::task::spawn_blocking(move || create_sandbox(&cfg2, &pod2)).await;
+    let (netns, result, ip) = match started {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            tracing::error!("sandbox: {e}");
+            let msg = e.to_string();
+            set_status(store, key, &uid, |s| {
+                s["phase"] = json!("Pending");
+                s["reason"] = json!("NetworkSetupFailed");
+                s["message"] = json!(msg);
+            })
+            .await;
+            pods.insert(key.to_string(), RunningPod { uid, netns: cfg.lab.pod_netns(&ns, &name), pids: vec![], result: None });
+            return;
+        }
+        Err(e) => {
+            tracing::error!("sandbox task: {e}");
+            return;
+        }
+    };
+    let mut pids = Vec::new();
+    let mut failure = None;
+    for c in &pod.spec.containers {
+        match start_container(cfg, &pod, c, &netns) {
+            Ok(child) => {
+                pids.push(child.id());
+                wait_in_thread(child, key, &uid, &c.name, exit_tx.clone());
+            }
+            Err(e) => {
+                failure = Some(format!("container {}: {e}", c.name));
+                break;
+            }
+        }
+    }
+    let ip_s = ip.to_string();
+    let host_ip = cfg.node_ip.to_string();
+    let netns_path = shell::netns_path(&netns);
+    set_status(store, key, &uid, |s| {
+        s["phase"] = json!(if failure.is_some() { "Failed" } else { "Running" });
+        s["podIP"] = json!(ip_s);
+        s["podIPs"] = json!([{"ip": ip_s}]);
+        s["hostIP"] = json!(host_ip);
+        s["hostIPs"] = json!([{"ip": host_ip}]);
+        s["startTime"] = json!(crate::now_rfc3339());
+        s["conditions"] = ready_condition(false);
+        if let Some(f) = &failure {
+            s["message"] = json!(f);
+        }
+        s["netns"] = json!(netns_path);
+    })
+    .await;
+    pods.insert(key.to_string(), RunningPod { uid: uid.clone(), netns: netns.clone(), pids, result: Some(result) });
+    if failure.is_some() {
+        return;
+    }
+    // Readiness in the background: the kubelet keeps serving other pods meanwhile.
+    let store = store.clone();
+    let key = key.to_string();
+    tokio::spawn(async move {
+        let probe_pod = pod.clone();
+        let probe_ns = netns.clone();
+        let ready = tokio::task::spawn_blocking(move || wait_ready(&probe_pod, &probe_ns, ip, Duration::from_secs(30)))
+            .await
+            .unwrap_or(false);
+        set_status(&store, &key, &uid, |s| {
+            if s["phase"] == "Running" {
+                s["conditions"] = ready_condition(ready);
+            }
+        })
+        .await;
+    });
+}
+
+/// Namespace + CNI ADD; returns (netns name, CNI result, pod IP).
+fn create_sandbox(cfg: &KubeletConfig, pod: &Pod) -> Result<(String, Value, Ipv4Addr), LabError> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = &pod.metadata.name;
+    let netns = cfg.lab.pod_netns(&ns, name);
+    if shell::netns_exists(&netns) {
+        // A leftover from a crash: take it down first so the new sandbox starts clean.
+        teardown_network(cfg, pod.metadata.uid.as_deref().unwrap_or_default(), &netns, None);
+    }
+    shell::ip(["netns", "add", &netns])?;
+    shell::ip(["-n", &netns, "link", "set", "lo", "up"])?;
+    let dir = cfg.lab.pod_dir(&ns, name);
+    std::fs::create_dir_all(&dir).map_err(|e| LabError::Other(format!("create {}: {e}", dir.display())))?;
+    let list = NetworkList::load(&cfg.lab.cni_conf_dir(&cfg.node).join(CONFLIST_NAME)).map_err(|e| LabError::Other(e.to_string()))?;
+    let att = attachment(cfg, pod.metadata.uid.as_deref().unwrap_or_default(), &netns, Some((&ns, name)));
+    let result = runtime::add(&list, &att).map_err(|e| {
+        // The runtime must DEL after a failed ADD (CNI spec §3).
+        let _ = runtime::del(&list, &att, None);
+        LabError::Other(e.to_string())
+    })?;
+    let _ = std::fs::write(dir.join("cni-result.json"), result.to_string());
+    let ip = runtime::result_ip(&result).ok_or_else(|| LabError::Other(format!("CNI result has no IPv4 address: {result}")))?;
+    Ok((netns, result, ip))
+}
+
+fn attachment(cfg: &KubeletConfig, uid: &str, netns: &str, pod: Option<(&str, &str)>) -> Attachment {
+    let mut args = vec![("IgnoreUnknown".to_string(), "1".to_string())];
+    if let Some((ns, name)) = pod {
+        args.push(("K8S_POD_NAMESPACE".into(), ns.into()));
+        args.push(("K8S_POD_NAME".into(), name.into()));
+        args.push(("K8S_POD_UID".into(), uid.into()));
+    }
+    Attachment {
+        container_id: if uid.is_empty() { format!("netns-{netns}") } else { uid.to_string() },
+        netns: shell::netns_path(netns),
+        ifname: "eth0".into(),
+        args,
+        cni_path: vec![cfg.bin_dir.clone()],
+        run_in: Some(shell::netns_path(&cfg.lab.node_netns(&cfg.node))),
+    }
+}
+
+fn start_container(cfg: &KubeletConfig, pod: &Pod, c: &Container, netns: &str) -> Result<Child, LabError> {
+    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let dir = cfg.lab.pod_dir(&ns, &pod.metadata.name);
+    let log = shell::log_file(&dir.join(format!("{}.log", c.name)))?;
+    let log2 = log.try_clone().map_err(|e| LabError::Other(e.to_string()))?;
+    let mut cmd = match &c.command {
+        Some(argv) if !argv.is_empty() => {
+            let mut cmd = Command::new(&argv[0]);
+            cmd.args(&argv[1..]);
+            cmd.args(c.args.iter().flatten());
+            cmd
+        }
+        _ => {
+            let mut cmd = Command::new(cfg.bin_dir.join("flatnet"));
+            cmd.args(["lab", "responder", "--name", &pod.metadata.name]);
+            for p in &c.ports {
+                let proto = p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase();
+                cmd.arg(format!("--{proto}={}", p.container_port));
+            }
+            cmd
+        }
+    };
+    cmd.env("HOSTNAME", &pod.metadata.name)
+        .env("POD_NAME", &pod.metadata.name)
+        .env("POD_NAMESPACE", &ns)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    let _ns = shell::in_netns(&mut cmd, &shell::netns_path(netns))?;
+    shell::detach(&mut cmd);
+    cmd.spawn().map_err(|e| LabError::Other(format!("start {:?}: {e}", cmd.get_program())))
+}
+
+fn wait_in_thread(mut child: Child, key: &str, uid: &str, container: &str, tx: mpsc::Sender<Exited>) {
+    let (key, uid, container) = (key.to_string(), uid.to_string(), container.to_string());
+    std::thread::spawn(move || {
+        let code = child.wait().ok().and_then(|s| s.code());
+        let _ = tx.blocking_send(Exited { key, uid, container, code });
+    });
+}
+
+async fn container_exited(store: &EtcdStore, pods: &HashMap<String, RunningPod>, ex: Exited) {
+    let Some(rp) = pods.get(&ex.key) else { return };
+    if rp.uid != ex.uid {
+        return;
+    }
+    tracing::info!(pod = ex.key, container = ex.container, code = ?ex.code, "container exited");
+    let failed = ex.code != Some(0);
+    set_status(store, &ex.key, &ex.uid, |s| {
+        s["phase"] = json!(if failed { "Failed" } else { "Succeeded" });
+        s["conditions"] = ready_condition(false);
+        s["message"] = json!(format!("container {} exited with {:?}", ex.container, ex.code));
+    })
+    .await;
+}
+
+/// Ready when every declared TCP port accepts connections and the readiness probe passes.
+fn wait_ready(pod: &Pod, netns: &str, ip: Ipv4Addr, timeout: Duration) -> bool {
+    let Ok(ns) = datapath::NetNs::open(shell::netns_path(netns)) else { return false };
+    let deadline = Instant::now() + timeout;
+    let tcp_ports: Vec<u16> = pod
+        .spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter())
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .map(|p| p.container_port)
+        .collect();
+    let connect = |port: u16| {
+        ns.run(|| TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(200)).is_ok())
+            .unwrap_or(false)
+    };
+    loop {
+        let ports_ok = tcp_ports.iter().all(|p| connect(*p));
+        let probes_ok = ports_ok && pod.spec.containers.iter().all(|c| probe_ok(c, &ns, ip, netns));
+        if probes_ok {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn probe_ok(c: &Container, ns: &datapath::NetNs, ip: Ipv4Addr, netns: &str) -> bool {
+    let Some(probe) = &c.readiness_probe else { return true };
+    if let Some(exec) = &probe.exec {
+        let argv = &exec.command;
+        if argv.is_empty() {
+            return false;
+        }
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        let Ok(_f) = shell::in_netns(&mut cmd, &shell::netns_path(netns)) else { return false };
+        return cmd.status().map(|s| s.success()).unwrap_or(false);
+    }
+    let port_of = |p: &model::IntOrString| -> Option<u16> {
+        match p {
+            model::IntOrString::Int(n) => u16::try_from(*n).ok(),
+            model::IntOrString::String(name) => c.ports.iter().find(|x| x.name.as_deref() == Some(name)).map(|x| x.container_port),
+        }
+    };
+    if let Some(t) = &probe.tcp_socket {
+        let Some(port) = port_of(&t.port) else { return false };
+        return ns
+            .run(|| TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(500)).is_ok())
+            .unwrap_or(false);
+    }
+    if let Some(h) = &probe.http_get {
+        let Some(port) = port_of(&h.port) else { return false };
+        let path = h.path.clone().unwrap_or_else(|| "/".into());
+        return ns
+            .run(|| {
+                use std::io::{Read, Write};
+                let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(500)) else {
+                    return false;
+                };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                if write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").is_err() {
+                    return false;
+                }
+                let mut buf = [0u8; 12];
+                s.read_exact(&mut buf).is_ok() && (buf[9] == b'2' || buf[9] == b'3')
+            })
+            .unwrap_or(false);
+    }
+    true
+}
+
+async fn stop_pod(cfg: &KubeletConfig, key: &str, rp: RunningPod) {
+    tracing::info!(pod = key, "stopping");
+    let cfg = cfg.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        for pid in &rp.pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline && rp.pids.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        teardown_network(&cfg, &rp.uid, &rp.netns, rp.result.as_ref());
+    })
+    .await;
+}
+
+/// Kills whatever still runs in the pod's namespace, runs CNI DEL, removes the namespace.
+fn teardown_network(cfg: &KubeletConfig, uid: &str, netns: &str, result: Option<&Value>) {
+    crate::cleanup::kill_in_netns(&shell::netns_path(netns));
+    match NetworkList::load(&cfg.lab.cni_conf_dir(&cfg.node).join(CONFLIST_NAME)) {
+        Ok(list) => {
+            if let Err(e) = runtime::del(&list, &attachment(cfg, uid, netns, None), result) {
+                tracing::error!("CNI DEL for {netns}: {e}");
+            }
+        }
+        Err(e) => tracing::error!("{e}"),
+    }
+    if let Err(e) = shell::ip(["netns", "del", netns]) {
+        tracing::warn!("{e}");
+    }
+}

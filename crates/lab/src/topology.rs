@@ -1,0 +1,257 @@
+//! `lab up`: the machines and their cabling. A fabric namespace holds the underlay bridge;
+//! every node and the `external` host hang off it with a veth. Then etcd, the network config
+//! and one kubelet per node.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::names::{Addressing, Lab, node_name};
+use store::Store;
+
+use crate::{cleanup, shell};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error("lab {0} is already up (run `flatnet lab down` first)")]
+    AlreadyUp(String),
+    #[error("lab {0} is not up (run `flatnet lab up`)")]
+    NotUp(String),
+    #[error("{0}")]
+    Shell(#[from] shell::ShellError),
+    #[error("etcd: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What `lab up` builds.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub nodes: usize,
+    pub backend: String,
+    pub addressing: Addressing,
+    /// Directory holding `flatnet` and `flatnet-cni`.
+    pub bin_dir: PathBuf,
+}
+
+/// Network config stored under `config` (design.md §4).
+pub fn network_config(opts: &UpOptions) -> serde_json::Value {
+    json!({
+        "podCIDR": opts.addressing.pod_cidr.to_string(),
+        "nodePrefixLength": opts.addressing.node_prefix,
+        "serviceCIDR": opts.addressing.service_cidr.to_string(),
+        "backend": opts.backend,
+    })
+}
+
+/// The pod CIDR of node `i` (1-based) until agents lease them.
+pub fn node_subnet(a: &Addressing, i: usize) -> Option<ipnet::Ipv4Net> {
+    a.pod_cidr.subnets(a.node_prefix).ok()?.nth(i - 1)
+}
+
+/// The CNI network configuration list of one node, as a runtime reads it.
+pub fn cni_conflist(lab: &Lab, node: &str, subnet: ipnet::Ipv4Net, mtu: u32) -> serde_json::Value {
+    json!({
+        "cniVersion": "1.1.0",
+        "name": "flatnet",
+        "plugins": [{
+            "type": "flatnet-cni",
+            "subnet": subnet.to_string(),
+            "dataDir": lab.node_dir(node).join("ipam").display().to_string(),
+            "mtu": mtu,
+        }]
+    })
+}
+
+pub const CONFLIST_NAME: &str = "10-flatnet.conflist";
+
+/// Builds the lab. `progress` gets one line per step. On failure everything made so far is
+/// removed again.
+pub async fn up(lab: &Lab, opts: &UpOptions, progress: &(dyn Fn(&str) + Sync)) -> Result<(), LabError> {
+    if lab.etcd_endpoint_file().exists() {
+        return Err(LabError::AlreadyUp(lab.name.clone()));
+    }
+    if cleanup::anything_left(lab) {
+        progress("removing leftovers of an earlier lab with this name");
+        let r = cleanup::remove_all(lab);
+        if !r.errors.is_empty() {
+            return Err(LabError::Other(format!("cannot remove leftovers: {}", r.errors.join("; "))));
+        }
+    }
+    if opts.nodes == 0 || node_subnet(&opts.addressing, opts.nodes).is_none() || opts.nodes > 200 {
+        return Err(LabError::Other(format!(
+            "--nodes {}: must be between 1 and the number of /{} subnets in {} (at most 200)",
+            opts.nodes, opts.addressing.node_prefix, opts.addressing.pod_cidr
+        )));
+    }
+    let result = build(lab, opts, progress).await;
+    if result.is_err() {
+        // Show what the daemons said before their logs go with the rest.
+        for entry in std::fs::read_dir(lab.log_dir()).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(5).collect();
+            if !tail.is_empty() {
+                progress(&format!("{}:", entry.file_name().to_string_lossy()));
+                for l in tail.into_iter().rev() {
+                    progress(&format!("  {l}"));
+                }
+            }
+        }
+        let _ = cleanup::remove_all(lab);
+    }
+    result
+}
+
+async fn build(lab: &Lab, opts: &UpOptions, progress: &(dyn Fn(&str) + Sync)) -> Result<(), LabError> {
+    let start = Instant::now();
+    for d in [lab.run_dir(), lab.data_dir(), lab.log_dir()] {
+        std::fs::create_dir_all(&d).map_err(|e| LabError::Other(format!("create {}: {e}", d.display())))?;
+    }
+    // etcd first: it takes the longest to come up, and the namespaces are built meanwhile.
+    let etcd = store::EtcdProcess::start_in_own_session(&lab.data_dir())?;
+    let endpoint = etcd.endpoint.clone();
+    let pid = etcd.detach();
+    std::fs::write(lab.run_dir().join("etcd.pid"), pid.to_string())
+        .map_err(|e| LabError::Other(format!("write etcd pid: {e}")))?;
+    progress(&format!("etcd started on {endpoint} (pid {pid})"));
+
+    wire(lab, opts)?;
+    progress(&format!(
+        "{} node namespace(s), fabric and external built ({} ms)",
+        opts.nodes,
+        start.elapsed().as_millis()
+    ));
+
+    let store = store::EtcdStore::connect(std::slice::from_ref(&endpoint), crate::client::PREFIX).await?;
+    let cfg = network_config(opts);
+    store.put(store::keys::CONFIG, store::encode(store::keys::CONFIG, &cfg)?).await?;
+    // The endpoint file marks the lab as up; written once the store answers.
+    std::fs::write(lab.etcd_endpoint_file(), &endpoint)
+        .map_err(|e| LabError::Other(format!("write {}: {e}", lab.etcd_endpoint_file().display())))?;
+
+    for i in 1..=opts.nodes {
+        let node = node_name(i);
+        let subnet = node_subnet(&opts.addressing, i).ok_or_else(|| LabError::Other("no subnet".into()))?;
+        let conf_dir = lab.cni_conf_dir(&node);
+        std::fs::create_dir_all(&conf_dir).map_err(|e| LabError::Other(format!("create {}: {e}", conf_dir.display())))?;
+        let conflist = cni_conflist(lab, &node, subnet, underlay_mtu(opts));
+        let path = conf_dir.join(CONFLIST_NAME);
+        std::fs::write(&path, serde_json::to_vec_pretty(&conflist).unwrap_or_default())
+            .map_err(|e| LabError::Other(format!("write {}: {e}", path.display())))?;
+        spawn_daemon(
+            lab,
+            &opts.bin_dir.join("flatnet"),
+            &[
+                "lab".into(),
+                "kubelet".into(),
+                lab.daemon_marker(),
+                format!("--node={node}"),
+                format!("--node-ip={}", opts.addressing.node_ip(i)),
+                format!("--pod-cidr={subnet}"),
+            ],
+            &format!("kubelet-{node}"),
+        )?;
+    }
+    progress("kubelets started; waiting for nodes to register");
+    wait_nodes_ready(&store, opts.nodes, Duration::from_secs(30), progress).await?;
+    progress(&format!("lab {} is up with {} node(s) in {:.1} s", lab.name, opts.nodes, start.elapsed().as_secs_f64()));
+    Ok(())
+}
+
+fn underlay_mtu(opts: &UpOptions) -> u32 {
+    match opts.backend.as_str() {
+        "vxlan" => 1450,
+        _ => 1500,
+    }
+}
+
+/// Namespaces, links and addresses, with `ip` (a batch per namespace).
+fn wire(lab: &Lab, opts: &UpOptions) -> Result<(), LabError> {
+    let fabric = lab.fabric_netns();
+    let prefix = opts.addressing.underlay.prefix_len();
+    shell::ip(["netns", "add", &fabric])?;
+    let mut fabric_cmds = vec!["link set lo up".to_string(), "link add br0 type bridge".into(), "link set br0 up".into()];
+    let mut hosts: Vec<(String, Ipv4Addr)> =
+        (1..=opts.nodes).map(|i| (lab.node_netns(&node_name(i)), opts.addressing.node_ip(i))).collect();
+    hosts.push((lab.external_netns(), opts.addressing.external_ip()));
+    for (i, (ns, ip)) in hosts.iter().enumerate() {
+        shell::ip(["netns", "add", ns])?;
+        let port = format!("p{}", i + 1);
+        // Both ends are born in their namespaces: nothing appears in the root namespace.
+        shell::ip(["link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", &port, "netns", &fabric])?;
+        fabric_cmds.push(format!("link set {port} master br0"));
+        fabric_cmds.push(format!("link set {port} up"));
+        shell::ip_batch_in(
+            ns,
+            &[
+                "link set lo up".into(),
+                format!("addr add {ip}/{prefix} dev eth0"),
+                "link set eth0 up".into(),
+            ],
+        )?;
+        let nsf = datapath::NetNs::open(shell::netns_path(ns)).map_err(|e| LabError::Other(e.to_string()))?;
+        nsf.run(|| datapath::sysctl::ensure("net/ipv4/ip_forward", "1"))
+            .map_err(|e| LabError::Other(e.to_string()))?
+            .map_err(|e| LabError::Other(e.to_string()))?;
+    }
+    shell::ip_batch_in(&fabric, &fabric_cmds)?;
+    Ok(())
+}
+
+/// Starts a lab daemon detached from the CLI, its output in the lab's log directory.
+pub fn spawn_daemon(lab: &Lab, bin: &Path, args: &[String], log: &str) -> Result<u32, LabError> {
+    let log_path = lab.log_dir().join(format!("{log}.log"));
+    let out = shell::log_file(&log_path)?;
+    let err = out.try_clone().map_err(|e| LabError::Other(e.to_string()))?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    shell::detach(&mut cmd);
+    let child = cmd.spawn().map_err(|e| LabError::Other(format!("start {}: {e}", bin.display())))?;
+    let pid = child.id();
+    std::fs::write(lab.run_dir().join(format!("{log}.pid")), pid.to_string())
+        .map_err(|e| LabError::Other(format!("write pid of {log}: {e}")))?;
+    Ok(pid)
+}
+
+async fn wait_nodes_ready(
+    store: &store::EtcdStore,
+    want: usize,
+    timeout: Duration,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<(), LabError> {
+    use store::Store;
+    let deadline = Instant::now() + timeout;
+    let mut seen = 0;
+    loop {
+        let (nodes, _) = store.list(&store::keys::object_kind_prefix("nodes")).await?;
+        let ready = nodes
+            .iter()
+            .filter_map(|kv| kv.decode::<serde_json::Value>().ok())
+            .filter(|n| {
+                n.pointer("/status/conditions")
+                    .and_then(|c| c.as_array())
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            })
+            .count();
+        if ready != seen {
+            progress(&format!("{ready}/{want} node(s) ready"));
+            seen = ready;
+        }
+        if ready >= want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Other(format!("only {ready} of {want} nodes registered within {timeout:?}; see logs in the lab's log directory")));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `lab down`: removes everything, also after a crash. Idempotent.
+pub fn down(lab: &Lab) -> cleanup::Report {
+    cleanup::remove_all(lab)
+}
