@@ -117,6 +117,10 @@ pub fn remove_all(lab: &Lab) -> Report {
                 Err(e) => report.errors.push(format!("remove {}: {e}", d.display())),
             }
         }
+        // The shared parents (/run/flatnet, /var/lib/flatnet) go once no lab uses them.
+        if let Some(parent) = d.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
     report
 }
