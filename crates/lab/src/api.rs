@@ -77,10 +77,8 @@ pub async fn apply(store: &EtcdStore, objects: Vec<Object>) -> Result<Vec<Applie
     let mut out = Vec::new();
     for obj in objects {
         let action = apply_one(store, &obj).await?;
+        // Deployments are expanded into pods by the controller (one writer, no races).
         out.push(Applied { kind: obj.kind, namespace: obj.namespace().map(str::to_string), name: obj.name().to_string(), action });
-        if obj.kind == Kind::Deployment {
-            reconcile_deployment(store, obj.namespace().unwrap_or("default"), obj.name()).await?;
-        }
     }
     Ok(out)
 }

@@ -8,6 +8,7 @@
 //! - `topology`: `lab up` / `lab down`: fabric bridge, node and external namespaces, etcd.
 //! - `cleanup`: finds and removes everything a lab left behind, also after a crash.
 //! - `runtime`: a minimal CNI runtime (conflist in, plugin chain executed as the spec says).
+//! - `controller`: keeps Deployments at their replica count.
 //! - `kubelet`: the kubelet role, one process per node: pods in, sandboxes and processes out.
 //! - `responder`: the built-in container that answers with the pod's name.
 //! - `client`: how the CLI finds and connects to a running lab's store.
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod cleanup;
 pub mod client;
+pub mod controller;
 pub mod kubelet;
 pub mod names;
 pub mod responder;

@@ -156,7 +156,8 @@ async fn build(lab: &Lab, opts: &UpOptions, progress: &(dyn Fn(&str) + Sync)) ->
             &format!("kubelet-{node}"),
         )?;
     }
-    progress("kubelets started; waiting for nodes to register");
+    spawn_daemon(lab, &opts.bin_dir.join("flatnet"), &["lab".into(), "controller".into(), lab.daemon_marker()], "controller")?;
+    progress("kubelets and controller started; waiting for nodes to register");
     wait_nodes_ready(&store, opts.nodes, Duration::from_secs(30), progress).await?;
     progress(&format!("lab {} is up with {} node(s) in {:.1} s", lab.name, opts.nodes, start.elapsed().as_secs_f64()));
     Ok(())

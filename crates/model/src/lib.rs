@@ -1,1 +1,46 @@
-//! model
+//! Kubernetes objects as flatnet uses them: kinds, typed views, manifest parsing with the API
+//! server's validation rules, and Kubernetes-shaped output (`List`, YAML).
+//!
+//! Objects travel as [`Object`] (a [`Kind`] and the full JSON) so that nothing a user wrote is
+//! lost; typed views ([`Pod`], [`Service`], ...) keep fields they do not model in `extra`, so
+//! a round trip through them is lossless too. We do not use k8s-openapi (build time).
+//!
+//! # Layout
+//! - `kind` — [`Kind`]: names, plurals, API versions, scope, kubectl-style parsing.
+//! - `object` — [`Object`], store keys, [`list_json`], [`to_yaml`].
+//! - `manifest` — [`parse_manifests`]: YAML/JSON documents, `List` expansion, create defaults.
+//! - `validate` — [`validate`]: per-kind field checks with exact paths and values.
+//! - `names` — DNS label/subdomain, label key/value, IANA port name syntax.
+//! - `meta`, `pod`, `service`, `cluster`, `secret` — typed views.
+//!
+//! This crate must not do IO (files, network, clock, environment): callers pass text in and
+//! get values out.
+
+mod cluster;
+mod error;
+mod kind;
+mod manifest;
+mod meta;
+pub mod names;
+mod object;
+mod pod;
+mod secret;
+mod service;
+mod validate;
+
+pub use cluster::{Namespace, Node, NodeAddress, NodeSpec, NodeStatus};
+pub use error::ModelError;
+pub use kind::Kind;
+pub use manifest::parse_manifests;
+pub use meta::{Condition, IntOrString, LabelSelector, LabelSelectorRequirement, ObjectMeta};
+pub use object::{Object, list_json, object_key, to_yaml};
+pub use pod::{
+    Container, ContainerPort, Deployment, DeploymentSpec, ExecAction, HttpGetAction, Pod, PodIp,
+    PodSpec, PodStatus, PodTemplate, Probe, TcpSocketAction,
+};
+pub use secret::{Secret, base64_decode, base64_encode};
+pub use service::{
+    Endpoint, EndpointConditions, EndpointPort, EndpointSlice, LoadBalancerIngress,
+    LoadBalancerStatus, ObjectReference, Service, ServicePort, ServiceSpec, ServiceStatus,
+};
+pub use validate::validate;

@@ -14,7 +14,7 @@ pub struct Args {
 impl Args {
     /// Daemons log at info level by default.
     pub fn is_daemon(&self) -> bool {
-        matches!(self.command, LabCmd::Kubelet(_) | LabCmd::Responder(_))
+        matches!(self.command, LabCmd::Kubelet(_) | LabCmd::Controller | LabCmd::Responder(_))
     }
 }
 
@@ -36,6 +36,9 @@ enum LabCmd {
     /// (started by `lab up`) The kubelet role of one node.
     #[command(hide = true)]
     Kubelet(KubeletArgs),
+    /// (started by `lab up`) Keeps Deployments at their replica count.
+    #[command(hide = true)]
+    Controller,
     /// (started by the kubelet) The built-in container answering with the pod's name.
     #[command(hide = true)]
     Responder(ResponderArgs),
@@ -109,6 +112,10 @@ pub fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
         LabCmd::Kubelet(a) => super::block_on(async move {
             let cfg = lab::kubelet::KubeletConfig { lab, node: a.node, node_ip: a.node_ip, pod_cidr: a.pod_cidr, bin_dir: bin_dir()? };
             lab::kubelet::run(cfg).await?;
+            Ok(0)
+        }),
+        LabCmd::Controller => super::block_on(async move {
+            lab::controller::run(lab).await?;
             Ok(0)
         }),
         LabCmd::Responder(a) => {

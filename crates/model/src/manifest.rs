@@ -1,0 +1,361 @@
+//! Reading manifests: documents out of YAML or JSON text, `List` expansion, the defaults the
+//! API server applies on create, and validation.
+
+use serde_json::{Map, Value};
+
+use crate::error::ModelError;
+use crate::kind::Kind;
+use crate::object::Object;
+use crate::secret::base64_encode;
+use crate::validate::{check, describe};
+
+/// One non-empty document of a source.
+struct Doc {
+    /// 1-based among the non-empty documents.
+    index: usize,
+    value: Value,
+}
+
+/// Parses a multi-document YAML or JSON text into validated objects.
+///
+/// Documents are separated by `---` (YAML) or simply follow each other (JSON); empty
+/// documents are skipped; a `List` (or `<Kind>List`) with `items` is expanded. Each object
+/// gets the API server's create-time treatment: `metadata.namespace` defaults to `default`
+/// (and is dropped for cluster-scoped kinds), `status` is dropped, a Namespace gets the
+/// `kubernetes.io/metadata.name` label, a Secret's `stringData` is merged into `data`.
+///
+/// All-or-nothing: the first invalid document fails the call; its error names `source`, the
+/// document's 1-based index, the kind and name when known, and every bad field with its value.
+pub fn parse_manifests(text: &str, source: &str) -> Result<Vec<Object>, ModelError> {
+    let mut out = Vec::new();
+    for doc in documents(text, source)? {
+        let invalid = |msg: String| ModelError::Invalid {
+            source_name: source.to_string(),
+            doc: doc.index,
+            msg,
+        };
+        match list_items(&doc.value) {
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let obj = to_object(item.clone())
+                        .map_err(|msg| invalid(format!("items[{i}]: {msg}")))?;
+                    out.push(obj);
+                }
+            }
+            None => out.push(to_object(doc.value).map_err(invalid)?),
+        }
+    }
+    Ok(out)
+}
+
+/// The `items` of a `List`/`*List` document, if it is one.
+fn list_items(v: &Value) -> Option<&Vec<Value>> {
+    let kind = v.get("kind")?.as_str()?;
+    if kind == "List" || (kind.ends_with("List") && Kind::from_kind_field(kind).is_none()) {
+        return v.get("items")?.as_array();
+    }
+    None
+}
+
+/// Checks kind and apiVersion, applies create-time defaults, validates.
+fn to_object(mut value: Value) -> Result<Object, String> {
+    let Value::Object(root) = &mut value else {
+        return Err(format!(
+            "a document must be a mapping with apiVersion, kind and metadata, not {}",
+            crate::validate::show(&value)
+        ));
+    };
+    let name = root
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let kind_name = root.get("kind").and_then(Value::as_str).unwrap_or("object");
+    let fail = |err: String| describe(kind_name, name.as_deref(), &[err]);
+    let kind = match root.get("kind") {
+        None | Some(Value::Null) => return Err(fail("kind: Required value".into())),
+        Some(Value::String(k)) => match Kind::from_kind_field(k).filter(Kind::appliable) {
+            Some(kind) => kind,
+            None => {
+                let accepted: Vec<String> = Kind::APPLY
+                    .iter()
+                    .map(|k| format!("{:?}", k.as_str()))
+                    .collect();
+                return Err(fail(format!(
+                    "kind: Unsupported value: {k:?}: supported values: {}",
+                    accepted.join(", ")
+                )));
+            }
+        },
+        Some(other) => {
+            return Err(fail(format!(
+                "kind: Invalid value: {}: must be a string",
+                crate::validate::show(other)
+            )));
+        }
+    };
+    match root.get("apiVersion") {
+        Some(Value::String(v)) if v == kind.api_version() => {}
+        None | Some(Value::Null) => return Err(fail("apiVersion: Required value".into())),
+        Some(v) => {
+            return Err(fail(format!(
+                "apiVersion: Unsupported value: {}: supported values: {:?}",
+                crate::validate::show(v),
+                kind.api_version()
+            )));
+        }
+    }
+    apply_create_defaults(kind, root);
+    let obj = Object { kind, value };
+    let errs = check(&obj);
+    if errs.is_empty() {
+        Ok(obj)
+    } else {
+        Err(describe(kind.as_str(), Some(&obj.display_name()), &errs))
+    }
+}
+
+/// What the API server does to an object it is asked to create, as far as flatnet cares.
+fn apply_create_defaults(kind: Kind, root: &mut Map<String, Value>) {
+    root.remove("status");
+    if let Some(Value::Object(meta)) = root.get_mut("metadata") {
+        if kind.namespaced() {
+            if matches!(meta.get("namespace"), None | Some(Value::Null))
+                || meta.get("namespace").and_then(Value::as_str) == Some("")
+            {
+                meta.insert("namespace".into(), Value::from("default"));
+            }
+        } else {
+            meta.remove("namespace");
+        }
+        if kind == Kind::Namespace
+            && let Some(name) = meta.get("name").and_then(Value::as_str).map(str::to_string)
+        {
+            let labels = meta
+                .entry("labels")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if labels.is_null() {
+                *labels = Value::Object(Map::new());
+            }
+            if let Some(labels) = labels.as_object_mut() {
+                labels.insert("kubernetes.io/metadata.name".into(), Value::from(name));
+            }
+        }
+    }
+    if kind == Kind::Secret {
+        merge_string_data(root);
+    }
+}
+
+/// Moves `stringData` into `data` (base64), overwriting, as the API server does on write.
+/// Left untouched when some value is not a string, so that validation reports it.
+fn merge_string_data(root: &mut Map<String, Value>) {
+    let Some(Value::Object(sd)) = root.get("stringData") else {
+        if root.get("stringData").is_some_and(Value::is_null) {
+            root.remove("stringData");
+        }
+        return;
+    };
+    if !sd.values().all(Value::is_string) {
+        return;
+    }
+    let sd = sd.clone();
+    let data = root
+        .entry("data")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if data.is_null() {
+        *data = Value::Object(Map::new());
+    }
+    let Some(data) = data.as_object_mut() else {
+        return;
+    };
+    for (k, v) in sd {
+        let encoded = base64_encode(v.as_str().unwrap_or_default().as_bytes());
+        data.insert(k, Value::from(encoded));
+    }
+    root.remove("stringData");
+}
+
+/// The non-empty documents of a source, JSON or YAML.
+fn documents(text: &str, source: &str) -> Result<Vec<Doc>, ModelError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim_start().starts_with(['{', '[']) {
+        match json_documents(text, source) {
+            Ok(docs) => return Ok(docs),
+            // `{a: 1}` is YAML flow syntax, not JSON; report the JSON error only if YAML
+            // cannot read it either.
+            Err(json_err) => return yaml_documents(text, source).map_err(|_| json_err),
+        }
+    }
+    yaml_documents(text, source)
+}
+
+/// A stream of JSON values, one document each (as `kubectl apply` reads JSON).
+fn json_documents(text: &str, source: &str) -> Result<Vec<Doc>, ModelError> {
+    let mut docs = Vec::new();
+    for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+        match value {
+            Ok(value) => docs.push(Doc {
+                index: docs.len() + 1,
+                value,
+            }),
+            Err(e) => {
+                return Err(ModelError::Parse {
+                    source_name: source.to_string(),
+                    doc: docs.len() + 1,
+                    line: e.line(),
+                    msg: format!(
+                        "invalid JSON at line {} column {}: {e}",
+                        e.line(),
+                        e.column()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(docs)
+}
+
+/// YAML documents. The text is split at document markers first (a `---` or `...` line can
+/// never be content, YAML 1.2 §9.1.3), so each document is parsed on its own and an error can
+/// name its document and absolute line.
+fn yaml_documents(text: &str, source: &str) -> Result<Vec<Doc>, ModelError> {
+    let mut options = serde_saphyr::Options::default();
+    options.with_snippet = false;
+    let mut docs = Vec::new();
+    for chunk in split_yaml(text) {
+        let parsed: Result<Vec<Value>, _> =
+            serde_saphyr::from_multiple_with_options(&chunk.text, options.clone());
+        match parsed {
+            Ok(values) => {
+                for value in values {
+                    if value.is_null() {
+                        continue;
+                    }
+                    docs.push(Doc {
+                        index: docs.len() + 1,
+                        value,
+                    });
+                }
+            }
+            Err(e) => {
+                let offset = chunk.first_line - 1;
+                let line = offset + e.location().map_or(1, |l| l.line() as usize).max(1);
+                // The renderer appends "at line X, column Y", shifted to the whole text.
+                let detail = e
+                    .render_with_options(serde_saphyr::render_options! {
+                        snippets: serde_saphyr::SnippetMode::Off,
+                        line_offset: offset as u64,
+                    })
+                    .replace(", set DuplicateKeyPolicy in Options if acceptable", "");
+                return Err(ModelError::Parse {
+                    source_name: source.to_string(),
+                    doc: docs.len() + 1,
+                    line,
+                    msg: format!("invalid YAML: {detail}"),
+                });
+            }
+        }
+    }
+    Ok(docs)
+}
+
+struct Chunk {
+    /// 1-based line of the chunk's first line in the whole text.
+    first_line: usize,
+    text: String,
+}
+
+/// `---` or `...` at the start of a line, followed by whitespace or the end of the line.
+fn marker(line: &str, m: &str) -> bool {
+    line.strip_prefix(m)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+}
+
+/// Whether a line carries document content (not blank, a comment or a directive).
+fn is_content(line: &str) -> bool {
+    let t = line.trim();
+    !(t.is_empty() || t.starts_with('#') || line.starts_with('%'))
+}
+
+fn split_yaml(text: &str) -> Vec<Chunk> {
+    let mut chunks = Vec::new();
+    let mut cur = Chunk {
+        first_line: 1,
+        text: String::new(),
+    };
+    let mut has_content = false;
+    let mut has_start = false;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let lineno = i + 1;
+        if marker(line, "---") {
+            if has_content || has_start {
+                chunks.push(std::mem::replace(
+                    &mut cur,
+                    Chunk {
+                        first_line: lineno,
+                        text: String::new(),
+                    },
+                ));
+            }
+            has_start = true;
+            has_content = is_content(&line[3..]);
+            cur.text.push_str(line);
+        } else if marker(line, "...") {
+            cur.text.push_str(line);
+            chunks.push(std::mem::replace(
+                &mut cur,
+                Chunk {
+                    first_line: lineno + 1,
+                    text: String::new(),
+                },
+            ));
+            has_content = false;
+            has_start = false;
+        } else {
+            has_content |= is_content(line);
+            cur.text.push_str(line);
+        }
+    }
+    chunks.push(cur);
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn split(text: &str) -> Vec<(usize, String)> {
+        split_yaml(text)
+            .into_iter()
+            .map(|c| (c.first_line, c.text))
+            .collect()
+    }
+
+    #[test]
+    fn split_keeps_leading_comments_with_the_first_document() {
+        assert_eq!(
+            split("# c\n---\na: 1\n---\nb: 2\n"),
+            vec![(1, "# c\n---\na: 1\n".into()), (4, "---\nb: 2\n".into())]
+        );
+    }
+
+    #[test]
+    fn split_only_at_column_zero_markers() {
+        assert_eq!(
+            split("a: |\n  ---\n---x: 1\n"),
+            vec![(1, "a: |\n  ---\n---x: 1\n".into())]
+        );
+    }
+
+    #[test]
+    fn split_at_document_end_markers() {
+        assert_eq!(
+            split("a: 1\n...\n%YAML 1.2\n---\nb: 2\n"),
+            vec![
+                (1, "a: 1\n...\n".into()),
+                (3, "%YAML 1.2\n---\nb: 2\n".into())
+            ]
+        );
+    }
+}

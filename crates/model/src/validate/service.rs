@@ -1,0 +1,276 @@
+//! Service and EndpointSlice checks.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use serde_json::{Map, Value, json};
+
+use super::{Errs, at, check_int_or_port_name, check_labels, check_protocol, field, index};
+use crate::names;
+
+const TYPES: [&str; 4] = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
+
+pub(super) fn check_service(e: &mut Errs, root: &Map<String, Value>) {
+    let Some(spec) = field(root, "spec") else {
+        e.required("spec");
+        return;
+    };
+    let Some(spec) = e.object(spec, "spec") else {
+        return;
+    };
+    let type_ = match e.opt_str(spec, "type", "spec") {
+        None => "ClusterIP",
+        Some(t) if TYPES.contains(&t) => t,
+        Some(_) => {
+            e.unsupported("spec.type", &spec["type"], &TYPES);
+            return;
+        }
+    };
+    let node_ports_allowed = matches!(type_, "NodePort" | "LoadBalancer");
+
+    let cluster_ip = e.opt_str(spec, "clusterIP", "spec");
+    if let Some(ip) = cluster_ip
+        && !ip.is_empty()
+        && ip != "None"
+        && ip.parse::<IpAddr>().is_err()
+    {
+        e.invalid(
+            "spec.clusterIP",
+            &spec["clusterIP"],
+            "must be empty, 'None', or a valid IP address",
+        );
+    }
+    if let Some(ips) = e.opt_str_list(spec, "clusterIPs", "spec") {
+        for (i, ip) in ips.iter().enumerate() {
+            if *ip != "None" && ip.parse::<IpAddr>().is_err() {
+                e.invalid(
+                    &index("spec.clusterIPs", i),
+                    &Value::from(*ip),
+                    "must be 'None' or a valid IP address",
+                );
+            }
+        }
+        if let (Some(first), Some(ip)) = (ips.first(), cluster_ip)
+            && !ip.is_empty()
+            && first != &ip
+        {
+            e.invalid(
+                "spec.clusterIPs[0]",
+                &Value::from(*first),
+                "must match `clusterIP` when both are specified",
+            );
+        }
+    }
+    let headless = cluster_ip == Some("None");
+    if headless && node_ports_allowed {
+        e.invalid(
+            "spec.clusterIP",
+            &spec["clusterIP"],
+            "may not be set to 'None' for LoadBalancer or NodePort services",
+        );
+    }
+
+    if type_ == "ExternalName"
+        && let Some(name) = e.req_str(spec, "externalName", "spec")
+        && let Err(detail) = names::dns1123_subdomain(name.strip_suffix('.').unwrap_or(name))
+    {
+        e.invalid("spec.externalName", &spec["externalName"], detail);
+    }
+
+    let ports = e.opt_array(spec, "ports", "spec").unwrap_or_default();
+    let ports_wrong_type = matches!(field(spec, "ports"), Some(v) if !v.is_array());
+    if ports.is_empty() && !ports_wrong_type && type_ != "ExternalName" && !headless {
+        e.required("spec.ports");
+    }
+    let mut port_names = BTreeSet::new();
+    let mut port_protos = BTreeSet::new();
+    let mut node_ports = BTreeSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let pp = index("spec.ports", i);
+        let Some(port) = e.object(port, &pp) else {
+            continue;
+        };
+        match e.opt_str(port, "name", &pp) {
+            Some(name) if !name.is_empty() => {
+                if let Err(detail) = names::dns1123_label(name) {
+                    e.invalid(&at(&pp, "name"), &port["name"], detail);
+                } else if !port_names.insert(name) {
+                    e.duplicate(&at(&pp, "name"), &port["name"]);
+                }
+            }
+            _ if ports.len() > 1 && !matches!(field(port, "name"), Some(v) if !v.is_string()) => e
+                .required_because(
+                    &at(&pp, "name"),
+                    "required when there is more than one port",
+                ),
+            _ => {}
+        }
+        check_protocol(e, port, &pp);
+        let proto = port
+            .get("protocol")
+            .and_then(Value::as_str)
+            .unwrap_or("TCP");
+        let number = match field(port, "port") {
+            None => {
+                e.required(&at(&pp, "port"));
+                None
+            }
+            Some(v) => e.port_number(v, &at(&pp, "port")),
+        };
+        if let Some(n) = number
+            && !port_protos.insert((n, proto))
+        {
+            e.duplicate(&pp, &json!({"port": n, "protocol": proto}));
+        }
+        if let Some(v) = field(port, "targetPort") {
+            check_int_or_port_name(e, v, &at(&pp, "targetPort"));
+        }
+        if let Some(v) = field(port, "nodePort") {
+            let np = at(&pp, "nodePort");
+            if let Some(n) = e.int_in(v, &np, 0, 65535)
+                && n != 0
+            {
+                if !node_ports_allowed {
+                    e.forbidden(&np, format!("may not be used when `type` is '{type_}'"));
+                } else if !node_ports.insert((n, proto)) {
+                    e.duplicate(&np, v);
+                }
+            }
+        }
+        e.opt_str(port, "appProtocol", &pp);
+    }
+
+    check_labels(e, spec, "selector", "spec");
+    if let Some(aff) = e.opt_str(spec, "sessionAffinity", "spec")
+        && !matches!(aff, "None" | "ClientIP")
+    {
+        e.unsupported(
+            "spec.sessionAffinity",
+            &spec["sessionAffinity"],
+            &["None", "ClientIP"],
+        );
+    }
+    if let Some(policy) = e.opt_str(spec, "externalTrafficPolicy", "spec") {
+        if !matches!(policy, "Cluster" | "Local") {
+            e.unsupported(
+                "spec.externalTrafficPolicy",
+                &spec["externalTrafficPolicy"],
+                &["Cluster", "Local"],
+            );
+        } else if !node_ports_allowed {
+            e.forbidden(
+                "spec.externalTrafficPolicy",
+                "may only be set when `type` is 'NodePort' or 'LoadBalancer'",
+            );
+        }
+    }
+    if let Some(policy) = e.opt_str(spec, "internalTrafficPolicy", "spec")
+        && !matches!(policy, "Cluster" | "Local")
+    {
+        e.unsupported(
+            "spec.internalTrafficPolicy",
+            &spec["internalTrafficPolicy"],
+            &["Cluster", "Local"],
+        );
+    }
+    if let Some(ips) = e.opt_str_list(spec, "externalIPs", "spec") {
+        for (i, ip) in ips.iter().enumerate() {
+            if ip.parse::<IpAddr>().is_err() {
+                e.invalid(
+                    &index("spec.externalIPs", i),
+                    &Value::from(*ip),
+                    "must be a valid IP address",
+                );
+            }
+        }
+    }
+    if let Some(ip) = e.opt_str(spec, "loadBalancerIP", "spec")
+        && !ip.is_empty()
+        && ip.parse::<IpAddr>().is_err()
+    {
+        e.invalid(
+            "spec.loadBalancerIP",
+            &spec["loadBalancerIP"],
+            "must be a valid IP address",
+        );
+    }
+    e.opt_bool(spec, "publishNotReadyAddresses", "spec");
+}
+
+pub(super) fn check_endpoint_slice(e: &mut Errs, root: &Map<String, Value>) {
+    let family = match e.req_str(root, "addressType", "") {
+        Some(t @ ("IPv4" | "IPv6" | "FQDN")) => Some(t),
+        Some(_) => {
+            e.unsupported(
+                "addressType",
+                &root["addressType"],
+                &["IPv4", "IPv6", "FQDN"],
+            );
+            None
+        }
+        None => None,
+    };
+    if let Some(endpoints) = e.opt_array(root, "endpoints", "") {
+        for (i, ep) in endpoints.iter().enumerate() {
+            let p = index("endpoints", i);
+            let Some(ep) = e.object(ep, &p) else { continue };
+            match e.opt_str_list(ep, "addresses", &p) {
+                Some(addrs) if !addrs.is_empty() => {
+                    for (j, a) in addrs.iter().enumerate() {
+                        let ok = match family {
+                            Some("IPv4") => a.parse::<std::net::Ipv4Addr>().is_ok(),
+                            Some("IPv6") => a.parse::<std::net::Ipv6Addr>().is_ok(),
+                            Some(_) => names::dns1123_subdomain(a).is_ok(),
+                            None => true,
+                        };
+                        if !ok {
+                            e.invalid(
+                                &index(&at(&p, "addresses"), j),
+                                &Value::from(*a),
+                                format!("must be a valid {} address", family.unwrap_or("")),
+                            );
+                        }
+                    }
+                }
+                _ => e.required(&at(&p, "addresses")),
+            }
+            if let Some(cond) = e.opt_object(ep, "conditions", &p) {
+                let cp = at(&p, "conditions");
+                for f in ["ready", "serving", "terminating"] {
+                    e.opt_bool(cond, f, &cp);
+                }
+            }
+            if let Some(node) = e.opt_str(ep, "nodeName", &p)
+                && let Err(detail) = names::dns1123_subdomain(node)
+            {
+                e.invalid(&at(&p, "nodeName"), &ep["nodeName"], detail);
+            }
+            e.opt_str(ep, "hostname", &p);
+            if let Some(target) = e.opt_object(ep, "targetRef", &p) {
+                let tp = at(&p, "targetRef");
+                for f in ["kind", "namespace", "name", "uid"] {
+                    e.opt_str(target, f, &tp);
+                }
+            }
+        }
+    }
+    if let Some(ports) = e.opt_array(root, "ports", "") {
+        for (i, port) in ports.iter().enumerate() {
+            let p = index("ports", i);
+            let Some(port) = e.object(port, &p) else {
+                continue;
+            };
+            if let Some(name) = e.opt_str(port, "name", &p)
+                && !name.is_empty()
+                && let Err(detail) = names::dns1123_label(name)
+            {
+                e.invalid(&at(&p, "name"), &port["name"], detail);
+            }
+            check_protocol(e, port, &p);
+            if let Some(v) = field(port, "port") {
+                e.port_number(v, &at(&p, "port"));
+            }
+            e.opt_str(port, "appProtocol", &p);
+        }
+    }
+}
