@@ -8,6 +8,8 @@
 //! # Layout
 //! - `kind` — [`Kind`]: names, plurals, API versions, scope, kubectl-style parsing.
 //! - `object` — [`Object`], store keys, [`list_json`], [`to_yaml`].
+//! - `manifest` — [`parse_manifests`]: YAML/JSON documents, `List` expansion, create defaults.
+//! - `validate` — [`validate`]: per-kind field checks with exact paths and values.
 //! - `names` — DNS label/subdomain, label key/value, IANA port name syntax.
 //! - `meta`, `pod`, `service`, `cluster`, `secret` — typed views.
 //!
@@ -17,16 +19,19 @@
 mod cluster;
 mod error;
 mod kind;
+mod manifest;
 mod meta;
 pub mod names;
 mod object;
 mod pod;
 mod secret;
 mod service;
+mod validate;
 
 pub use cluster::{Namespace, Node, NodeAddress, NodeSpec, NodeStatus};
 pub use error::ModelError;
 pub use kind::Kind;
+pub use manifest::parse_manifests;
 pub use meta::{Condition, IntOrString, LabelSelector, LabelSelectorRequirement, ObjectMeta};
 pub use object::{Object, list_json, object_key, to_yaml};
 pub use pod::{
@@ -38,3 +43,4 @@ pub use service::{
     Endpoint, EndpointConditions, EndpointPort, EndpointSlice, LoadBalancerIngress,
     LoadBalancerStatus, ObjectReference, Service, ServicePort, ServiceSpec, ServiceStatus,
 };
+pub use validate::validate;

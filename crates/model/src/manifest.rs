@@ -70,8 +70,12 @@ fn to_object(mut value: Value) -> Result<Object, String> {
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str)
         .map(str::to_string);
-    let kind_name = root.get("kind").and_then(Value::as_str).unwrap_or("object");
-    let fail = |err: String| describe(kind_name, name.as_deref(), &[err]);
+    let kind_name = root
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("object")
+        .to_string();
+    let fail = |err: String| describe(&kind_name, name.as_deref(), &[err]);
     let kind = match root.get("kind") {
         None | Some(Value::Null) => return Err(fail("kind: Required value".into())),
         Some(Value::String(k)) => match Kind::from_kind_field(k).filter(Kind::appliable) {
@@ -105,13 +109,30 @@ fn to_object(mut value: Value) -> Result<Object, String> {
             )));
         }
     }
-    apply_create_defaults(kind, root);
+    strip_nulls(&mut value);
+    if let Value::Object(root) = &mut value {
+        apply_create_defaults(kind, root);
+    }
     let obj = Object { kind, value };
     let errs = check(&obj);
     if errs.is_empty() {
         Ok(obj)
     } else {
         Err(describe(kind.as_str(), Some(&obj.display_name()), &errs))
+    }
+}
+
+/// Drops `key: null` entries at every level. Go decodes a null field as its zero value and
+/// writes it back omitted, so the stored object never has them; neither do ours, and typed
+/// views need not treat `labels: null` and a missing `labels` differently.
+fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
     }
 }
 

@@ -379,3 +379,16 @@ fn meta_reads_metadata() {
     );
     let _: Value = objs[1].value.clone();
 }
+
+#[test]
+fn null_fields_count_as_absent() {
+    let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels:\n  annotations: ~\nspec:\n  nodeName:\n  containers:\n  - name: c\n    ports:\n    command: null\n";
+    let objs = parse_ok(text);
+    assert_eq!(
+        objs[0].value,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "c"}]}})
+    );
+    let pod: Pod = objs[0].typed().expect("typed");
+    assert!(pod.metadata.labels.is_empty());
+}

@@ -108,8 +108,6 @@ fn mutate(mut v: Value, pick: usize, op: u8, new: Value, key: &str) -> Value {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
     #[test]
     fn never_panics_on_arbitrary_text(text in any::<String>()) {
         let _ = parse_manifests(&text, "fuzz");
@@ -166,10 +164,9 @@ proptest! {
 
     #[test]
     fn yaml_output_round_trips_arbitrary_values(v in arb_value()) {
-        let wrapped = serde_json::json!({"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": "x", "labels": {"kubernetes.io/metadata.name": "x"}}, "extra": v});
-        let text = to_yaml(&wrapped);
-        let back = parse_manifests(&text, "rt").map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
-        prop_assert_eq!(&back[0].value, &wrapped, "{}", text);
+        let text = to_yaml(&v);
+        let back: Value = serde_saphyr::from_str(&text)
+            .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+        prop_assert_eq!(&back, &v, "{}", text);
     }
 }
