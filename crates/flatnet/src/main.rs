@@ -29,6 +29,10 @@ enum Cmd {
     Label(cmd::label::Args),
     /// Run a host command inside a pod's network namespace.
     Exec(cmd::exec::Args),
+    /// Wait until the cluster reflects the store.
+    Wait(cmd::wait::Args),
+    /// Nodes, leases, agents and problems in plain words.
+    Status(cmd::status::Args),
 }
 
 fn main() {
@@ -62,5 +66,7 @@ fn run(command: Cmd, lab: lab::Lab) -> anyhow::Result<i32> {
         Cmd::Get(a) => cmd::block_on(cmd::get::run(a, lab)),
         Cmd::Label(a) => cmd::block_on(cmd::label::run(a, lab)),
         Cmd::Exec(a) => cmd::exec::run(a, lab),
+        Cmd::Wait(a) => cmd::block_on(cmd::wait::run(a, lab)),
+        Cmd::Status(a) => cmd::block_on(cmd::status::run(a, lab)),
     }
 }

@@ -9,6 +9,8 @@
 //! - `cleanup`: finds and removes everything a lab left behind, also after a crash.
 //! - `runtime`: a minimal CNI runtime (conflist in, plugin chain executed as the spec says).
 //! - `controller`: keeps Deployments at their replica count.
+//! - `converge`: what is not converged yet (for `wait --converged` and `status`).
+//! - `daemons`: the lab's long-running processes; stop (kill -9) and start them by name.
 //! - `kubelet`: the kubelet role, one process per node: pods in, sandboxes and processes out.
 //! - `responder`: the built-in container that answers with the pod's name.
 //! - `client`: how the CLI finds and connects to a running lab's store.
@@ -21,6 +23,8 @@ pub mod api;
 pub mod cleanup;
 pub mod client;
 pub mod controller;
+pub mod converge;
+pub mod daemons;
 pub mod kubelet;
 pub mod names;
 pub mod responder;

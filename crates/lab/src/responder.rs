@@ -1,6 +1,8 @@
 //! The built-in container: serves every declared port with the pod's name, like
 //! `agnhost serve-hostname`. TCP speaks HTTP/1.1 (any request gets `200 OK` with the name as
-//! the body, keep-alive honoured); UDP answers every datagram with the name.
+//! the body, keep-alive honoured; `GET /clientip` answers with the client's `IP:port` as
+//! agnhost's netexec does, which shows whether traffic was NATed); UDP answers every
+//! datagram with the name.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -40,6 +42,7 @@ pub fn serve(name: &str, tcp: &[u16], udp: &[u16]) -> std::io::Result<()> {
 /// Answers requests on one connection until the client closes it or asks to.
 fn http(conn: TcpStream, name: &str) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let peer = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut writer = conn.try_clone()?;
     let mut reader = BufReader::new(conn);
     loop {
@@ -71,10 +74,12 @@ fn http(conn: TcpStream, name: &str) -> std::io::Result<()> {
             std::io::copy(&mut (&mut reader).take(body_len as u64), &mut std::io::sink())?;
         }
         let conn_hdr = if close { "close" } else { "keep-alive" };
+        let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+        let body = if path == "/clientip" { peer.as_str() } else { name };
         write!(
             writer,
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn_hdr}\r\n\r\n{name}",
-            name.len()
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn_hdr}\r\n\r\n{body}",
+            body.len()
         )?;
         writer.flush()?;
         if close {

@@ -3,8 +3,7 @@
 //! and one kubelet per node.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -12,6 +11,7 @@ use serde_json::json;
 use crate::names::{Addressing, Lab, node_name};
 use store::Store;
 
+use crate::daemons::{self, Daemon};
 use crate::{cleanup, shell};
 
 #[derive(Debug, thiserror::Error)]
@@ -114,9 +114,9 @@ async fn build(lab: &Lab, opts: &UpOptions, progress: &(dyn Fn(&str) + Sync)) ->
     // etcd first: it takes the longest to come up, and the namespaces are built meanwhile.
     let etcd = store::EtcdProcess::start_in_own_session(&lab.data_dir())?;
     let endpoint = etcd.endpoint.clone();
+    daemons::record_etcd_ports(lab, etcd.client_port(), etcd.peer_port())?;
     let pid = etcd.detach();
-    std::fs::write(lab.run_dir().join("etcd.pid"), pid.to_string())
-        .map_err(|e| LabError::Other(format!("write etcd pid: {e}")))?;
+    daemons::record_pid(lab, &Daemon::Etcd, pid)?;
     progress(&format!("etcd started on {endpoint} (pid {pid})"));
 
     wire(lab, opts)?;
@@ -142,8 +142,9 @@ async fn build(lab: &Lab, opts: &UpOptions, progress: &(dyn Fn(&str) + Sync)) ->
         let path = conf_dir.join(CONFLIST_NAME);
         std::fs::write(&path, serde_json::to_vec_pretty(&conflist).unwrap_or_default())
             .map_err(|e| LabError::Other(format!("write {}: {e}", path.display())))?;
-        spawn_daemon(
+        daemons::spawn(
             lab,
+            &Daemon::Kubelet(node.clone()),
             &opts.bin_dir.join("flatnet"),
             &[
                 "lab".into(),
@@ -153,10 +154,9 @@ async fn build(lab: &Lab, opts: &UpOptions, progress: &(dyn Fn(&str) + Sync)) ->
                 format!("--node-ip={}", opts.addressing.node_ip(i)),
                 format!("--pod-cidr={subnet}"),
             ],
-            &format!("kubelet-{node}"),
         )?;
     }
-    spawn_daemon(lab, &opts.bin_dir.join("flatnet"), &["lab".into(), "controller".into(), lab.daemon_marker()], "controller")?;
+    daemons::spawn(lab, &Daemon::Controller, &opts.bin_dir.join("flatnet"), &["lab".into(), "controller".into(), lab.daemon_marker()])?;
     progress("kubelets and controller started; waiting for nodes to register");
     wait_nodes_ready(&store, opts.nodes, Duration::from_secs(30), progress).await?;
     progress(&format!("lab {} is up with {} node(s) in {:.1} s", lab.name, opts.nodes, start.elapsed().as_secs_f64()));
@@ -201,21 +201,6 @@ fn wire(lab: &Lab, opts: &UpOptions) -> Result<(), LabError> {
     }
     shell::ip_batch_in(&fabric, &fabric_cmds)?;
     Ok(())
-}
-
-/// Starts a lab daemon detached from the CLI, its output in the lab's log directory.
-pub fn spawn_daemon(lab: &Lab, bin: &Path, args: &[String], log: &str) -> Result<u32, LabError> {
-    let log_path = lab.log_dir().join(format!("{log}.log"));
-    let out = shell::log_file(&log_path)?;
-    let err = out.try_clone().map_err(|e| LabError::Other(e.to_string()))?;
-    let mut cmd = Command::new(bin);
-    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-    shell::detach(&mut cmd);
-    let child = cmd.spawn().map_err(|e| LabError::Other(format!("start {}: {e}", bin.display())))?;
-    let pid = child.id();
-    std::fs::write(lab.run_dir().join(format!("{log}.pid")), pid.to_string())
-        .map_err(|e| LabError::Other(format!("write pid of {log}: {e}")))?;
-    Ok(pid)
 }
 
 async fn wait_nodes_ready(

@@ -33,6 +33,10 @@ enum LabCmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Kill a lab component (etcd, controller, kubelet/NODE, agent/NODE) with SIGKILL, as a crash would.
+    Stop { component: String },
+    /// Start a stopped lab component again, as `lab up` started it.
+    Start { component: String },
     /// (started by `lab up`) The kubelet role of one node.
     #[command(hide = true)]
     Kubelet(KubeletArgs),
@@ -109,6 +113,21 @@ pub fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
             }
             super::exec_in_netns(&lab::shell::netns_path(&ns), &command)
         }
+        LabCmd::Stop { component } => {
+            let d = lab::daemons::Daemon::parse(&component)?;
+            if lab::daemons::stop(&lab, &d)? {
+                println!("{component} stopped");
+            } else {
+                println!("{component} was not running");
+            }
+            Ok(0)
+        }
+        LabCmd::Start { component } => {
+            let d = lab::daemons::Daemon::parse(&component)?;
+            let pid = lab::daemons::start(&lab, &d)?;
+            println!("{component} started (pid {pid})");
+            Ok(0)
+        }
         LabCmd::Kubelet(a) => super::block_on(async move {
             let cfg = lab::kubelet::KubeletConfig { lab, node: a.node, node_ip: a.node_ip, pod_cidr: a.pod_cidr, bin_dir: bin_dir()? };
             lab::kubelet::run(cfg).await?;
@@ -142,6 +161,12 @@ async fn up(a: UpArgs, lab: lab::Lab) -> anyhow::Result<i32> {
 async fn status(lab: lab::Lab) -> anyhow::Result<i32> {
     let ep = lab::client::endpoint(&lab)?;
     println!("lab {}: etcd {ep}", lab.name);
+    for (id, pid) in lab::daemons::list(&lab) {
+        match pid {
+            Some(p) => println!("  {id:<16} running (pid {p})"),
+            None => println!("  {id:<16} NOT RUNNING (start it with: flatnet lab start {})", id.replacen('-', "/", 1)),
+        }
+    }
     let namespaces = lab::shell::netns_with_prefix(&lab.netns_prefix());
     println!("namespaces: {}", namespaces.len());
     let store = lab::client::connect(&lab).await?;

@@ -6,6 +6,8 @@ pub mod exec;
 pub mod get;
 pub mod label;
 pub mod lab;
+pub mod status;
+pub mod wait;
 
 /// Runs a subcommand's async body on a runtime made for it.
 pub fn block_on<F: std::future::Future<Output = anyhow::Result<i32>>>(f: F) -> anyhow::Result<i32> {
