@@ -72,6 +72,33 @@ pub struct Route {
     pub onlink: bool,
 }
 
+/// What [`Handle::create_vxlan`] creates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanSpec {
+    pub name: String,
+    pub vni: u32,
+    /// Source address of the encapsulated packets.
+    pub local: Ipv4Addr,
+    /// Link the encapsulated packets leave by.
+    pub underlay_index: u32,
+    /// UDP destination port.
+    pub port: u16,
+    pub mtu: u32,
+    /// MAC address of the device; the kernel picks a random one when `None`.
+    pub mac: Option<[u8; 6]>,
+}
+
+/// A link and, when it is a VXLAN device, its VXLAN parameters as the kernel reports them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanLink {
+    pub link: Link,
+    pub vni: Option<u32>,
+    pub local: Option<Ipv4Addr>,
+    pub underlay_index: Option<u32>,
+    pub port: Option<u16>,
+    pub learning: Option<bool>,
+}
+
 pub struct Handle {
     socket: Socket,
     seq: u32,
@@ -219,24 +246,93 @@ impl Handle {
         port: u16,
         mtu: u32,
     ) -> Result<(), NetlinkError> {
+        self.create_vxlan(&VxlanSpec {
+            name: name.to_string(),
+            vni,
+            local,
+            underlay_index,
+            port,
+            mtu,
+            mac: None,
+        })
+    }
+
+    /// Creates a VXLAN device without learning, with a chosen MAC address if `spec.mac` is set
+    /// (a stable VTEP MAC survives re-creating the device).
+    pub fn create_vxlan(&mut self, spec: &VxlanSpec) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes.push(LinkAttribute::IfName(spec.name.clone()));
+        msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        if let Some(mac) = spec.mac {
+            msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        }
         msg.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Vxlan),
             LinkInfo::Data(InfoData::Vxlan(vec![
-                InfoVxlan::Id(vni),
-                InfoVxlan::Local(local),
-                InfoVxlan::Link(underlay_index),
-                InfoVxlan::Port(port),
+                InfoVxlan::Id(spec.vni),
+                InfoVxlan::Local(spec.local),
+                InfoVxlan::Link(spec.underlay_index),
+                InfoVxlan::Port(spec.port),
                 InfoVxlan::Learning(false),
             ])),
         ]));
         self.request(
-            || format!("create vxlan {name}"),
+            || format!("create vxlan {}", spec.name),
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         )?;
+        Ok(())
+    }
+
+    /// A VXLAN link by name with its VXLAN parameters; `Ok(None)` when there is no link of
+    /// that name (a link of another kind is returned with `vni: None`).
+    pub fn vxlan(&mut self, name: &str) -> Result<Option<VxlanLink>, NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        let answers = match self.request(|| format!("get link {name}"), RouteNetlinkMessage::GetLink(msg), 0) {
+            Ok(answers) => answers,
+            Err(e) if e.errno() == Some(libc::ENODEV) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(m) = answers.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(l) => Some(l),
+            _ => None,
+        }) else {
+            return Ok(None);
+        };
+        let mut out = VxlanLink {
+            link: to_link(&m),
+            vni: None,
+            local: None,
+            underlay_index: None,
+            port: None,
+            learning: None,
+        };
+        for a in &m.attributes {
+            let LinkAttribute::LinkInfo(infos) = a else { continue };
+            for i in infos {
+                let LinkInfo::Data(InfoData::Vxlan(attrs)) = i else { continue };
+                for v in attrs {
+                    match v {
+                        InfoVxlan::Id(id) => out.vni = Some(*id),
+                        InfoVxlan::Local(ip) => out.local = Some(*ip),
+                        InfoVxlan::Link(idx) => out.underlay_index = Some(*idx),
+                        InfoVxlan::Port(p) => out.port = Some(*p),
+                        InfoVxlan::Learning(l) => out.learning = Some(*l),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Sets a link's MTU.
+    pub fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        self.request(|| format!("set mtu {mtu} on link {index}"), RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)?;
         Ok(())
     }
 
@@ -294,10 +390,10 @@ impl Handle {
                     continue;
                 }
                 for attr in &a.attributes {
-                    if let AddressAttribute::Local(IpAddr::V4(ip)) = attr {
-                        if let Ok(net) = Ipv4Net::new(*ip, a.header.prefix_len) {
-                            out.push(net);
-                        }
+                    if let AddressAttribute::Local(IpAddr::V4(ip)) = attr
+                        && let Ok(net) = Ipv4Net::new(*ip, a.header.prefix_len)
+                    {
+                        out.push(net);
                     }
                 }
             }
@@ -305,14 +401,37 @@ impl Handle {
         Ok(out)
     }
 
+    /// Removes an IPv4 address from a link; `Ok(false)` when it was not there.
+    pub fn del_addr(&mut self, index: u32, addr: Ipv4Net) -> Result<bool, NetlinkError> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = addr.prefix_len();
+        msg.header.index = index;
+        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
+        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+        match self.request(
+            || format!("delete address {addr} from link {index}"),
+            RouteNetlinkMessage::DelAddress(msg),
+            NLM_F_ACK,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::EADDRNOTAVAIL) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     // ---- routes ----
 
     fn route_msg(route: &Route) -> RouteMessage {
+        Self::route_msg_as(route, RouteProtocol::Static)
+    }
+
+    fn route_msg_as(route: &Route, protocol: RouteProtocol) -> RouteMessage {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.destination_prefix_length = route.dst.prefix_len();
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
-        msg.header.protocol = RouteProtocol::Static;
+        msg.header.protocol = protocol;
         msg.header.scope = if route.scope_link { RouteScope::Link } else { RouteScope::Universe };
         msg.header.kind = RouteType::Unicast;
         if route.onlink {
@@ -353,14 +472,54 @@ impl Handle {
 
     /// IPv4 routes of the main table.
     pub fn routes(&mut self) -> Result<Vec<Route>, NetlinkError> {
+        self.dump_routes(None)
+    }
+
+    /// Adds or replaces a route tagged with routing protocol number `protocol` (`ip route ...
+    /// proto N`), so its owner can find it again with [`Handle::routes_of_protocol`].
+    pub fn replace_route_as(&mut self, route: &Route, protocol: u8) -> Result<(), NetlinkError> {
+        self.request(
+            || format!("add route {} proto {protocol}", route.dst),
+            RouteNetlinkMessage::NewRoute(Self::route_msg_as(route, RouteProtocol::from(protocol))),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a route only if it carries `protocol`; `Ok(false)` when there was none.
+    pub fn del_route_as(&mut self, route: &Route, protocol: u8) -> Result<bool, NetlinkError> {
+        match self.request(
+            || format!("delete route {} proto {protocol}", route.dst),
+            RouteNetlinkMessage::DelRoute(Self::route_msg_as(route, RouteProtocol::from(protocol))),
+            NLM_F_ACK,
+        ) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ESRCH) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// IPv4 routes of the main table that carry routing protocol number `protocol`.
+    pub fn routes_of_protocol(&mut self, protocol: u8) -> Result<Vec<Route>, NetlinkError> {
+        self.dump_routes(Some(protocol))
+    }
+
+    fn dump_routes(&mut self, protocol: Option<u8>) -> Result<Vec<Route>, NetlinkError> {
         let mut msg = RouteMessage::default();
         msg.header.address_family = AddressFamily::Inet;
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
+        if let Some(p) = protocol {
+            // With strict checking the kernel filters on it; checked below as well.
+            msg.header.protocol = RouteProtocol::from(p);
+        }
         let answers = self.request(|| "list routes".into(), RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)?;
         let mut out = Vec::new();
         for m in answers {
             let RouteNetlinkMessage::NewRoute(r) = m else { continue };
             if r.header.table != RouteHeader::RT_TABLE_MAIN || r.header.kind != RouteType::Unicast {
+                continue;
+            }
+            if protocol.is_some_and(|p| u8::from(r.header.protocol) != p) {
                 continue;
             }
             let mut dst = Ipv4Addr::UNSPECIFIED;
@@ -482,6 +641,41 @@ impl Handle {
             }
             if let (Some(ip), Some(mac)) = (ip, mac) {
                 out.push((n.header.ifindex, ip, mac));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Unicast VXLAN forwarding entries of link `index` that name a remote VTEP: (mac, dst).
+    pub fn fdb(&mut self, index: u32) -> Result<Vec<([u8; 6], Ipv4Addr)>, NetlinkError> {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = index;
+        let answers = self.request(
+            || format!("list fdb entries of link {index}"),
+            RouteNetlinkMessage::GetNeighbour(msg),
+            NLM_F_DUMP,
+        )?;
+        let mut out = Vec::new();
+        for m in answers {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
+            if n.header.ifindex != index {
+                continue;
+            }
+            let mut dst = None;
+            let mut mac = None;
+            for a in &n.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => dst = Some(*v),
+                    NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(l),
+                    _ => {}
+                }
+            }
+            if let (Some(mac), Some(dst)) = (mac, dst)
+                && mac[0] & 1 == 0
+                && mac != [0; 6]
+            {
+                out.push((mac, dst));
             }
         }
         Ok(out)
