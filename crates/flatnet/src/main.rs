@@ -17,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The node agent: subnet lease, routes to other nodes, the node's CNI config.
+    Agent(cmd::agent::Args),
     /// Build, inspect and remove a lab cluster made of network namespaces.
     Lab(cmd::lab::Args),
     /// Create or update objects from Kubernetes YAML or JSON manifests.
@@ -37,7 +39,7 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    let daemon = matches!(&cli.command, Cmd::Lab(a) if a.is_daemon());
+    let daemon = matches!(&cli.command, Cmd::Agent(_)) || matches!(&cli.command, Cmd::Lab(a) if a.is_daemon());
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLATNET_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" }));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
@@ -60,6 +62,7 @@ fn main() {
 
 fn run(command: Cmd, lab: lab::Lab) -> anyhow::Result<i32> {
     match command {
+        Cmd::Agent(a) => cmd::block_on(cmd::agent::run(a)),
         Cmd::Lab(a) => cmd::lab::run(a, lab),
         Cmd::Apply(a) => cmd::block_on(cmd::apply::run(a, lab)),
         Cmd::Delete(a) => cmd::block_on(cmd::delete::run(a, lab)),

@@ -309,6 +309,49 @@ pub async fn get(store: &EtcdStore, kind: Kind, namespace: Option<&str>, name: O
     Ok(kvs.iter().filter_map(|kv| kv.decode::<Value>().ok()).collect())
 }
 
+/// Adds what the network knows about each node, as annotations (as flannel annotates nodes
+/// with its backend and public IP): `flatnet.io/backend-type`, `flatnet.io/public-ip`,
+/// `flatnet.io/agent-health` (healthy, unhealthy, stale, none) and
+/// `flatnet.io/applied-revision`; `spec.podCIDR` comes from the node's subnet lease.
+pub async fn annotate_nodes(store: &EtcdStore, nodes: &mut [Value]) -> Result<(), ApiError> {
+    let (subnets, _) = store.list(store::keys::SUBNETS).await?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    for n in nodes.iter_mut() {
+        let name = n.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        if !n["metadata"].get("annotations").is_some_and(Value::is_object) {
+            n["metadata"]["annotations"] = json!({});
+        }
+        let lease = subnets.iter().find_map(|kv| {
+            let v: Value = kv.decode().ok()?;
+            (v["node"] == name.as_str()).then(|| (store::keys::subnet_cidr(&kv.key), v))
+        });
+        if let Some((cidr, v)) = lease {
+            if let Some(cidr) = cidr {
+                n["spec"]["podCIDR"] = json!(cidr);
+                n["spec"]["podCIDRs"] = json!([cidr]);
+            }
+            n["metadata"]["annotations"]["flatnet.io/backend-type"] = v["backend"].clone();
+            n["metadata"]["annotations"]["flatnet.io/public-ip"] = v["underlayIP"].clone();
+        }
+        let health = match store.get(&store::keys::agent(&name)).await? {
+            None => "none".to_string(),
+            Some(kv) => {
+                let a: Value = kv.decode()?;
+                n["metadata"]["annotations"]["flatnet.io/applied-revision"] = json!(a["appliedRevision"].to_string());
+                if now - a["heartbeat"].as_i64().unwrap_or(0) > crate::converge::AGENT_STALE_SECS {
+                    "stale".into()
+                } else if a["healthy"] == true {
+                    "healthy".into()
+                } else {
+                    "unhealthy".into()
+                }
+            }
+        };
+        n["metadata"]["annotations"]["flatnet.io/agent-health"] = json!(health);
+    }
+    Ok(())
+}
+
 /// Label selector helper for callers that only have JSON.
 pub fn labels_of(v: &Value) -> HashMap<String, String> {
     v.pointer("/metadata/labels")

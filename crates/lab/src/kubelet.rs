@@ -24,7 +24,6 @@ pub struct KubeletConfig {
     pub lab: Lab,
     pub node: String,
     pub node_ip: Ipv4Addr,
-    pub pod_cidr: ipnet::Ipv4Net,
     /// Directory of the `flatnet` and `flatnet-cni` binaries (the CNI_PATH).
     pub bin_dir: PathBuf,
 }
@@ -57,7 +56,8 @@ pub async fn run(cfg: KubeletConfig) -> Result<(), LabError> {
             }
         }
     };
-    register_node(&store, &cfg).await?;
+    let pod_cidr = wait_network_ready(&cfg).await;
+    register_node(&store, &cfg, pod_cidr).await?;
     let (exit_tx, mut exit_rx) = mpsc::channel::<Exited>(64);
     let mut pods: HashMap<String, RunningPod> = HashMap::new();
     loop {
@@ -138,7 +138,27 @@ fn mine(cfg: &KubeletConfig, value: &[u8]) -> Option<Pod> {
     (pod.spec.node_name.as_deref() == Some(cfg.node.as_str())).then_some(pod)
 }
 
-async fn register_node(store: &EtcdStore, cfg: &KubeletConfig) -> Result<(), LabError> {
+/// Waits until the network plugin is ready: the node's CNI config exists (the agent writes
+/// it once it holds a subnet lease). Returns the node's pod CIDR from it.
+async fn wait_network_ready(cfg: &KubeletConfig) -> ipnet::Ipv4Net {
+    let path = cfg.lab.cni_conf_dir(&cfg.node).join(CONFLIST_NAME);
+    let mut logged = false;
+    loop {
+        let subnet = NetworkList::load(&path).ok().and_then(|l| {
+            l.plugins.iter().find_map(|p| p.get("subnet")?.as_str()?.parse::<ipnet::Ipv4Net>().ok())
+        });
+        if let Some(s) = subnet {
+            return s;
+        }
+        if !logged {
+            tracing::info!("waiting for the network plugin's config {}", path.display());
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn register_node(store: &EtcdStore, cfg: &KubeletConfig, pod_cidr: ipnet::Ipv4Net) -> Result<(), LabError> {
     let key = store::keys::object("nodes", None, &cfg.node);
     let now = crate::now_rfc3339();
     let node = json!({
@@ -149,7 +169,7 @@ async fn register_node(store: &EtcdStore, cfg: &KubeletConfig) -> Result<(), Lab
             "labels": {"kubernetes.io/hostname": cfg.node, "kubernetes.io/os": "linux"},
             "creationTimestamp": now,
         },
-        "spec": {"podCIDR": cfg.pod_cidr.to_string(), "podCIDRs": [cfg.pod_cidr.to_string()]},
+        "spec": {"podCIDR": pod_cidr.to_string(), "podCIDRs": [pod_cidr.to_string()]},
         "status": {
             "addresses": [{"type": "InternalIP", "address": cfg.node_ip.to_string()}, {"type": "Hostname", "address": cfg.node}],
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastTransitionTime": now}],

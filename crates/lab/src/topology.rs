@@ -48,25 +48,6 @@ pub fn network_config(opts: &UpOptions) -> serde_json::Value {
     })
 }
 
-/// The pod CIDR of node `i` (1-based) until agents lease them.
-pub fn node_subnet(a: &Addressing, i: usize) -> Option<ipnet::Ipv4Net> {
-    a.pod_cidr.subnets(a.node_prefix).ok()?.nth(i - 1)
-}
-
-/// The CNI network configuration list of one node, as a runtime reads it.
-pub fn cni_conflist(lab: &Lab, node: &str, subnet: ipnet::Ipv4Net, mtu: u32) -> serde_json::Value {
-    json!({
-        "cniVersion": "1.1.0",
-        "name": "flatnet",
-        "plugins": [{
-            "type": "flatnet-cni",
-            "subnet": subnet.to_string(),
-            "dataDir": lab.node_dir(node).join("ipam").display().to_string(),
-            "mtu": mtu,
-        }]
-    })
-}
-
 pub const CONFLIST_NAME: &str = "10-flatnet.conflist";
 
 /// Builds the lab. `progress` gets one line per step. On failure everything made so far is
@@ -82,7 +63,8 @@ pub async fn up(lab: &Lab, opts: &UpOptions, progress: &(dyn Fn(&str) + Sync)) -
             return Err(LabError::Other(format!("cannot remove leftovers: {}", r.errors.join("; "))));
         }
     }
-    if opts.nodes == 0 || node_subnet(&opts.addressing, opts.nodes).is_none() || opts.nodes > 200 {
+    let subnets = opts.addressing.pod_cidr.subnets(opts.addressing.node_prefix).map(|s| s.count()).unwrap_or(0);
+    if opts.nodes == 0 || opts.nodes > subnets || opts.nodes > 200 {
         return Err(LabError::Other(format!(
             "--nodes {}: must be between 1 and the number of /{} subnets in {} (at most 200)",
             opts.nodes, opts.addressing.node_prefix, opts.addressing.pod_cidr
@@ -133,41 +115,39 @@ async fn build(lab: &Lab, opts: &UpOptions, progress: &(dyn Fn(&str) + Sync)) ->
     std::fs::write(lab.etcd_endpoint_file(), &endpoint)
         .map_err(|e| LabError::Other(format!("write {}: {e}", lab.etcd_endpoint_file().display())))?;
 
+    let flatnet = opts.bin_dir.join("flatnet");
     for i in 1..=opts.nodes {
         let node = node_name(i);
-        let subnet = node_subnet(&opts.addressing, i).ok_or_else(|| LabError::Other("no subnet".into()))?;
-        let conf_dir = lab.cni_conf_dir(&node);
-        std::fs::create_dir_all(&conf_dir).map_err(|e| LabError::Other(format!("create {}: {e}", conf_dir.display())))?;
-        let conflist = cni_conflist(lab, &node, subnet, underlay_mtu(opts));
-        let path = conf_dir.join(CONFLIST_NAME);
-        std::fs::write(&path, serde_json::to_vec_pretty(&conflist).unwrap_or_default())
-            .map_err(|e| LabError::Other(format!("write {}: {e}", path.display())))?;
+        // The agent leases the node's pod CIDR and writes the node's CNI config; the
+        // kubelet waits for that config, as a real kubelet waits for its network plugin.
+        daemons::spawn(
+            lab,
+            &Daemon::Agent(node.clone()),
+            &flatnet,
+            &[
+                "agent".into(),
+                lab.daemon_marker(),
+                format!("--node={node}"),
+                format!("--etcd={endpoint}"),
+                format!("--netns={}", shell::netns_path(&lab.node_netns(&node))),
+                "--underlay-dev=eth0".into(),
+                format!("--cni-conf={}", lab.cni_conf_dir(&node).join(CONFLIST_NAME).display()),
+                format!("--ipam-dir={}", lab.node_dir(&node).join("ipam").display()),
+                format!("--state-dir={}", lab.node_dir(&node).join("agent").display()),
+            ],
+        )?;
         daemons::spawn(
             lab,
             &Daemon::Kubelet(node.clone()),
-            &opts.bin_dir.join("flatnet"),
-            &[
-                "lab".into(),
-                "kubelet".into(),
-                lab.daemon_marker(),
-                format!("--node={node}"),
-                format!("--node-ip={}", opts.addressing.node_ip(i)),
-                format!("--pod-cidr={subnet}"),
-            ],
+            &flatnet,
+            &["lab".into(), "kubelet".into(), lab.daemon_marker(), format!("--node={node}"), format!("--node-ip={}", opts.addressing.node_ip(i))],
         )?;
     }
     daemons::spawn(lab, &Daemon::Controller, &opts.bin_dir.join("flatnet"), &["lab".into(), "controller".into(), lab.daemon_marker()])?;
-    progress("kubelets and controller started; waiting for nodes to register");
+    progress("agents, kubelets and controller started; waiting for nodes to lease subnets and register");
     wait_nodes_ready(&store, opts.nodes, Duration::from_secs(30), progress).await?;
     progress(&format!("lab {} is up with {} node(s) in {:.1} s", lab.name, opts.nodes, start.elapsed().as_secs_f64()));
     Ok(())
-}
-
-fn underlay_mtu(opts: &UpOptions) -> u32 {
-    match opts.backend.as_str() {
-        "vxlan" => 1450,
-        _ => 1500,
-    }
 }
 
 /// Namespaces, links and addresses, with `ip` (a batch per namespace).

@@ -21,6 +21,9 @@ pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
     let store = lab::client::connect(&lab).await?;
     let ns = (!args.all).then_some(args.namespace.as_str());
     let mut items = lab::api::get(&store, kind, ns, args.name.as_deref()).await?;
+    if kind == Kind::Node {
+        lab::api::annotate_nodes(&store, &mut items).await?;
+    }
     items.sort_by_key(|v| (s(v, "/metadata/namespace").to_string(), s(v, "/metadata/name").to_string()));
     match args.output.as_deref() {
         Some("json") | Some("yaml") => {
@@ -85,7 +88,7 @@ fn row(kind: Kind, v: &Value, wide: bool) -> (Vec<&'static str>, Vec<String>) {
             (h, c)
         }
         Kind::Node => (
-            vec!["NAME", "STATUS", "INTERNAL-IP", "POD-CIDR", "AGE"],
+            vec!["NAME", "STATUS", "INTERNAL-IP", "POD-CIDR", "BACKEND", "AGENT", "AGE"],
             vec![
                 s(v, "/metadata/name").into(),
                 if ready(v) { "Ready".into() } else { "NotReady".into() },
@@ -96,6 +99,8 @@ fn row(kind: Kind, v: &Value, wide: bool) -> (Vec<&'static str>, Vec<String>) {
                     .unwrap_or("<none>")
                     .into(),
                 or_none(s(v, "/spec/podCIDR")),
+                or_none(s(v, "/metadata/annotations/flatnet.io~1backend-type")),
+                or_none(s(v, "/metadata/annotations/flatnet.io~1agent-health")),
                 age(v),
             ],
         ),

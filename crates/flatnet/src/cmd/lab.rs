@@ -66,8 +66,6 @@ struct KubeletArgs {
     node: String,
     #[arg(long)]
     node_ip: std::net::Ipv4Addr,
-    #[arg(long)]
-    pod_cidr: ipnet::Ipv4Net,
 }
 
 #[derive(clap::Args)]
@@ -129,7 +127,7 @@ pub fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
             Ok(0)
         }
         LabCmd::Kubelet(a) => super::block_on(async move {
-            let cfg = lab::kubelet::KubeletConfig { lab, node: a.node, node_ip: a.node_ip, pod_cidr: a.pod_cidr, bin_dir: bin_dir()? };
+            let cfg = lab::kubelet::KubeletConfig { lab, node: a.node, node_ip: a.node_ip, bin_dir: bin_dir()? };
             lab::kubelet::run(cfg).await?;
             Ok(0)
         }),

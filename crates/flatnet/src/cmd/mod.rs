@@ -1,5 +1,6 @@
 //! One module per subcommand: its clap `Args` and its `run`.
 
+pub mod agent;
 pub mod apply;
 pub mod delete;
 pub mod exec;
