@@ -62,7 +62,7 @@ fn pod_to_pod_same_and_cross_node_vxlan() {
 /// seconds and fails on any error; returns the child to wait for.
 fn long_stream(lab: &Lab, from: &str, dst: &str, secs: u32) -> std::process::Child {
     let script = format!(
-        "import socket,time,sys\ns=socket.create_connection(('{dst}',8080),timeout=3)\nend=time.time()+{secs}\nn=0\nwhile time.time()<end:\n  s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n  d=s.recv(4096)\n  assert d.startswith(b'HTTP/1.1 200'), d\n  n+=1\n  time.sleep(0.05)\nprint(n)\n"
+        "import socket,time,sys\ns=socket.create_connection(('{dst}',8080),timeout=3)\nend=time.time()+{secs}\nn=0\nwhile time.time()<end:\n  s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n  d=b''\n  while not d.endswith(b'\\r\\n\\r\\nc'):\n    r=s.recv(4096)\n    assert r, 'connection closed'\n    d+=r\n  assert d.startswith(b'HTTP/1.1 200'), d\n  n+=1\n  time.sleep(0.05)\nprint(n)\n"
     );
     lab.cmd(&["exec", from, "--", "python3", "-c", &script])
         .stdout(std::process::Stdio::piped())

@@ -76,12 +76,12 @@ fn http(conn: TcpStream, name: &str) -> std::io::Result<()> {
         let conn_hdr = if close { "close" } else { "keep-alive" };
         let path = request_line.split_whitespace().nth(1).unwrap_or("/");
         let body = if path == "/clientip" { peer.as_str() } else { name };
-        write!(
-            writer,
+        // One write per response, so a client sees it in one segment.
+        let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn_hdr}\r\n\r\n{body}",
             body.len()
-        )?;
-        writer.flush()?;
+        );
+        writer.write_all(response.as_bytes())?;
         if close {
             return Ok(());
         }

@@ -12,13 +12,15 @@ pub struct Args {
 
 pub fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
     let (ns, pod) = (args.namespace.clone(), args.pod.clone());
-    let netns = super::block_on(async {
-        let store = lab::client::connect(&lab).await?;
-        lab::api::get(&store, model::Kind::Pod, Some(&ns), Some(&pod)).await?;
-        Ok(0)
-    })
-    .map(|_| lab::shell::netns_path(&lab.pod_netns(&ns, &pod)))?;
+    // The pod's namespace name is derived from ns/name, so exec works without the store
+    // (also while etcd is down: troubleshooting must not depend on it).
+    let netns = lab::shell::netns_path(&lab.pod_netns(&ns, &pod));
     if !std::path::Path::new(&netns).exists() {
+        super::block_on(async {
+            let store = lab::client::connect(&lab).await?;
+            lab::api::get(&store, model::Kind::Pod, Some(&ns), Some(&pod)).await?;
+            Ok(0)
+        })?;
         anyhow::bail!("pod {ns}/{pod} has no network namespace yet (is it still Pending?)");
     }
     super::exec_in_netns(&netns, &args.command)
