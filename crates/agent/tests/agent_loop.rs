@@ -226,11 +226,11 @@ async fn an_expired_lease_is_reclaimed_with_the_same_subnet() {
     store.expire_leases_now();
     let deadline = tokio::time::Instant::now() + common::WAIT;
     loop {
-        if let Some(kv) = store.get(&key).await.unwrap() {
-            if kv.lease != lease_before {
-                assert_ne!(kv.lease, 0);
-                break;
-            }
+        if let Some(kv) = store.get(&key).await.unwrap()
+            && kv.lease != lease_before
+        {
+            assert_ne!(kv.lease, 0);
+            break;
         }
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -103,10 +103,10 @@ pub async fn wait_status<S: Store>(
 ) -> agent::AgentStatus {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        if let Some(s) = status(store, node).await {
-            if cond(&s) {
-                return s;
-            }
+        if let Some(s) = status(store, node).await
+            && cond(&s)
+        {
+            return s;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
