@@ -51,12 +51,14 @@ pub enum PluginError {
 pub fn to_cni_error(e: PluginError) -> CniError {
     match e {
         PluginError::Cni(e) => e,
-        PluginError::Netns(NetnsError::Open { path, source }) => {
-            CniError::new(code::UNKNOWN_CONTAINER, format!("cannot open network namespace {}", path.display()))
-                .with_details(source.to_string())
-        }
+        PluginError::Netns(NetnsError::Open { path, source }) => CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!("cannot open network namespace {}", path.display()),
+        )
+        .with_details(source.to_string()),
         PluginError::Ipam(IpamError::Io { path, source }) => {
-            CniError::new(code::IO, format!("ipam store {}", path.display())).with_details(source.to_string())
+            CniError::new(code::IO, format!("ipam store {}", path.display()))
+                .with_details(source.to_string())
         }
         other => CniError::new(code::INTERNAL, other.to_string()),
     }
@@ -83,7 +85,11 @@ pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     let version_hint = || {
         serde_json::from_slice::<serde_json::Value>(stdin)
             .ok()
-            .and_then(|v| v.get("cniVersion").and_then(|v| v.as_str()).map(str::to_string))
+            .and_then(|v| {
+                v.get("cniVersion")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| "1.1.0".to_string())
     };
     let env = match Env::from_lookup(get_env) {
@@ -98,7 +104,10 @@ pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
     };
     if env.command == Command::Version {
         let input = version_hint();
-        return Outcome { stdout: cni::version_output(&input).to_string(), exit_code: 0 };
+        return Outcome {
+            stdout: cni::version_output(&input).to_string(),
+            exit_code: 0,
+        };
     }
     let conf = match cni::parse_conf(&env, stdin) {
         Ok(c) => c,
@@ -113,23 +122,41 @@ pub fn run(get_env: impl Fn(&str) -> Option<String>, stdin: &[u8]) -> Outcome {
         Command::Version => Ok(None),
     };
     match result {
-        Ok(out) => Outcome { stdout: out.unwrap_or_default(), exit_code: 0 },
+        Ok(out) => Outcome {
+            stdout: out.unwrap_or_default(),
+            exit_code: 0,
+        },
         Err(e) => fail(&to_cni_error(e), &conf.cni_version),
     }
 }
 
 fn fail(e: &CniError, version: &str) -> Outcome {
-    Outcome { stdout: e.to_json(version).to_string(), exit_code: 1 }
+    Outcome {
+        stdout: e.to_json(version).to_string(),
+        exit_code: 1,
+    }
 }
 
 /// The text printed when the plugin runs without `CNI_COMMAND`.
 pub fn about() -> String {
-    format!("CNI flatnet-cni plugin {}\nCNI protocol versions supported: {}", env!("CARGO_PKG_VERSION"), cni::SUPPORTED_VERSIONS.join(", "))
+    format!(
+        "CNI flatnet-cni plugin {}\nCNI protocol versions supported: {}",
+        env!("CARGO_PKG_VERSION"),
+        cni::SUPPORTED_VERSIONS.join(", ")
+    )
 }
 
 fn attachment(env: &Env) -> Result<(&str, &str), PluginError> {
-    let cid = env.container_id.as_deref().ok_or_else(|| CniError::new(code::UNKNOWN_CONTAINER, "missing containerID"))?;
-    let ifname = env.ifname.as_deref().ok_or_else(|| CniError::new(code::INVALID_ENV, "required env variables [CNI_IFNAME] missing"))?;
+    let cid = env
+        .container_id
+        .as_deref()
+        .ok_or_else(|| CniError::new(code::UNKNOWN_CONTAINER, "missing containerID"))?;
+    let ifname = env.ifname.as_deref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_ENV,
+            "required env variables [CNI_IFNAME] missing",
+        )
+    })?;
     Ok((cid, ifname))
 }
 
@@ -139,15 +166,30 @@ fn open_ipam(conf: &NetConf) -> Result<Ipam, PluginError> {
 
 /// MTU of the link that holds this namespace's default route; 1500 when there is none.
 fn detect_mtu(host: &mut Handle) -> Result<u32, PluginError> {
-    let Some(oif) = host.routes()?.into_iter().find(|r| r.dst.prefix_len() == 0).and_then(|r| r.oif) else {
+    let Some(oif) = host
+        .routes()?
+        .into_iter()
+        .find(|r| r.dst.prefix_len() == 0)
+        .and_then(|r| r.oif)
+    else {
         return Ok(DEFAULT_MTU);
     };
-    Ok(host.links()?.into_iter().find(|l| l.index == oif).and_then(|l| l.mtu).unwrap_or(DEFAULT_MTU))
+    Ok(host
+        .links()?
+        .into_iter()
+        .find(|l| l.index == oif)
+        .and_then(|l| l.mtu)
+        .unwrap_or(DEFAULT_MTU))
 }
 
 fn add(env: &Env, conf: &NetConf) -> Result<CniResult, PluginError> {
     let (cid, ifname) = attachment(env)?;
-    let netns_path = env.netns.as_ref().ok_or_else(|| CniError::new(code::INVALID_ENV, "required env variables [CNI_NETNS] missing"))?;
+    let netns_path = env.netns.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_ENV,
+            "required env variables [CNI_NETNS] missing",
+        )
+    })?;
     let pod_ns = NetNs::open(netns_path)?;
     let mut pod = Handle::in_netns(&pod_ns)?;
     let mut host = Handle::new()?;
@@ -157,7 +199,10 @@ fn add(env: &Env, conf: &NetConf) -> Result<CniResult, PluginError> {
         // A pair whose DEL already released the address is only waiting for its background
         // removal (see `del`): finish that now. Anything else is a live interface.
         if ipam.find(cid, ifname)?.is_some() || host.link(&host_name)?.is_none() {
-            return Err(PluginError::InterfaceExists { ifname: ifname.into(), netns: netns_path.display().to_string() });
+            return Err(PluginError::InterfaceExists {
+                ifname: ifname.into(),
+                netns: netns_path.display().to_string(),
+            });
         }
         host.del_link(&host_name)?;
     }
@@ -170,7 +215,12 @@ fn add(env: &Env, conf: &NetConf) -> Result<CniResult, PluginError> {
         Ok((host_mac, pod_mac)) => {
             let mine = CniResult {
                 interfaces: vec![
-                    Interface { name: host_name, mac: Some(netlink::format_mac(host_mac)), mtu: Some(mtu), sandbox: None },
+                    Interface {
+                        name: host_name,
+                        mac: Some(netlink::format_mac(host_mac)),
+                        mtu: Some(mtu),
+                        sandbox: None,
+                    },
                     Interface {
                         name: ifname.to_string(),
                         mac: Some(netlink::format_mac(pod_mac)),
@@ -216,16 +266,28 @@ fn wire(
     mtu: u32,
 ) -> Result<([u8; 6], [u8; 6]), PluginError> {
     host.add_veth(host_name, ifname, pod_ns.raw_fd(), mtu)?;
-    let h = host.link(host_name)?.ok_or_else(|| NetlinkError::LinkNotFound(host_name.into()))?;
-    let p = pod.link(ifname)?.ok_or_else(|| NetlinkError::LinkNotFound(ifname.into()))?;
+    let h = host
+        .link(host_name)?
+        .ok_or_else(|| NetlinkError::LinkNotFound(host_name.into()))?;
+    let p = pod
+        .link(ifname)?
+        .ok_or_else(|| NetlinkError::LinkNotFound(ifname.into()))?;
     let (Some(host_mac), Some(pod_mac)) = (h.mac, p.mac) else {
-        return Err(PluginError::CheckFailed(format!("veth {host_name}/{ifname} has no MAC address")));
+        return Err(PluginError::CheckFailed(format!(
+            "veth {host_name}/{ifname} has no MAC address"
+        )));
     };
     // Pod side: /32 address, link-local gateway, default route, static neighbour.
     pod.add_addr(p.index, Ipv4Net::from(ip))?;
     pod.set_up(p.index)?;
     let gw_net = Ipv4Net::from(GATEWAY);
-    pod.replace_route(&KRoute { dst: gw_net, gateway: None, oif: Some(p.index), scope_link: true, onlink: false })?;
+    pod.replace_route(&KRoute {
+        dst: gw_net,
+        gateway: None,
+        oif: Some(p.index),
+        scope_link: true,
+        onlink: false,
+    })?;
     pod.replace_route(&KRoute {
         dst: Ipv4Net::default(),
         gateway: Some(GATEWAY),
@@ -236,7 +298,13 @@ fn wire(
     pod.replace_neigh(p.index, GATEWAY, host_mac)?;
     // Node side: up, /32 route and static neighbour for the pod, forwarding on.
     host.set_up(h.index)?;
-    host.replace_route(&KRoute { dst: Ipv4Net::from(ip), gateway: None, oif: Some(h.index), scope_link: true, onlink: false })?;
+    host.replace_route(&KRoute {
+        dst: Ipv4Net::from(ip),
+        gateway: None,
+        oif: Some(h.index),
+        scope_link: true,
+        onlink: false,
+    })?;
     host.replace_neigh(h.index, ip, pod_mac)?;
     datapath::sysctl::ensure("net/ipv4/ip_forward", "1")?;
     Ok((host_mac, pod_mac))
@@ -276,15 +344,21 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), PluginError> {
             // examples/veth_timing.rs), so a detached child finishes that after we answer;
             // an ADD that meets the leftover pair removes it synchronously.
             if let Some(ip) = ip {
-                let route = KRoute { dst: Ipv4Net::from(ip), gateway: None, oif: Some(link.index), scope_link: true, onlink: false };
+                let route = KRoute {
+                    dst: Ipv4Net::from(ip),
+                    gateway: None,
+                    oif: Some(link.index),
+                    scope_link: true,
+                    onlink: false,
+                };
                 if let Err(e) = host.del_route(&route) {
                     errors.push(e.to_string());
                 }
             }
-            if !remove_link_in_background(&host_name) {
-                if let Err(e) = host.del_link(&host_name) {
-                    errors.push(e.to_string());
-                }
+            if !remove_link_in_background(&host_name)
+                && let Err(e) = host.del_link(&host_name)
+            {
+                errors.push(e.to_string());
             }
         }
         Ok(None) => {}
@@ -293,7 +367,11 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), PluginError> {
     if let Err(e) = ipam.release(cid, ifname) {
         errors.push(e.to_string());
     }
-    if errors.is_empty() { Ok(()) } else { Err(PluginError::Several(errors.join("; "))) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(PluginError::Several(errors.join("; ")))
+    }
 }
 
 /// Deletes the link `name` (of the calling thread's namespace) from a detached child
@@ -309,7 +387,11 @@ fn remove_link_in_background(name: &str) -> bool {
         Ok(nix::unistd::ForkResult::Child) => {
             let _ = nix::unistd::setsid();
             // Let go of the runtime's pipes so it sees our parent's output end at once.
-            if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+            if let Ok(null) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
                 use std::os::fd::AsRawFd;
                 for fd in 0..3 {
                     // SAFETY: dup2 onto the standard descriptors of this process.
@@ -330,35 +412,64 @@ fn remove_link_in_background(name: &str) -> bool {
 fn check(env: &Env, conf: &NetConf) -> Result<(), PluginError> {
     let (cid, ifname) = attachment(env)?;
     let fail = |m: String| Err(PluginError::CheckFailed(m));
-    let prev = conf.prev_result.as_ref().ok_or_else(|| CniError::new(code::INVALID_CONFIG, "required prevResult missing"))?;
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "required prevResult missing"))?;
     let Some(ip) = open_ipam(conf)?.find(cid, ifname)? else {
         return fail(format!("no address is recorded for {cid}/{ifname}"));
     };
     let want = IpNet::V4(Ipv4Net::from(ip));
     if !prev.ips.iter().any(|c| c.address == want) {
-        return fail(format!("prevResult does not list {want} for {cid}/{ifname}"));
+        return fail(format!(
+            "prevResult does not list {want} for {cid}/{ifname}"
+        ));
     }
     let host_name = host_veth_name(cid, ifname);
     let mut host = Handle::new()?;
-    let Some(h) = host.link(&host_name)? else { return fail(format!("node interface {host_name} is missing")) };
+    let Some(h) = host.link(&host_name)? else {
+        return fail(format!("node interface {host_name} is missing"));
+    };
     if !h.up {
         return fail(format!("node interface {host_name} is down"));
     }
-    if !host.routes()?.iter().any(|r| r.dst == Ipv4Net::from(ip) && r.oif == Some(h.index)) {
+    if !host
+        .routes()?
+        .iter()
+        .any(|r| r.dst == Ipv4Net::from(ip) && r.oif == Some(h.index))
+    {
         return fail(format!("node route {ip}/32 dev {host_name} is missing"));
     }
-    let netns_path = env.netns.as_ref().ok_or_else(|| CniError::new(code::INVALID_ENV, "required env variables [CNI_NETNS] missing"))?;
+    let netns_path = env.netns.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_ENV,
+            "required env variables [CNI_NETNS] missing",
+        )
+    })?;
     let pod_ns = NetNs::open(netns_path)?;
     let mut pod = Handle::in_netns(&pod_ns)?;
-    let Some(p) = pod.link(ifname)? else { return fail(format!("interface {ifname} is missing in {}", netns_path.display())) };
+    let Some(p) = pod.link(ifname)? else {
+        return fail(format!(
+            "interface {ifname} is missing in {}",
+            netns_path.display()
+        ));
+    };
     if !p.up {
         return fail(format!("interface {ifname} is down"));
     }
     if !pod.addrs(p.index)?.contains(&Ipv4Net::from(ip)) {
-        return fail(format!("failed to match addr {ip}/32 on interface {ifname}"));
+        return fail(format!(
+            "failed to match addr {ip}/32 on interface {ifname}"
+        ));
     }
-    if !pod.routes()?.iter().any(|r| r.dst.prefix_len() == 0 && r.gateway == Some(GATEWAY) && r.oif == Some(p.index)) {
-        return fail(format!("default route via {GATEWAY} dev {ifname} is missing"));
+    if !pod
+        .routes()?
+        .iter()
+        .any(|r| r.dst.prefix_len() == 0 && r.gateway == Some(GATEWAY) && r.oif == Some(p.index))
+    {
+        return fail(format!(
+            "default route via {GATEWAY} dev {ifname} is missing"
+        ));
     }
     Ok(())
 }
@@ -368,7 +479,10 @@ fn gc(conf: &NetConf) -> Result<(), PluginError> {
         .valid_attachments
         .as_ref()
         .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "GC needs cni.dev/valid-attachments"))?;
-    let valid: Vec<(String, String)> = valid.iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
+    let valid: Vec<(String, String)> = valid
+        .iter()
+        .map(|a| (a.container_id.clone(), a.ifname.clone()))
+        .collect();
     let (released, ipam_errors) = open_ipam(conf)?.gc(&valid)?;
     let mut errors: Vec<String> = ipam_errors.iter().map(ToString::to_string).collect();
     let mut host = Handle::new()?;
@@ -377,15 +491,28 @@ fn gc(conf: &NetConf) -> Result<(), PluginError> {
             errors.push(e.to_string());
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(PluginError::Several(errors.join("; "))) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(PluginError::Several(errors.join("; ")))
+    }
 }
 
 fn status(conf: &NetConf) -> Result<(), PluginError> {
     let ipam = open_ipam(conf)?;
-    ipam.check_usable().map_err(|e| CniError::new(code::NOT_AVAILABLE, "ipam store is not usable").with_details(e.to_string()))?;
-    let used = ipam.list().map_err(|e| CniError::new(code::NOT_AVAILABLE, e.to_string()))?.len();
+    ipam.check_usable().map_err(|e| {
+        CniError::new(code::NOT_AVAILABLE, "ipam store is not usable").with_details(e.to_string())
+    })?;
+    let used = ipam
+        .list()
+        .map_err(|e| CniError::new(code::NOT_AVAILABLE, e.to_string()))?
+        .len();
     if used as u32 >= ipam.capacity() {
-        return Err(CniError::new(code::NOT_AVAILABLE, format!("no free address left in {}", conf.subnet)).into());
+        return Err(CniError::new(
+            code::NOT_AVAILABLE,
+            format!("no free address left in {}", conf.subnet),
+        )
+        .into());
     }
     Ok(())
 }

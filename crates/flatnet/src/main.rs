@@ -6,7 +6,11 @@ mod cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "flatnet", version, about = "The Kubernetes network model as one inspectable system")]
+#[command(
+    name = "flatnet",
+    version,
+    about = "The Kubernetes network model as one inspectable system"
+)]
 struct Cli {
     /// Name of the lab to work on.
     #[arg(long, global = true, env = "FLATNET_LAB", default_value = "lab")]
@@ -39,10 +43,16 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    let daemon = matches!(&cli.command, Cmd::Agent(_)) || matches!(&cli.command, Cmd::Lab(a) if a.is_daemon());
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLATNET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" }));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let daemon = matches!(&cli.command, Cmd::Agent(_))
+        || matches!(&cli.command, Cmd::Lab(a) if a.is_daemon());
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLATNET_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let lab = match lab::Lab::new(&cli.lab) {
         Ok(l) => l,
         Err(e) => {

@@ -24,7 +24,10 @@ use ipnet::Ipv4Net;
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("subnet {0} is too small to allocate from (needs a prefix of /30 or shorter)")]
     SubnetTooSmall(Ipv4Net),
     #[error("no free address left in {0}")]
@@ -34,11 +37,18 @@ pub enum IpamError {
     #[error("requested address {ip} is already allocated to {owner}")]
     Taken { ip: Ipv4Addr, owner: String },
     #[error("{container_id}/{ifname} already holds {ip}; delete it before adding it again")]
-    Duplicate { container_id: String, ifname: String, ip: Ipv4Addr },
+    Duplicate {
+        container_id: String,
+        ifname: String,
+        ip: Ipv4Addr,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IpamError + '_ {
-    move |source| IpamError::Io { path: path.to_path_buf(), source }
+    move |source| IpamError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// One allocation: who holds which address.
@@ -71,7 +81,10 @@ impl Ipam {
         if subnet.prefix_len() > 30 {
             return Err(IpamError::SubnetTooSmall(subnet));
         }
-        Ok(Self { dir: data_dir.join(network), subnet: subnet.trunc() })
+        Ok(Self {
+            dir: data_dir.join(network),
+            subnet: subnet.trunc(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -94,7 +107,13 @@ impl Ipam {
     fn lock(&self) -> Result<Lock, IpamError> {
         fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let path = self.dir.join("lock");
-        let file = OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).map_err(io(&path))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
         loop {
             // SAFETY: flock on an fd we own; no memory is involved.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
@@ -112,13 +131,20 @@ impl Ipam {
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(IpamError::Io { path: self.dir.clone(), source: e }),
+            Err(e) => {
+                return Err(IpamError::Io {
+                    path: self.dir.clone(),
+                    source: e,
+                });
+            }
         };
         let mut out = Vec::new();
         for entry in entries {
             let entry = entry.map_err(io(&self.dir))?;
             let name = entry.file_name();
-            let Some(ip) = name.to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else { continue };
+            let Some(ip) = name.to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else {
+                continue;
+            };
             let path = entry.path();
             let text = match fs::read_to_string(&path) {
                 Ok(t) => t,
@@ -128,7 +154,11 @@ impl Ipam {
             let mut lines = text.lines();
             let container_id = lines.next().unwrap_or_default().trim().to_string();
             let ifname = lines.next().unwrap_or_default().trim().to_string();
-            out.push(Record { ip, container_id, ifname });
+            out.push(Record {
+                ip,
+                container_id,
+                ifname,
+            });
         }
         out.sort_by_key(|r| r.ip);
         Ok(out)
@@ -152,20 +182,38 @@ impl Ipam {
 
     /// Allocates an address (the requested one, or the next free one after the last handed
     /// out, wrapping around) and records it for `container_id`/`ifname`.
-    pub fn allocate(&self, container_id: &str, ifname: &str, requested: Option<Ipv4Addr>) -> Result<Ipv4Addr, IpamError> {
+    pub fn allocate(
+        &self,
+        container_id: &str,
+        ifname: &str,
+        requested: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, IpamError> {
         let _lock = self.lock()?;
         let records = self.read_records()?;
-        if let Some(r) = records.iter().find(|r| r.container_id == container_id && r.ifname == ifname) {
-            return Err(IpamError::Duplicate { container_id: container_id.into(), ifname: ifname.into(), ip: r.ip });
+        if let Some(r) = records
+            .iter()
+            .find(|r| r.container_id == container_id && r.ifname == ifname)
+        {
+            return Err(IpamError::Duplicate {
+                container_id: container_id.into(),
+                ifname: ifname.into(),
+                ip: r.ip,
+            });
         }
         let (first, last) = self.range();
         if let Some(ip) = requested {
             let n = u32::from(ip);
             if n < first || n > last {
-                return Err(IpamError::NotInRange { ip, subnet: self.subnet });
+                return Err(IpamError::NotInRange {
+                    ip,
+                    subnet: self.subnet,
+                });
             }
             if let Some(r) = records.iter().find(|r| r.ip == ip) {
-                return Err(IpamError::Taken { ip, owner: format!("{}/{}", r.container_id, r.ifname) });
+                return Err(IpamError::Taken {
+                    ip,
+                    owner: format!("{}/{}", r.container_id, r.ifname),
+                });
             }
             self.write_record(ip, container_id, ifname)?;
             return Ok(ip);
@@ -195,10 +243,19 @@ impl Ipam {
     }
 
     fn last_reserved(&self) -> Option<Ipv4Addr> {
-        fs::read_to_string(self.dir.join("last_reserved_ip")).ok()?.trim().parse().ok()
+        fs::read_to_string(self.dir.join("last_reserved_ip"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
-    fn write_record(&self, ip: Ipv4Addr, container_id: &str, ifname: &str) -> Result<(), IpamError> {
+    fn write_record(
+        &self,
+        ip: Ipv4Addr,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<(), IpamError> {
         let tmp = self.dir.join(format!(".tmp-{}", std::process::id()));
         let target = self.dir.join(ip.to_string());
         write_file(&tmp, format!("{container_id}\n{ifname}").as_bytes())?;
@@ -207,9 +264,17 @@ impl Ipam {
         match linked {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(IpamError::Taken { ip, owner: "another container".into() });
+                return Err(IpamError::Taken {
+                    ip,
+                    owner: "another container".into(),
+                });
             }
-            Err(e) => return Err(IpamError::Io { path: target, source: e }),
+            Err(e) => {
+                return Err(IpamError::Io {
+                    path: target,
+                    source: e,
+                });
+            }
         }
         let last = self.dir.join("last_reserved_ip");
         let tmp_last = self.dir.join(format!(".last-{}", std::process::id()));
@@ -222,7 +287,10 @@ impl Ipam {
     pub fn release(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, IpamError> {
         let _lock = self.lock()?;
         let records = self.read_records()?;
-        let Some(r) = records.into_iter().find(|r| r.container_id == container_id && r.ifname == ifname) else {
+        let Some(r) = records
+            .into_iter()
+            .find(|r| r.container_id == container_id && r.ifname == ifname)
+        else {
             return Ok(None);
         };
         let path = self.dir.join(r.ip.to_string());
@@ -235,12 +303,18 @@ impl Ipam {
 
     /// Releases every record whose attachment is not in `valid`; returns what was released.
     /// Keeps going past errors and returns them all.
-    pub fn gc(&self, valid: &[(String, String)]) -> Result<(Vec<Record>, Vec<IpamError>), IpamError> {
+    pub fn gc(
+        &self,
+        valid: &[(String, String)],
+    ) -> Result<(Vec<Record>, Vec<IpamError>), IpamError> {
         let _lock = self.lock()?;
         let mut released = Vec::new();
         let mut errors = Vec::new();
         for r in self.read_records()? {
-            if valid.iter().any(|(c, i)| *c == r.container_id && *i == r.ifname) {
+            if valid
+                .iter()
+                .any(|(c, i)| *c == r.container_id && *i == r.ifname)
+            {
                 continue;
             }
             let path = self.dir.join(r.ip.to_string());
@@ -261,7 +335,12 @@ impl Ipam {
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<(), IpamError> {
-    let mut f = OpenOptions::new().create(true).write(true).truncate(true).open(path).map_err(io(path))?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io(path))?;
     f.write_all(data).map_err(io(path))?;
     Ok(())
 }

@@ -17,11 +17,17 @@ fn never_hands_out_network_node_or_broadcast_addresses() {
     assert_eq!(ipam.capacity(), 5);
     let mut got = Vec::new();
     for i in 0..5 {
-        got.push(ipam.allocate(&format!("c{i}"), "eth0", None).expect("alloc"));
+        got.push(
+            ipam.allocate(&format!("c{i}"), "eth0", None)
+                .expect("alloc"),
+        );
     }
     let want: Vec<Ipv4Addr> = (2..=6).map(|i| Ipv4Addr::new(10, 1, 0, i)).collect();
     assert_eq!(got, want);
-    assert!(matches!(ipam.allocate("c9", "eth0", None), Err(IpamError::Exhausted(_))));
+    assert!(matches!(
+        ipam.allocate("c9", "eth0", None),
+        Err(IpamError::Exhausted(_))
+    ));
     let _ = fs::remove_dir_all(&d);
 }
 
@@ -32,7 +38,11 @@ fn allocation_is_round_robin_after_release() {
     let a = ipam.allocate("a", "eth0", None).expect("a");
     assert_eq!(ipam.release("a", "eth0").expect("release"), Some(a));
     let b = ipam.allocate("b", "eth0", None).expect("b");
-    assert_eq!(u32::from(b), u32::from(a) + 1, "the released address is not reused at once");
+    assert_eq!(
+        u32::from(b),
+        u32::from(a) + 1,
+        "the released address is not reused at once"
+    );
     let _ = fs::remove_dir_all(&d);
 }
 
@@ -41,10 +51,14 @@ fn wraps_around_to_free_addresses() {
     let d = tmpdir("wrap");
     let ipam = Ipam::new(&d, "n", net("10.1.0.0/29")).expect("ipam");
     for i in 0..5 {
-        ipam.allocate(&format!("c{i}"), "eth0", None).expect("alloc");
+        ipam.allocate(&format!("c{i}"), "eth0", None)
+            .expect("alloc");
     }
     ipam.release("c1", "eth0").expect("release");
-    assert_eq!(ipam.allocate("x", "eth0", None).expect("x"), Ipv4Addr::new(10, 1, 0, 3));
+    assert_eq!(
+        ipam.allocate("x", "eth0", None).expect("x"),
+        Ipv4Addr::new(10, 1, 0, 3)
+    );
     let _ = fs::remove_dir_all(&d);
 }
 
@@ -54,7 +68,10 @@ fn same_attachment_twice_is_refused_and_changes_nothing() {
     let ipam = Ipam::new(&d, "n", net("10.1.0.0/24")).expect("ipam");
     ipam.allocate("a", "eth0", None).expect("a");
     let before = ipam.list().expect("list");
-    assert!(matches!(ipam.allocate("a", "eth0", None), Err(IpamError::Duplicate { .. })));
+    assert!(matches!(
+        ipam.allocate("a", "eth0", None),
+        Err(IpamError::Duplicate { .. })
+    ));
     assert_eq!(ipam.list().expect("list"), before);
     // another interface of the same container is a different attachment
     ipam.allocate("a", "net1", None).expect("a/net1");
@@ -67,7 +84,10 @@ fn requested_address_is_honoured_or_refused() {
     let ipam = Ipam::new(&d, "n", net("10.1.0.0/24")).expect("ipam");
     let ip = Ipv4Addr::new(10, 1, 0, 77);
     assert_eq!(ipam.allocate("a", "eth0", Some(ip)).expect("a"), ip);
-    assert!(matches!(ipam.allocate("b", "eth0", Some(ip)), Err(IpamError::Taken { .. })));
+    assert!(matches!(
+        ipam.allocate("b", "eth0", Some(ip)),
+        Err(IpamError::Taken { .. })
+    ));
     assert!(matches!(
         ipam.allocate("b", "eth0", Some(Ipv4Addr::new(10, 1, 0, 1))),
         Err(IpamError::NotInRange { .. })
@@ -111,7 +131,10 @@ fn gc_releases_only_attachments_not_listed() {
 #[test]
 fn too_small_subnet_is_refused() {
     let d = tmpdir("small");
-    assert!(matches!(Ipam::new(&d, "n", net("10.1.0.0/31")), Err(IpamError::SubnetTooSmall(_))));
+    assert!(matches!(
+        Ipam::new(&d, "n", net("10.1.0.0/31")),
+        Err(IpamError::SubnetTooSmall(_))
+    ));
 }
 
 #[test]
@@ -122,11 +145,15 @@ fn fifty_concurrent_allocations_get_distinct_addresses() {
             let d = d.clone();
             std::thread::spawn(move || {
                 let ipam = Ipam::new(&d, "n", net("10.1.0.0/24")).expect("ipam");
-                ipam.allocate(&format!("c{i}"), "eth0", None).expect("alloc")
+                ipam.allocate(&format!("c{i}"), "eth0", None)
+                    .expect("alloc")
             })
         })
         .collect();
-    let mut ips: Vec<Ipv4Addr> = handles.into_iter().map(|h| h.join().expect("thread")).collect();
+    let mut ips: Vec<Ipv4Addr> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread"))
+        .collect();
     ips.sort();
     ips.dedup();
     assert_eq!(ips.len(), 50);

@@ -15,7 +15,11 @@ pub enum ApiError {
     #[error("{0}")]
     Store(#[from] StoreError),
     #[error("{kind} {name} not found{ns}", ns = namespace.as_ref().map(|n| format!(" in namespace {n}")).unwrap_or_default())]
-    NotFound { kind: String, namespace: Option<String>, name: String },
+    NotFound {
+        kind: String,
+        namespace: Option<String>,
+        name: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }
@@ -34,20 +38,39 @@ pub struct Applied {
 pub const BUILTIN_NAMESPACES: [&str; 2] = ["default", "kube-system"];
 
 fn new_uid() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/uuid").map(|s| s.trim().to_string()).unwrap_or_else(|_| {
-        format!("{:032x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0))
-    })
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| {
+            format!(
+                "{:032x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0)
+            )
+        })
 }
 
 pub fn kind_key(kind: Kind, namespace: Option<&str>, name: &str) -> String {
-    model::object_key(kind, if kind.namespaced() { namespace.or(Some("default")) } else { None }, name)
+    model::object_key(
+        kind,
+        if kind.namespaced() {
+            namespace.or(Some("default"))
+        } else {
+            None
+        },
+        name,
+    )
 }
 
 /// Creates the built-in namespaces if they are missing.
 pub async fn ensure_builtin_namespaces(store: &EtcdStore) -> Result<(), ApiError> {
     for ns in BUILTIN_NAMESPACES {
-        let obj = model::parse_manifests(&format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"), "builtin")
-            .map_err(|e| ApiError::Invalid(e.to_string()))?;
+        let obj = model::parse_manifests(
+            &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"),
+            "builtin",
+        )
+        .map_err(|e| ApiError::Invalid(e.to_string()))?;
         apply(store, obj).await?;
     }
     Ok(())
@@ -57,13 +80,21 @@ pub async fn ensure_builtin_namespaces(store: &EtcdStore) -> Result<(), ApiError
 /// cluster owns (uid, creation time, pod binding and status).
 pub async fn apply(store: &EtcdStore, objects: Vec<Object>) -> Result<Vec<Applied>, ApiError> {
     // Every namespace referenced must exist or be created by this same apply.
-    let mut namespaces: Vec<String> = objects.iter().filter(|o| o.kind == Kind::Namespace).map(|o| o.name().to_string()).collect();
+    let mut namespaces: Vec<String> = objects
+        .iter()
+        .filter(|o| o.kind == Kind::Namespace)
+        .map(|o| o.name().to_string())
+        .collect();
     for o in &objects {
         if let Some(ns) = o.namespace() {
             if namespaces.iter().any(|n| n == ns) {
                 continue;
             }
-            if store.get(&kind_key(Kind::Namespace, None, ns)).await?.is_none() {
+            if store
+                .get(&kind_key(Kind::Namespace, None, ns))
+                .await?
+                .is_none()
+            {
                 return Err(ApiError::Invalid(format!(
                     "{} {}/{}: namespace {ns} does not exist (nothing was applied)",
                     o.kind.as_str(),
@@ -78,7 +109,12 @@ pub async fn apply(store: &EtcdStore, objects: Vec<Object>) -> Result<Vec<Applie
     for obj in objects {
         let action = apply_one(store, &obj).await?;
         // Deployments are expanded into pods by the controller (one writer, no races).
-        out.push(Applied { kind: obj.kind, namespace: obj.namespace().map(str::to_string), name: obj.name().to_string(), action });
+        out.push(Applied {
+            kind: obj.kind,
+            namespace: obj.namespace().map(str::to_string),
+            name: obj.name().to_string(),
+            action,
+        });
     }
     Ok(out)
 }
@@ -87,7 +123,11 @@ async fn apply_one(store: &EtcdStore, obj: &Object) -> Result<&'static str, ApiE
     let key = obj.key();
     let mut action = "created";
     let mut new = obj.value.clone();
-    let pod_node = if obj.kind == Kind::Pod { Some(schedule(store).await?) } else { None };
+    let pod_node = if obj.kind == Kind::Pod {
+        Some(schedule(store).await?)
+    } else {
+        None
+    };
     let changed = update(store, &key, |cur| {
         new = obj.value.clone();
         if cur.is_null() {
@@ -95,7 +135,11 @@ async fn apply_one(store: &EtcdStore, obj: &Object) -> Result<&'static str, ApiE
             new["metadata"]["uid"] = json!(new_uid());
             new["metadata"]["creationTimestamp"] = json!(crate::now_rfc3339());
             if obj.kind == Kind::Pod {
-                if new.pointer("/spec/nodeName").and_then(Value::as_str).is_none() {
+                if new
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .is_none()
+                {
                     new["spec"]["nodeName"] = json!(pod_node.clone().unwrap_or_default());
                 }
                 new["status"] = json!({"phase": "Pending"});
@@ -107,7 +151,10 @@ async fn apply_one(store: &EtcdStore, obj: &Object) -> Result<&'static str, ApiE
             }
             if obj.kind == Kind::Pod {
                 // Pods are immutable but for their metadata: keep the running spec and status.
-                let (labels, annotations) = (new["metadata"]["labels"].clone(), new["metadata"]["annotations"].clone());
+                let (labels, annotations) = (
+                    new["metadata"]["labels"].clone(),
+                    new["metadata"]["annotations"].clone(),
+                );
                 new = cur.clone();
                 new["metadata"]["labels"] = labels;
                 new["metadata"]["annotations"] = annotations;
@@ -128,7 +175,12 @@ async fn apply_one(store: &EtcdStore, obj: &Object) -> Result<&'static str, ApiE
 
 fn strip_nulls(v: Value) -> Value {
     match v {
-        Value::Object(m) => Value::Object(m.into_iter().filter(|(_, v)| !v.is_null()).map(|(k, v)| (k, strip_nulls(v))).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .collect(),
+        ),
         Value::Array(a) => Value::Array(a.into_iter().map(strip_nulls).collect()),
         v => v,
     }
@@ -136,23 +188,34 @@ fn strip_nulls(v: Value) -> Value {
 
 /// The Ready node with the fewest pods (ties: by name).
 async fn schedule(store: &EtcdStore) -> Result<String, ApiError> {
-    let (nodes, _) = store.list(&store::keys::object_kind_prefix(Kind::Node.plural())).await?;
-    let (pods, _) = store.list(&store::keys::object_kind_prefix(Kind::Pod.plural())).await?;
+    let (nodes, _) = store
+        .list(&store::keys::object_kind_prefix(Kind::Node.plural()))
+        .await?;
+    let (pods, _) = store
+        .list(&store::keys::object_kind_prefix(Kind::Pod.plural()))
+        .await?;
     let mut load: BTreeMap<String, usize> = nodes
         .iter()
         .filter_map(|kv| kv.decode::<Value>().ok())
         .filter(|n| {
             n.pointer("/status/conditions")
                 .and_then(Value::as_array)
-                .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
         })
-        .filter_map(|n| n.pointer("/metadata/name").and_then(Value::as_str).map(|s| (s.to_string(), 0)))
+        .filter_map(|n| {
+            n.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .map(|s| (s.to_string(), 0))
+        })
         .collect();
     for p in pods.iter().filter_map(|kv| kv.decode::<Value>().ok()) {
-        if let Some(n) = p.pointer("/spec/nodeName").and_then(Value::as_str) {
-            if let Some(c) = load.get_mut(n) {
-                *c += 1;
-            }
+        if let Some(n) = p.pointer("/spec/nodeName").and_then(Value::as_str)
+            && let Some(c) = load.get_mut(n)
+        {
+            *c += 1;
         }
     }
     load.into_iter()
@@ -164,14 +227,26 @@ async fn schedule(store: &EtcdStore) -> Result<String, ApiError> {
 /// Makes the pods of a Deployment match its replicas: adds pods (named
 /// `<deployment>-<suffix>`, with the template's labels) or removes the newest ones.
 pub async fn reconcile_deployment(store: &EtcdStore, ns: &str, name: &str) -> Result<(), ApiError> {
-    let Some(kv) = store.get(&kind_key(Kind::Deployment, Some(ns), name)).await? else { return Ok(()) };
+    let Some(kv) = store
+        .get(&kind_key(Kind::Deployment, Some(ns), name))
+        .await?
+    else {
+        return Ok(());
+    };
     let dep: Value = kv.decode()?;
-    let replicas = dep.pointer("/spec/replicas").and_then(Value::as_u64).unwrap_or(1) as usize;
+    let replicas = dep
+        .pointer("/spec/replicas")
+        .and_then(Value::as_u64)
+        .unwrap_or(1) as usize;
     let owned = owned_pods(store, ns, name).await?;
     if owned.len() < replicas {
         let template = dep.pointer("/spec/template").cloned().unwrap_or(json!({}));
         for _ in owned.len()..replicas {
-            let suffix: String = new_uid().chars().filter(|c| c.is_ascii_alphanumeric()).take(5).collect();
+            let suffix: String = new_uid()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(5)
+                .collect();
             let mut pod = json!({
                 "apiVersion": "v1",
                 "kind": "Pod",
@@ -186,7 +261,10 @@ pub async fn reconcile_deployment(store: &EtcdStore, ns: &str, name: &str) -> Re
             if let Some(a) = template.pointer("/metadata/annotations") {
                 pod["metadata"]["annotations"] = a.clone();
             }
-            let obj = Object { kind: Kind::Pod, value: pod };
+            let obj = Object {
+                kind: Kind::Pod,
+                value: pod,
+            };
             apply_one(store, &obj).await?;
         }
     } else if owned.len() > replicas {
@@ -202,36 +280,72 @@ pub async fn reconcile_deployment(store: &EtcdStore, ns: &str, name: &str) -> Re
 }
 
 /// (name, creationTimestamp) of the pods a Deployment owns.
-async fn owned_pods(store: &EtcdStore, ns: &str, deployment: &str) -> Result<Vec<(String, String)>, ApiError> {
-    let (pods, _) = store.list(&format!("{}{ns}/", store::keys::object_kind_prefix(Kind::Pod.plural()))).await?;
+async fn owned_pods(
+    store: &EtcdStore,
+    ns: &str,
+    deployment: &str,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let (pods, _) = store
+        .list(&format!(
+            "{}{ns}/",
+            store::keys::object_kind_prefix(Kind::Pod.plural())
+        ))
+        .await?;
     Ok(pods
         .iter()
         .filter_map(|kv| kv.decode::<Value>().ok())
         .filter(|p| {
             p.pointer("/metadata/ownerReferences")
                 .and_then(Value::as_array)
-                .is_some_and(|o| o.iter().any(|r| r["kind"] == "Deployment" && r["name"] == deployment))
+                .is_some_and(|o| {
+                    o.iter()
+                        .any(|r| r["kind"] == "Deployment" && r["name"] == deployment)
+                })
         })
         .map(|p| {
             (
-                p.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string(),
-                p.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default().to_string(),
+                p.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                p.pointer("/metadata/creationTimestamp")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
             )
         })
         .collect())
 }
 
 /// Deletes one object; a Namespace takes everything in it along, a Deployment its pods.
-pub async fn delete(store: &EtcdStore, kind: Kind, namespace: Option<&str>, name: &str) -> Result<(), ApiError> {
-    let ns = if kind.namespaced() { Some(namespace.unwrap_or("default")) } else { None };
+pub async fn delete(
+    store: &EtcdStore,
+    kind: Kind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<(), ApiError> {
+    let ns = if kind.namespaced() {
+        Some(namespace.unwrap_or("default"))
+    } else {
+        None
+    };
     let key = kind_key(kind, ns, name);
     if !store.delete(&key).await? {
-        return Err(ApiError::NotFound { kind: kind.as_str().into(), namespace: ns.map(str::to_string), name: name.into() });
+        return Err(ApiError::NotFound {
+            kind: kind.as_str().into(),
+            namespace: ns.map(str::to_string),
+            name: name.into(),
+        });
     }
     match kind {
         Kind::Namespace => {
             for k in NAMESPACED_KINDS {
-                store.delete_prefix(&format!("{}{name}/", store::keys::object_kind_prefix(k.plural()))).await?;
+                store
+                    .delete_prefix(&format!(
+                        "{}{name}/",
+                        store::keys::object_kind_prefix(k.plural())
+                    ))
+                    .await?;
             }
         }
         Kind::Deployment => {
@@ -244,8 +358,15 @@ pub async fn delete(store: &EtcdStore, kind: Kind, namespace: Option<&str>, name
     Ok(())
 }
 
-const NAMESPACED_KINDS: [Kind; 7] =
-    [Kind::Pod, Kind::Service, Kind::NetworkPolicy, Kind::Ingress, Kind::Secret, Kind::Deployment, Kind::EndpointSlice];
+const NAMESPACED_KINDS: [Kind; 7] = [
+    Kind::Pod,
+    Kind::Service,
+    Kind::NetworkPolicy,
+    Kind::Ingress,
+    Kind::Secret,
+    Kind::Deployment,
+    Kind::EndpointSlice,
+];
 
 /// `kubectl label --overwrite`: `Some(v)` sets, `None` removes.
 pub async fn label(
@@ -281,7 +402,9 @@ pub async fn label(
     if missing {
         return Err(ApiError::NotFound {
             kind: kind.as_str().into(),
-            namespace: kind.namespaced().then(|| namespace.unwrap_or("default").to_string()),
+            namespace: kind
+                .namespaced()
+                .then(|| namespace.unwrap_or("default").to_string()),
             name: name.into(),
         });
     }
@@ -289,13 +412,20 @@ pub async fn label(
 }
 
 /// Objects of one kind: one by name, all in a namespace, or all (`namespace` None).
-pub async fn get(store: &EtcdStore, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Result<Vec<Value>, ApiError> {
+pub async fn get(
+    store: &EtcdStore,
+    kind: Kind,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Result<Vec<Value>, ApiError> {
     if let Some(name) = name {
         let key = kind_key(kind, namespace, name);
         let Some(kv) = store.get(&key).await? else {
             return Err(ApiError::NotFound {
                 kind: kind.as_str().into(),
-                namespace: kind.namespaced().then(|| namespace.unwrap_or("default").to_string()),
+                namespace: kind
+                    .namespaced()
+                    .then(|| namespace.unwrap_or("default").to_string()),
                 name: name.into(),
             });
         };
@@ -306,7 +436,10 @@ pub async fn get(store: &EtcdStore, kind: Kind, namespace: Option<&str>, name: O
         _ => store::keys::object_kind_prefix(kind.plural()),
     };
     let (kvs, _) = store.list(&prefix).await?;
-    Ok(kvs.iter().filter_map(|kv| kv.decode::<Value>().ok()).collect())
+    Ok(kvs
+        .iter()
+        .filter_map(|kv| kv.decode::<Value>().ok())
+        .collect())
 }
 
 /// Adds what the network knows about each node, as annotations (as flannel annotates nodes
@@ -315,10 +448,20 @@ pub async fn get(store: &EtcdStore, kind: Kind, namespace: Option<&str>, name: O
 /// `flatnet.io/applied-revision`; `spec.podCIDR` comes from the node's subnet lease.
 pub async fn annotate_nodes(store: &EtcdStore, nodes: &mut [Value]) -> Result<(), ApiError> {
     let (subnets, _) = store.list(store::keys::SUBNETS).await?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     for n in nodes.iter_mut() {
-        let name = n.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
-        if !n["metadata"].get("annotations").is_some_and(Value::is_object) {
+        let name = n
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        if !n["metadata"]
+            .get("annotations")
+            .is_some_and(Value::is_object)
+        {
             n["metadata"]["annotations"] = json!({});
         }
         let lease = subnets.iter().find_map(|kv| {
@@ -337,7 +480,8 @@ pub async fn annotate_nodes(store: &EtcdStore, nodes: &mut [Value]) -> Result<()
             None => "none".to_string(),
             Some(kv) => {
                 let a: Value = kv.decode()?;
-                n["metadata"]["annotations"]["flatnet.io/applied-revision"] = json!(a["appliedRevision"].to_string());
+                n["metadata"]["annotations"]["flatnet.io/applied-revision"] =
+                    json!(a["appliedRevision"].to_string());
                 if now - a["heartbeat"].as_i64().unwrap_or(0) > crate::converge::AGENT_STALE_SECS {
                     "stale".into()
                 } else if a["healthy"] == true {
@@ -356,6 +500,10 @@ pub async fn annotate_nodes(store: &EtcdStore, nodes: &mut [Value]) -> Result<()
 pub fn labels_of(v: &Value) -> HashMap<String, String> {
     v.pointer("/metadata/labels")
         .and_then(Value::as_object)
-        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string())))
+                .collect()
+        })
         .unwrap_or_default()
 }

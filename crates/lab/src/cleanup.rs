@@ -46,15 +46,24 @@ pub fn lab_processes(lab: &Lab) -> Vec<i32> {
     let data_dir = lab.data_dir().display().to_string();
     let me = std::process::id() as i32;
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
         if pid == me {
             continue;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        let ours = args.iter().any(|a| *a == marker || a.starts_with(&data_dir));
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let ours = args
+            .iter()
+            .any(|a| *a == marker || a.starts_with(&data_dir));
         let in_ns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
             .map(|m| ids.contains(&(m.dev(), m.ino())))
             .unwrap_or(false);
@@ -83,7 +92,9 @@ pub fn remove_all(lab: &Lab) -> Report {
             }
         }
         if Instant::now() > deadline {
-            report.errors.push(format!("processes still alive after SIGKILL: {alive:?}"));
+            report
+                .errors
+                .push(format!("processes still alive after SIGKILL: {alive:?}"));
             break;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -127,7 +138,11 @@ pub fn remove_all(lab: &Lab) -> Report {
 
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')).unwrap_or(false))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
         .unwrap_or(true)
 }
 
@@ -142,15 +157,21 @@ pub fn anything_left(lab: &Lab) -> bool {
 /// SIGKILLs every process inside the namespace file `netns` and waits (up to 2 s) until
 /// they are gone.
 pub fn kill_in_netns(netns: &str) {
-    let Ok(m) = std::fs::metadata(netns) else { return };
+    let Ok(m) = std::fs::metadata(netns) else {
+        return;
+    };
     let id = (m.dev(), m.ino());
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let mut found = false;
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for e in entries.flatten() {
-                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-                let same = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| (m.dev(), m.ino()) == id).unwrap_or(false);
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
+                let same = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+                    .map(|m| (m.dev(), m.ino()) == id)
+                    .unwrap_or(false);
                 if same && !is_zombie(pid) {
                     found = true;
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

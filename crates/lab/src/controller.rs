@@ -22,7 +22,11 @@ fn deployment_of(key: &str, value: Option<&Value>) -> Option<(String, String)> {
     match kind {
         "deployments" => Some((ns.to_string(), name.to_string())),
         "pods" => {
-            let owner = value?.pointer("/metadata/ownerReferences")?.as_array()?.iter().find(|o| o["kind"] == "Deployment")?;
+            let owner = value?
+                .pointer("/metadata/ownerReferences")?
+                .as_array()?
+                .iter()
+                .find(|o| o["kind"] == "Deployment")?;
             Some((ns.to_string(), owner["name"].as_str()?.to_string()))
         }
         _ => None,
@@ -83,16 +87,18 @@ pub async fn run(lab: Lab) -> Result<(), LabError> {
                     }
                     d
                 }
-                Ok(WatchEvent::Delete { key, .. }) => owners.remove(&key).or_else(|| deployment_of(&key, None)),
+                Ok(WatchEvent::Delete { key, .. }) => {
+                    owners.remove(&key).or_else(|| deployment_of(&key, None))
+                }
                 Err(e) => {
                     tracing::warn!("watch ended: {e}; relisting");
                     break;
                 }
             };
-            if let Some((ns, name)) = d {
-                if let Err(e) = api::reconcile_deployment(&store, &ns, &name).await {
-                    tracing::warn!(deployment = %format!("{ns}/{name}"), "reconcile: {e}");
-                }
+            if let Some((ns, name)) = d
+                && let Err(e) = api::reconcile_deployment(&store, &ns, &name).await
+            {
+                tracing::warn!(deployment = %format!("{ns}/{name}"), "reconcile: {e}");
             }
         }
     }
@@ -105,10 +111,19 @@ mod tests {
 
     #[test]
     fn pods_map_to_their_owning_deployment() {
-        assert_eq!(deployment_of("objects/deployments/default/web", None), Some(("default".into(), "web".into())));
+        assert_eq!(
+            deployment_of("objects/deployments/default/web", None),
+            Some(("default".into(), "web".into()))
+        );
         let pod = json!({"metadata": {"ownerReferences": [{"kind": "Deployment", "name": "web"}]}});
-        assert_eq!(deployment_of("objects/pods/x/web-abc", Some(&pod)), Some(("x".into(), "web".into())));
-        assert_eq!(deployment_of("objects/pods/x/solo", Some(&json!({"metadata": {}}))), None);
+        assert_eq!(
+            deployment_of("objects/pods/x/web-abc", Some(&pod)),
+            Some(("x".into(), "web".into()))
+        );
+        assert_eq!(
+            deployment_of("objects/pods/x/solo", Some(&json!({"metadata": {}}))),
+            None
+        );
         assert_eq!(deployment_of("objects/services/x/web", None), None);
     }
 }

@@ -13,31 +13,59 @@ pub const AGENT_STALE_SECS: i64 = 20;
 /// What is not converged yet, in plain words; empty when converged.
 pub async fn pending(store: &impl Store, revision: i64) -> Result<Vec<String>, StoreError> {
     let mut out = Vec::new();
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    let (nodes, _) = store.list(&store::keys::object_kind_prefix("nodes")).await?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (nodes, _) = store
+        .list(&store::keys::object_kind_prefix("nodes"))
+        .await?;
     let (subnets, _) = store.list(store::keys::SUBNETS).await?;
     let config = store.get(store::keys::CONFIG).await?;
     let (agents, _) = store.list(store::keys::AGENTS).await?;
-    let lease_cidrs: BTreeSet<String> = subnets.iter().filter_map(|kv| store::keys::subnet_cidr(&kv.key)).collect();
+    let lease_cidrs: BTreeSet<String> = subnets
+        .iter()
+        .filter_map(|kv| store::keys::subnet_cidr(&kv.key))
+        .collect();
     // The newest change an agent must have seen: a lease or the network config.
-    let needed = subnets.iter().map(|kv| kv.mod_revision).chain(config.iter().map(|kv| kv.mod_revision)).max().unwrap_or(0);
+    let needed = subnets
+        .iter()
+        .map(|kv| kv.mod_revision)
+        .chain(config.iter().map(|kv| kv.mod_revision))
+        .max()
+        .unwrap_or(0);
     for kv in &nodes {
-        let Ok(node) = kv.decode::<Value>() else { continue };
-        let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let Ok(node) = kv.decode::<Value>() else {
+            continue;
+        };
+        let name = node
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let ready = node
             .pointer("/status/conditions")
             .and_then(Value::as_array)
-            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
         if !ready {
             out.push(format!("node {name} is not Ready"));
         }
-        let Some(agent) = agents.iter().find(|a| a.key == store::keys::agent(name)).and_then(|a| a.decode::<Value>().ok()) else {
+        let Some(agent) = agents
+            .iter()
+            .find(|a| a.key == store::keys::agent(name))
+            .and_then(|a| a.decode::<Value>().ok())
+        else {
             out.push(format!("agent on {name} has not reported yet"));
             continue;
         };
         let heartbeat = agent["heartbeat"].as_i64().unwrap_or(0);
         if now - heartbeat > AGENT_STALE_SECS {
-            out.push(format!("agent on {name} has not reported for {} s (is it running?)", now - heartbeat));
+            out.push(format!(
+                "agent on {name} has not reported for {} s (is it running?)",
+                now - heartbeat
+            ));
         }
         if let Some(err) = agent["lastError"].as_str() {
             out.push(format!("agent on {name}: {err}"));
@@ -53,28 +81,59 @@ pub async fn pending(store: &impl Store, revision: i64) -> Result<Vec<String>, S
         }
         if let Some(peers) = agent["peers"].as_array() {
             let own = agent["cidr"].as_str().unwrap_or_default();
-            let applied: BTreeSet<String> = peers.iter().filter_map(|p| p.as_str().map(str::to_string)).collect();
-            let want: BTreeSet<String> = lease_cidrs.iter().filter(|c| c.as_str() != own).cloned().collect();
+            let applied: BTreeSet<String> = peers
+                .iter()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect();
+            let want: BTreeSet<String> = lease_cidrs
+                .iter()
+                .filter(|c| c.as_str() != own)
+                .cloned()
+                .collect();
             for missing in want.difference(&applied) {
                 out.push(format!("agent on {name} has no route to {missing} yet"));
             }
             for stale in applied.difference(&want) {
-                out.push(format!("agent on {name} still routes {stale}, whose lease is gone"));
+                out.push(format!(
+                    "agent on {name} still routes {stale}, whose lease is gone"
+                ));
             }
         }
     }
-    let (deployments, _) = store.list(&store::keys::object_kind_prefix("deployments")).await?;
+    let (deployments, _) = store
+        .list(&store::keys::object_kind_prefix("deployments"))
+        .await?;
     let (pods, _) = store.list(&store::keys::object_kind_prefix("pods")).await?;
-    let pods: Vec<(i64, Value)> = pods.iter().filter_map(|kv| kv.decode::<Value>().ok().map(|v| (kv.create_revision, v))).collect();
+    let pods: Vec<(i64, Value)> = pods
+        .iter()
+        .filter_map(|kv| kv.decode::<Value>().ok().map(|v| (kv.create_revision, v)))
+        .collect();
     for kv in &deployments {
-        let Ok(d) = kv.decode::<Value>() else { continue };
-        let (ns, name) = (d.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default"), d.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default());
-        let want = d.pointer("/spec/replicas").and_then(Value::as_u64).unwrap_or(1) as usize;
+        let Ok(d) = kv.decode::<Value>() else {
+            continue;
+        };
+        let (ns, name) = (
+            d.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("default"),
+            d.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+        );
+        let want = d
+            .pointer("/spec/replicas")
+            .and_then(Value::as_u64)
+            .unwrap_or(1) as usize;
         let have = pods
             .iter()
             .filter(|(_, p)| {
                 p.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns)
-                    && p.pointer("/metadata/ownerReferences").and_then(Value::as_array).is_some_and(|o| o.iter().any(|r| r["kind"] == "Deployment" && r["name"] == name))
+                    && p.pointer("/metadata/ownerReferences")
+                        .and_then(Value::as_array)
+                        .is_some_and(|o| {
+                            o.iter()
+                                .any(|r| r["kind"] == "Deployment" && r["name"] == name)
+                        })
             })
             .count();
         if have != want {
@@ -85,17 +144,30 @@ pub async fn pending(store: &impl Store, revision: i64) -> Result<Vec<String>, S
         if *created > revision {
             continue;
         }
-        let phase = p.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending");
+        let phase = p
+            .pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("Pending");
         let ready = p
             .pointer("/status/conditions")
             .and_then(Value::as_array)
-            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
         if !(ready || phase == "Failed" || phase == "Succeeded") {
             out.push(format!(
                 "pod {}/{} is {phase}{}",
-                p.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default(),
-                p.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default(),
-                p.pointer("/status/message").and_then(Value::as_str).map(|m| format!(": {m}")).unwrap_or_default()
+                p.pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                p.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default(),
+                p.pointer("/status/message")
+                    .and_then(Value::as_str)
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
             ));
         }
     }

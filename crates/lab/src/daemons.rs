@@ -49,13 +49,20 @@ fn pid_file(lab: &Lab, d: &Daemon) -> std::path::PathBuf {
 
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(false)
 }
 
 /// The pid of a running daemon.
 pub fn running(lab: &Lab, d: &Daemon) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file(lab, d)).ok()?.trim().parse().ok()?;
+    let pid: u32 = std::fs::read_to_string(pid_file(lab, d))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     alive(pid).then_some(pid)
 }
 
@@ -71,20 +78,27 @@ pub fn spawn(lab: &Lab, d: &Daemon, bin: &Path, args: &[String]) -> Result<u32, 
 }
 
 fn spawn_argv(lab: &Lab, d: &Daemon, argv: &[String]) -> Result<u32, LabError> {
-    let Some((prog, args)) = argv.split_first() else { return Err(LabError::Other("empty command".into())) };
+    let Some((prog, args)) = argv.split_first() else {
+        return Err(LabError::Other("empty command".into()));
+    };
     let out = shell::log_file(&lab.log_dir().join(format!("{}.log", d.id())))?;
-    let err = out.try_clone().map_err(|e| LabError::Other(e.to_string()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| LabError::Other(e.to_string()))?;
     let mut cmd = Command::new(prog);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
     shell::detach(&mut cmd);
-    let child = cmd.spawn().map_err(|e| LabError::Other(format!("start {prog}: {e}")))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| LabError::Other(format!("start {prog}: {e}")))?;
     let pid = child.id();
     record_pid(lab, d, pid)?;
     Ok(pid)
 }
 
 pub fn record_pid(lab: &Lab, d: &Daemon, pid: u32) -> Result<(), LabError> {
-    std::fs::write(pid_file(lab, d), pid.to_string()).map_err(|e| LabError::Other(format!("write pid of {}: {e}", d.id())))
+    std::fs::write(pid_file(lab, d), pid.to_string())
+        .map_err(|e| LabError::Other(format!("write pid of {}: {e}", d.id())))
 }
 
 /// etcd's ports, so a restart brings back the same member on the same endpoint.
@@ -95,12 +109,20 @@ pub fn record_etcd_ports(lab: &Lab, client: u16, peer: u16) -> Result<(), LabErr
 
 /// Kills a daemon with SIGKILL (as a crash would) and waits until it is gone.
 pub fn stop(lab: &Lab, d: &Daemon) -> Result<bool, LabError> {
-    let Some(pid) = running(lab, d) else { return Ok(false) };
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    let Some(pid) = running(lab, d) else {
+        return Ok(false);
+    };
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while alive(pid) {
         if Instant::now() > deadline {
-            return Err(LabError::Other(format!("{} (pid {pid}) did not exit after SIGKILL", d.id())));
+            return Err(LabError::Other(format!(
+                "{} (pid {pid}) did not exit after SIGKILL",
+                d.id()
+            )));
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -113,11 +135,17 @@ pub fn start(lab: &Lab, d: &Daemon) -> Result<u32, LabError> {
         return Err(LabError::NotUp(lab.name.clone()));
     }
     if let Some(pid) = running(lab, d) {
-        return Err(LabError::Other(format!("{} is already running (pid {pid})", d.id())));
+        return Err(LabError::Other(format!(
+            "{} is already running (pid {pid})",
+            d.id()
+        )));
     }
     if *d == Daemon::Etcd {
-        let ports = std::fs::read_to_string(lab.run_dir().join("etcd.ports")).map_err(|e| LabError::Other(format!("etcd ports: {e}")))?;
-        let mut it = ports.split_whitespace().filter_map(|p| p.parse::<u16>().ok());
+        let ports = std::fs::read_to_string(lab.run_dir().join("etcd.ports"))
+            .map_err(|e| LabError::Other(format!("etcd ports: {e}")))?;
+        let mut it = ports
+            .split_whitespace()
+            .filter_map(|p| p.parse::<u16>().ok());
         let (Some(client), Some(peer)) = (it.next(), it.next()) else {
             return Err(LabError::Other(format!("bad etcd ports file: {ports:?}")));
         };
@@ -130,17 +158,25 @@ pub fn start(lab: &Lab, d: &Daemon) -> Result<u32, LabError> {
     let argv: Vec<String> = std::fs::read(&cmd_file)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| LabError::Other(format!("{} was never started in lab {}", d.id(), lab.name)))?;
+        .ok_or_else(|| {
+            LabError::Other(format!("{} was never started in lab {}", d.id(), lab.name))
+        })?;
     spawn_argv(lab, d, &argv)
 }
 
 /// Every recorded daemon and its pid if running.
 pub fn list(lab: &Lab) -> Vec<(String, Option<u32>)> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(lab.run_dir()).into_iter().flatten().flatten() {
+    for e in std::fs::read_dir(lab.run_dir())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(id) = name.strip_suffix(".pid") {
-            let pid = std::fs::read_to_string(e.path()).ok().and_then(|s| s.trim().parse::<u32>().ok());
+            let pid = std::fs::read_to_string(e.path())
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok());
             out.push((id.to_string(), pid.filter(|p| alive(*p))));
         }
     }
@@ -155,8 +191,17 @@ mod tests {
     #[test]
     fn component_names_round_trip() {
         assert_eq!(Daemon::parse("etcd").ok(), Some(Daemon::Etcd));
-        assert_eq!(Daemon::parse("agent/node2").ok(), Some(Daemon::Agent("node2".into())));
-        assert_eq!(Daemon::parse("kubelet/node1").map(|d| d.id()).ok().as_deref(), Some("kubelet-node1"));
+        assert_eq!(
+            Daemon::parse("agent/node2").ok(),
+            Some(Daemon::Agent("node2".into()))
+        );
+        assert_eq!(
+            Daemon::parse("kubelet/node1")
+                .map(|d| d.id())
+                .ok()
+                .as_deref(),
+            Some("kubelet-node1")
+        );
         for bad in ["", "agent", "agent/", "dns", "kubelet/"] {
             assert!(Daemon::parse(bad).is_err(), "{bad}");
         }

@@ -145,7 +145,9 @@ async fn wait_network_ready(cfg: &KubeletConfig) -> ipnet::Ipv4Net {
     let mut logged = false;
     loop {
         let subnet = NetworkList::load(&path).ok().and_then(|l| {
-            l.plugins.iter().find_map(|p| p.get("subnet")?.as_str()?.parse::<ipnet::Ipv4Net>().ok())
+            l.plugins
+                .iter()
+                .find_map(|p| p.get("subnet")?.as_str()?.parse::<ipnet::Ipv4Net>().ok())
         });
         if let Some(s) = subnet {
             return s;
@@ -158,7 +160,11 @@ async fn wait_network_ready(cfg: &KubeletConfig) -> ipnet::Ipv4Net {
     }
 }
 
-async fn register_node(store: &EtcdStore, cfg: &KubeletConfig, pod_cidr: ipnet::Ipv4Net) -> Result<(), LabError> {
+async fn register_node(
+    store: &EtcdStore,
+    cfg: &KubeletConfig,
+    pod_cidr: ipnet::Ipv4Net,
+) -> Result<(), LabError> {
     let key = store::keys::object("nodes", None, &cfg.node);
     let now = crate::now_rfc3339();
     let node = json!({
@@ -178,7 +184,9 @@ async fn register_node(store: &EtcdStore, cfg: &KubeletConfig, pod_cidr: ipnet::
     update(store, &key, |v| {
         let labels = v.pointer("/metadata/labels").cloned();
         *v = node.clone();
-        if let (Some(Value::Object(old)), Some(Value::Object(new))) = (labels, v.pointer_mut("/metadata/labels")) {
+        if let (Some(Value::Object(old)), Some(Value::Object(new))) =
+            (labels, v.pointer_mut("/metadata/labels"))
+        {
             for (k, val) in old {
                 new.entry(k).or_insert(val);
             }
@@ -191,7 +199,11 @@ async fn register_node(store: &EtcdStore, cfg: &KubeletConfig, pod_cidr: ipnet::
 
 /// Read-modify-write of one object with optimistic concurrency; `f` returns false to skip
 /// the write. A missing key starts from `null`.
-pub async fn update(store: &EtcdStore, key: &str, mut f: impl FnMut(&mut Value) -> bool) -> Result<bool, StoreError> {
+pub async fn update(
+    store: &EtcdStore,
+    key: &str,
+    mut f: impl FnMut(&mut Value) -> bool,
+) -> Result<bool, StoreError> {
     for _ in 0..20 {
         let cur = store.get(key).await?;
         let (mut v, rev) = match &cur {
@@ -207,7 +219,9 @@ pub async fn update(store: &EtcdStore, key: &str, mut f: impl FnMut(&mut Value) 
             Err(e) => return Err(e),
         }
     }
-    Err(StoreError::Conflict { key: key.to_string() })
+    Err(StoreError::Conflict {
+        key: key.to_string(),
+    })
 }
 
 /// Changes the status of the pod at `key` if it is still the pod with `uid`.
@@ -246,7 +260,11 @@ async fn start_pod(
     pods: &mut HashMap<String, RunningPod>,
 ) {
     let uid = uid(&pod);
-    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = pod.metadata.name.clone();
     let span = tracing::info_span!("pod", pod = %format!("{ns}/{name}"));
     let _g = span.enter();
@@ -264,7 +282,15 @@ async fn start_pod(
                 s["message"] = json!(msg);
             })
             .await;
-            pods.insert(key.to_string(), RunningPod { uid, netns: cfg.lab.pod_netns(&ns, &name), pids: vec![], result: None });
+            pods.insert(
+                key.to_string(),
+                RunningPod {
+                    uid,
+                    netns: cfg.lab.pod_netns(&ns, &name),
+                    pids: vec![],
+                    result: None,
+                },
+            );
             return;
         }
         Err(e) => {
@@ -290,7 +316,11 @@ async fn start_pod(
     let host_ip = cfg.node_ip.to_string();
     let netns_path = shell::netns_path(&netns);
     set_status(store, key, &uid, |s| {
-        s["phase"] = json!(if failure.is_some() { "Failed" } else { "Running" });
+        s["phase"] = json!(if failure.is_some() {
+            "Failed"
+        } else {
+            "Running"
+        });
         s["podIP"] = json!(ip_s);
         s["podIPs"] = json!([{"ip": ip_s}]);
         s["hostIP"] = json!(host_ip);
@@ -303,7 +333,15 @@ async fn start_pod(
         s["netns"] = json!(netns_path);
     })
     .await;
-    pods.insert(key.to_string(), RunningPod { uid: uid.clone(), netns: netns.clone(), pids, result: Some(result) });
+    pods.insert(
+        key.to_string(),
+        RunningPod {
+            uid: uid.clone(),
+            netns: netns.clone(),
+            pids,
+            result: Some(result),
+        },
+    );
     if failure.is_some() {
         return;
     }
@@ -313,9 +351,11 @@ async fn start_pod(
     tokio::spawn(async move {
         let probe_pod = pod.clone();
         let probe_ns = netns.clone();
-        let ready = tokio::task::spawn_blocking(move || wait_ready(&probe_pod, &probe_ns, ip, Duration::from_secs(30)))
-            .await
-            .unwrap_or(false);
+        let ready = tokio::task::spawn_blocking(move || {
+            wait_ready(&probe_pod, &probe_ns, ip, Duration::from_secs(30))
+        })
+        .await
+        .unwrap_or(false);
         set_status(&store, &key, &uid, |s| {
             if s["phase"] == "Running" {
                 s["conditions"] = ready_condition(ready);
@@ -327,30 +367,52 @@ async fn start_pod(
 
 /// Namespace + CNI ADD; returns (netns name, CNI result, pod IP).
 fn create_sandbox(cfg: &KubeletConfig, pod: &Pod) -> Result<(String, Value, Ipv4Addr), LabError> {
-    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = &pod.metadata.name;
     let netns = cfg.lab.pod_netns(&ns, name);
     if shell::netns_exists(&netns) {
         // A leftover from a crash: take it down first so the new sandbox starts clean.
-        teardown_network(cfg, pod.metadata.uid.as_deref().unwrap_or_default(), &netns, None);
+        teardown_network(
+            cfg,
+            pod.metadata.uid.as_deref().unwrap_or_default(),
+            &netns,
+            None,
+        );
     }
     shell::ip(["netns", "add", &netns])?;
     shell::ip(["-n", &netns, "link", "set", "lo", "up"])?;
     let dir = cfg.lab.pod_dir(&ns, name);
-    std::fs::create_dir_all(&dir).map_err(|e| LabError::Other(format!("create {}: {e}", dir.display())))?;
-    let list = NetworkList::load(&cfg.lab.cni_conf_dir(&cfg.node).join(CONFLIST_NAME)).map_err(|e| LabError::Other(e.to_string()))?;
-    let att = attachment(cfg, pod.metadata.uid.as_deref().unwrap_or_default(), &netns, Some((&ns, name)));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| LabError::Other(format!("create {}: {e}", dir.display())))?;
+    let list = NetworkList::load(&cfg.lab.cni_conf_dir(&cfg.node).join(CONFLIST_NAME))
+        .map_err(|e| LabError::Other(e.to_string()))?;
+    let att = attachment(
+        cfg,
+        pod.metadata.uid.as_deref().unwrap_or_default(),
+        &netns,
+        Some((&ns, name)),
+    );
     let result = runtime::add(&list, &att).map_err(|e| {
         // The runtime must DEL after a failed ADD (CNI spec §3).
         let _ = runtime::del(&list, &att, None);
         LabError::Other(e.to_string())
     })?;
     let _ = std::fs::write(dir.join("cni-result.json"), result.to_string());
-    let ip = runtime::result_ip(&result).ok_or_else(|| LabError::Other(format!("CNI result has no IPv4 address: {result}")))?;
+    let ip = runtime::result_ip(&result)
+        .ok_or_else(|| LabError::Other(format!("CNI result has no IPv4 address: {result}")))?;
     Ok((netns, result, ip))
 }
 
-fn attachment(cfg: &KubeletConfig, uid: &str, netns: &str, pod: Option<(&str, &str)>) -> Attachment {
+fn attachment(
+    cfg: &KubeletConfig,
+    uid: &str,
+    netns: &str,
+    pod: Option<(&str, &str)>,
+) -> Attachment {
     let mut args = vec![("IgnoreUnknown".to_string(), "1".to_string())];
     if let Some((ns, name)) = pod {
         args.push(("K8S_POD_NAMESPACE".into(), ns.into()));
@@ -358,7 +420,11 @@ fn attachment(cfg: &KubeletConfig, uid: &str, netns: &str, pod: Option<(&str, &s
         args.push(("K8S_POD_UID".into(), uid.into()));
     }
     Attachment {
-        container_id: if uid.is_empty() { format!("netns-{netns}") } else { uid.to_string() },
+        container_id: if uid.is_empty() {
+            format!("netns-{netns}")
+        } else {
+            uid.to_string()
+        },
         netns: shell::netns_path(netns),
         ifname: "eth0".into(),
         args,
@@ -367,11 +433,22 @@ fn attachment(cfg: &KubeletConfig, uid: &str, netns: &str, pod: Option<(&str, &s
     }
 }
 
-fn start_container(cfg: &KubeletConfig, pod: &Pod, c: &Container, netns: &str) -> Result<Child, LabError> {
-    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+fn start_container(
+    cfg: &KubeletConfig,
+    pod: &Pod,
+    c: &Container,
+    netns: &str,
+) -> Result<Child, LabError> {
+    let ns = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let dir = cfg.lab.pod_dir(&ns, &pod.metadata.name);
     let log = shell::log_file(&dir.join(format!("{}.log", c.name)))?;
-    let log2 = log.try_clone().map_err(|e| LabError::Other(e.to_string()))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| LabError::Other(e.to_string()))?;
     let mut cmd = match &c.command {
         Some(argv) if !argv.is_empty() => {
             let mut cmd = Command::new(&argv[0]);
@@ -397,14 +474,26 @@ fn start_container(cfg: &KubeletConfig, pod: &Pod, c: &Container, netns: &str) -
         .stderr(log2);
     let _ns = shell::in_netns(&mut cmd, &shell::netns_path(netns))?;
     shell::detach(&mut cmd);
-    cmd.spawn().map_err(|e| LabError::Other(format!("start {:?}: {e}", cmd.get_program())))
+    cmd.spawn()
+        .map_err(|e| LabError::Other(format!("start {:?}: {e}", cmd.get_program())))
 }
 
-fn wait_in_thread(mut child: Child, key: &str, uid: &str, container: &str, tx: mpsc::Sender<Exited>) {
+fn wait_in_thread(
+    mut child: Child,
+    key: &str,
+    uid: &str,
+    container: &str,
+    tx: mpsc::Sender<Exited>,
+) {
     let (key, uid, container) = (key.to_string(), uid.to_string(), container.to_string());
     std::thread::spawn(move || {
         let code = child.wait().ok().and_then(|s| s.code());
-        let _ = tx.blocking_send(Exited { key, uid, container, code });
+        let _ = tx.blocking_send(Exited {
+            key,
+            uid,
+            container,
+            code,
+        });
     });
 }
 
@@ -418,14 +507,19 @@ async fn container_exited(store: &EtcdStore, pods: &HashMap<String, RunningPod>,
     set_status(store, &ex.key, &ex.uid, |s| {
         s["phase"] = json!(if failed { "Failed" } else { "Succeeded" });
         s["conditions"] = ready_condition(false);
-        s["message"] = json!(format!("container {} exited with {:?}", ex.container, ex.code));
+        s["message"] = json!(format!(
+            "container {} exited with {:?}",
+            ex.container, ex.code
+        ));
     })
     .await;
 }
 
 /// Ready when every declared TCP port accepts connections and the readiness probe passes.
 fn wait_ready(pod: &Pod, netns: &str, ip: Ipv4Addr, timeout: Duration) -> bool {
-    let Ok(ns) = datapath::NetNs::open(shell::netns_path(netns)) else { return false };
+    let Ok(ns) = datapath::NetNs::open(shell::netns_path(netns)) else {
+        return false;
+    };
     let deadline = Instant::now() + timeout;
     let tcp_ports: Vec<u16> = pod
         .spec
@@ -436,12 +530,20 @@ fn wait_ready(pod: &Pod, netns: &str, ip: Ipv4Addr, timeout: Duration) -> bool {
         .map(|p| p.container_port)
         .collect();
     let connect = |port: u16| {
-        ns.run(|| TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(200)).is_ok())
-            .unwrap_or(false)
+        ns.run(|| {
+            TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(200))
+                .is_ok()
+        })
+        .unwrap_or(false)
     };
     loop {
         let ports_ok = tcp_ports.iter().all(|p| connect(*p));
-        let probes_ok = ports_ok && pod.spec.containers.iter().all(|c| probe_ok(c, &ns, ip, netns));
+        let probes_ok = ports_ok
+            && pod
+                .spec
+                .containers
+                .iter()
+                .all(|c| probe_ok(c, &ns, ip, netns));
         if probes_ok {
             return true;
         }
@@ -453,36 +555,60 @@ fn wait_ready(pod: &Pod, netns: &str, ip: Ipv4Addr, timeout: Duration) -> bool {
 }
 
 fn probe_ok(c: &Container, ns: &datapath::NetNs, ip: Ipv4Addr, netns: &str) -> bool {
-    let Some(probe) = &c.readiness_probe else { return true };
+    let Some(probe) = &c.readiness_probe else {
+        return true;
+    };
     if let Some(exec) = &probe.exec {
         let argv = &exec.command;
         if argv.is_empty() {
             return false;
         }
         let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        let Ok(_f) = shell::in_netns(&mut cmd, &shell::netns_path(netns)) else { return false };
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let Ok(_f) = shell::in_netns(&mut cmd, &shell::netns_path(netns)) else {
+            return false;
+        };
         return cmd.status().map(|s| s.success()).unwrap_or(false);
     }
     let port_of = |p: &model::IntOrString| -> Option<u16> {
         match p {
             model::IntOrString::Int(n) => u16::try_from(*n).ok(),
-            model::IntOrString::String(name) => c.ports.iter().find(|x| x.name.as_deref() == Some(name)).map(|x| x.container_port),
+            model::IntOrString::String(name) => c
+                .ports
+                .iter()
+                .find(|x| x.name.as_deref() == Some(name))
+                .map(|x| x.container_port),
         }
     };
     if let Some(t) = &probe.tcp_socket {
-        let Some(port) = port_of(&t.port) else { return false };
+        let Some(port) = port_of(&t.port) else {
+            return false;
+        };
         return ns
-            .run(|| TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(500)).is_ok())
+            .run(|| {
+                TcpStream::connect_timeout(
+                    &SocketAddr::from((ip, port)),
+                    Duration::from_millis(500),
+                )
+                .is_ok()
+            })
             .unwrap_or(false);
     }
     if let Some(h) = &probe.http_get {
-        let Some(port) = port_of(&h.port) else { return false };
+        let Some(port) = port_of(&h.port) else {
+            return false;
+        };
         let path = h.path.clone().unwrap_or_else(|| "/".into());
         return ns
             .run(|| {
                 use std::io::{Read, Write};
-                let Ok(mut s) = TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(500)) else {
+                let Ok(mut s) = TcpStream::connect_timeout(
+                    &SocketAddr::from((ip, port)),
+                    Duration::from_millis(500),
+                ) else {
                     return false;
                 };
                 let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
@@ -502,10 +628,18 @@ async fn stop_pod(cfg: &KubeletConfig, key: &str, rp: RunningPod) {
     let cfg = cfg.clone();
     let _ = tokio::task::spawn_blocking(move || {
         for pid in &rp.pids {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline && rp.pids.iter().any(|p| std::path::Path::new(&format!("/proc/{p}")).exists()) {
+        while Instant::now() < deadline
+            && rp
+                .pids
+                .iter()
+                .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        {
             std::thread::sleep(Duration::from_millis(20));
         }
         teardown_network(&cfg, &rp.uid, &rp.netns, rp.result.as_ref());

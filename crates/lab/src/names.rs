@@ -14,14 +14,18 @@ impl Lab {
     pub fn new(name: &str) -> Result<Self, String> {
         let ok = !name.is_empty()
             && name.len() <= 16
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
             && name.as_bytes()[0].is_ascii_lowercase();
         if !ok {
             return Err(format!(
                 "invalid lab name {name:?}: use 1-16 lowercase letters and digits, starting with a letter"
             ));
         }
-        Ok(Self { name: name.to_string() })
+        Ok(Self {
+            name: name.to_string(),
+        })
     }
 
     /// Prefix of every namespace this lab creates.
@@ -43,7 +47,11 @@ impl Lab {
 
     /// A pod's namespace name, derived from namespace/name so every tool finds it again.
     pub fn pod_netns(&self, namespace: &str, pod: &str) -> String {
-        format!("{}pod-{:016x}", self.netns_prefix(), fnv64(&format!("{namespace}/{pod}")))
+        format!(
+            "{}pod-{:016x}",
+            self.netns_prefix(),
+            fnv64(&format!("{namespace}/{pod}"))
+        )
     }
 
     /// Runtime state (pids, the etcd endpoint): gone after a reboot.
@@ -74,7 +82,9 @@ impl Lab {
     }
 
     pub fn pod_dir(&self, namespace: &str, pod: &str) -> PathBuf {
-        self.data_dir().join("pods").join(format!("{namespace}_{pod}"))
+        self.data_dir()
+            .join("pods")
+            .join(format!("{namespace}_{pod}"))
     }
 
     /// The marker every lab daemon carries on its command line, so `lab down` finds them.
@@ -146,7 +156,10 @@ mod tests {
         let lab = Lab::new("lab").expect("lab");
         assert_eq!(lab.pod_netns("default", "a"), lab.pod_netns("default", "a"));
         assert_ne!(lab.pod_netns("default", "a"), lab.pod_netns("other", "a"));
-        assert!(lab.pod_netns("default", "a").starts_with(&lab.netns_prefix()));
+        assert!(
+            lab.pod_netns("default", "a")
+                .starts_with(&lab.netns_prefix())
+        );
     }
 
     #[test]

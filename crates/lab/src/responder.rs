@@ -71,11 +71,18 @@ fn http(conn: TcpStream, name: &str) -> std::io::Result<()> {
             }
         }
         if body_len > 0 {
-            std::io::copy(&mut (&mut reader).take(body_len as u64), &mut std::io::sink())?;
+            std::io::copy(
+                &mut (&mut reader).take(body_len as u64),
+                &mut std::io::sink(),
+            )?;
         }
         let conn_hdr = if close { "close" } else { "keep-alive" };
         let path = request_line.split_whitespace().nth(1).unwrap_or("/");
-        let body = if path == "/clientip" { peer.as_str() } else { name };
+        let body = if path == "/clientip" {
+            peer.as_str()
+        } else {
+            name
+        };
         // One write per response, so a client sees it in one segment.
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn_hdr}\r\n\r\n{body}",

@@ -18,11 +18,25 @@ pub enum RuntimeError {
     #[error("plugin {plugin} not found in CNI_PATH {path}")]
     NotFound { plugin: String, path: String },
     #[error("plugin {plugin} {command}: {source}")]
-    Exec { plugin: String, command: String, source: std::io::Error },
+    Exec {
+        plugin: String,
+        command: String,
+        source: std::io::Error,
+    },
     #[error("plugin {plugin} {command} failed (code {code}): {msg}{details}")]
-    Plugin { plugin: String, command: String, code: u64, msg: String, details: String },
+    Plugin {
+        plugin: String,
+        command: String,
+        code: u64,
+        msg: String,
+        details: String,
+    },
     #[error("plugin {plugin} {command} printed invalid JSON: {output}")]
-    BadOutput { plugin: String, command: String, output: String },
+    BadOutput {
+        plugin: String,
+        command: String,
+        output: String,
+    },
 }
 
 /// A network configuration list (`*.conflist`).
@@ -35,16 +49,32 @@ pub struct NetworkList {
 
 impl NetworkList {
     pub fn load(path: &Path) -> Result<Self, RuntimeError> {
-        let cfg = |msg: String| RuntimeError::Config { path: path.display().to_string(), msg };
+        let cfg = |msg: String| RuntimeError::Config {
+            path: path.display().to_string(),
+            msg,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| cfg(e.to_string()))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| cfg(e.to_string()))?;
-        let cni_version = v.get("cniVersion").and_then(Value::as_str).ok_or_else(|| cfg("missing cniVersion".into()))?;
-        let name = v.get("name").and_then(Value::as_str).ok_or_else(|| cfg("missing name".into()))?;
-        let plugins = v.get("plugins").and_then(Value::as_array).ok_or_else(|| cfg("missing plugins".into()))?;
+        let cni_version = v
+            .get("cniVersion")
+            .and_then(Value::as_str)
+            .ok_or_else(|| cfg("missing cniVersion".into()))?;
+        let name = v
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| cfg("missing name".into()))?;
+        let plugins = v
+            .get("plugins")
+            .and_then(Value::as_array)
+            .ok_or_else(|| cfg("missing plugins".into()))?;
         if plugins.is_empty() {
             return Err(cfg("plugins is empty".into()));
         }
-        Ok(Self { cni_version: cni_version.to_string(), name: name.to_string(), plugins: plugins.clone() })
+        Ok(Self {
+            cni_version: cni_version.to_string(),
+            name: name.to_string(),
+            plugins: plugins.clone(),
+        })
     }
 
     /// The request config for one plugin: the plugin object plus `cniVersion` and `name`.
@@ -77,25 +107,47 @@ pub struct Attachment {
 }
 
 fn plugin_type(plugin: &Value) -> String {
-    plugin.get("type").and_then(Value::as_str).unwrap_or_default().to_string()
+    plugin
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// ADD every plugin in order; returns the final result.
 pub fn add(list: &NetworkList, att: &Attachment) -> Result<Value, RuntimeError> {
     let mut prev: Option<Value> = None;
     for plugin in &list.plugins {
-        let out = exec(&plugin_type(plugin), "ADD", &list.request(plugin, prev.as_ref()), att)?;
+        let out = exec(
+            &plugin_type(plugin),
+            "ADD",
+            &list.request(plugin, prev.as_ref()),
+            att,
+        )?;
         prev = out.or(prev);
     }
-    prev.ok_or_else(|| RuntimeError::BadOutput { plugin: list.name.clone(), command: "ADD".into(), output: "no result".into() })
+    prev.ok_or_else(|| RuntimeError::BadOutput {
+        plugin: list.name.clone(),
+        command: "ADD".into(),
+        output: "no result".into(),
+    })
 }
 
 /// DEL every plugin in reverse order with the final ADD result; keeps going past failures
 /// and returns the first one.
-pub fn del(list: &NetworkList, att: &Attachment, result: Option<&Value>) -> Result<(), RuntimeError> {
+pub fn del(
+    list: &NetworkList,
+    att: &Attachment,
+    result: Option<&Value>,
+) -> Result<(), RuntimeError> {
     let mut first = None;
     for plugin in list.plugins.iter().rev() {
-        if let Err(e) = exec(&plugin_type(plugin), "DEL", &list.request(plugin, result), att) {
+        if let Err(e) = exec(
+            &plugin_type(plugin),
+            "DEL",
+            &list.request(plugin, result),
+            att,
+        ) {
             first.get_or_insert(e);
         }
     }
@@ -105,44 +157,83 @@ pub fn del(list: &NetworkList, att: &Attachment, result: Option<&Value>) -> Resu
 /// CHECK every plugin in order with the final ADD result.
 pub fn check(list: &NetworkList, att: &Attachment, result: &Value) -> Result<(), RuntimeError> {
     for plugin in &list.plugins {
-        exec(&plugin_type(plugin), "CHECK", &list.request(plugin, Some(result)), att)?;
+        exec(
+            &plugin_type(plugin),
+            "CHECK",
+            &list.request(plugin, Some(result)),
+            att,
+        )?;
     }
     Ok(())
 }
 
 fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf, RuntimeError> {
     if name.is_empty() || name.contains('/') {
-        return Err(RuntimeError::NotFound { plugin: name.into(), path: "(invalid type)".into() });
+        return Err(RuntimeError::NotFound {
+            plugin: name.into(),
+            path: "(invalid type)".into(),
+        });
     }
-    path.iter().map(|d| d.join(name)).find(|p| p.is_file()).ok_or_else(|| RuntimeError::NotFound {
-        plugin: name.into(),
-        path: path.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":"),
-    })
+    path.iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| RuntimeError::NotFound {
+            plugin: name.into(),
+            path: path
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":"),
+        })
 }
 
 /// Executes one plugin with the CNI environment and `conf` on stdin.
-pub fn exec(plugin: &str, command: &str, conf: &Value, att: &Attachment) -> Result<Option<Value>, RuntimeError> {
+pub fn exec(
+    plugin: &str,
+    command: &str,
+    conf: &Value,
+    att: &Attachment,
+) -> Result<Option<Value>, RuntimeError> {
     let bin = find_plugin(plugin, &att.cni_path)?;
-    let exec_err = |source| RuntimeError::Exec { plugin: plugin.into(), command: command.into(), source };
+    let exec_err = |source| RuntimeError::Exec {
+        plugin: plugin.into(),
+        command: command.into(),
+        source,
+    };
     let mut cmd = Command::new(&bin);
     cmd.env_clear()
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", &att.container_id)
         .env("CNI_NETNS", &att.netns)
         .env("CNI_IFNAME", &att.ifname)
-        .env("CNI_ARGS", att.args.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(";"))
-        .env("CNI_PATH", std::env::join_paths(&att.cni_path).unwrap_or_default())
+        .env(
+            "CNI_ARGS",
+            att.args
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(";"),
+        )
+        .env(
+            "CNI_PATH",
+            std::env::join_paths(&att.cni_path).unwrap_or_default(),
+        )
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let _ns = match &att.run_in {
-        Some(ns) => Some(shell::in_netns(&mut cmd, ns).map_err(|e| exec_err(std::io::Error::other(e.to_string())))?),
+        Some(ns) => Some(
+            shell::in_netns(&mut cmd, ns)
+                .map_err(|e| exec_err(std::io::Error::other(e.to_string())))?,
+        ),
         None => None,
     };
     let mut child = cmd.spawn().map_err(exec_err)?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(conf.to_string().as_bytes()).map_err(exec_err)?;
+        stdin
+            .write_all(conf.to_string().as_bytes())
+            .map_err(exec_err)?;
     }
     let out = child.wait_with_output().map_err(exec_err)?;
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -152,10 +243,18 @@ pub fn exec(plugin: &str, command: &str, conf: &Value, att: &Attachment) -> Resu
             plugin: plugin.into(),
             command: command.into(),
             code: v.get("code").and_then(Value::as_u64).unwrap_or(999),
-            msg: v.get("msg").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| {
-                format!("{stdout} {}", String::from_utf8_lossy(&out.stderr).trim())
-            }),
-            details: v.get("details").and_then(Value::as_str).map(|d| format!(" ({d})")).unwrap_or_default(),
+            msg: v
+                .get("msg")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    format!("{stdout} {}", String::from_utf8_lossy(&out.stderr).trim())
+                }),
+            details: v
+                .get("details")
+                .and_then(Value::as_str)
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default(),
         });
     }
     if stdout.is_empty() {
@@ -163,7 +262,11 @@ pub fn exec(plugin: &str, command: &str, conf: &Value, att: &Attachment) -> Resu
     }
     serde_json::from_str(&stdout)
         .map(Some)
-        .map_err(|_| RuntimeError::BadOutput { plugin: plugin.into(), command: command.into(), output: stdout })
+        .map_err(|_| RuntimeError::BadOutput {
+            plugin: plugin.into(),
+            command: command.into(),
+            output: stdout,
+        })
 }
 
 /// The first IPv4 address of a CNI result (`ips[0].address` without the prefix).

@@ -16,7 +16,10 @@ pub enum ShellError {
     #[error("{cmd} failed: {stderr}")]
     Failed { cmd: String, stderr: String },
     #[error("cannot open network namespace {path}: {source}")]
-    Netns { path: String, source: std::io::Error },
+    Netns {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 fn describe(cmd: &Command) -> String {
@@ -31,9 +34,18 @@ fn describe(cmd: &Command) -> String {
 /// Runs a command to completion; its stderr becomes the error.
 pub fn run(cmd: &mut Command) -> Result<String, ShellError> {
     let what = describe(cmd);
-    let out = cmd.stdin(Stdio::null()).output().map_err(|source| ShellError::Spawn { cmd: what.clone(), source })?;
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| ShellError::Spawn {
+            cmd: what.clone(),
+            source,
+        })?;
     if !out.status.success() {
-        return Err(ShellError::Failed { cmd: what, stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(ShellError::Failed {
+            cmd: what,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -60,14 +72,30 @@ pub fn ip_batch_in(netns: &str, lines: &[String]) -> Result<(), ShellError> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| ShellError::Spawn { cmd: "ip -batch -".into(), source })?;
+        .map_err(|source| ShellError::Spawn {
+            cmd: "ip -batch -".into(),
+            source,
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         let text = lines.join("\n") + "\n";
-        stdin.write_all(text.as_bytes()).map_err(|source| ShellError::Spawn { cmd: "ip -batch -".into(), source })?;
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|source| ShellError::Spawn {
+                cmd: "ip -batch -".into(),
+                source,
+            })?;
     }
-    let out = child.wait_with_output().map_err(|source| ShellError::Spawn { cmd: "ip -batch -".into(), source })?;
+    let out = child
+        .wait_with_output()
+        .map_err(|source| ShellError::Spawn {
+            cmd: "ip -batch -".into(),
+            source,
+        })?;
     if !out.status.success() {
-        return Err(ShellError::Failed { cmd: "ip -batch -".into(), stderr: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(ShellError::Failed {
+            cmd: "ip -batch -".into(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -83,7 +111,9 @@ pub fn netns_exists(name: &str) -> bool {
 
 /// Names of every named network namespace starting with `prefix`.
 pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return Vec::new();
+    };
     let mut out: Vec<String> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().map(str::to_string))
@@ -97,7 +127,10 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
 /// entered in the child between fork and exec). Returns the open file, which must outlive
 /// the spawn.
 pub fn in_netns(cmd: &mut Command, netns: &str) -> Result<File, ShellError> {
-    let file = File::open(netns).map_err(|source| ShellError::Netns { path: netns.to_string(), source })?;
+    let file = File::open(netns).map_err(|source| ShellError::Netns {
+        path: netns.to_string(),
+        source,
+    })?;
     let fd = file.as_raw_fd();
     // SAFETY: the closure only calls setns(2), which is async-signal-safe, on an fd that the
     // parent keeps open until the spawn returns.
@@ -131,5 +164,8 @@ pub fn log_file(path: &Path) -> Result<File, ShellError> {
         .create(true)
         .append(true)
         .open(path)
-        .map_err(|source| ShellError::Spawn { cmd: format!("open log {}", path.display()), source })
+        .map_err(|source| ShellError::Spawn {
+            cmd: format!("open log {}", path.display()),
+            source,
+        })
 }

@@ -52,7 +52,11 @@ pub const CONFLIST_NAME: &str = "10-flatnet.conflist";
 
 /// Builds the lab. `progress` gets one line per step. On failure everything made so far is
 /// removed again.
-pub async fn up(lab: &Lab, opts: &UpOptions, progress: &(dyn Fn(&str) + Sync)) -> Result<(), LabError> {
+pub async fn up(
+    lab: &Lab,
+    opts: &UpOptions,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<(), LabError> {
     if lab.etcd_endpoint_file().exists() {
         return Err(LabError::AlreadyUp(lab.name.clone()));
     }
@@ -60,10 +64,18 @@ pub async fn up(lab: &Lab, opts: &UpOptions, progress: &(dyn Fn(&str) + Sync)) -
         progress("removing leftovers of an earlier lab with this name");
         let r = cleanup::remove_all(lab);
         if !r.errors.is_empty() {
-            return Err(LabError::Other(format!("cannot remove leftovers: {}", r.errors.join("; "))));
+            return Err(LabError::Other(format!(
+                "cannot remove leftovers: {}",
+                r.errors.join("; ")
+            )));
         }
     }
-    let subnets = opts.addressing.pod_cidr.subnets(opts.addressing.node_prefix).map(|s| s.count()).unwrap_or(0);
+    let subnets = opts
+        .addressing
+        .pod_cidr
+        .subnets(opts.addressing.node_prefix)
+        .map(|s| s.count())
+        .unwrap_or(0);
     if opts.nodes == 0 || opts.nodes > subnets || opts.nodes > 200 {
         return Err(LabError::Other(format!(
             "--nodes {}: must be between 1 and the number of /{} subnets in {} (at most 200)",
@@ -73,7 +85,11 @@ pub async fn up(lab: &Lab, opts: &UpOptions, progress: &(dyn Fn(&str) + Sync)) -
     let result = build(lab, opts, progress).await;
     if result.is_err() {
         // Show what the daemons said before their logs go with the rest.
-        for entry in std::fs::read_dir(lab.log_dir()).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(lab.log_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(5).collect();
             if !tail.is_empty() {
@@ -88,10 +104,15 @@ pub async fn up(lab: &Lab, opts: &UpOptions, progress: &(dyn Fn(&str) + Sync)) -
     result
 }
 
-async fn build(lab: &Lab, opts: &UpOptions, progress: &(dyn Fn(&str) + Sync)) -> Result<(), LabError> {
+async fn build(
+    lab: &Lab,
+    opts: &UpOptions,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<(), LabError> {
     let start = Instant::now();
     for d in [lab.run_dir(), lab.data_dir(), lab.log_dir()] {
-        std::fs::create_dir_all(&d).map_err(|e| LabError::Other(format!("create {}: {e}", d.display())))?;
+        std::fs::create_dir_all(&d)
+            .map_err(|e| LabError::Other(format!("create {}: {e}", d.display())))?;
     }
     // etcd first: it takes the longest to come up, and the namespaces are built meanwhile.
     let etcd = store::EtcdProcess::start_in_own_session(&lab.data_dir())?;
@@ -108,12 +129,19 @@ async fn build(lab: &Lab, opts: &UpOptions, progress: &(dyn Fn(&str) + Sync)) ->
         start.elapsed().as_millis()
     ));
 
-    let store = store::EtcdStore::connect(std::slice::from_ref(&endpoint), crate::client::PREFIX).await?;
+    let store =
+        store::EtcdStore::connect(std::slice::from_ref(&endpoint), crate::client::PREFIX).await?;
     let cfg = network_config(opts);
-    store.put(store::keys::CONFIG, store::encode(store::keys::CONFIG, &cfg)?).await?;
+    store
+        .put(
+            store::keys::CONFIG,
+            store::encode(store::keys::CONFIG, &cfg)?,
+        )
+        .await?;
     // The endpoint file marks the lab as up; written once the store answers.
-    std::fs::write(lab.etcd_endpoint_file(), &endpoint)
-        .map_err(|e| LabError::Other(format!("write {}: {e}", lab.etcd_endpoint_file().display())))?;
+    std::fs::write(lab.etcd_endpoint_file(), &endpoint).map_err(|e| {
+        LabError::Other(format!("write {}: {e}", lab.etcd_endpoint_file().display()))
+    })?;
 
     let flatnet = opts.bin_dir.join("flatnet");
     for i in 1..=opts.nodes {
@@ -131,22 +159,46 @@ async fn build(lab: &Lab, opts: &UpOptions, progress: &(dyn Fn(&str) + Sync)) ->
                 format!("--etcd={endpoint}"),
                 format!("--netns={}", shell::netns_path(&lab.node_netns(&node))),
                 "--underlay-dev=eth0".into(),
-                format!("--cni-conf={}", lab.cni_conf_dir(&node).join(CONFLIST_NAME).display()),
+                format!(
+                    "--cni-conf={}",
+                    lab.cni_conf_dir(&node).join(CONFLIST_NAME).display()
+                ),
                 format!("--ipam-dir={}", lab.node_dir(&node).join("ipam").display()),
-                format!("--state-dir={}", lab.node_dir(&node).join("agent").display()),
+                format!(
+                    "--state-dir={}",
+                    lab.node_dir(&node).join("agent").display()
+                ),
             ],
         )?;
         daemons::spawn(
             lab,
             &Daemon::Kubelet(node.clone()),
             &flatnet,
-            &["lab".into(), "kubelet".into(), lab.daemon_marker(), format!("--node={node}"), format!("--node-ip={}", opts.addressing.node_ip(i))],
+            &[
+                "lab".into(),
+                "kubelet".into(),
+                lab.daemon_marker(),
+                format!("--node={node}"),
+                format!("--node-ip={}", opts.addressing.node_ip(i)),
+            ],
         )?;
     }
-    daemons::spawn(lab, &Daemon::Controller, &opts.bin_dir.join("flatnet"), &["lab".into(), "controller".into(), lab.daemon_marker()])?;
-    progress("agents, kubelets and controller started; waiting for nodes to lease subnets and register");
+    daemons::spawn(
+        lab,
+        &Daemon::Controller,
+        &opts.bin_dir.join("flatnet"),
+        &["lab".into(), "controller".into(), lab.daemon_marker()],
+    )?;
+    progress(
+        "agents, kubelets and controller started; waiting for nodes to lease subnets and register",
+    );
     wait_nodes_ready(&store, opts.nodes, Duration::from_secs(30), progress).await?;
-    progress(&format!("lab {} is up with {} node(s) in {:.1} s", lab.name, opts.nodes, start.elapsed().as_secs_f64()));
+    progress(&format!(
+        "lab {} is up with {} node(s) in {:.1} s",
+        lab.name,
+        opts.nodes,
+        start.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 
@@ -155,15 +207,23 @@ fn wire(lab: &Lab, opts: &UpOptions) -> Result<(), LabError> {
     let fabric = lab.fabric_netns();
     let prefix = opts.addressing.underlay.prefix_len();
     shell::ip(["netns", "add", &fabric])?;
-    let mut fabric_cmds = vec!["link set lo up".to_string(), "link add br0 type bridge".into(), "link set br0 up".into()];
-    let mut hosts: Vec<(String, Ipv4Addr)> =
-        (1..=opts.nodes).map(|i| (lab.node_netns(&node_name(i)), opts.addressing.node_ip(i))).collect();
+    let mut fabric_cmds = vec![
+        "link set lo up".to_string(),
+        "link add br0 type bridge".into(),
+        "link set br0 up".into(),
+    ];
+    let mut hosts: Vec<(String, Ipv4Addr)> = (1..=opts.nodes)
+        .map(|i| (lab.node_netns(&node_name(i)), opts.addressing.node_ip(i)))
+        .collect();
     hosts.push((lab.external_netns(), opts.addressing.external_ip()));
     for (i, (ns, ip)) in hosts.iter().enumerate() {
         shell::ip(["netns", "add", ns])?;
         let port = format!("p{}", i + 1);
         // Both ends are born in their namespaces: nothing appears in the root namespace.
-        shell::ip(["link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", &port, "netns", &fabric])?;
+        shell::ip([
+            "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", &port, "netns",
+            &fabric,
+        ])?;
         fabric_cmds.push(format!("link set {port} master br0"));
         fabric_cmds.push(format!("link set {port} up"));
         shell::ip_batch_in(
@@ -174,7 +234,8 @@ fn wire(lab: &Lab, opts: &UpOptions) -> Result<(), LabError> {
                 "link set eth0 up".into(),
             ],
         )?;
-        let nsf = datapath::NetNs::open(shell::netns_path(ns)).map_err(|e| LabError::Other(e.to_string()))?;
+        let nsf = datapath::NetNs::open(shell::netns_path(ns))
+            .map_err(|e| LabError::Other(e.to_string()))?;
         nsf.run(|| datapath::sysctl::ensure("net/ipv4/ip_forward", "1"))
             .map_err(|e| LabError::Other(e.to_string()))?
             .map_err(|e| LabError::Other(e.to_string()))?;
@@ -193,14 +254,19 @@ async fn wait_nodes_ready(
     let deadline = Instant::now() + timeout;
     let mut seen = 0;
     loop {
-        let (nodes, _) = store.list(&store::keys::object_kind_prefix("nodes")).await?;
+        let (nodes, _) = store
+            .list(&store::keys::object_kind_prefix("nodes"))
+            .await?;
         let ready = nodes
             .iter()
             .filter_map(|kv| kv.decode::<serde_json::Value>().ok())
             .filter(|n| {
                 n.pointer("/status/conditions")
                     .and_then(|c| c.as_array())
-                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                    .is_some_and(|c| {
+                        c.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
             })
             .count();
         if ready != seen {
@@ -211,7 +277,9 @@ async fn wait_nodes_ready(
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(LabError::Other(format!("only {ready} of {want} nodes registered within {timeout:?}; see logs in the lab's log directory")));
+            return Err(LabError::Other(format!(
+                "only {ready} of {want} nodes registered within {timeout:?}; see logs in the lab's log directory"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

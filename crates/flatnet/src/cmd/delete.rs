@@ -16,14 +16,25 @@ pub struct Args {
 }
 
 pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
-    let targets: Vec<(model::Kind, Option<String>, String)> = match (&args.file, &args.kind, &args.name) {
-        (Some(f), _, _) => model::parse_manifests(&super::read_input(f)?, f)?
-            .into_iter()
-            .map(|o| (o.kind, o.namespace().map(str::to_string), o.name().to_string()))
-            .collect(),
-        (None, Some(k), Some(n)) => vec![(super::parse_kind(k)?, Some(args.namespace.clone()), n.clone())],
-        _ => anyhow::bail!("give -f FILE, or KIND and NAME"),
-    };
+    let targets: Vec<(model::Kind, Option<String>, String)> =
+        match (&args.file, &args.kind, &args.name) {
+            (Some(f), _, _) => model::parse_manifests(&super::read_input(f)?, f)?
+                .into_iter()
+                .map(|o| {
+                    (
+                        o.kind,
+                        o.namespace().map(str::to_string),
+                        o.name().to_string(),
+                    )
+                })
+                .collect(),
+            (None, Some(k), Some(n)) => vec![(
+                super::parse_kind(k)?,
+                Some(args.namespace.clone()),
+                n.clone(),
+            )],
+            _ => anyhow::bail!("give -f FILE, or KIND and NAME"),
+        };
     let store = lab::client::connect(&lab).await?;
     let mut failed = false;
     for (kind, ns, name) in targets {

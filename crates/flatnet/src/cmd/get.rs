@@ -24,10 +24,19 @@ pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
     if kind == Kind::Node {
         lab::api::annotate_nodes(&store, &mut items).await?;
     }
-    items.sort_by_key(|v| (s(v, "/metadata/namespace").to_string(), s(v, "/metadata/name").to_string()));
+    items.sort_by_key(|v| {
+        (
+            s(v, "/metadata/namespace").to_string(),
+            s(v, "/metadata/name").to_string(),
+        )
+    });
     match args.output.as_deref() {
         Some("json") | Some("yaml") => {
-            let v = if args.name.is_some() && items.len() == 1 { items.remove(0) } else { model::list_json(items) };
+            let v = if args.name.is_some() && items.len() == 1 {
+                items.remove(0)
+            } else {
+                model::list_json(items)
+            };
             if args.output.as_deref() == Some("json") {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -36,10 +45,20 @@ pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
         }
         out => {
             if items.is_empty() {
-                eprintln!("No resources found{}.", ns.filter(|_| kind.namespaced()).map(|n| format!(" in {n} namespace")).unwrap_or_default());
+                eprintln!(
+                    "No resources found{}.",
+                    ns.filter(|_| kind.namespaced())
+                        .map(|n| format!(" in {n} namespace"))
+                        .unwrap_or_default()
+                );
                 return Ok(0);
             }
-            print_table(kind, &items, args.all && kind.namespaced(), out == Some("wide"));
+            print_table(
+                kind,
+                &items,
+                args.all && kind.namespaced(),
+                out == Some("wide"),
+            );
         }
     }
     Ok(0)
@@ -50,8 +69,13 @@ fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
 }
 
 fn age(v: &Value) -> String {
-    let Some(t) = lab::parse_rfc3339(s(v, "/metadata/creationTimestamp")) else { return "<unknown>".into() };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let Some(t) = lab::parse_rfc3339(s(v, "/metadata/creationTimestamp")) else {
+        return "<unknown>".into();
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     let d = (now - t).max(0);
     match d {
         0..=119 => format!("{d}s"),
@@ -64,13 +88,19 @@ fn age(v: &Value) -> String {
 fn ready(v: &Value) -> bool {
     v.pointer("/status/conditions")
         .and_then(Value::as_array)
-        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 fn row(kind: Kind, v: &Value, wide: bool) -> (Vec<&'static str>, Vec<String>) {
     match kind {
         Kind::Pod => {
-            let n = v.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+            let n = v
+                .pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             let r = if ready(v) { n } else { 0 };
             let mut h = vec!["NAME", "READY", "STATUS", "IP", "NODE", "AGE"];
             let mut c = vec![
@@ -88,10 +118,22 @@ fn row(kind: Kind, v: &Value, wide: bool) -> (Vec<&'static str>, Vec<String>) {
             (h, c)
         }
         Kind::Node => (
-            vec!["NAME", "STATUS", "INTERNAL-IP", "POD-CIDR", "BACKEND", "AGENT", "AGE"],
+            vec![
+                "NAME",
+                "STATUS",
+                "INTERNAL-IP",
+                "POD-CIDR",
+                "BACKEND",
+                "AGENT",
+                "AGE",
+            ],
             vec![
                 s(v, "/metadata/name").into(),
-                if ready(v) { "Ready".into() } else { "NotReady".into() },
+                if ready(v) {
+                    "Ready".into()
+                } else {
+                    "NotReady".into()
+                },
                 v.pointer("/status/addresses")
                     .and_then(Value::as_array)
                     .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
@@ -106,9 +148,18 @@ fn row(kind: Kind, v: &Value, wide: bool) -> (Vec<&'static str>, Vec<String>) {
         ),
         Kind::Deployment => (
             vec!["NAME", "REPLICAS", "AGE"],
-            vec![s(v, "/metadata/name").into(), v.pointer("/spec/replicas").map(|r| r.to_string()).unwrap_or("1".into()), age(v)],
+            vec![
+                s(v, "/metadata/name").into(),
+                v.pointer("/spec/replicas")
+                    .map(|r| r.to_string())
+                    .unwrap_or("1".into()),
+                age(v),
+            ],
         ),
-        Kind::Namespace => (vec!["NAME", "STATUS", "AGE"], vec![s(v, "/metadata/name").into(), "Active".into(), age(v)]),
+        Kind::Namespace => (
+            vec!["NAME", "STATUS", "AGE"],
+            vec![s(v, "/metadata/name").into(), "Active".into(), age(v)],
+        ),
         _ => {
             let mut h = vec!["NAME", "AGE"];
             let mut c = vec![s(v, "/metadata/name").to_string(), age(v)];
@@ -122,13 +173,24 @@ fn row(kind: Kind, v: &Value, wide: bool) -> (Vec<&'static str>, Vec<String>) {
 }
 
 fn or_none(x: &str) -> String {
-    if x.is_empty() { "<none>".into() } else { x.into() }
+    if x.is_empty() {
+        "<none>".into()
+    } else {
+        x.into()
+    }
 }
 
 fn labels(v: &Value) -> String {
-    let mut l: Vec<String> = lab::api::labels_of(v).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut l: Vec<String> = lab::api::labels_of(v)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     l.sort();
-    if l.is_empty() { "<none>".into() } else { l.join(",") }
+    if l.is_empty() {
+        "<none>".into()
+    } else {
+        l.join(",")
+    }
 }
 
 fn print_table(kind: Kind, items: &[Value], with_ns: bool, wide: bool) {
@@ -152,7 +214,11 @@ fn print_table(kind: Kind, items: &[Value], with_ns: bool, wide: bool) {
         }
     }
     let line = |cells: Vec<String>| {
-        let parts: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         println!("{}", parts.join("   ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());

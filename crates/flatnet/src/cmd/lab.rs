@@ -14,7 +14,10 @@ pub struct Args {
 impl Args {
     /// Daemons log at info level by default.
     pub fn is_daemon(&self) -> bool {
-        matches!(self.command, LabCmd::Kubelet(_) | LabCmd::Controller | LabCmd::Responder(_))
+        matches!(
+            self.command,
+            LabCmd::Kubelet(_) | LabCmd::Controller | LabCmd::Responder(_)
+        )
     }
 }
 
@@ -105,9 +108,16 @@ pub fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
         }
         LabCmd::Status => super::block_on(status(lab)),
         LabCmd::Exec { target, command } => {
-            let ns = if target == "external" { lab.external_netns() } else { lab.node_netns(&target) };
+            let ns = if target == "external" {
+                lab.external_netns()
+            } else {
+                lab.node_netns(&target)
+            };
             if !lab::shell::netns_exists(&ns) {
-                anyhow::bail!("no node or host named {target:?} in lab {} (nodes are node1, node2, ...; or external)", lab.name);
+                anyhow::bail!(
+                    "no node or host named {target:?} in lab {} (nodes are node1, node2, ...; or external)",
+                    lab.name
+                );
             }
             super::exec_in_netns(&lab::shell::netns_path(&ns), &command)
         }
@@ -127,7 +137,12 @@ pub fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
             Ok(0)
         }
         LabCmd::Kubelet(a) => super::block_on(async move {
-            let cfg = lab::kubelet::KubeletConfig { lab, node: a.node, node_ip: a.node_ip, bin_dir: bin_dir()? };
+            let cfg = lab::kubelet::KubeletConfig {
+                lab,
+                node: a.node,
+                node_ip: a.node_ip,
+                bin_dir: bin_dir()?,
+            };
             lab::kubelet::run(cfg).await?;
             Ok(0)
         }),
@@ -146,13 +161,25 @@ pub fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
 }
 
 async fn up(a: UpArgs, lab: lab::Lab) -> anyhow::Result<i32> {
-    let addressing = lab::names::Addressing { pod_cidr: a.pod_cidr, service_cidr: a.service_cidr, ..Default::default() };
-    let opts = lab::topology::UpOptions { nodes: a.nodes, backend: a.backend, addressing, bin_dir: bin_dir()? };
+    let addressing = lab::names::Addressing {
+        pod_cidr: a.pod_cidr,
+        service_cidr: a.service_cidr,
+        ..Default::default()
+    };
+    let opts = lab::topology::UpOptions {
+        nodes: a.nodes,
+        backend: a.backend,
+        addressing,
+        bin_dir: bin_dir()?,
+    };
     let progress = |s: &str| eprintln!("  {s}");
     lab::topology::up(&lab, &opts, &progress).await?;
     let store = lab::client::connect(&lab).await?;
     lab::api::ensure_builtin_namespaces(&store).await?;
-    println!("lab {} is up: {} node(s), backend {}", lab.name, opts.nodes, opts.backend);
+    println!(
+        "lab {} is up: {} node(s), backend {}",
+        lab.name, opts.nodes, opts.backend
+    );
     Ok(0)
 }
 
@@ -162,7 +189,10 @@ async fn status(lab: lab::Lab) -> anyhow::Result<i32> {
     for (id, pid) in lab::daemons::list(&lab) {
         match pid {
             Some(p) => println!("  {id:<16} running (pid {p})"),
-            None => println!("  {id:<16} NOT RUNNING (start it with: flatnet lab start {})", id.replacen('-', "/", 1)),
+            None => println!(
+                "  {id:<16} NOT RUNNING (start it with: flatnet lab start {})",
+                id.replacen('-', "/", 1)
+            ),
         }
     }
     let namespaces = lab::shell::netns_with_prefix(&lab.netns_prefix());
@@ -171,9 +201,20 @@ async fn status(lab: lab::Lab) -> anyhow::Result<i32> {
     let nodes = lab::api::get(&store, model::Kind::Node, None, None).await?;
     let pods = lab::api::get(&store, model::Kind::Pod, None, None).await?;
     for n in &nodes {
-        let name = n.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or_default();
-        let count = pods.iter().filter(|p| p.pointer("/spec/nodeName").and_then(|v| v.as_str()) == Some(name)).count();
-        println!("node {name}: podCIDR {}, {count} pod(s)", n.pointer("/spec/podCIDR").and_then(|v| v.as_str()).unwrap_or("-"));
+        let name = n
+            .pointer("/metadata/name")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let count = pods
+            .iter()
+            .filter(|p| p.pointer("/spec/nodeName").and_then(|v| v.as_str()) == Some(name))
+            .count();
+        println!(
+            "node {name}: podCIDR {}, {count} pod(s)",
+            n.pointer("/spec/podCIDR")
+                .and_then(|v| v.as_str())
+                .unwrap_or("-")
+        );
     }
     Ok(0)
 }

@@ -17,7 +17,9 @@ pub fn parse_changes(items: &[String]) -> anyhow::Result<Vec<(String, Option<Str
         .iter()
         .map(|s| {
             if let Some((k, v)) = s.split_once('=') {
-                model::names::label_key(k).and_then(|()| model::names::label_value(v)).map_err(|e| anyhow::anyhow!("label {s:?}: {e}"))?;
+                model::names::label_key(k)
+                    .and_then(|()| model::names::label_value(v))
+                    .map_err(|e| anyhow::anyhow!("label {s:?}: {e}"))?;
                 Ok((k.to_string(), Some(v.to_string())))
             } else if let Some(k) = s.strip_suffix('-') {
                 Ok((k.to_string(), None))

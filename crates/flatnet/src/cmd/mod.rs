@@ -5,14 +5,18 @@ pub mod apply;
 pub mod delete;
 pub mod exec;
 pub mod get;
-pub mod label;
 pub mod lab;
+pub mod label;
 pub mod status;
 pub mod wait;
 
 /// Runs a subcommand's async body on a runtime made for it.
 pub fn block_on<F: std::future::Future<Output = anyhow::Result<i32>>>(f: F) -> anyhow::Result<i32> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(f)
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
 }
 
 /// Reads a manifest file, or stdin for `-`.
@@ -37,10 +41,16 @@ pub fn parse_kind(s: &str) -> anyhow::Result<model::Kind> {
 /// failure. stdout, stderr and the exit code are the command's own.
 pub fn exec_in_netns(netns: &str, argv: &[String]) -> anyhow::Result<i32> {
     use std::os::unix::process::CommandExt;
-    let Some((prog, args)) = argv.split_first() else { anyhow::bail!("no command given after --") };
+    let Some((prog, args)) = argv.split_first() else {
+        anyhow::bail!("no command given after --")
+    };
     let ns = datapath::NetNs::open(netns)?;
     ns.enter()?;
     let err = std::process::Command::new(prog).args(args).exec();
     eprintln!("error: cannot run {prog}: {err}");
-    Ok(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
+    Ok(if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    })
 }

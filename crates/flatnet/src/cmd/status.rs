@@ -32,14 +32,23 @@ pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
     println!("store revision {revision}");
     println!("leases:");
     for l in &leases {
-        println!("  {:<18} {:<8} {}", l["cidr"].as_str().unwrap_or("?"), l["node"].as_str().unwrap_or("?"), l["underlayIP"].as_str().unwrap_or("?"));
+        println!(
+            "  {:<18} {:<8} {}",
+            l["cidr"].as_str().unwrap_or("?"),
+            l["node"].as_str().unwrap_or("?"),
+            l["underlayIP"].as_str().unwrap_or("?")
+        );
     }
     println!("agents:");
     for a in &agents {
         println!(
             "  {:<8} {} applied revision {} backend {} mtu {}",
             a["node"].as_str().unwrap_or("?"),
-            if a["healthy"] == true { "healthy" } else { "UNHEALTHY" },
+            if a["healthy"] == true {
+                "healthy"
+            } else {
+                "UNHEALTHY"
+            },
             a["appliedRevision"],
             a["backend"].as_str().unwrap_or("?"),
             a["mtu"]
