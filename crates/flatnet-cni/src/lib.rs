@@ -160,6 +160,16 @@ fn attachment(env: &Env) -> Result<(&str, &str), PluginError> {
     Ok((cid, ifname))
 }
 
+fn netns_of(env: &Env) -> Result<&std::path::Path, PluginError> {
+    env.netns.as_deref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_ENV,
+            "required env variables [CNI_NETNS] missing",
+        )
+        .into()
+    })
+}
+
 fn open_ipam(conf: &NetConf) -> Result<Ipam, PluginError> {
     Ok(Ipam::new(&conf.data_dir, &conf.name, conf.subnet)?)
 }
@@ -184,12 +194,7 @@ fn detect_mtu(host: &mut Handle) -> Result<u32, PluginError> {
 
 fn add(env: &Env, conf: &NetConf) -> Result<CniResult, PluginError> {
     let (cid, ifname) = attachment(env)?;
-    let netns_path = env.netns.as_ref().ok_or_else(|| {
-        CniError::new(
-            code::INVALID_ENV,
-            "required env variables [CNI_NETNS] missing",
-        )
-    })?;
+    let netns_path = netns_of(env)?;
     let pod_ns = NetNs::open(netns_path)?;
     let mut pod = Handle::in_netns(&pod_ns)?;
     let mut host = Handle::new()?;
@@ -440,12 +445,7 @@ fn check(env: &Env, conf: &NetConf) -> Result<(), PluginError> {
     {
         return fail(format!("node route {ip}/32 dev {host_name} is missing"));
     }
-    let netns_path = env.netns.as_ref().ok_or_else(|| {
-        CniError::new(
-            code::INVALID_ENV,
-            "required env variables [CNI_NETNS] missing",
-        )
-    })?;
+    let netns_path = netns_of(env)?;
     let pod_ns = NetNs::open(netns_path)?;
     let mut pod = Handle::in_netns(&pod_ns)?;
     let Some(p) = pod.link(ifname)? else {

@@ -24,6 +24,18 @@ pub enum ApiError {
     Invalid(String),
 }
 
+impl ApiError {
+    fn not_found(kind: Kind, namespace: Option<&str>, name: &str) -> Self {
+        ApiError::NotFound {
+            kind: kind.as_str().into(),
+            namespace: kind
+                .namespaced()
+                .then(|| namespace.unwrap_or("default").to_string()),
+            name: name.into(),
+        }
+    }
+}
+
 /// What `apply` did to one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -197,14 +209,7 @@ async fn schedule(store: &EtcdStore) -> Result<String, ApiError> {
     let mut load: BTreeMap<String, usize> = nodes
         .iter()
         .filter_map(|kv| kv.decode::<Value>().ok())
-        .filter(|n| {
-            n.pointer("/status/conditions")
-                .and_then(Value::as_array)
-                .is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                })
-        })
+        .filter(is_ready)
         .filter_map(|n| {
             n.pointer("/metadata/name")
                 .and_then(Value::as_str)
@@ -294,14 +299,7 @@ async fn owned_pods(
     Ok(pods
         .iter()
         .filter_map(|kv| kv.decode::<Value>().ok())
-        .filter(|p| {
-            p.pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .is_some_and(|o| {
-                    o.iter()
-                        .any(|r| r["kind"] == "Deployment" && r["name"] == deployment)
-                })
-        })
+        .filter(|p| owned_by_deployment(p, deployment))
         .map(|p| {
             (
                 p.pointer("/metadata/name")
@@ -331,11 +329,7 @@ pub async fn delete(
     };
     let key = kind_key(kind, ns, name);
     if !store.delete(&key).await? {
-        return Err(ApiError::NotFound {
-            kind: kind.as_str().into(),
-            namespace: ns.map(str::to_string),
-            name: name.into(),
-        });
+        return Err(ApiError::not_found(kind, namespace, name));
     }
     match kind {
         Kind::Namespace => {
@@ -400,13 +394,7 @@ pub async fn label(
     })
     .await?;
     if missing {
-        return Err(ApiError::NotFound {
-            kind: kind.as_str().into(),
-            namespace: kind
-                .namespaced()
-                .then(|| namespace.unwrap_or("default").to_string()),
-            name: name.into(),
-        });
+        return Err(ApiError::not_found(kind, namespace, name));
     }
     Ok(())
 }
@@ -421,13 +409,7 @@ pub async fn get(
     if let Some(name) = name {
         let key = kind_key(kind, namespace, name);
         let Some(kv) = store.get(&key).await? else {
-            return Err(ApiError::NotFound {
-                kind: kind.as_str().into(),
-                namespace: kind
-                    .namespaced()
-                    .then(|| namespace.unwrap_or("default").to_string()),
-                name: name.into(),
-            });
+            return Err(ApiError::not_found(kind, namespace, name));
         };
         return Ok(vec![kv.decode()?]);
     }
@@ -494,6 +476,26 @@ pub async fn annotate_nodes(store: &EtcdStore, nodes: &mut [Value]) -> Result<()
         n["metadata"]["annotations"]["flatnet.io/agent-health"] = json!(health);
     }
     Ok(())
+}
+
+/// Whether an object (Node or Pod, as JSON) has the condition `Ready` = `True`.
+pub fn is_ready(v: &Value) -> bool {
+    v.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// Whether a pod (as JSON) is owned by the Deployment `name` (of its own namespace).
+pub fn owned_by_deployment(pod: &Value, name: &str) -> bool {
+    pod.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|o| {
+            o.iter()
+                .any(|r| r["kind"] == "Deployment" && r["name"] == name)
+        })
 }
 
 /// Label selector helper for callers that only have JSON.

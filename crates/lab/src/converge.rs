@@ -42,13 +42,7 @@ pub async fn pending(store: &impl Store, revision: i64) -> Result<Vec<String>, S
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let ready = node
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            });
+        let ready = crate::api::is_ready(&node);
         if !ready {
             out.push(format!("node {name} is not Ready"));
         }
@@ -128,12 +122,7 @@ pub async fn pending(store: &impl Store, revision: i64) -> Result<Vec<String>, S
             .iter()
             .filter(|(_, p)| {
                 p.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns)
-                    && p.pointer("/metadata/ownerReferences")
-                        .and_then(Value::as_array)
-                        .is_some_and(|o| {
-                            o.iter()
-                                .any(|r| r["kind"] == "Deployment" && r["name"] == name)
-                        })
+                    && crate::api::owned_by_deployment(p, name)
             })
             .count();
         if have != want {
@@ -148,13 +137,7 @@ pub async fn pending(store: &impl Store, revision: i64) -> Result<Vec<String>, S
             .pointer("/status/phase")
             .and_then(Value::as_str)
             .unwrap_or("Pending");
-        let ready = p
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            });
+        let ready = crate::api::is_ready(p);
         if !(ready || phase == "Failed" || phase == "Succeeded") {
             out.push(format!(
                 "pod {}/{} is {phase}{}",

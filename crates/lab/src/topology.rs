@@ -260,14 +260,7 @@ async fn wait_nodes_ready(
         let ready = nodes
             .iter()
             .filter_map(|kv| kv.decode::<serde_json::Value>().ok())
-            .filter(|n| {
-                n.pointer("/status/conditions")
-                    .and_then(|c| c.as_array())
-                    .is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
-            })
+            .filter(|n| crate::api::is_ready(n))
             .count();
         if ready != seen {
             progress(&format!("{ready}/{want} node(s) ready"));

@@ -85,15 +85,6 @@ fn age(v: &Value) -> String {
     }
 }
 
-fn ready(v: &Value) -> bool {
-    v.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-}
-
 fn row(kind: Kind, v: &Value, wide: bool) -> (Vec<&'static str>, Vec<String>) {
     match kind {
         Kind::Pod => {
@@ -101,7 +92,7 @@ fn row(kind: Kind, v: &Value, wide: bool) -> (Vec<&'static str>, Vec<String>) {
                 .pointer("/spec/containers")
                 .and_then(Value::as_array)
                 .map_or(0, Vec::len);
-            let r = if ready(v) { n } else { 0 };
+            let r = if lab::api::is_ready(v) { n } else { 0 };
             let mut h = vec!["NAME", "READY", "STATUS", "IP", "NODE", "AGE"];
             let mut c = vec![
                 s(v, "/metadata/name").into(),
@@ -129,7 +120,7 @@ fn row(kind: Kind, v: &Value, wide: bool) -> (Vec<&'static str>, Vec<String>) {
             ],
             vec![
                 s(v, "/metadata/name").into(),
-                if ready(v) {
+                if lab::api::is_ready(v) {
                     "Ready".into()
                 } else {
                     "NotReady".into()
