@@ -356,6 +356,18 @@ impl Handle {
         }
     }
 
+    /// Deletes a link by index (an index is never reused for another link of this
+    /// namespace soon, unlike a name); `Ok(false)` when there was none.
+    pub fn del_link_index(&mut self, index: u32) -> Result<bool, NetlinkError> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.request(|| format!("delete link {index}"), RouteNetlinkMessage::DelLink(msg), NLM_F_ACK) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     // ---- addresses ----
 
     pub fn add_addr(&mut self, index: u32, addr: Ipv4Net) -> Result<(), NetlinkError> {
@@ -667,6 +679,10 @@ impl Handle {
             for a in &n.attributes {
                 match a {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => dst = Some(*v),
+                    // In AF_BRIDGE messages the decoder cannot tell the address family.
+                    NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                        dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from);
+                    }
                     NeighbourAttribute::LinkLayerAddress(l) => mac = mac6(l),
                     _ => {}
                 }
