@@ -200,16 +200,23 @@ fn add(env: &Env, conf: &NetConf) -> Result<CniResult, PluginError> {
     let mut host = Handle::new()?;
     let ipam = open_ipam(conf)?;
     let host_name = host_veth_name(cid, ifname);
-    if pod.link(ifname)?.is_some() || host.link(&host_name)?.is_some() {
-        // A pair whose DEL already released the address is only waiting for its background
-        // removal (see `del`): finish that now. Anything else is a live interface.
-        if ipam.find(cid, ifname)?.is_some() || host.link(&host_name)?.is_none() {
-            return Err(PluginError::InterfaceExists {
-                ifname: ifname.into(),
-                netns: netns_path.display().to_string(),
-            });
+    let pod_link = pod.link(ifname)?;
+    let host_link = host.link(&host_name)?;
+    if pod_link.is_some() || host_link.is_some() {
+        let exists = || PluginError::InterfaceExists {
+            ifname: ifname.into(),
+            netns: netns_path.display().to_string(),
+        };
+        if ipam.find(cid, ifname)?.is_some() {
+            return Err(exists());
         }
-        host.del_link(&host_name)?;
+        // A pair whose DEL already released the address is only waiting for its background
+        // removal (see `del`): finish that now, or let it finish.
+        if host_link.is_some() {
+            host.del_link(&host_name)?;
+        } else if !gone_within(&mut pod, ifname, std::time::Duration::from_secs(1))? {
+            return Err(exists());
+        }
     }
     let mtu = match conf.mtu {
         Some(m) => m,
@@ -258,6 +265,18 @@ fn add(env: &Env, conf: &NetConf) -> Result<CniResult, PluginError> {
             Err(e)
         }
     }
+}
+
+/// Waits until `ifname` no longer exists in the namespace of `h`.
+fn gone_within(h: &mut Handle, ifname: &str, limit: std::time::Duration) -> Result<bool, PluginError> {
+    let deadline = std::time::Instant::now() + limit;
+    while h.link(ifname)?.is_some() {
+        if std::time::Instant::now() > deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(true)
 }
 
 /// Creates and configures both ends; returns (node end MAC, pod end MAC).
@@ -360,7 +379,7 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), PluginError> {
                     errors.push(e.to_string());
                 }
             }
-            if !remove_link_in_background(&host_name)
+            if !remove_link_in_background(link.index)
                 && let Err(e) = host.del_link(&host_name)
             {
                 errors.push(e.to_string());
@@ -379,9 +398,11 @@ fn del(env: &Env, conf: &NetConf) -> Result<(), PluginError> {
     }
 }
 
-/// Deletes the link `name` (of the calling thread's namespace) from a detached child
-/// process. Returns false when no child could be started (the caller then deletes it).
-fn remove_link_in_background(name: &str) -> bool {
+/// Deletes the link `index` (of the calling thread's namespace) from a detached child
+/// process. By index, not name: an ADD of the same attachment may already have made a new
+/// pair with the same name. Returns false when no child could be started (the caller then
+/// deletes it).
+fn remove_link_in_background(index: u32) -> bool {
     if std::env::var_os("FLATNET_CNI_SYNC_DEL").is_some() {
         return false;
     }
@@ -403,7 +424,7 @@ fn remove_link_in_background(name: &str) -> bool {
                     unsafe { libc::dup2(null.as_raw_fd(), fd) };
                 }
             }
-            let code = match Handle::new().and_then(|mut h| h.del_link(name)) {
+            let code = match Handle::new().and_then(|mut h| h.del_link_index(index)) {
                 Ok(_) => 0,
                 Err(_) => 1,
             };

@@ -465,10 +465,9 @@ impl Drop for Hogs {
 /// The same DEL-then-ADD as above, with DEL's detached child starved of CPU (the DEL runs
 /// under `chrt --idle 0` while every core is busy) and a runtime that waits for the plugin's
 /// exit but not for EOF on its stdout (libcni waits for EOF, which happens to close most of
-/// the window: the child lets go of stdout just before it sends its delete). The child then
-/// deletes, by name, the pair the re-ADD has just made.
+/// the window: the child lets go of stdout just before it sends its delete). The child once
+/// deleted, by name, the pair the re-ADD had just made; it now deletes by index.
 #[test]
-#[ignore = "known bug: remove_link_in_background (src/lib.rs) deletes the node veth by name, so a late child removes the pair a re-ADD just made"]
 fn add_right_after_del_keeps_its_interfaces_when_the_del_child_is_slow() {
     let Some(lab) = Lab::new("del_child_race") else {
         return;
