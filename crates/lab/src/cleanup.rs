@@ -154,31 +154,31 @@ pub fn anything_left(lab: &Lab) -> bool {
         || !lab_processes(lab).is_empty()
 }
 
+/// Pids of the live processes inside the namespace file `netns`.
+pub fn pids_in_netns(netns: &str) -> Vec<i32> {
+    let Ok(m) = std::fs::metadata(netns) else { return Vec::new() };
+    let id = (m.dev(), m.ino());
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let same = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| (m.dev(), m.ino()) == id).unwrap_or(false);
+        if same && !is_zombie(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// SIGKILLs every process inside the namespace file `netns` and waits (up to 2 s) until
 /// they are gone.
 pub fn kill_in_netns(netns: &str) {
-    let Ok(m) = std::fs::metadata(netns) else {
-        return;
-    };
-    let id = (m.dev(), m.ino());
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let mut found = false;
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for e in entries.flatten() {
-                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                    continue;
-                };
-                let same = std::fs::metadata(format!("/proc/{pid}/ns/net"))
-                    .map(|m| (m.dev(), m.ino()) == id)
-                    .unwrap_or(false);
-                if same && !is_zombie(pid) {
-                    found = true;
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-            }
+        let pids = pids_in_netns(netns);
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
         }
-        if !found || Instant::now() > deadline {
+        if pids.is_empty() || Instant::now() > deadline {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));

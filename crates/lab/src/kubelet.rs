@@ -59,7 +59,7 @@ pub async fn run(cfg: KubeletConfig) -> Result<(), LabError> {
     let pod_cidr = wait_network_ready(&cfg).await;
     register_node(&store, &cfg, pod_cidr).await?;
     let (exit_tx, mut exit_rx) = mpsc::channel::<Exited>(64);
-    let mut pods: HashMap<String, RunningPod> = HashMap::new();
+    let mut pods: HashMap<String, RunningPod> = recover(&cfg, &store).await;
     loop {
         let (kvs, rev) = match store.list(PODS).await {
             Ok(x) => x,
@@ -402,6 +402,7 @@ fn create_sandbox(cfg: &KubeletConfig, pod: &Pod) -> Result<(String, Value, Ipv4
         LabError::Other(e.to_string())
     })?;
     let _ = std::fs::write(dir.join("cni-result.json"), result.to_string());
+    write_sandbox_record(cfg, &netns, &SandboxRecord { key: object_key(&ns, name), uid: pod.metadata.uid.clone().unwrap_or_default(), result: Some(result.clone()) });
     let ip = runtime::result_ip(&result)
         .ok_or_else(|| LabError::Other(format!("CNI result has no IPv4 address: {result}")))?;
     Ok((netns, result, ip))
@@ -661,4 +662,85 @@ fn teardown_network(cfg: &KubeletConfig, uid: &str, netns: &str, result: Option<
     if let Err(e) = shell::ip(["netns", "del", netns]) {
         tracing::warn!("{e}");
     }
+    let _ = std::fs::remove_file(sandbox_dir(cfg).join(netns));
+}
+
+/// What the kubelet remembers of each sandbox it made, so a restarted kubelet adopts its
+/// running pods and tears down those deleted meanwhile: nothing leaks across a crash.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SandboxRecord {
+    key: String,
+    uid: String,
+    result: Option<Value>,
+}
+
+fn sandbox_dir(cfg: &KubeletConfig) -> PathBuf {
+    cfg.lab.node_dir(&cfg.node).join("sandboxes")
+}
+
+fn object_key(ns: &str, name: &str) -> String {
+    store::keys::object("pods", Some(ns), name)
+}
+
+fn write_sandbox_record(cfg: &KubeletConfig, netns: &str, rec: &SandboxRecord) {
+    let dir = sandbox_dir(cfg);
+    let _ = std::fs::create_dir_all(&dir);
+    let tmp = dir.join(format!(".{netns}.tmp"));
+    if std::fs::write(&tmp, serde_json::to_vec(rec).unwrap_or_default()).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join(netns));
+    }
+}
+
+/// After a restart: adopts sandboxes whose pod still exists (same uid), tears down the
+/// others, then asks the plugin to garbage-collect every attachment not adopted (CNI GC).
+async fn recover(cfg: &KubeletConfig, store: &EtcdStore) -> HashMap<String, RunningPod> {
+    let mut adopted = HashMap::new();
+    let records: Vec<(String, SandboxRecord)> = std::fs::read_dir(sandbox_dir(cfg))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            if name.starts_with('.') {
+                return None;
+            }
+            Some((name, serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?))
+        })
+        .collect();
+    let pods = loop {
+        match store.list(PODS).await {
+            Ok((kvs, _)) => break kvs,
+            Err(e) => {
+                tracing::warn!("list pods: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    for (netns, rec) in records {
+        let alive = pods.iter().any(|kv| {
+            kv.key == rec.key && mine(cfg, &kv.value).is_some_and(|p| uid(&p) == rec.uid)
+        }) && shell::netns_exists(&netns);
+        if alive {
+            let pids = crate::cleanup::pids_in_netns(&shell::netns_path(&netns)).into_iter().map(|p| p as u32).collect();
+            tracing::info!(pod = rec.key, "adopting running sandbox {netns}");
+            adopted.insert(rec.key.clone(), RunningPod { uid: rec.uid, netns, pids, result: rec.result });
+        } else {
+            tracing::info!(pod = rec.key, "tearing down sandbox {netns} of a pod that is gone");
+            let cfg = cfg.clone();
+            let _ = tokio::task::spawn_blocking(move || teardown_network(&cfg, &rec.uid, &netns, rec.result.as_ref())).await;
+        }
+    }
+    let valid: Vec<(String, String)> = adopted.values().map(|p| (p.uid.clone(), "eth0".to_string())).collect();
+    let cfg2 = cfg.clone();
+    let gc = tokio::task::spawn_blocking(move || {
+        let list = NetworkList::load(&cfg2.lab.cni_conf_dir(&cfg2.node).join(CONFLIST_NAME))?;
+        runtime::gc(&list, &attachment(&cfg2, "gc", "gc", None), &valid)
+    })
+    .await;
+    match gc {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("CNI GC: {e}"),
+        Err(e) => tracing::warn!("CNI GC task: {e}"),
+    }
+    adopted
 }

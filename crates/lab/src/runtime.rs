@@ -154,6 +154,22 @@ pub fn del(
     first.map_or(Ok(()), Err)
 }
 
+/// GC every plugin with the attachments that are still valid (`cni.dev/valid-attachments`,
+/// and the legacy `cni.dev/attachments`, as libcni sends both); keeps going past failures.
+pub fn gc(list: &NetworkList, att: &Attachment, valid: &[(String, String)]) -> Result<(), RuntimeError> {
+    let valid: Vec<Value> = valid.iter().map(|(c, i)| json!({"containerID": c, "ifname": i})).collect();
+    let mut first = None;
+    for plugin in &list.plugins {
+        let mut conf = list.request(plugin, None);
+        conf["cni.dev/valid-attachments"] = json!(valid);
+        conf["cni.dev/attachments"] = json!(valid);
+        if let Err(e) = exec(&plugin_type(plugin), "GC", &conf, att) {
+            first.get_or_insert(e);
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
 /// CHECK every plugin in order with the final ADD result.
 pub fn check(list: &NetworkList, att: &Attachment, result: &Value) -> Result<(), RuntimeError> {
     for plugin in &list.plugins {
