@@ -47,6 +47,9 @@ pub struct AgentStatus {
     pub last_error: Option<String>,
     /// Unix time of writing, in seconds.
     pub heartbeat: u64,
+    /// Pod CIDRs of the other nodes this node routes to, as of the last complete apply.
+    #[serde(default)]
+    pub peers: Vec<Ipv4Net>,
 }
 
 fn lock<D>(dp: &Shared<D>) -> MutexGuard<'_, D> {
@@ -105,6 +108,8 @@ struct Agent<S: Store, D: Dataplane> {
     remotes: BTreeMap<String, Lease>,
     view_revision: i64,
     applied_revision: i64,
+    /// Remote CIDRs routed as of `applied_revision`.
+    peers: Vec<Ipv4Net>,
     need_reclaim: bool,
     /// Why the last reconcile did not fully apply.
     apply_error: Option<String>,
@@ -172,6 +177,7 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
             remotes: BTreeMap::new(),
             view_revision: 0,
             applied_revision: 0,
+            peers: Vec::new(),
             need_reclaim: false,
             apply_error: Some("not applied yet".into()),
             underlay_error: None,
@@ -422,6 +428,7 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
     async fn reconcile(&mut self) {
         let remotes: Vec<Lease> = self.remotes.values().cloned().collect();
         let desired = compile(&self.held.lease, &remotes, self.net.backend, &self.underlay);
+        let peers: Vec<Ipv4Net> = desired.routes.iter().map(|r| r.dst).collect();
         let result = blocking(&self.dp, move |d| {
             let observed = d.observe()?;
             let changes = diff(&observed, &desired);
@@ -438,7 +445,10 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
             Ok((changes, applied)) => {
                 log_changes(&changes);
                 match applied {
-                    Ok(()) => self.applied_revision = self.view_revision,
+                    Ok(()) => {
+                        self.applied_revision = self.view_revision;
+                        self.peers = peers;
+                    }
                     Err(e) => errors.push(e.to_string()),
                 }
             }
@@ -485,6 +495,7 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            peers: self.peers.clone(),
         };
         let key = keys::agent(&self.cfg.node);
         let put = match store::encode(&key, &status) {

@@ -140,6 +140,11 @@ async fn two_agents_started_together_lease_different_subnets_and_route_to_each_o
     let c2 = s2.cidr.to_string();
     wait_until("n1 routes to n2", || has_route_to(&dp1, &c2)).await;
     wait_until("n2 routes to n1", || has_route_to(&dp2, &c1)).await;
+    let s1 = wait_status(&store, "n1", "reports n2 as a peer", |s| {
+        s.peers == vec![s2.cidr]
+    })
+    .await;
+    assert!(s1.healthy);
     assert_eq!(
         routes(&dp1),
         vec![Route {
