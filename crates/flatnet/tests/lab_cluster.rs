@@ -19,8 +19,22 @@ fn pods_on_two_nodes() -> String {
 
 /// `curl http://DST:8080/clientip` from a pod; returns the body.
 fn client_ip_seen(lab: &Lab, from: &str, dst: &str) -> String {
-    let out = lab.exec("default", from, &["curl", "-s", "-m", "3", &format!("http://{dst}:8080/clientip")]);
-    assert!(out.status.success(), "{from} -> {dst}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = lab.exec(
+        "default",
+        from,
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            &format!("http://{dst}:8080/clientip"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{from} -> {dst}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -33,12 +47,24 @@ fn pod_to_pod_without_nat(backend: &str, lab_name: &str) {
     let c = lab.wait_ready("default", "c", Duration::from_secs(30));
     // same node
     let seen = client_ip_seen(&lab, "a", &b);
-    assert_eq!(seen.split(':').next(), Some(a.as_str()), "b sees a's own IP (no NAT): {seen}");
+    assert_eq!(
+        seen.split(':').next(),
+        Some(a.as_str()),
+        "b sees a's own IP (no NAT): {seen}"
+    );
     // across nodes, both directions
     let seen = client_ip_seen(&lab, "a", &c);
-    assert_eq!(seen.split(':').next(), Some(a.as_str()), "c sees a's own IP (no NAT): {seen}");
+    assert_eq!(
+        seen.split(':').next(),
+        Some(a.as_str()),
+        "c sees a's own IP (no NAT): {seen}"
+    );
     let seen = client_ip_seen(&lab, "c", &b);
-    assert_eq!(seen.split(':').next(), Some(c.as_str()), "b sees c's own IP (no NAT): {seen}");
+    assert_eq!(
+        seen.split(':').next(),
+        Some(c.as_str()),
+        "b sees c's own IP (no NAT): {seen}"
+    );
     // the nodes report the backend and a converged agent
     let nodes = lab.get_json(&["nodes"]);
     assert_eq!(nodes["items"].as_array().map(Vec::len), Some(2));
@@ -90,8 +116,15 @@ fn tcp_stream_survives_kill_9_and_restart_of_both_agents() {
     lab.ok(&["lab", "start", "agent/node2"]);
     lab.ok(&["wait", "--converged", "--timeout", "30s"]);
     let out = stream.wait_with_output().expect("stream");
-    assert!(out.status.success(), "the stream broke: {}", String::from_utf8_lossy(&out.stderr));
-    let n: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    assert!(
+        out.status.success(),
+        "the stream broke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
     assert!(n > 50, "requests answered across the restart: {n}");
 }
 
@@ -109,7 +142,10 @@ fn pods_keep_talking_through_an_etcd_outage_and_agents_converge_after() {
     // longer than a lease TTL would matter only if agents flushed on errors: they must not
     let until = Instant::now() + Duration::from_secs(4);
     while Instant::now() < until {
-        assert_eq!(client_ip_seen(&lab, "a", &c).split(':').next(), Some(a.as_str()));
+        assert_eq!(
+            client_ip_seen(&lab, "a", &c).split(':').next(),
+            Some(a.as_str())
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     lab.ok(&["lab", "start", "etcd"]);
@@ -117,5 +153,8 @@ fn pods_keep_talking_through_an_etcd_outage_and_agents_converge_after() {
     // and the cluster still changes: a new pod on node2 is reachable from node1
     lab.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: d}\nspec:\n  nodeName: node2\n  containers:\n  - name: s\n    ports: [{containerPort: 8080}]\n");
     let d = lab.wait_ready("default", "d", Duration::from_secs(30));
-    assert_eq!(client_ip_seen(&lab, "a", &d).split(':').next(), Some(a.as_str()));
+    assert_eq!(
+        client_ip_seen(&lab, "a", &d).split(':').next(),
+        Some(a.as_str())
+    );
 }

@@ -12,8 +12,15 @@ pub fn flatnet_bin() -> &'static str {
 /// Whether this machine can run lab tests; panics under REQUIRE_NETNS=1 when it cannot.
 pub fn can_run(test: &str) -> bool {
     let root = nix::unistd::Uid::effective().is_root();
-    let tools = ["ip", "etcd"].iter().all(|t| Command::new("sh").args(["-c", &format!("command -v {t}")]).output().is_ok_and(|o| o.status.success()));
-    let cni = std::path::Path::new(flatnet_bin()).with_file_name("flatnet-cni").exists();
+    let tools = ["ip", "etcd"].iter().all(|t| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {t}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let cni = std::path::Path::new(flatnet_bin())
+        .with_file_name("flatnet-cni")
+        .exists();
     if root && tools && cni {
         return true;
     }
@@ -32,12 +39,18 @@ pub struct Lab {
 impl Lab {
     /// `flatnet lab up` with a name unique to the test; panics (after cleanup) on failure.
     pub fn up(name: &str, extra: &[&str]) -> Lab {
-        let lab = Lab { name: name.to_string() };
+        let lab = Lab {
+            name: name.to_string(),
+        };
         let _ = lab.run(&["lab", "down"]);
         let mut args = vec!["lab", "up"];
         args.extend_from_slice(extra);
         let out = lab.run(&args);
-        assert!(out.status.success(), "lab up failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "lab up failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         lab
     }
 
@@ -73,9 +86,18 @@ impl Lab {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("spawn apply");
-        child.stdin.take().expect("stdin").write_all(yaml.as_bytes()).expect("write manifest");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(yaml.as_bytes())
+            .expect("write manifest");
         let out = child.wait_with_output().expect("apply");
-        assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
@@ -93,15 +115,22 @@ impl Lab {
             let out = self.run(&["get", "pod", pod, "-n", ns, "-o", "json"]);
             if out.status.success() {
                 let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-                let ready = v["status"]["conditions"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+                let ready = v["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
                 if ready {
                     return v["status"]["podIP"].as_str().expect("podIP").to_string();
                 }
-                assert!(Instant::now() < deadline, "pod {ns}/{pod} not Ready within {timeout:?}: {v}");
+                assert!(
+                    Instant::now() < deadline,
+                    "pod {ns}/{pod} not Ready within {timeout:?}: {v}"
+                );
             } else {
-                assert!(Instant::now() < deadline, "pod {ns}/{pod} not found within {timeout:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "pod {ns}/{pod} not found within {timeout:?}"
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -119,7 +148,11 @@ impl Drop for Lab {
     fn drop(&mut self) {
         let out = self.run(&["lab", "down"]);
         if !out.status.success() {
-            eprintln!("lab down {}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+            eprintln!(
+                "lab down {}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }
