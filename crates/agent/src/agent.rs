@@ -106,6 +106,8 @@ struct Agent<S: Store, D: Dataplane> {
     held: HeldLease,
     /// Other nodes' leases by key, as of `view_revision`.
     remotes: BTreeMap<String, Lease>,
+    /// Keys under `subnets/` left out of the plan, with the reason (logged once).
+    ignored: BTreeMap<String, String>,
     view_revision: i64,
     applied_revision: i64,
     /// Remote CIDRs routed as of `applied_revision`.
@@ -175,6 +177,7 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
             underlay,
             held,
             remotes: BTreeMap::new(),
+            ignored: BTreeMap::new(),
             view_revision: 0,
             applied_revision: 0,
             peers: Vec::new(),
@@ -267,13 +270,22 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
             return Ok(());
         }
         let mut own = false;
-        self.remotes.clear();
+        let listed: std::collections::BTreeSet<&str> =
+            kvs.iter().map(|kv| kv.key.as_str()).collect();
         for kv in kvs {
-            if kv.key == self.held.key {
-                own = true;
-            }
+            own |= kv.key == self.held.key;
             self.take_put(kv)?;
         }
+        let gone: Vec<String> = self
+            .remotes
+            .keys()
+            .filter(|k| !listed.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.take_delete(&key);
+        }
+        self.ignored.retain(|k, _| listed.contains(k.as_str()));
         if !own {
             self.need_reclaim = true;
         }
@@ -281,56 +293,66 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
         Ok(())
     }
 
-    /// One key written: our own (checked), or another node's lease (kept if usable).
-    fn take_put(&mut self, kv: &KeyValue) -> Result<(), AgentError> {
-        if kv.key == self.held.key {
-            return match kv.decode::<LeaseAttrs>() {
-                Ok(a) if a.node == self.cfg.node => Ok(()),
-                Ok(a) => Err(LeaseError::Lost {
-                    cidr: self.held.lease.cidr,
-                    holder: a.node,
-                }
-                .into()),
-                Err(_) => Err(LeaseError::Lost {
-                    cidr: self.held.lease.cidr,
-                    holder: "(undecodable value)".into(),
-                }
-                .into()),
-            };
-        }
-        let Some(cidr) = key_cidr(&kv.key) else {
-            tracing::warn!(key = %kv.key, "ignoring a subnet key that names no IPv4 CIDR");
-            self.remotes.remove(&kv.key);
-            return Ok(());
-        };
-        let lease = match kv.decode::<LeaseAttrs>() {
-            Ok(attrs) => Lease { cidr, attrs },
-            Err(e) => {
-                tracing::warn!(key = %kv.key, error = %e, "ignoring an undecodable subnet lease");
-                self.remotes.remove(&kv.key);
-                return Ok(());
-            }
-        };
-        let fits = if self.net.fits(&lease.cidr) {
-            Ok(())
-        } else {
-            Err(format!(
+    /// What a subnet key other than our own means for this node: a usable remote lease, or
+    /// why it is ignored.
+    fn classify(&self, kv: &KeyValue) -> Result<Lease, String> {
+        let cidr = key_cidr(&kv.key).ok_or("the key names no IPv4 CIDR")?;
+        let attrs = kv.decode::<LeaseAttrs>().map_err(|e| e.to_string())?;
+        let lease = Lease { cidr, attrs };
+        if !self.net.fits(&lease.cidr) {
+            return Err(format!(
                 "{} is not a /{} of pod CIDR {}",
                 lease.cidr, self.net.node_prefix_length, self.net.pod_cidr
-            ))
-        };
-        if let Err(why) =
-            fits.and_then(|()| check_remote(&self.held.lease, &lease, self.net.backend))
-        {
-            tracing::warn!(key = %kv.key, "ignoring a subnet lease: {why}");
-            self.remotes.remove(&kv.key);
-            return Ok(());
+            ));
         }
-        if self.remotes.get(&kv.key) != Some(&lease) {
-            tracing::info!(cidr = %lease.cidr, remote = %lease.attrs.node, underlay_ip = %lease.attrs.underlay_ip, "remote node lease");
+        check_remote(&self.held.lease, &lease, self.net.backend)?;
+        Ok(lease)
+    }
+
+    /// One key written: our own (checked), or another node's lease (kept if usable). Logs
+    /// only what changed, so a re-list every renewal stays quiet.
+    fn take_put(&mut self, kv: &KeyValue) -> Result<(), AgentError> {
+        if kv.key == self.held.key {
+            let holder = match kv.decode::<LeaseAttrs>() {
+                Ok(a) if a.node == self.cfg.node => return Ok(()),
+                Ok(a) => a.node,
+                Err(_) => "(undecodable value)".into(),
+            };
+            return Err(LeaseError::Lost {
+                cidr: self.held.lease.cidr,
+                holder,
+            }
+            .into());
         }
-        self.remotes.insert(kv.key.clone(), lease);
+        match self.classify(kv) {
+            Ok(lease) => {
+                self.ignored.remove(&kv.key);
+                if self.remotes.get(&kv.key) != Some(&lease) {
+                    tracing::info!(
+                        cidr = %lease.cidr,
+                        remote = %lease.attrs.node,
+                        underlay_ip = %lease.attrs.underlay_ip,
+                        "remote node lease"
+                    );
+                    self.remotes.insert(kv.key.clone(), lease);
+                }
+            }
+            Err(why) => {
+                self.take_delete(&kv.key);
+                if self.ignored.get(&kv.key) != Some(&why) {
+                    tracing::warn!(key = %kv.key, "ignoring a subnet lease: {why}");
+                    self.ignored.insert(kv.key.clone(), why);
+                }
+            }
+        }
         Ok(())
+    }
+
+    fn take_delete(&mut self, key: &str) {
+        self.ignored.remove(key);
+        if let Some(gone) = self.remotes.remove(key) {
+            tracing::info!(cidr = %gone.cidr, remote = %gone.attrs.node, "remote node left");
+        }
     }
 
     async fn on_events(&mut self, events: Vec<WatchEvent>) -> Result<(), AgentError> {
@@ -347,11 +369,7 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
                     tracing::warn!(key = %key, "own subnet lease vanished");
                     self.need_reclaim = true;
                 }
-                WatchEvent::Delete { key, .. } => {
-                    if let Some(gone) = self.remotes.remove(&key) {
-                        tracing::info!(cidr = %gone.cidr, remote = %gone.attrs.node, "remote node left");
-                    }
-                }
+                WatchEvent::Delete { key, .. } => self.take_delete(&key),
             }
         }
         self.fix_own_lease().await?;
