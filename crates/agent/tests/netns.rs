@@ -609,7 +609,7 @@ fn vxlan_plan_is_what_the_kernel_holds_and_a_restart_removes_only_stale_entries(
 fn two_agents_with_etcd_converge_and_reach_each_other() {
     let Some(n) = two_nodes(3) else { return };
     let dir = TempDir::new("etcd");
-    let Some(etcd) = start_etcd(dir.path()) else {
+    let Some(mut etcd) = start_etcd(dir.path()) else {
         return;
     };
     common::init_tracing();
@@ -687,6 +687,39 @@ fn two_agents_with_etcd_converge_and_reach_each_other() {
             .await
             .unwrap();
         assert!(events.is_empty(), "a restart touches nothing: {events:#?}");
+
+        // etcd goes away for a while: both dataplanes stay exactly as they are.
+        let (routes_a, routes_b) = (kernel_routes(&n.a), kernel_routes(&n.b));
+        let (client_port, peer_port) = (etcd.client_port(), etcd.peer_port());
+        let monitor = Monitor::start(&n.a);
+        etcd.stop();
+        tokio::time::sleep(Duration::from_secs(5)).await; // two renewals fail
+        assert_eq!(
+            (kernel_routes(&n.a), kernel_routes(&n.b)),
+            (routes_a, routes_b)
+        );
+        assert!(
+            n.a.exec_ok(&["ping", "-c", "1", "-W", "2", &b_vtep]),
+            "traffic flows without etcd"
+        );
+        etcd = store::EtcdProcess::start_on(dir.path(), client_port, peer_port).unwrap();
+        let back_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        for node in ["node-a", "node-b"] {
+            common::wait_status(&store, node, "reporting again after the outage", |s| {
+                s.healthy && s.heartbeat > back_at
+            })
+            .await;
+        }
+        let events = tokio::task::spawn_blocking(move || monitor.stop())
+            .await
+            .unwrap();
+        assert!(
+            events.is_empty(),
+            "an etcd outage touches nothing: {events:#?}"
+        );
 
         // b leaves for good: its lease is revoked, a drops its entries.
         let _ = stops.remove(1).send(());
