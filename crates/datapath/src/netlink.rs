@@ -112,10 +112,16 @@ impl Handle {
     pub fn new() -> Result<Self, NetlinkError> {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
         socket.bind_auto().map_err(NetlinkError::Socket)?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(NetlinkError::Socket)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(NetlinkError::Socket)?;
         // Strict checking makes the kernel filter dumps by the header fields we set.
         let _ = socket.set_netlink_get_strict_chk(true);
-        Ok(Self { socket, seq: 0, buf: vec![0; 64 * 1024] })
+        Ok(Self {
+            socket,
+            seq: 0,
+            buf: vec![0; 64 * 1024],
+        })
     }
 
     /// A socket bound to `ns` (created inside it; the thread returns afterwards).
@@ -152,8 +158,13 @@ impl Handle {
             let mut offset = 0;
             while offset < n {
                 let bytes = &self.buf[offset..n];
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
-                    .map_err(|e| NetlinkError::Decode { op: op(), detail: e.to_string() })?;
+                let reply =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(|e| {
+                        NetlinkError::Decode {
+                            op: op(),
+                            detail: e.to_string(),
+                        }
+                    })?;
                 let len = reply.header.length as usize;
                 if reply.header.sequence_number != self.seq {
                     // A late answer to an earlier request: skip it.
@@ -192,7 +203,11 @@ impl Handle {
     pub fn link(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.request(|| format!("get link {name}"), RouteNetlinkMessage::GetLink(msg), 0) {
+        match self.request(
+            || format!("get link {name}"),
+            RouteNetlinkMessage::GetLink(msg),
+            0,
+        ) {
             Ok(answers) => Ok(answers.into_iter().find_map(|m| match m {
                 RouteNetlinkMessage::NewLink(l) => Some(to_link(&l)),
                 _ => None,
@@ -204,7 +219,11 @@ impl Handle {
 
     pub fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
         let msg = LinkMessage::default();
-        let answers = self.request(|| "list links".into(), RouteNetlinkMessage::GetLink(msg), NLM_F_DUMP)?;
+        let answers = self.request(
+            || "list links".into(),
+            RouteNetlinkMessage::GetLink(msg),
+            NLM_F_DUMP,
+        )?;
         Ok(answers
             .into_iter()
             .filter_map(|m| match m {
@@ -216,9 +235,17 @@ impl Handle {
 
     /// Creates a veth pair: `name` here, `peer` born inside the namespace `peer_ns` (so it
     /// never appears in this namespace under a name that could collide).
-    pub fn add_veth(&mut self, name: &str, peer: &str, peer_ns: RawFd, mtu: u32) -> Result<(), NetlinkError> {
+    pub fn add_veth(
+        &mut self,
+        name: &str,
+        peer: &str,
+        peer_ns: RawFd,
+        mtu: u32,
+    ) -> Result<(), NetlinkError> {
         let mut peer_msg = LinkMessage::default();
-        peer_msg.attributes.push(LinkAttribute::IfName(peer.to_string()));
+        peer_msg
+            .attributes
+            .push(LinkAttribute::IfName(peer.to_string()));
         peer_msg.attributes.push(LinkAttribute::NetNsFd(peer_ns));
         peer_msg.attributes.push(LinkAttribute::Mtu(mtu));
         let mut msg = LinkMessage::default();
@@ -261,7 +288,8 @@ impl Handle {
     /// (a stable VTEP MAC survives re-creating the device).
     pub fn create_vxlan(&mut self, spec: &VxlanSpec) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(spec.name.clone()));
+        msg.attributes
+            .push(LinkAttribute::IfName(spec.name.clone()));
         msg.attributes.push(LinkAttribute::Mtu(spec.mtu));
         if let Some(mac) = spec.mac {
             msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
@@ -289,7 +317,11 @@ impl Handle {
     pub fn vxlan(&mut self, name: &str) -> Result<Option<VxlanLink>, NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        let answers = match self.request(|| format!("get link {name}"), RouteNetlinkMessage::GetLink(msg), 0) {
+        let answers = match self.request(
+            || format!("get link {name}"),
+            RouteNetlinkMessage::GetLink(msg),
+            0,
+        ) {
             Ok(answers) => answers,
             Err(e) if e.errno() == Some(libc::ENODEV) => return Ok(None),
             Err(e) => return Err(e),
@@ -309,9 +341,13 @@ impl Handle {
             learning: None,
         };
         for a in &m.attributes {
-            let LinkAttribute::LinkInfo(infos) = a else { continue };
+            let LinkAttribute::LinkInfo(infos) = a else {
+                continue;
+            };
             for i in infos {
-                let LinkInfo::Data(InfoData::Vxlan(attrs)) = i else { continue };
+                let LinkInfo::Data(InfoData::Vxlan(attrs)) = i else {
+                    continue;
+                };
                 for v in attrs {
                     match v {
                         InfoVxlan::Id(id) => out.vni = Some(*id),
@@ -332,7 +368,11 @@ impl Handle {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
         msg.attributes.push(LinkAttribute::Mtu(mtu));
-        self.request(|| format!("set mtu {mtu} on link {index}"), RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)?;
+        self.request(
+            || format!("set mtu {mtu} on link {index}"),
+            RouteNetlinkMessage::SetLink(msg),
+            NLM_F_ACK,
+        )?;
         Ok(())
     }
 
@@ -341,7 +381,11 @@ impl Handle {
         msg.header.index = index;
         msg.header.flags = LinkFlags::Up;
         msg.header.change_mask = LinkFlags::Up;
-        self.request(|| format!("set link {index} up"), RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)?;
+        self.request(
+            || format!("set link {index} up"),
+            RouteNetlinkMessage::SetLink(msg),
+            NLM_F_ACK,
+        )?;
         Ok(())
     }
 
@@ -349,7 +393,11 @@ impl Handle {
     pub fn del_link(&mut self, name: &str) -> Result<bool, NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.request(|| format!("delete link {name}"), RouteNetlinkMessage::DelLink(msg), NLM_F_ACK) {
+        match self.request(
+            || format!("delete link {name}"),
+            RouteNetlinkMessage::DelLink(msg),
+            NLM_F_ACK,
+        ) {
             Ok(_) => Ok(true),
             Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
             Err(e) => Err(e),
@@ -361,7 +409,11 @@ impl Handle {
     pub fn del_link_index(&mut self, index: u32) -> Result<bool, NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        match self.request(|| format!("delete link {index}"), RouteNetlinkMessage::DelLink(msg), NLM_F_ACK) {
+        match self.request(
+            || format!("delete link {index}"),
+            RouteNetlinkMessage::DelLink(msg),
+            NLM_F_ACK,
+        ) {
             Ok(_) => Ok(true),
             Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
             Err(e) => Err(e),
@@ -375,8 +427,10 @@ impl Handle {
         msg.header.family = AddressFamily::Inet;
         msg.header.prefix_len = addr.prefix_len();
         msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
-        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+        msg.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
         self.request(
             || format!("add address {addr} to link {index}"),
             RouteNetlinkMessage::NewAddress(msg),
@@ -419,8 +473,10 @@ impl Handle {
         msg.header.family = AddressFamily::Inet;
         msg.header.prefix_len = addr.prefix_len();
         msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
-        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+        msg.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
         match self.request(
             || format!("delete address {addr} from link {index}"),
             RouteNetlinkMessage::DelAddress(msg),
@@ -444,14 +500,23 @@ impl Handle {
         msg.header.destination_prefix_length = route.dst.prefix_len();
         msg.header.table = RouteHeader::RT_TABLE_MAIN;
         msg.header.protocol = protocol;
-        msg.header.scope = if route.scope_link { RouteScope::Link } else { RouteScope::Universe };
+        msg.header.scope = if route.scope_link {
+            RouteScope::Link
+        } else {
+            RouteScope::Universe
+        };
         msg.header.kind = RouteType::Unicast;
         if route.onlink {
-            msg.header.flags = netlink_packet_route::route::RouteFlags::from_bits_retain(RTNH_F_ONLINK);
+            msg.header.flags =
+                netlink_packet_route::route::RouteFlags::from_bits_retain(RTNH_F_ONLINK);
         }
-        msg.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(route.dst.network())));
+        msg.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(
+                route.dst.network(),
+            )));
         if let Some(gw) = route.gateway {
-            msg.attributes.push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
+            msg.attributes
+                .push(RouteAttribute::Gateway(RouteAddress::Inet(gw)));
         }
         if let Some(oif) = route.oif {
             msg.attributes.push(RouteAttribute::Oif(oif));
@@ -524,10 +589,16 @@ impl Handle {
             // With strict checking the kernel filters on it; checked below as well.
             msg.header.protocol = RouteProtocol::from(p);
         }
-        let answers = self.request(|| "list routes".into(), RouteNetlinkMessage::GetRoute(msg), NLM_F_DUMP)?;
+        let answers = self.request(
+            || "list routes".into(),
+            RouteNetlinkMessage::GetRoute(msg),
+            NLM_F_DUMP,
+        )?;
         let mut out = Vec::new();
         for m in answers {
-            let RouteNetlinkMessage::NewRoute(r) = m else { continue };
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
             if r.header.table != RouteHeader::RT_TABLE_MAIN || r.header.kind != RouteType::Unicast {
                 continue;
             }
@@ -545,7 +616,9 @@ impl Handle {
                     _ => {}
                 }
             }
-            let Ok(dst) = Ipv4Net::new(dst, r.header.destination_prefix_length) else { continue };
+            let Ok(dst) = Ipv4Net::new(dst, r.header.destination_prefix_length) else {
+                continue;
+            };
             out.push(Route {
                 dst,
                 gateway,
@@ -561,21 +634,32 @@ impl Handle {
 
     fn neigh_msg(index: u32, ip: Ipv4Addr, mac: Option<[u8; 6]>, bridge: bool) -> NeighbourMessage {
         let mut msg = NeighbourMessage::default();
-        msg.header.family = if bridge { AddressFamily::Bridge } else { AddressFamily::Inet };
+        msg.header.family = if bridge {
+            AddressFamily::Bridge
+        } else {
+            AddressFamily::Inet
+        };
         msg.header.ifindex = index;
         msg.header.state = NeighbourState::Permanent;
         if bridge {
             msg.header.flags = NeighbourFlags::Own;
         }
-        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
         if let Some(mac) = mac {
-            msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+            msg.attributes
+                .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
         }
         msg
     }
 
     /// A permanent ARP entry `ip -> mac` on link `index` (added or replaced).
-    pub fn replace_neigh(&mut self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<(), NetlinkError> {
+    pub fn replace_neigh(
+        &mut self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<(), NetlinkError> {
         self.request(
             || format!("add neighbour {ip} on link {index}"),
             RouteNetlinkMessage::NewNeighbour(Self::neigh_msg(index, ip, Some(mac), false)),
@@ -597,14 +681,21 @@ impl Handle {
     }
 
     /// A VXLAN forwarding entry: frames for `mac` go to the VTEP at `dst` (`bridge fdb append`).
-    pub fn replace_fdb(&mut self, index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Result<(), NetlinkError> {
+    pub fn replace_fdb(
+        &mut self,
+        index: u32,
+        mac: [u8; 6],
+        dst: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
         msg.header.ifindex = index;
         msg.header.state = NeighbourState::Permanent;
         msg.header.flags = NeighbourFlags::Own;
-        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
         self.request(
             || format!("add fdb entry for {dst} on link {index}"),
             RouteNetlinkMessage::NewNeighbour(msg),
@@ -613,13 +704,20 @@ impl Handle {
         Ok(())
     }
 
-    pub fn del_fdb(&mut self, index: u32, mac: [u8; 6], dst: Ipv4Addr) -> Result<bool, NetlinkError> {
+    pub fn del_fdb(
+        &mut self,
+        index: u32,
+        mac: [u8; 6],
+        dst: Ipv4Addr,
+    ) -> Result<bool, NetlinkError> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Bridge;
         msg.header.ifindex = index;
         msg.header.flags = NeighbourFlags::Own;
-        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
-        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
         match self.request(
             || format!("delete fdb entry for {dst} on link {index}"),
             RouteNetlinkMessage::DelNeighbour(msg),
@@ -635,10 +733,16 @@ impl Handle {
     pub fn neighbours(&mut self) -> Result<Vec<(u32, Ipv4Addr, [u8; 6])>, NetlinkError> {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Inet;
-        let answers = self.request(|| "list neighbours".into(), RouteNetlinkMessage::GetNeighbour(msg), NLM_F_DUMP)?;
+        let answers = self.request(
+            || "list neighbours".into(),
+            RouteNetlinkMessage::GetNeighbour(msg),
+            NLM_F_DUMP,
+        )?;
         let mut out = Vec::new();
         for m in answers {
-            let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
             if n.header.state != NeighbourState::Permanent {
                 continue;
             }
@@ -670,7 +774,9 @@ impl Handle {
         )?;
         let mut out = Vec::new();
         for m in answers {
-            let RouteNetlinkMessage::NewNeighbour(n) = m else { continue };
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
             if n.header.ifindex != index {
                 continue;
             }
@@ -735,11 +841,18 @@ fn to_link(m: &LinkMessage) -> Link {
 
 /// `aa:bb:cc:dd:ee:ff`
 pub fn format_mac(mac: [u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let parts: Vec<u8> = s.split(':').map(|p| u8::from_str_radix(p, 16)).collect::<Result<_, _>>().ok()?;
+    let parts: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16))
+        .collect::<Result<_, _>>()
+        .ok()?;
     parts.try_into().ok()
 }

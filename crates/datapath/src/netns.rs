@@ -9,7 +9,10 @@ use nix::sched::{CloneFlags, setns};
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     #[error("cannot open network namespace {path}: {source}")]
-    Open { path: PathBuf, source: std::io::Error },
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot enter network namespace {path}: {source}")]
     Enter { path: PathBuf, source: nix::Error },
     #[error("cannot return to the original network namespace: {0}")]
@@ -26,7 +29,10 @@ pub struct NetNs {
 impl NetNs {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, NetnsError> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| NetnsError::Open { path: path.clone(), source })?;
+        let file = File::open(&path).map_err(|source| NetnsError::Open {
+            path: path.clone(),
+            source,
+        })?;
         Ok(Self { file, path })
     }
 
@@ -47,8 +53,10 @@ impl NetNs {
     /// afterwards. Sockets created inside `f` stay bound to this namespace.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T, NetnsError> {
         let origin = Self::current()?;
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map_err(|source| NetnsError::Enter { path: self.path.clone(), source })?;
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+            path: self.path.clone(),
+            source,
+        })?;
         let out = f();
         setns(origin.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(NetnsError::Return)?;
         Ok(out)
@@ -56,8 +64,10 @@ impl NetNs {
 
     /// Moves the calling thread into this namespace for good (for a process about to exec).
     pub fn enter(&self) -> Result<(), NetnsError> {
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map_err(|source| NetnsError::Enter { path: self.path.clone(), source })
+        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Device and inode of the namespace: equal for two handles of the same namespace.

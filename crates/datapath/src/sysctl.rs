@@ -19,7 +19,10 @@ fn path(key: &str) -> PathBuf {
 pub fn read(key: &str) -> Result<String, SysctlError> {
     std::fs::read_to_string(path(key))
         .map(|s| s.trim().to_string())
-        .map_err(|source| SysctlError { key: key.to_string(), source })
+        .map_err(|source| SysctlError {
+            key: key.to_string(),
+            source,
+        })
 }
 
 /// Writes `value` unless the key already holds it (a read is cheaper than a write that
@@ -28,5 +31,8 @@ pub fn ensure(key: &str, value: &str) -> Result<(), SysctlError> {
     if read(key)? == value {
         return Ok(());
     }
-    std::fs::write(path(key), value).map_err(|source| SysctlError { key: key.to_string(), source })
+    std::fs::write(path(key), value).map_err(|source| SysctlError {
+        key: key.to_string(),
+        source,
+    })
 }

@@ -268,7 +268,11 @@ fn add(env: &Env, conf: &NetConf) -> Result<CniResult, PluginError> {
 }
 
 /// Waits until `ifname` no longer exists in the namespace of `h`.
-fn gone_within(h: &mut Handle, ifname: &str, limit: std::time::Duration) -> Result<bool, PluginError> {
+fn gone_within(
+    h: &mut Handle,
+    ifname: &str,
+    limit: std::time::Duration,
+) -> Result<bool, PluginError> {
     let deadline = std::time::Instant::now() + limit;
     while h.link(ifname)?.is_some() {
         if std::time::Instant::now() > deadline {

@@ -272,10 +272,23 @@ fn restarted_kubelet_adopts_running_pods_and_cleans_up_deleted_ones() {
     // deleted while its kubelet is down: nobody runs CNI DEL now
     lab.ok(&["delete", "pod", "client"]);
     lab.ok(&["lab", "start", "kubelet/node1"]);
-    let ipam = |ip: &str| std::path::PathBuf::from(format!("/var/lib/flatnet/e2ekubelet/nodes/node1/ipam/flatnet/{ip}"));
+    let ipam = |ip: &str| {
+        std::path::PathBuf::from(format!(
+            "/var/lib/flatnet/e2ekubelet/nodes/node1/ipam/flatnet/{ip}"
+        ))
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while ipam(&client_ip).exists() || lab_namespaces("e2ekubelet").iter().filter(|n| n.contains("-pod-")).count() != 1 {
-        assert!(std::time::Instant::now() < deadline, "the deleted pod's IP or namespace leaked");
+    while ipam(&client_ip).exists()
+        || lab_namespaces("e2ekubelet")
+            .iter()
+            .filter(|n| n.contains("-pod-"))
+            .count()
+            != 1
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the deleted pod's IP or namespace leaked"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // the surviving pod kept its sandbox, IP and process
@@ -283,6 +296,10 @@ fn restarted_kubelet_adopts_running_pods_and_cleans_up_deleted_ones() {
     let pod = lab.get_json(&["pod", "web"]);
     assert_eq!(pod["metadata"]["uid"], web_uid);
     assert_eq!(pod["status"]["podIP"], web_ip.as_str());
-    let out = lab.exec("default", "web", &["curl", "-s", "-m", "2", "http://localhost:80/"]);
+    let out = lab.exec(
+        "default",
+        "web",
+        &["curl", "-s", "-m", "2", "http://localhost:80/"],
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "web");
 }

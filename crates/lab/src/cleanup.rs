@@ -156,12 +156,18 @@ pub fn anything_left(lab: &Lab) -> bool {
 
 /// Pids of the live processes inside the namespace file `netns`.
 pub fn pids_in_netns(netns: &str) -> Vec<i32> {
-    let Ok(m) = std::fs::metadata(netns) else { return Vec::new() };
+    let Ok(m) = std::fs::metadata(netns) else {
+        return Vec::new();
+    };
     let id = (m.dev(), m.ino());
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let same = std::fs::metadata(format!("/proc/{pid}/ns/net")).map(|m| (m.dev(), m.ino()) == id).unwrap_or(false);
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let same = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .map(|m| (m.dev(), m.ino()) == id)
+            .unwrap_or(false);
         if same && !is_zombie(pid) {
             out.push(pid);
         }

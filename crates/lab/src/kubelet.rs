@@ -402,7 +402,15 @@ fn create_sandbox(cfg: &KubeletConfig, pod: &Pod) -> Result<(String, Value, Ipv4
         LabError::Other(e.to_string())
     })?;
     let _ = std::fs::write(dir.join("cni-result.json"), result.to_string());
-    write_sandbox_record(cfg, &netns, &SandboxRecord { key: object_key(&ns, name), uid: pod.metadata.uid.clone().unwrap_or_default(), result: Some(result.clone()) });
+    write_sandbox_record(
+        cfg,
+        &netns,
+        &SandboxRecord {
+            key: object_key(&ns, name),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            result: Some(result.clone()),
+        },
+    );
     let ip = runtime::result_ip(&result)
         .ok_or_else(|| LabError::Other(format!("CNI result has no IPv4 address: {result}")))?;
     Ok((netns, result, ip))
@@ -704,7 +712,10 @@ async fn recover(cfg: &KubeletConfig, store: &EtcdStore) -> HashMap<String, Runn
             if name.starts_with('.') {
                 return None;
             }
-            Some((name, serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?))
+            Some((
+                name,
+                serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?,
+            ))
         })
         .collect();
     let pods = loop {
@@ -721,16 +732,36 @@ async fn recover(cfg: &KubeletConfig, store: &EtcdStore) -> HashMap<String, Runn
             kv.key == rec.key && mine(cfg, &kv.value).is_some_and(|p| uid(&p) == rec.uid)
         }) && shell::netns_exists(&netns);
         if alive {
-            let pids = crate::cleanup::pids_in_netns(&shell::netns_path(&netns)).into_iter().map(|p| p as u32).collect();
+            let pids = crate::cleanup::pids_in_netns(&shell::netns_path(&netns))
+                .into_iter()
+                .map(|p| p as u32)
+                .collect();
             tracing::info!(pod = rec.key, "adopting running sandbox {netns}");
-            adopted.insert(rec.key.clone(), RunningPod { uid: rec.uid, netns, pids, result: rec.result });
+            adopted.insert(
+                rec.key.clone(),
+                RunningPod {
+                    uid: rec.uid,
+                    netns,
+                    pids,
+                    result: rec.result,
+                },
+            );
         } else {
-            tracing::info!(pod = rec.key, "tearing down sandbox {netns} of a pod that is gone");
+            tracing::info!(
+                pod = rec.key,
+                "tearing down sandbox {netns} of a pod that is gone"
+            );
             let cfg = cfg.clone();
-            let _ = tokio::task::spawn_blocking(move || teardown_network(&cfg, &rec.uid, &netns, rec.result.as_ref())).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                teardown_network(&cfg, &rec.uid, &netns, rec.result.as_ref())
+            })
+            .await;
         }
     }
-    let valid: Vec<(String, String)> = adopted.values().map(|p| (p.uid.clone(), "eth0".to_string())).collect();
+    let valid: Vec<(String, String)> = adopted
+        .values()
+        .map(|p| (p.uid.clone(), "eth0".to_string()))
+        .collect();
     let cfg2 = cfg.clone();
     let gc = tokio::task::spawn_blocking(move || {
         let list = NetworkList::load(&cfg2.lab.cni_conf_dir(&cfg2.node).join(CONFLIST_NAME))?;

@@ -156,8 +156,15 @@ pub fn del(
 
 /// GC every plugin with the attachments that are still valid (`cni.dev/valid-attachments`,
 /// and the legacy `cni.dev/attachments`, as libcni sends both); keeps going past failures.
-pub fn gc(list: &NetworkList, att: &Attachment, valid: &[(String, String)]) -> Result<(), RuntimeError> {
-    let valid: Vec<Value> = valid.iter().map(|(c, i)| json!({"containerID": c, "ifname": i})).collect();
+pub fn gc(
+    list: &NetworkList,
+    att: &Attachment,
+    valid: &[(String, String)],
+) -> Result<(), RuntimeError> {
+    let valid: Vec<Value> = valid
+        .iter()
+        .map(|(c, i)| json!({"containerID": c, "ifname": i}))
+        .collect();
     let mut first = None;
     for plugin in &list.plugins {
         let mut conf = list.request(plugin, None);

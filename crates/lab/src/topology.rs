@@ -260,7 +260,7 @@ async fn wait_nodes_ready(
         let ready = nodes
             .iter()
             .filter_map(|kv| kv.decode::<serde_json::Value>().ok())
-            .filter(|n| crate::api::is_ready(n))
+            .filter(crate::api::is_ready)
             .count();
         if ready != seen {
             progress(&format!("{ready}/{want} node(s) ready"));

@@ -89,11 +89,20 @@ impl EtcdProcess {
     }
 
     /// [`EtcdProcess::start_on`] in a session of its own (see [`EtcdProcess::start_in_own_session`]).
-    pub fn start_on_in_own_session(dir: &Path, client_port: u16, peer_port: u16) -> Result<Self, StoreError> {
+    pub fn start_on_in_own_session(
+        dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+    ) -> Result<Self, StoreError> {
         Self::spawn(dir, client_port, peer_port, true)
     }
 
-    fn spawn(dir: &Path, client_port: u16, peer_port: u16, own_session: bool) -> Result<Self, StoreError> {
+    fn spawn(
+        dir: &Path,
+        client_port: u16,
+        peer_port: u16,
+        own_session: bool,
+    ) -> Result<Self, StoreError> {
         let io_err = |what: &str, e: std::io::Error| {
             StoreError::Other(format!("start etcd in {}: {what}: {e}", dir.display()))
         };
