@@ -1,6 +1,7 @@
-//! Is the cluster converged on the store as it was at a revision? Read by `flatnet wait
-//! --converged` and `flatnet status`: nodes registered and Ready, every agent applied the
-//! subnet leases and config as of that revision, Deployments expanded, pods Ready or failed.
+//! Is the cluster converged on the store? Read by `flatnet wait --converged` and `flatnet
+//! status`: nodes registered and Ready, every agent applied the subnet leases and config as
+//! they are now (so at least as they were when the caller started), Deployments expanded,
+//! pods Ready or failed.
 
 use std::collections::BTreeSet;
 
@@ -11,7 +12,7 @@ use store::{Store, StoreError};
 pub const AGENT_STALE_SECS: i64 = 20;
 
 /// What is not converged yet, in plain words; empty when converged.
-pub async fn pending(store: &impl Store, revision: i64) -> Result<Vec<String>, StoreError> {
+pub async fn pending(store: &impl Store) -> Result<Vec<String>, StoreError> {
     let mut out = Vec::new();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -98,9 +99,9 @@ pub async fn pending(store: &impl Store, revision: i64) -> Result<Vec<String>, S
         .list(&store::keys::object_kind_prefix("deployments"))
         .await?;
     let (pods, _) = store.list(&store::keys::object_kind_prefix("pods")).await?;
-    let pods: Vec<(i64, Value)> = pods
+    let pods: Vec<Value> = pods
         .iter()
-        .filter_map(|kv| kv.decode::<Value>().ok().map(|v| (kv.create_revision, v)))
+        .filter_map(|kv| kv.decode::<Value>().ok())
         .collect();
     for kv in &deployments {
         let Ok(d) = kv.decode::<Value>() else {
@@ -120,7 +121,7 @@ pub async fn pending(store: &impl Store, revision: i64) -> Result<Vec<String>, S
             .unwrap_or(1) as usize;
         let have = pods
             .iter()
-            .filter(|(_, p)| {
+            .filter(|p| {
                 p.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns)
                     && crate::api::owned_by_deployment(p, name)
             })
@@ -129,10 +130,9 @@ pub async fn pending(store: &impl Store, revision: i64) -> Result<Vec<String>, S
             out.push(format!("deployment {ns}/{name} has {have} of {want} pods"));
         }
     }
-    for (created, p) in &pods {
-        if *created > revision {
-            continue;
-        }
+    // Pods made later for a Deployment of that revision count too; so does any other pod
+    // (a lab does not change under a `wait`).
+    for p in &pods {
         let phase = p
             .pointer("/status/phase")
             .and_then(Value::as_str)

@@ -14,7 +14,7 @@ pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
     let revision = store.revision().await?;
     let (subnets, _) = store.list(store::keys::SUBNETS).await?;
     let (agents, _) = store.list(store::keys::AGENTS).await?;
-    let problems = lab::converge::pending(&store, revision).await?;
+    let problems = lab::converge::pending(&store).await?;
     let leases: Vec<Value> = subnets
         .iter()
         .filter_map(|kv| {

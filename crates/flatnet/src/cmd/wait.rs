@@ -46,7 +46,7 @@ pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
     let store = lab::client::connect(&lab).await?;
     let revision = store.revision().await?;
     loop {
-        let pending = match lab::converge::pending(&store, revision).await {
+        let pending = match lab::converge::pending(&store).await {
             Ok(p) => p,
             Err(e) => vec![format!("store: {e}")],
         };
