@@ -225,22 +225,39 @@ pub async fn update(
 }
 
 /// Changes the status of the pod at `key` if it is still the pod with `uid`.
+/// A status the store cannot take now (etcd down) is retried until it can, for up to
+/// [`STATUS_RETRY_FOR`]: a pod that became Ready during an outage must say so afterwards.
 async fn set_status(store: &EtcdStore, key: &str, uid: &str, f: impl Fn(&mut Value)) {
-    let r = update(store, key, |v| {
-        if v.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
-            return false;
+    let deadline = Instant::now() + STATUS_RETRY_FOR;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let r = update(store, key, |v| {
+            if v.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
+                return false;
+            }
+            if !v.get("status").is_some_and(Value::is_object) {
+                v["status"] = json!({});
+            }
+            f(&mut v["status"]);
+            true
+        })
+        .await;
+        match r {
+            Ok(_) => return,
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tracing::warn!(pod = key, "cannot write status yet: {e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::warn!(pod = key, "cannot write status: {e}");
+                return;
+            }
         }
-        if !v.get("status").is_some_and(Value::is_object) {
-            v["status"] = json!({});
-        }
-        f(&mut v["status"]);
-        true
-    })
-    .await;
-    if let Err(e) = r {
-        tracing::warn!(pod = key, "cannot write status: {e}");
     }
 }
+
+const STATUS_RETRY_FOR: Duration = Duration::from_secs(300);
 
 fn ready_condition(ready: bool) -> Value {
     json!([
