@@ -16,5 +16,11 @@ pub fn endpoint(lab: &Lab) -> Result<String, LabError> {
 /// A store client for a running lab.
 pub async fn connect(lab: &Lab) -> Result<store::EtcdStore, LabError> {
     let ep = endpoint(lab)?;
-    Ok(store::EtcdStore::connect(&[ep], PREFIX).await?)
+    store::EtcdStore::connect(std::slice::from_ref(&ep), PREFIX).await.map_err(|e| match e {
+        store::StoreError::Unavailable(_) => LabError::Other(format!(
+            "the etcd of lab {} at {ep} does not answer (see `flatnet lab status`; `flatnet lab start etcd` starts it again)",
+            lab.name
+        )),
+        e => LabError::Store(e),
+    })
 }
