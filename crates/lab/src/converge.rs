@@ -95,6 +95,21 @@ pub async fn pending(store: &impl Store) -> Result<Vec<String>, StoreError> {
             }
         }
     }
+    // Agents renew every third of the TTL: less than half left means renewals are missed.
+    for kv in subnets.iter().filter(|kv| kv.lease != 0) {
+        let (left, granted) = store.lease_ttl(kv.lease).await?;
+        if granted > 0 && left * 2 < granted {
+            let node = kv
+                .decode::<Value>()
+                .ok()
+                .and_then(|v| v["node"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            out.push(format!(
+                "lease of {} ({node}) expires in {left} s: its agent has not renewed it",
+                store::keys::subnet_cidr(&kv.key).unwrap_or_default()
+            ));
+        }
+    }
     let (deployments, _) = store
         .list(&store::keys::object_kind_prefix("deployments"))
         .await?;
@@ -155,4 +170,96 @@ pub async fn pending(store: &impl Store) -> Result<Vec<String>, StoreError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use store::MemStore;
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    }
+
+    async fn put(s: &MemStore, key: &str, v: Value) {
+        s.put(key, serde_json::to_vec(&v).expect("json"))
+            .await
+            .expect("put");
+    }
+
+    async fn two_node_cluster(s: &MemStore) {
+        for (i, n) in ["node1", "node2"].iter().enumerate() {
+            put(s, &store::keys::object("nodes", None, n), json!({"metadata": {"name": n}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}})).await;
+            put(
+                s,
+                &store::keys::subnet(&format!("10.244.{i}.0/24")),
+                json!({"node": n}),
+            )
+            .await;
+        }
+        let rev = s.revision().await.expect("rev");
+        put(s, &store::keys::agent("node1"), json!({"node": "node1", "healthy": true, "appliedRevision": rev, "cidr": "10.244.0.0/24", "peers": ["10.244.1.0/24"], "heartbeat": now(), "lastError": null})).await;
+        put(s, &store::keys::agent("node2"), json!({"node": "node2", "healthy": true, "appliedRevision": rev, "cidr": "10.244.1.0/24", "peers": ["10.244.0.0/24"], "heartbeat": now(), "lastError": null})).await;
+    }
+
+    #[tokio::test]
+    async fn a_converged_cluster_has_no_problems() {
+        let s = MemStore::new();
+        two_node_cluster(&s).await;
+        assert_eq!(pending(&s).await.expect("pending"), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn missing_routes_stale_agents_and_old_revisions_are_named() {
+        let s = MemStore::new();
+        two_node_cluster(&s).await;
+        // a third lease nobody routes to yet
+        put(
+            &s,
+            &store::keys::subnet("10.244.2.0/24"),
+            json!({"node": "node3"}),
+        )
+        .await;
+        put(&s, &store::keys::agent("node2"), json!({"node": "node2", "healthy": false, "appliedRevision": 1, "cidr": "10.244.1.0/24", "peers": ["10.244.0.0/24", "10.244.9.0/24"], "heartbeat": now() - 60, "lastError": "route 10.244.0.0/24: network unreachable"})).await;
+        let p = pending(&s).await.expect("pending").join("\n");
+        for want in [
+            "agent on node1 has no route to 10.244.2.0/24 yet",
+            "agent on node1 has applied revision",
+            "agent on node2 has not reported for 60 s",
+            "agent on node2: route 10.244.0.0/24: network unreachable",
+            "agent on node2 is not healthy",
+            "agent on node2 still routes 10.244.9.0/24, whose lease is gone",
+        ] {
+            assert!(p.contains(want), "{want:?} missing from:\n{p}");
+        }
+    }
+
+    #[tokio::test]
+    async fn deployments_and_pods_must_catch_up() {
+        let s = MemStore::new();
+        two_node_cluster(&s).await;
+        put(
+            &s,
+            "objects/deployments/default/web",
+            json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"replicas": 2}}),
+        )
+        .await;
+        put(&s, "objects/pods/default/web-a", json!({"metadata": {"name": "web-a", "namespace": "default", "ownerReferences": [{"kind": "Deployment", "name": "web"}]}, "status": {"phase": "Pending"}})).await;
+        put(&s, "objects/pods/default/done", json!({"metadata": {"name": "done", "namespace": "default"}, "status": {"phase": "Succeeded"}})).await;
+        let p = pending(&s).await.expect("pending");
+        assert_eq!(
+            p,
+            vec![
+                "deployment default/web has 1 of 2 pods".to_string(),
+                "pod default/web-a is Pending".to_string()
+            ]
+        );
+        put(&s, "objects/pods/default/web-b", json!({"metadata": {"name": "web-b", "namespace": "default", "ownerReferences": [{"kind": "Deployment", "name": "web"}]}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})).await;
+        put(&s, "objects/pods/default/web-a", json!({"metadata": {"name": "web-a", "namespace": "default", "ownerReferences": [{"kind": "Deployment", "name": "web"}]}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})).await;
+        assert_eq!(pending(&s).await.expect("pending"), Vec::<String>::new());
+    }
 }

@@ -245,7 +245,10 @@ async fn set_status(store: &EtcdStore, key: &str, uid: &str, f: impl Fn(&mut Val
         match r {
             Ok(_) => return,
             Err(e) if e.is_retryable() && Instant::now() < deadline => {
-                tracing::warn!(pod = key, "cannot write status yet: {e}; retrying in {backoff:?}");
+                tracing::warn!(
+                    pod = key,
+                    "cannot write status yet: {e}; retrying in {backoff:?}"
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }

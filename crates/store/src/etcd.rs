@@ -387,6 +387,19 @@ impl Store for EtcdStore {
         call("keep_alive", &name, renew).await
     }
 
+    async fn lease_ttl(&self, lease: i64) -> Result<(i64, i64), StoreError> {
+        let mut leases = self.client.lease_client();
+        let name = format!("lease {lease:x}");
+        let ask = async move {
+            match leases.time_to_live(lease, None).await {
+                Ok(r) => Ok((r.ttl(), r.granted_ttl())),
+                Err(e) if is_lease_not_found(&e) => Ok((0, 0)),
+                Err(e) => Err(e),
+            }
+        };
+        call("lease_ttl", &name, ask).await
+    }
+
     async fn revoke_lease(&self, lease: i64) -> Result<(), StoreError> {
         let mut leases = self.client.lease_client();
         let name = format!("lease {lease:x}");

@@ -134,6 +134,9 @@ pub trait Store: Send + Sync + Clone + 'static {
     /// Renew once; returns the TTL now remaining, <= 0 when the lease has already expired.
     fn keep_alive_once(&self, lease: i64) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
+    /// (remaining TTL, granted TTL) of a lease in seconds; remaining <= 0 when it is gone.
+    fn lease_ttl(&self, lease: i64) -> impl Future<Output = Result<(i64, i64), StoreError>> + Send;
+
     /// Revoke and delete its keys; revoking an unknown or expired lease is Ok.
     fn revoke_lease(&self, lease: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
 

@@ -404,6 +404,19 @@ impl Store for MemStore {
         Ok(l.ttl)
     }
 
+    async fn lease_ttl(&self, lease: i64) -> Result<(i64, i64), StoreError> {
+        let st = self
+            .inner
+            .lock_available("lease_ttl", &format!("lease {lease:x}"))?;
+        Ok(st.leases.get(&lease).map_or((0, 0), |l| {
+            let left = l
+                .deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs() as i64;
+            (left, l.ttl)
+        }))
+    }
+
     async fn revoke_lease(&self, lease: i64) -> Result<(), StoreError> {
         let mut st = self
             .inner

@@ -59,6 +59,7 @@ store_suite!(etcd;
     empty_key_is_invalid,
     lease_expiry_deletes_the_key,
     keep_alive_and_revoke,
+    lease_ttl_reports_remaining_and_granted,
     put_detaches_the_lease,
     watch_resumes_from_a_revision,
     watch_from_now_sees_only_later_changes,

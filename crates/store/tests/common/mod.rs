@@ -314,6 +314,17 @@ pub async fn keep_alive_and_revoke<H: Harness>(h: &H) {
     ));
 }
 
+pub async fn lease_ttl_reports_remaining_and_granted<H: Harness>(h: &H) {
+    let s = h.store();
+    let lease = s.grant_lease(30).await.unwrap();
+    let (left, granted) = s.lease_ttl(lease).await.unwrap();
+    assert_eq!(granted, 30);
+    assert!(left > 0 && left <= 30, "remaining {left}");
+    s.revoke_lease(lease).await.unwrap();
+    let (left, _) = s.lease_ttl(lease).await.unwrap();
+    assert!(left <= 0, "a revoked lease has no time left: {left}");
+}
+
 pub async fn put_detaches_the_lease<H: Harness>(h: &H) {
     let s = h.store();
     let lease = s.grant_lease(30).await.unwrap();
