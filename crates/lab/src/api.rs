@@ -236,6 +236,11 @@ pub async fn reconcile_deployment(store: &EtcdStore, ns: &str, name: &str) -> Re
         .get(&kind_key(Kind::Deployment, Some(ns), name))
         .await?
     else {
+        // Gone: its pods go too (the garbage collector's part), also those a reconcile that
+        // raced with the deletion made.
+        for (pod, _) in owned_pods(store, ns, name).await? {
+            store.delete(&kind_key(Kind::Pod, Some(ns), &pod)).await?;
+        }
         return Ok(());
     };
     let dep: Value = kv.decode()?;
@@ -352,13 +357,14 @@ pub async fn delete(
     Ok(())
 }
 
+/// Owners first, so the controller does not replace the pods of a Deployment being deleted.
 const NAMESPACED_KINDS: [Kind; 7] = [
+    Kind::Deployment,
     Kind::Pod,
     Kind::Service,
     Kind::NetworkPolicy,
     Kind::Ingress,
     Kind::Secret,
-    Kind::Deployment,
     Kind::EndpointSlice,
 ];
 

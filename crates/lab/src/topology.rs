@@ -4,6 +4,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -241,7 +242,28 @@ fn wire(lab: &Lab, opts: &UpOptions) -> Result<(), LabError> {
             .map_err(|e| LabError::Other(e.to_string()))?;
     }
     shell::ip_batch_in(&fabric, &fabric_cmds)?;
-    Ok(())
+    wait_bridge_forwarding(&fabric, hosts.len())
+}
+
+/// The kernel turns a new bridge port to forwarding only once it has processed the port's
+/// carrier event, which it batches for up to a second; until then the port drops frames.
+/// Wait for that, so the lab is usable the moment `lab up` returns.
+fn wait_bridge_forwarding(fabric: &str, ports: usize) -> Result<(), LabError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = shell::run(Command::new("bridge").args(["-n", fabric, "-j", "link", "show"]))?;
+        let links: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap_or_default();
+        let forwarding = links.iter().filter(|l| l["state"] == "forwarding").count();
+        if forwarding >= ports {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LabError::Other(format!(
+                "only {forwarding} of {ports} fabric bridge ports forward after 5 s"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 async fn wait_nodes_ready(

@@ -1,0 +1,186 @@
+//! Tier 2: the CLI contract of design.md §3 beyond the basics: label, delete -f, get formats,
+//! Deployments (spread, scale, replacement), lab exec on nodes and the external host.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Lab, can_run};
+
+const DEPLOY: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\nspec:\n  replicas: 4\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web, tier: front}}\n    spec:\n      containers: [{name: s, ports: [{containerPort: 8080}]}]\n";
+
+fn pods(lab: &Lab, ns: &str) -> Vec<serde_json::Value> {
+    lab.get_json(&["pods", "-n", ns])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[test]
+fn deployments_spread_scale_and_replace_deleted_pods() {
+    if !can_run("deployments_spread_scale_and_replace_deleted_pods") {
+        return;
+    }
+    let lab = Lab::up("e2edeploy", &["--nodes", "2"]);
+    lab.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n");
+    lab.apply(DEPLOY);
+    lab.ok(&["wait", "--converged", "--timeout", "60s"]);
+    let p = pods(&lab, "shop");
+    assert_eq!(p.len(), 4);
+    for pod in &p {
+        assert!(
+            pod["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("web-"))
+        );
+        assert_eq!(
+            pod["metadata"]["labels"]["tier"], "front",
+            "pods carry the template's labels"
+        );
+    }
+    let on = |node: &str| p.iter().filter(|x| x["spec"]["nodeName"] == node).count();
+    assert_eq!(
+        (on("node1"), on("node2")),
+        (2, 2),
+        "replicas are spread over the nodes"
+    );
+    // a deleted pod is replaced; the others keep running untouched
+    let victim = p[0]["metadata"]["name"].as_str().expect("name").to_string();
+    let others: Vec<String> = p[1..]
+        .iter()
+        .map(|x| {
+            x["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    lab.ok(&["delete", "pod", &victim, "-n", "shop"]);
+    lab.ok(&["wait", "--converged", "--timeout", "60s"]);
+    let p = pods(&lab, "shop");
+    assert_eq!(p.len(), 4);
+    assert!(p.iter().all(|x| x["metadata"]["name"] != victim.as_str()));
+    for uid in &others {
+        assert!(
+            p.iter().any(|x| x["metadata"]["uid"] == uid.as_str()),
+            "pod {uid} kept"
+        );
+    }
+    // scaling down keeps the survivors running; scaling up adds
+    lab.apply(&DEPLOY.replace("replicas: 4", "replicas: 2"));
+    lab.ok(&["wait", "--converged", "--timeout", "60s"]);
+    let before: Vec<String> = pods(&lab, "shop")
+        .iter()
+        .map(|x| {
+            x["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(before.len(), 2);
+    lab.apply(&DEPLOY.replace("replicas: 4", "replicas: 3"));
+    lab.ok(&["wait", "--converged", "--timeout", "60s"]);
+    let after = pods(&lab, "shop");
+    assert_eq!(after.len(), 3);
+    for uid in &before {
+        assert!(after.iter().any(|x| x["metadata"]["uid"] == uid.as_str()));
+    }
+    // deleting the namespace deletes everything in it
+    lab.ok(&["delete", "namespace", "shop"]);
+    assert!(
+        lab.run(&["get", "deployment", "web", "-n", "shop"])
+            .status
+            .code()
+            != Some(0)
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !common::lab_namespaces("e2edeploy")
+        .iter()
+        .all(|n| !n.contains("-pod-"))
+    {
+        assert!(Instant::now() < deadline, "pod sandboxes not removed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn label_delete_file_and_get_formats() {
+    if !can_run("label_delete_file_and_get_formats") {
+        return;
+    }
+    let lab = Lab::up("e2ecli", &["--nodes", "1"]);
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, labels: {app: a}}\nspec:\n  containers: [{name: c, command: [sleep, infinity]}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b}\nspec:\n  containers: [{name: c, command: [sleep, infinity]}]\n";
+    lab.apply(manifest);
+    assert!(
+        lab.apply(manifest).contains("pod/a unchanged"),
+        "re-applying the same manifest changes nothing"
+    );
+    lab.ok(&["label", "pod", "a", "role=db", "app-"]);
+    let a = lab.get_json(&["pod", "a"]);
+    assert_eq!(a["metadata"]["labels"]["role"], "db");
+    assert!(a["metadata"]["labels"].get("app").is_none());
+    let out = lab.run(&["label", "pod", "a", "bad key=x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad key"));
+    let out = lab.run(&["label", "pod", "nope", "x=y"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+    // namespaces get the name label, as the API server does
+    let ns = lab.get_json(&["namespace", "default"]);
+    assert_eq!(
+        ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "default"
+    );
+    // list output is a v1 List; yaml and wide work; -A adds the namespace column
+    let list = lab.get_json(&["pods", "-A"]);
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["apiVersion"], "v1");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(2));
+    assert!(
+        lab.ok(&["get", "pod", "a", "-o", "yaml"])
+            .contains("name: a")
+    );
+    assert!(lab.ok(&["get", "pods", "-A"]).starts_with("NAMESPACE"));
+    assert!(lab.ok(&["get", "pods", "-o", "wide"]).contains("role=db"));
+    // delete -f deletes what the file names and reports what it could not find
+    let path = std::env::temp_dir().join(format!("flatnet-e2ecli-{}.yaml", std::process::id()));
+    std::fs::write(&path, manifest.to_string() + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: ghost}\nspec:\n  containers: [{name: c}]\n").expect("write");
+    let out = lab.run(&["delete", "-f", path.to_str().expect("path")]);
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "not-found objects are reported, not failures"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ghost"));
+    assert!(lab.run(&["get", "pod", "a"]).status.code() != Some(0));
+    assert!(lab.run(&["get", "pod", "b"]).status.code() != Some(0));
+}
+
+#[test]
+fn nodes_and_external_reach_the_underlay_but_external_has_no_route_to_pods() {
+    if !can_run("nodes_and_external_reach_the_underlay_but_external_has_no_route_to_pods") {
+        return;
+    }
+    let lab = Lab::up("e2eext", &["--nodes", "2"]);
+    lab.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: w}\nspec:\n  nodeName: node2\n  containers: [{name: s, ports: [{containerPort: 8080}]}]\n");
+    let ip = lab.wait_ready("default", "w", Duration::from_secs(30));
+    let ping = |target: &str, addr: &str| {
+        lab.run(&[
+            "lab", "exec", target, "--", "ping", "-c", "1", "-W", "1", addr,
+        ])
+        .status
+        .success()
+    };
+    assert!(
+        ping("external", "172.20.0.11"),
+        "external reaches node1's InternalIP"
+    );
+    assert!(ping("node1", "172.20.0.12"), "node1 reaches node2");
+    assert!(ping("node1", &ip), "a node reaches a pod on another node");
+    assert!(
+        !ping("external", &ip),
+        "external has routes only to the underlay"
+    );
+    let out = lab.run(&["lab", "exec", "node9", "--", "true"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("node9"));
+}
