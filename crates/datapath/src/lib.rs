@@ -14,4 +14,4 @@ pub mod netns;
 pub mod sysctl;
 
 pub use netlink::{Handle, Link, NetlinkError};
-pub use netns::{NetNs, NetnsError};
+pub use netns::{NetNs, NetnsError, remount_sys};

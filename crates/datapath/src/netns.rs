@@ -77,3 +77,32 @@ impl NetNs {
         Ok((m.dev(), m.ino()))
     }
 }
+
+/// Gives the calling thread a mount namespace of its own in which `/sys` is a fresh sysfs of
+/// the network namespace it is in, as `ip netns exec` does, so `/sys/class/net` lists that
+/// namespace's links. Call after entering the network namespace, in a process about to exec.
+///
+/// Allocates nothing, so it may run between fork and exec of a multi-threaded parent.
+pub fn remount_sys() -> nix::Result<()> {
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)?;
+    // Keep our mounts from propagating back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )?;
+    match umount2("/sys", MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) => {}
+        Err(e) => return Err(e),
+    }
+    mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+}

@@ -502,6 +502,7 @@ fn start_container(
         .stdout(log)
         .stderr(log2);
     let _ns = shell::in_netns(&mut cmd, &shell::netns_path(netns))?;
+    shell::own_sysfs(&mut cmd);
     shell::detach(&mut cmd);
     cmd.spawn()
         .map_err(|e| LabError::Other(format!("start {:?}: {e}", cmd.get_program())))

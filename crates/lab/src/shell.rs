@@ -144,14 +144,34 @@ pub fn in_netns(cmd: &mut Command, netns: &str) -> Result<File, ShellError> {
 }
 
 /// Makes `cmd` a session leader, detached from the caller's terminal and process group, so it
-/// outlives the CLI that started it.
+/// outlives the CLI that started it, holding none of the caller's descriptors beyond stdio.
 pub fn detach(cmd: &mut Command) {
-    // SAFETY: setsid(2) is async-signal-safe.
+    // SAFETY: setsid(2) and close_range(2) are async-signal-safe. close_range marks the
+    // descriptors close-on-exec instead of closing them, so the pipe std uses to report a
+    // failed exec keeps working.
     unsafe {
         cmd.pre_exec(|| {
             nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if libc::close_range(
+                3,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
+    }
+}
+
+/// Gives `cmd` its own `/sys` of the network namespace it starts in (register after
+/// [`in_netns`]), as `ip netns exec` does.
+pub fn own_sysfs(cmd: &mut Command) {
+    // SAFETY: the closure runs in the single-threaded child between fork and exec and only
+    // makes the unshare/mount/umount system calls.
+    unsafe {
+        cmd.pre_exec(|| datapath::remount_sys().map_err(std::io::Error::from));
     }
 }
 

@@ -115,15 +115,19 @@ async fn build(
         std::fs::create_dir_all(&d)
             .map_err(|e| LabError::Other(format!("create {}: {e}", d.display())))?;
     }
-    // etcd first: it takes the longest to come up, and the namespaces are built meanwhile.
-    let etcd = store::EtcdProcess::start_in_own_session(&lab.data_dir())?;
+    // etcd takes the longest to come up: the namespaces are built meanwhile.
+    let (etcd, wired) = std::thread::scope(|scope| {
+        let etcd = scope.spawn(|| store::EtcdProcess::start_in_own_session(&lab.data_dir()));
+        let wired = wire(lab, opts);
+        (etcd.join(), wired)
+    });
+    let etcd = etcd.map_err(|_| LabError::Other("etcd start panicked".into()))??;
     let endpoint = etcd.endpoint.clone();
     daemons::record_etcd_ports(lab, etcd.client_port(), etcd.peer_port())?;
     let pid = etcd.detach();
     daemons::record_pid(lab, &Daemon::Etcd, pid)?;
     progress(&format!("etcd started on {endpoint} (pid {pid})"));
-
-    wire(lab, opts)?;
+    wired?;
     progress(&format!(
         "{} node namespace(s), fabric and external built ({} ms)",
         opts.nodes,
@@ -208,11 +212,17 @@ fn wire(lab: &Lab, opts: &UpOptions) -> Result<(), LabError> {
     let fabric = lab.fabric_netns();
     let prefix = opts.addressing.underlay.prefix_len();
     shell::ip(["netns", "add", &fabric])?;
-    let mut fabric_cmds = vec![
-        "link set lo up".to_string(),
-        "link add br0 type bridge".into(),
-        "link set br0 up".into(),
-    ];
+    // The bridge before its ports: a port whose ifindex equals its veth peer's would wait for
+    // the kernel's next batch of non-urgent link events (up to 1 s) before it forwards.
+    shell::ip_batch_in(
+        &fabric,
+        &[
+            "link set lo up".into(),
+            "link add br0 type bridge".into(),
+            "link set br0 up".into(),
+        ],
+    )?;
+    let mut fabric_cmds = Vec::new();
     let mut hosts: Vec<(String, Ipv4Addr)> = (1..=opts.nodes)
         .map(|i| (lab.node_netns(&node_name(i)), opts.addressing.node_ip(i)))
         .collect();

@@ -37,8 +37,9 @@ pub fn parse_kind(s: &str) -> anyhow::Result<model::Kind> {
     })
 }
 
-/// Replaces the process with `argv` run inside the namespace file `netns`; returns only on
-/// failure. stdout, stderr and the exit code are the command's own.
+/// Replaces the process with `argv` run inside the namespace file `netns` (with a `/sys` of
+/// that namespace, as `ip netns exec` gives); returns only on failure. stdout, stderr and the
+/// exit code are the command's own.
 pub fn exec_in_netns(netns: &str, argv: &[String]) -> anyhow::Result<i32> {
     use std::os::unix::process::CommandExt;
     let Some((prog, args)) = argv.split_first() else {
@@ -46,6 +47,7 @@ pub fn exec_in_netns(netns: &str, argv: &[String]) -> anyhow::Result<i32> {
     };
     let ns = datapath::NetNs::open(netns)?;
     ns.enter()?;
+    datapath::remount_sys()?;
     let err = std::process::Command::new(prog).args(args).exec();
     eprintln!("error: cannot run {prog}: {err}");
     Ok(if err.kind() == std::io::ErrorKind::NotFound {
