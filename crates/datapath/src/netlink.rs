@@ -198,6 +198,20 @@ impl Handle {
         }
     }
 
+    /// Sends a delete request; `Ok(false)` when the kernel answers `absent` (nothing to delete).
+    fn delete(
+        &mut self,
+        op: impl Fn() -> String,
+        msg: RouteNetlinkMessage,
+        absent: i32,
+    ) -> Result<bool, NetlinkError> {
+        match self.request(op, msg, NLM_F_ACK) {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno() == Some(absent) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     // ---- links ----
 
     pub fn link(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
@@ -393,15 +407,11 @@ impl Handle {
     pub fn del_link(&mut self, name: &str) -> Result<bool, NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.request(
+        self.delete(
             || format!("delete link {name}"),
             RouteNetlinkMessage::DelLink(msg),
-            NLM_F_ACK,
-        ) {
-            Ok(_) => Ok(true),
-            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
-            Err(e) => Err(e),
-        }
+            libc::ENODEV,
+        )
     }
 
     /// Deletes a link by index (an index is never reused for another link of this
@@ -409,15 +419,11 @@ impl Handle {
     pub fn del_link_index(&mut self, index: u32) -> Result<bool, NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
-        match self.request(
+        self.delete(
             || format!("delete link {index}"),
             RouteNetlinkMessage::DelLink(msg),
-            NLM_F_ACK,
-        ) {
-            Ok(_) => Ok(true),
-            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
-            Err(e) => Err(e),
-        }
+            libc::ENODEV,
+        )
     }
 
     // ---- addresses ----
@@ -477,15 +483,11 @@ impl Handle {
             .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
         msg.attributes
             .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
-        match self.request(
+        self.delete(
             || format!("delete address {addr} from link {index}"),
             RouteNetlinkMessage::DelAddress(msg),
-            NLM_F_ACK,
-        ) {
-            Ok(_) => Ok(true),
-            Err(e) if e.errno() == Some(libc::EADDRNOTAVAIL) => Ok(false),
-            Err(e) => Err(e),
-        }
+            libc::EADDRNOTAVAIL,
+        )
     }
 
     // ---- routes ----
@@ -536,15 +538,11 @@ impl Handle {
 
     /// Deletes a route; `Ok(false)` when there was none.
     pub fn del_route(&mut self, route: &Route) -> Result<bool, NetlinkError> {
-        match self.request(
+        self.delete(
             || format!("delete route {}", route.dst),
             RouteNetlinkMessage::DelRoute(Self::route_msg(route)),
-            NLM_F_ACK,
-        ) {
-            Ok(_) => Ok(true),
-            Err(e) if e.errno() == Some(libc::ESRCH) => Ok(false),
-            Err(e) => Err(e),
-        }
+            libc::ESRCH,
+        )
     }
 
     /// IPv4 routes of the main table.
@@ -565,15 +563,11 @@ impl Handle {
 
     /// Deletes a route only if it carries `protocol`; `Ok(false)` when there was none.
     pub fn del_route_as(&mut self, route: &Route, protocol: u8) -> Result<bool, NetlinkError> {
-        match self.request(
+        self.delete(
             || format!("delete route {} proto {protocol}", route.dst),
             RouteNetlinkMessage::DelRoute(Self::route_msg_as(route, RouteProtocol::from(protocol))),
-            NLM_F_ACK,
-        ) {
-            Ok(_) => Ok(true),
-            Err(e) if e.errno() == Some(libc::ESRCH) => Ok(false),
-            Err(e) => Err(e),
-        }
+            libc::ESRCH,
+        )
     }
 
     /// IPv4 routes of the main table that carry routing protocol number `protocol`.
@@ -669,15 +663,11 @@ impl Handle {
     }
 
     pub fn del_neigh(&mut self, index: u32, ip: Ipv4Addr) -> Result<bool, NetlinkError> {
-        match self.request(
+        self.delete(
             || format!("delete neighbour {ip} on link {index}"),
             RouteNetlinkMessage::DelNeighbour(Self::neigh_msg(index, ip, None, false)),
-            NLM_F_ACK,
-        ) {
-            Ok(_) => Ok(true),
-            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
-            Err(e) => Err(e),
-        }
+            libc::ENOENT,
+        )
     }
 
     /// A VXLAN forwarding entry: frames for `mac` go to the VTEP at `dst` (`bridge fdb append`).
@@ -718,15 +708,11 @@ impl Handle {
             .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
         msg.attributes
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
-        match self.request(
+        self.delete(
             || format!("delete fdb entry for {dst} on link {index}"),
             RouteNetlinkMessage::DelNeighbour(msg),
-            NLM_F_ACK,
-        ) {
-            Ok(_) => Ok(true),
-            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
-            Err(e) => Err(e),
-        }
+            libc::ENOENT,
+        )
     }
 
     /// Permanent IPv4 neighbours: (link index, ip, mac).
