@@ -158,3 +158,63 @@ fn pods_keep_talking_through_an_etcd_outage_and_agents_converge_after() {
         Some(a.as_str())
     );
 }
+
+#[test]
+fn ten_agents_started_together_lease_distinct_cidrs_and_keep_them_across_restarts() {
+    if !can_run("ten_agents_started_together_lease_distinct_cidrs_and_keep_them_across_restarts") {
+        return;
+    }
+    let lab = Lab::up("e2elease", &["--nodes", "10"]);
+    lab.ok(&["wait", "--converged", "--timeout", "60s"]);
+    let cidrs = |lab: &Lab| -> Vec<(String, String)> {
+        let nodes = lab.get_json(&["nodes"]);
+        let mut v: Vec<(String, String)> = nodes["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|n| {
+                (
+                    n["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    n["spec"]["podCIDR"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = cidrs(&lab);
+    assert_eq!(before.len(), 10);
+    let mut distinct: Vec<&String> = before.iter().map(|(_, c)| c).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        10,
+        "every node has its own CIDR: {before:?}"
+    );
+    let status = lab.get_json(&["nodes"]);
+    for n in status["items"].as_array().expect("items") {
+        assert_eq!(
+            n["metadata"]["annotations"]["flatnet.io/agent-health"],
+            "healthy"
+        );
+    }
+    for i in 1..=10 {
+        lab.ok(&["lab", "stop", &format!("agent/node{i}")]);
+    }
+    for i in (1..=10).rev() {
+        lab.ok(&["lab", "start", &format!("agent/node{i}")]);
+    }
+    lab.ok(&["wait", "--converged", "--timeout", "60s"]);
+    assert_eq!(
+        cidrs(&lab),
+        before,
+        "restarted agents get their old CIDRs back"
+    );
+}
