@@ -180,7 +180,7 @@ fn assert_attached(lab: &Lab, c: &Container) {
         .unwrap_or_else(|e| panic!("{n}: no IPAM record {}: {e}", path.display()));
     assert_eq!(
         record.trim_end(),
-        format!("{}\neth0", c.id),
+        format!("{}\neth0\n{}", c.id, c.ip),
         "{n}: IPAM record {}",
         c.ip
     );

@@ -2,9 +2,13 @@
 //!
 //! # Layout
 //! One directory per network: `<dataDir>/<network>/`, holding
-//! - one record per allocated IP, named after the IP, holding `<containerID>\n<ifname>`;
+//! - one record per allocated IP, named after the IP, holding `<containerID>\n<ifname>\n<ip>`;
 //!   a record appears atomically (written to a temporary file, then hard-linked into place,
 //!   which fails if the IP is taken), so a crash never leaves a half-written record;
+//! - an index per attachment, `a-<16 hex digits of a hash of containerID and ifname>`: a second
+//!   hard link to the same record, made *before* the record appears under its IP and removed
+//!   *after* it disappears, so "who holds what" is one `stat` and allocation reads no file
+//!   contents at all; an index whose inode no IP name shares is a leftover and counts for nothing;
 //! - `last_reserved_ip`: where the round-robin search starts next (replaced atomically);
 //! - `lock`: every operation holds an exclusive `flock` on it for its whole duration.
 //!
@@ -42,6 +46,25 @@ pub enum IpamError {
         ifname: String,
         ip: Ipv4Addr,
     },
+}
+
+/// Index name of an attachment (FNV-1a over `containerID \0 ifname`).
+fn index_name(container_id: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in container_id.bytes().chain([0u8]).chain(ifname.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("a-{h:016x}")
+}
+
+/// (containerID, ifname, ip) of a record's text.
+fn parse_record(text: &str) -> (String, String, Option<Ipv4Addr>) {
+    let mut lines = text.lines();
+    let container_id = lines.next().unwrap_or_default().trim().to_string();
+    let ifname = lines.next().unwrap_or_default().trim().to_string();
+    let ip = lines.next().and_then(|l| l.trim().parse().ok());
+    (container_id, ifname, ip)
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IpamError + '_ {
@@ -151,9 +174,7 @@ impl Ipam {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(IpamError::Io { path, source: e }),
             };
-            let mut lines = text.lines();
-            let container_id = lines.next().unwrap_or_default().trim().to_string();
-            let ifname = lines.next().unwrap_or_default().trim().to_string();
+            let (container_id, ifname, _) = parse_record(&text);
             out.push(Record {
                 ip,
                 container_id,
@@ -173,11 +194,62 @@ impl Ipam {
     /// The address held by `container_id`/`ifname`, if any.
     pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, IpamError> {
         let _lock = self.lock()?;
-        Ok(self
-            .read_records()?
-            .into_iter()
-            .find(|r| r.container_id == container_id && r.ifname == ifname)
-            .map(|r| r.ip))
+        self.held(container_id, ifname)
+    }
+
+    /// Looks the attachment up in its index: the address, if the index and the record under
+    /// that address are the same file (otherwise the index is a leftover of a crash).
+    fn held(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, IpamError> {
+        use std::os::unix::fs::MetadataExt;
+        let index = self.dir.join(index_name(container_id, ifname));
+        let text = match fs::read_to_string(&index) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(IpamError::Io {
+                    path: index,
+                    source: e,
+                });
+            }
+        };
+        let (cid, ifn, ip) = parse_record(&text);
+        let Some(ip) = ip.filter(|_| cid == container_id && ifn == ifname) else {
+            return Ok(None);
+        };
+        let same = match (
+            fs::metadata(&index),
+            fs::metadata(self.dir.join(ip.to_string())),
+        ) {
+            (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+            _ => false,
+        };
+        Ok(same.then_some(ip))
+    }
+
+    /// Addresses taken: the names of the records (no contents read).
+    fn taken(&self) -> Result<std::collections::HashSet<Ipv4Addr>, IpamError> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Default::default()),
+            Err(e) => {
+                return Err(IpamError::Io {
+                    path: self.dir.clone(),
+                    source: e,
+                });
+            }
+        };
+        let mut out = std::collections::HashSet::new();
+        for entry in entries {
+            let entry = entry.map_err(io(&self.dir))?;
+            if let Some(ip) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+            {
+                out.insert(ip);
+            }
+        }
+        Ok(out)
     }
 
     /// Allocates an address (the requested one, or the next free one after the last handed
@@ -189,17 +261,14 @@ impl Ipam {
         requested: Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr, IpamError> {
         let _lock = self.lock()?;
-        let records = self.read_records()?;
-        if let Some(r) = records
-            .iter()
-            .find(|r| r.container_id == container_id && r.ifname == ifname)
-        {
+        if let Some(ip) = self.held(container_id, ifname)? {
             return Err(IpamError::Duplicate {
                 container_id: container_id.into(),
                 ifname: ifname.into(),
-                ip: r.ip,
+                ip,
             });
         }
+        let taken = self.taken()?;
         let (first, last) = self.range();
         if let Some(ip) = requested {
             let n = u32::from(ip);
@@ -209,16 +278,18 @@ impl Ipam {
                     subnet: self.subnet,
                 });
             }
-            if let Some(r) = records.iter().find(|r| r.ip == ip) {
-                return Err(IpamError::Taken {
-                    ip,
-                    owner: format!("{}/{}", r.container_id, r.ifname),
-                });
+            if taken.contains(&ip) {
+                let owner = fs::read_to_string(self.dir.join(ip.to_string()))
+                    .map(|t| {
+                        let (c, i, _) = parse_record(&t);
+                        format!("{c}/{i}")
+                    })
+                    .unwrap_or_else(|_| "another container".into());
+                return Err(IpamError::Taken { ip, owner });
             }
             self.write_record(ip, container_id, ifname)?;
             return Ok(ip);
         }
-        let taken: std::collections::HashSet<Ipv4Addr> = records.iter().map(|r| r.ip).collect();
         let size = last - first + 1;
         let start = self
             .last_reserved()
@@ -258,18 +329,30 @@ impl Ipam {
     ) -> Result<(), IpamError> {
         let tmp = self.dir.join(format!(".tmp-{}", std::process::id()));
         let target = self.dir.join(ip.to_string());
-        write_file(&tmp, format!("{container_id}\n{ifname}").as_bytes())?;
+        let index = self.dir.join(index_name(container_id, ifname));
+        write_file(&tmp, format!("{container_id}\n{ifname}\n{ip}").as_bytes())?;
+        // The index first: a record never exists without it. Any index already there is a
+        // leftover (`held` found no live record behind it).
+        let _ = fs::remove_file(&index);
+        if let Err(e) = fs::hard_link(&tmp, &index) {
+            let _ = fs::remove_file(&tmp);
+            return Err(IpamError::Io {
+                path: index,
+                source: e,
+            });
+        }
         let linked = fs::hard_link(&tmp, &target);
         let _ = fs::remove_file(&tmp);
         match linked {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(IpamError::Taken {
-                    ip,
-                    owner: "another container".into(),
-                });
-            }
             Err(e) => {
+                let _ = fs::remove_file(&index);
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    return Err(IpamError::Taken {
+                        ip,
+                        owner: "another container".into(),
+                    });
+                }
                 return Err(IpamError::Io {
                     path: target,
                     source: e,
@@ -286,19 +369,28 @@ impl Ipam {
     /// Releases what `container_id`/`ifname` holds; `Ok(None)` when it holds nothing.
     pub fn release(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>, IpamError> {
         let _lock = self.lock()?;
-        let records = self.read_records()?;
-        let Some(r) = records
-            .into_iter()
-            .find(|r| r.container_id == container_id && r.ifname == ifname)
-        else {
-            return Ok(None);
-        };
-        let path = self.dir.join(r.ip.to_string());
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(Some(r.ip)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(IpamError::Io { path, source: e }),
+        let held = self.held(container_id, ifname)?;
+        if let Some(ip) = held {
+            // The record first, then its index: an index without a record counts for nothing.
+            let path = self.dir.join(ip.to_string());
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(IpamError::Io { path, source: e }),
+            }
         }
+        let index = self.dir.join(index_name(container_id, ifname));
+        match fs::remove_file(&index) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(IpamError::Io {
+                    path: index,
+                    source: e,
+                });
+            }
+        }
+        Ok(held)
     }
 
     /// Releases every record whose attachment is not in `valid`; returns what was released.
@@ -319,7 +411,10 @@ impl Ipam {
             }
             let path = self.dir.join(r.ip.to_string());
             match fs::remove_file(&path) {
-                Ok(()) => released.push(r),
+                Ok(()) => {
+                    let _ = fs::remove_file(self.dir.join(index_name(&r.container_id, &r.ifname)));
+                    released.push(r);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => errors.push(IpamError::Io { path, source: e }),
             }

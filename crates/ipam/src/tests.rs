@@ -172,3 +172,68 @@ fn stray_temporary_files_are_not_records() {
     assert_eq!(ipam.list().expect("list").len(), 1);
     let _ = fs::remove_dir_all(&d);
 }
+
+#[test]
+fn records_name_their_attachment_and_address() {
+    let d = tmpdir("content");
+    let ipam = Ipam::new(&d, "n", net("10.1.0.0/24")).expect("ipam");
+    let ip = ipam.allocate("ctr", "eth0", None).expect("alloc");
+    let text = fs::read_to_string(d.join("n").join(ip.to_string())).expect("record");
+    assert_eq!(text, format!("ctr\neth0\n{ip}"));
+    assert_eq!(ipam.find("ctr", "eth0").expect("find"), Some(ip));
+    assert_eq!(ipam.find("ctr", "eth1").expect("find"), None);
+    let _ = fs::remove_dir_all(&d);
+}
+
+#[test]
+fn an_index_left_by_a_crash_counts_for_nothing() {
+    let d = tmpdir("leftover");
+    let ipam = Ipam::new(&d, "n", net("10.1.0.0/24")).expect("ipam");
+    // A crash between making the index and the record: an index with no record behind it.
+    let ip = ipam.allocate("ctr", "eth0", None).expect("alloc");
+    fs::remove_file(d.join("n").join(ip.to_string())).expect("remove record");
+    assert_eq!(ipam.find("ctr", "eth0").expect("find"), None);
+    assert!(ipam.list().expect("list").is_empty());
+    // A crash between removing the record and its index on release, then the address given
+    // to someone else: the old index must not claim the new owner's record.
+    let again = ipam
+        .allocate("ctr", "eth0", Some(ip))
+        .expect("the attachment can allocate again");
+    assert_eq!(again, ip);
+    fs::remove_file(d.join("n").join(ip.to_string())).expect("remove record");
+    let other = ipam
+        .allocate("other", "eth0", Some(ip))
+        .expect("someone else gets the address");
+    assert_eq!(other, ip);
+    assert_eq!(
+        ipam.find("ctr", "eth0").expect("find"),
+        None,
+        "the stale index names another inode"
+    );
+    assert_eq!(ipam.find("other", "eth0").expect("find"), Some(ip));
+    assert_eq!(ipam.release("ctr", "eth0").expect("release"), None);
+    assert_eq!(
+        ipam.find("other", "eth0").expect("find"),
+        Some(ip),
+        "releasing a leftover frees nothing else"
+    );
+    let _ = fs::remove_dir_all(&d);
+}
+
+#[test]
+fn release_and_gc_remove_the_index_too() {
+    let d = tmpdir("index");
+    let ipam = Ipam::new(&d, "n", net("10.1.0.0/24")).expect("ipam");
+    ipam.allocate("a", "eth0", None).expect("a");
+    ipam.allocate("b", "eth0", None).expect("b");
+    ipam.release("a", "eth0").expect("release");
+    ipam.gc(&[]).expect("gc");
+    let left: Vec<String> = fs::read_dir(d.join("n"))
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lock" && n != "last_reserved_ip")
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let _ = fs::remove_dir_all(&d);
+}
