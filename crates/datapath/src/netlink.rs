@@ -428,7 +428,7 @@ impl Handle {
 
     // ---- addresses ----
 
-    pub fn add_addr(&mut self, index: u32, addr: Ipv4Net) -> Result<(), NetlinkError> {
+    fn addr_msg(index: u32, addr: Ipv4Net) -> AddressMessage {
         let mut msg = AddressMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.prefix_len = addr.prefix_len();
@@ -437,6 +437,11 @@ impl Handle {
             .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
         msg.attributes
             .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+        msg
+    }
+
+    pub fn add_addr(&mut self, index: u32, addr: Ipv4Net) -> Result<(), NetlinkError> {
+        let msg = Self::addr_msg(index, addr);
         self.request(
             || format!("add address {addr} to link {index}"),
             RouteNetlinkMessage::NewAddress(msg),
@@ -475,14 +480,7 @@ impl Handle {
 
     /// Removes an IPv4 address from a link; `Ok(false)` when it was not there.
     pub fn del_addr(&mut self, index: u32, addr: Ipv4Net) -> Result<bool, NetlinkError> {
-        let mut msg = AddressMessage::default();
-        msg.header.family = AddressFamily::Inet;
-        msg.header.prefix_len = addr.prefix_len();
-        msg.header.index = index;
-        msg.attributes
-            .push(AddressAttribute::Local(IpAddr::V4(addr.addr())));
-        msg.attributes
-            .push(AddressAttribute::Address(IpAddr::V4(addr.addr())));
+        let msg = Self::addr_msg(index, addr);
         self.delete(
             || format!("delete address {addr} from link {index}"),
             RouteNetlinkMessage::DelAddress(msg),
