@@ -609,7 +609,7 @@ fn vxlan_plan_is_what_the_kernel_holds_and_a_restart_removes_only_stale_entries(
 fn two_agents_with_etcd_converge_and_reach_each_other() {
     let Some(n) = two_nodes(3) else { return };
     let dir = TempDir::new("etcd");
-    let Some(mut etcd) = start_etcd(dir.path()) else {
+    let Some(mut etcd) = store::testing::start_etcd(dir.path()) else {
         return;
     };
     common::init_tracing();
@@ -744,20 +744,4 @@ fn two_agents_with_etcd_converge_and_reach_each_other() {
                 .unwrap();
         }
     });
-}
-
-fn start_etcd(dir: &std::path::Path) -> Option<store::EtcdProcess> {
-    match store::EtcdProcess::start(dir) {
-        Ok(p) => Some(p),
-        Err(e) if std::env::var("REQUIRE_NETNS").as_deref() == Ok("1") => {
-            panic!(
-                "REQUIRE_NETNS=1 but etcd ({}) cannot start: {e}",
-                store::etcd_binary().display()
-            )
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: etcd cannot start ({e}); REQUIRE_NETNS=1 makes this a failure");
-            None
-        }
-    }
 }

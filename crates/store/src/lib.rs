@@ -13,6 +13,7 @@
 //! - `etcd.rs` — [`EtcdStore`]: timeouts, prefixing, error mapping, watch task
 //! - `mem.rs` — [`MemStore`]: the fake, with `compact`, `expire_leases_now`, `set_available`
 //! - `process.rs` — [`EtcdProcess`]: start, restart on the same ports, stop, detach
+//! - `testing.rs` — test helpers for this and other crates: a temp dir, etcd or a skip
 //!
 //! This crate must not know what the values mean (no Kubernetes or dataplane types) and must
 //! not retry on its own: it reports [`StoreError::Unavailable`] and the caller decides.
@@ -22,6 +23,7 @@ mod etcd;
 pub mod keys;
 mod mem;
 mod process;
+pub mod testing;
 
 use std::future::Future;
 

@@ -2,7 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use agent::AgentConfig;
@@ -21,33 +21,7 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// A directory under the temp dir, removed on drop (also when the test panics).
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "flatnet-agent-{name}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use store::testing::TempDir;
 
 /// A config for `node` with every file under `dir/<node>/`.
 pub fn agent_config(node: &str, dir: &Path, ttl: Duration) -> AgentConfig {

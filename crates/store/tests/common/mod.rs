@@ -3,10 +3,11 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use store::{EtcdProcess, KeyValue, Store, StoreError, WatchEvent, WatchReceiver};
+#[allow(unused_imports)] // only the etcd suite uses these
+pub use store::testing::{TempDir, start_etcd};
+use store::{KeyValue, Store, StoreError, WatchEvent, WatchReceiver};
 
 /// Every wait in these tests ends by this.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -18,51 +19,6 @@ pub trait Harness {
     fn compact(&self, revision: i64) -> impl Future<Output = ()>;
     /// Make every lease of at most `ttl` seconds expire (or at least start waiting for it).
     fn expire_leases(&self) -> impl Future<Output = ()>;
-}
-
-/// A directory under /tmp removed on drop, also when the test panics.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(name: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "flatnet-store-{name}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Start etcd, or explain why not: a failure under `REQUIRE_NETNS=1`, a printed skip otherwise.
-pub fn start_etcd(dir: &Path) -> Option<EtcdProcess> {
-    match EtcdProcess::start(dir) {
-        Ok(process) => Some(process),
-        Err(e) if std::env::var("REQUIRE_NETNS").as_deref() == Ok("1") => {
-            panic!(
-                "REQUIRE_NETNS=1 but etcd ({}) cannot start: {e}",
-                store::etcd_binary().display()
-            )
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: etcd cannot start ({e}); REQUIRE_NETNS=1 makes this a failure");
-            None
-        }
-    }
 }
 
 pub async fn next_event(rx: &mut WatchReceiver) -> Result<WatchEvent, StoreError> {
