@@ -303,3 +303,46 @@ fn restarted_kubelet_adopts_running_pods_and_cleans_up_deleted_ones() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "web");
 }
+
+#[test]
+fn readiness_follows_the_probe_after_the_pod_started() {
+    if !can_run("readiness_follows_the_probe_after_the_pod_started") {
+        return;
+    }
+    let lab = Lab::up("e2eready", &["--nodes", "1"]);
+    struct Flag(std::path::PathBuf);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let guard = Flag(std::env::temp_dir().join(format!("flatnet-e2eready-{}", std::process::id())));
+    let flag = &guard.0;
+    let _ = std::fs::remove_file(flag);
+    lab.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n  - name: c\n    command: [sleep, infinity]\n    readinessProbe:\n      periodSeconds: 1\n      exec: {{command: [test, -f, {}]}}\n",
+        flag.display()
+    ));
+    let ready = |lab: &Lab| {
+        lab.get_json(&["pod", "p"])["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+    };
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!ready(&lab), "not Ready while the probe fails");
+    std::fs::write(flag, "").expect("flag");
+    lab.wait_ready("default", "p", Duration::from_secs(10));
+    std::fs::remove_file(flag).expect("remove flag");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ready(&lab) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still Ready after the probe started failing"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(lab.get_json(&["pod", "p"])["status"]["phase"], "Running");
+}

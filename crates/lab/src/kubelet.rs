@@ -34,6 +34,8 @@ struct RunningPod {
     netns: String,
     pids: Vec<u32>,
     result: Option<Value>,
+    /// Re-evaluates readiness for as long as the pod runs; aborted when it stops.
+    prober: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Sent by the threads that wait for container processes.
@@ -309,6 +311,7 @@ async fn start_pod(
                     netns: cfg.lab.pod_netns(&ns, &name),
                     pids: vec![],
                     result: None,
+                    prober: None,
                 },
             );
             return;
@@ -360,29 +363,67 @@ async fn start_pod(
             netns: netns.clone(),
             pids,
             result: Some(result),
+            prober: None,
         },
     );
     if failure.is_some() {
         return;
     }
     // Readiness in the background: the kubelet keeps serving other pods meanwhile.
-    let store = store.clone();
-    let key = key.to_string();
+    let prober = spawn_prober(store.clone(), key.to_string(), uid.clone(), pod, netns, ip);
+    if let Some(rp) = pods.get_mut(key) {
+        rp.prober = Some(prober);
+    }
+}
+
+/// Probes a running pod's readiness (declared TCP ports accept, readiness probes pass) every
+/// 50 ms until it is first Ready, then every `periodSeconds` of its probe (default 2 s), and
+/// writes the `Ready` condition whenever it changes, as the kubelet's prober does.
+fn spawn_prober(
+    store: EtcdStore,
+    key: String,
+    uid: String,
+    pod: Pod,
+    netns: String,
+    ip: Ipv4Addr,
+) -> tokio::task::JoinHandle<()> {
+    let period = pod
+        .spec
+        .containers
+        .iter()
+        .filter_map(|c| c.readiness_probe.as_ref()?.period_seconds)
+        .min()
+        .map_or(Duration::from_secs(2), |s| {
+            Duration::from_secs(u64::from(s.max(1)))
+        });
     tokio::spawn(async move {
-        let probe_pod = pod.clone();
-        let probe_ns = netns.clone();
-        let ready = tokio::task::spawn_blocking(move || {
-            wait_ready(&probe_pod, &probe_ns, ip, Duration::from_secs(30))
-        })
-        .await
-        .unwrap_or(false);
-        set_status(&store, &key, &uid, |s| {
-            if s["phase"] == "Running" {
-                s["conditions"] = ready_condition(ready);
+        let mut last: Option<bool> = None;
+        let started = Instant::now();
+        loop {
+            let (p, n) = (pod.clone(), netns.clone());
+            let ready = tokio::task::spawn_blocking(move || ready_now(&p, &n, ip))
+                .await
+                .unwrap_or(false);
+            // Not Ready yet is worth writing only once the first 30 s are over.
+            let settled =
+                ready || last == Some(true) || started.elapsed() > Duration::from_secs(30);
+            if last != Some(ready) && settled {
+                set_status(&store, &key, &uid, |s| {
+                    if s["phase"] == "Running" {
+                        s["conditions"] = ready_condition(ready);
+                    }
+                })
+                .await;
+                last = Some(ready);
             }
-        })
-        .await;
-    });
+            let wait = if last == Some(true) || started.elapsed() > Duration::from_secs(30) {
+                period
+            } else {
+                Duration::from_millis(50)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    })
 }
 
 /// Namespace + CNI ADD; returns (netns name, CNI result, pod IP).
@@ -546,19 +587,11 @@ async fn container_exited(store: &EtcdStore, pods: &HashMap<String, RunningPod>,
 }
 
 /// Ready when every declared TCP port accepts connections and the readiness probe passes.
-fn wait_ready(pod: &Pod, netns: &str, ip: Ipv4Addr, timeout: Duration) -> bool {
+/// Ready now: every declared TCP port accepts a connection and every readiness probe passes.
+fn ready_now(pod: &Pod, netns: &str, ip: Ipv4Addr) -> bool {
     let Ok(ns) = datapath::NetNs::open(shell::netns_path(netns)) else {
         return false;
     };
-    let deadline = Instant::now() + timeout;
-    let tcp_ports: Vec<u16> = pod
-        .spec
-        .containers
-        .iter()
-        .flat_map(|c| c.ports.iter())
-        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
-        .map(|p| p.container_port)
-        .collect();
     let connect = |port: u16| {
         ns.run(|| {
             TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(200))
@@ -566,22 +599,17 @@ fn wait_ready(pod: &Pod, netns: &str, ip: Ipv4Addr, timeout: Duration) -> bool {
         })
         .unwrap_or(false)
     };
-    loop {
-        let ports_ok = tcp_ports.iter().all(|p| connect(*p));
-        let probes_ok = ports_ok
-            && pod
-                .spec
-                .containers
-                .iter()
-                .all(|c| probe_ok(c, &ns, ip, netns));
-        if probes_ok {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    pod.spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter())
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .all(|p| connect(p.container_port))
+        && pod
+            .spec
+            .containers
+            .iter()
+            .all(|c| probe_ok(c, &ns, ip, netns))
 }
 
 fn probe_ok(c: &Container, ns: &datapath::NetNs, ip: Ipv4Addr, netns: &str) -> bool {
@@ -653,7 +681,10 @@ fn probe_ok(c: &Container, ns: &datapath::NetNs, ip: Ipv4Addr, netns: &str) -> b
     true
 }
 
-async fn stop_pod(cfg: &KubeletConfig, key: &str, rp: RunningPod) {
+async fn stop_pod(cfg: &KubeletConfig, key: &str, mut rp: RunningPod) {
+    if let Some(p) = rp.prober.take() {
+        p.abort();
+    }
     tracing::info!(pod = key, "stopping");
     let cfg = cfg.clone();
     let _ = tokio::task::spawn_blocking(move || {
@@ -758,6 +789,22 @@ async fn recover(cfg: &KubeletConfig, store: &EtcdStore) -> HashMap<String, Runn
                 .map(|p| p as u32)
                 .collect();
             tracing::info!(pod = rec.key, "adopting running sandbox {netns}");
+            let pod = pods
+                .iter()
+                .find(|kv| kv.key == rec.key)
+                .and_then(|kv| mine(cfg, &kv.value));
+            let ip = rec.result.as_ref().and_then(runtime::result_ip);
+            let prober = match (pod, ip) {
+                (Some(pod), Some(ip)) => Some(spawn_prober(
+                    store.clone(),
+                    rec.key.clone(),
+                    rec.uid.clone(),
+                    pod,
+                    netns.clone(),
+                    ip,
+                )),
+                _ => None,
+            };
             adopted.insert(
                 rec.key.clone(),
                 RunningPod {
@@ -765,6 +812,7 @@ async fn recover(cfg: &KubeletConfig, store: &EtcdStore) -> HashMap<String, Runn
                     netns,
                     pids,
                     result: rec.result,
+                    prober,
                 },
             );
         } else {
