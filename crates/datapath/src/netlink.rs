@@ -277,27 +277,6 @@ impl Handle {
         Ok(())
     }
 
-    /// Creates a VXLAN device without learning (entries are programmed explicitly).
-    pub fn add_vxlan(
-        &mut self,
-        name: &str,
-        vni: u32,
-        local: Ipv4Addr,
-        underlay_index: u32,
-        port: u16,
-        mtu: u32,
-    ) -> Result<(), NetlinkError> {
-        self.create_vxlan(&VxlanSpec {
-            name: name.to_string(),
-            vni,
-            local,
-            underlay_index,
-            port,
-            mtu,
-            mac: None,
-        })
-    }
-
     /// Creates a VXLAN device without learning, with a chosen MAC address if `spec.mac` is set
     /// (a stable VTEP MAC survives re-creating the device).
     pub fn create_vxlan(&mut self, spec: &VxlanSpec) -> Result<(), NetlinkError> {

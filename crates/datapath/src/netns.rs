@@ -69,13 +69,6 @@ impl NetNs {
             source,
         })
     }
-
-    /// Device and inode of the namespace: equal for two handles of the same namespace.
-    pub fn id(&self) -> std::io::Result<(u64, u64)> {
-        use std::os::unix::fs::MetadataExt;
-        let m = self.file.metadata()?;
-        Ok((m.dev(), m.ino()))
-    }
 }
 
 /// Gives the calling thread a mount namespace of its own in which `/sys` is a fresh sysfs of

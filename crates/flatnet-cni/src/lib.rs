@@ -525,13 +525,9 @@ fn gc(conf: &NetConf) -> Result<(), PluginError> {
 
 fn status(conf: &NetConf) -> Result<(), PluginError> {
     let ipam = open_ipam(conf)?;
-    ipam.check_usable().map_err(|e| {
+    let used = ipam.used().map_err(|e| {
         CniError::new(code::NOT_AVAILABLE, "ipam store is not usable").with_details(e.to_string())
     })?;
-    let used = ipam
-        .list()
-        .map_err(|e| CniError::new(code::NOT_AVAILABLE, e.to_string()))?
-        .len();
     if used as u32 >= ipam.capacity() {
         return Err(CniError::new(
             code::NOT_AVAILABLE,

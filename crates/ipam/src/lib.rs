@@ -422,10 +422,10 @@ impl Ipam {
         Ok((released, errors))
     }
 
-    /// Checks that the directory can be used (for STATUS).
-    pub fn check_usable(&self) -> Result<(), IpamError> {
+    /// How many addresses are allocated (for STATUS); an error means the store is unusable.
+    pub fn used(&self) -> Result<usize, IpamError> {
         let _lock = self.lock()?;
-        Ok(())
+        Ok(self.taken()?.len())
     }
 }
 

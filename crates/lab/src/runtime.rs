@@ -177,19 +177,6 @@ pub fn gc(
     first.map_or(Ok(()), Err)
 }
 
-/// CHECK every plugin in order with the final ADD result.
-pub fn check(list: &NetworkList, att: &Attachment, result: &Value) -> Result<(), RuntimeError> {
-    for plugin in &list.plugins {
-        exec(
-            &plugin_type(plugin),
-            "CHECK",
-            &list.request(plugin, Some(result)),
-            att,
-        )?;
-    }
-    Ok(())
-}
-
 fn find_plugin(name: &str, path: &[PathBuf]) -> Result<PathBuf, RuntimeError> {
     if name.is_empty() || name.contains('/') {
         return Err(RuntimeError::NotFound {
