@@ -135,7 +135,15 @@ async fn apply_one(store: &EtcdStore, obj: &Object) -> Result<&'static str, ApiE
     let key = obj.key();
     let mut action = "created";
     let mut new = obj.value.clone();
-    let pod_node = if obj.kind == Kind::Pod {
+    // Bind only what needs binding: a new pod without `spec.nodeName`.
+    let unbound = obj.kind == Kind::Pod
+        && obj
+            .value
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_none()
+        && store.get(&key).await?.is_none();
+    let pod_node = if unbound {
         Some(schedule(store).await?)
     } else {
         None
@@ -147,12 +155,8 @@ async fn apply_one(store: &EtcdStore, obj: &Object) -> Result<&'static str, ApiE
             new["metadata"]["uid"] = json!(new_uid());
             new["metadata"]["creationTimestamp"] = json!(crate::now_rfc3339());
             if obj.kind == Kind::Pod {
-                if new
-                    .pointer("/spec/nodeName")
-                    .and_then(Value::as_str)
-                    .is_none()
-                {
-                    new["spec"]["nodeName"] = json!(pod_node.clone().unwrap_or_default());
+                if let Some(node) = &pod_node {
+                    new["spec"]["nodeName"] = json!(node);
                 }
                 new["status"] = json!({"phase": "Pending"});
             }
