@@ -1,0 +1,1 @@
+//! NetworkPolicy compiler and evaluator (see crate docs).

@@ -1,0 +1,1 @@
+//! Service proxy compiler (see crate docs).
