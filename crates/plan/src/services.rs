@@ -1,1 +1,1267 @@
-//! Service proxy compiler (see crate docs).
+//! Service proxy compiler: Services + EndpointSlices -> the contents of a node's service maps.
+//!
+//! The dataplane (`inet flatnet`, see [`render_structure`]) has a fixed shape: one verdict map
+//! from a *frontend* (destination address, protocol, port) to a small chain, and one map from
+//! (frontend, slot) to an endpoint. Services and endpoints are only *elements* of these maps, so
+//! loading 10,000 services adds elements, not rules, and a change of one endpoint touches the
+//! elements of that one service.
+//!
+//! A frontend is a ClusterIP, an externalIP, a LoadBalancer ingress IP or a NodePort on one of
+//! the node's addresses. Its verdict names the behaviour it needs through a [`Target`]:
+//! `lb-N` picks one of N endpoints at random (`numgen random mod N`), `ext-N` first marks the
+//! packet for masquerade (external traffic with `externalTrafficPolicy: Cluster`), `extl-N-L`
+//! keeps the client address and uses the L local endpoints (`Local`), and the `aff-` variants
+//! first look up the client in the session-affinity map. Endpoints are ordered local first, so
+//! the L local endpoints are slots `0..L` of the same elements that `lb-N` picks from.
+//!
+//! Chains exist per distinct N (and L, and affinity timeout), so their number stays small
+//! however many services there are.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::{self, Write as _};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use model::{EndpointSlice, Service};
+use serde::Serialize;
+
+/// The table every node's service proxy owns.
+pub const TABLE: &str = "flatnet";
+/// Packet mark bit: masquerade this packet in postrouting (as kube-proxy's 0x4000).
+pub const MASQ_MARK: u32 = 0x4000;
+/// Default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+
+/// Map names, as they appear in `nft list table inet flatnet`.
+pub mod maps {
+    /// frontend -> `goto <target chain>`.
+    pub const SERVICES: &str = "services";
+    /// frontend . slot -> endpoint address . port.
+    pub const BACKENDS: &str = "backends";
+    /// frontend -> `goto reject` (no endpoints at all) or `drop` (a Local policy and no local
+    /// endpoint).
+    pub const NO_ENDPOINTS: &str = "no-endpoints";
+    /// frontend -> affinity id (a conntrack mark shared by every frontend of one service port).
+    pub const AFFINITY_IDS: &str = "affinity-ids";
+    /// affinity id -> `goto affinity-<timeout>`, which records the client's endpoint.
+    pub const AFFINITY_TIMEOUTS: &str = "affinity-timeouts";
+    /// client address . affinity id -> endpoint address . port (dynamic, with timeouts).
+    pub const AFFINITY: &str = "affinity";
+    /// Every ClusterIP proxied here: a port that is not a service port is refused.
+    pub const CLUSTER_IPS: &str = "cluster-ips";
+    /// endpoint . endpoint for the endpoints on this node: a pod reaching itself through its
+    /// service is masqueraded (hairpin).
+    pub const HAIRPIN: &str = "hairpin";
+    /// frontend . allowed source range, for LoadBalancer IPs with `loadBalancerSourceRanges`.
+    pub const FIREWALL_ALLOW: &str = "firewall-allow";
+    /// frontends that have `loadBalancerSourceRanges`.
+    pub const FIREWALL: &str = "firewall";
+}
+
+/// IP protocol of a service port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Proto {
+    pub fn parse(s: &str) -> Option<Proto> {
+        match s {
+            "TCP" => Some(Proto::Tcp),
+            "UDP" => Some(Proto::Udp),
+            "SCTP" => Some(Proto::Sctp),
+            _ => None,
+        }
+    }
+
+    /// IANA protocol number, as `meta l4proto` carries it.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Sctp => 132,
+        }
+    }
+
+    pub fn nft_name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "TCP",
+            Proto::Udp => "UDP",
+            Proto::Sctp => "SCTP",
+        })
+    }
+}
+
+/// Where a packet is addressed before DNAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Frontend {
+    pub ip: Ipv4Addr,
+    pub proto: Proto,
+    pub port: u16,
+}
+
+impl fmt::Display for Frontend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)
+    }
+}
+
+/// One endpoint a frontend may DNAT to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Backend {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.ip, self.port)
+    }
+}
+
+/// The behaviour of a frontend that has endpoints: the chain its `services` element jumps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Target {
+    /// Internal traffic: one of the first `n` endpoints, client address kept.
+    Lb { n: u32, affinity: bool },
+    /// External traffic, `externalTrafficPolicy: Cluster`: masquerade, then one of `n`.
+    Ext { n: u32, affinity: bool },
+    /// External traffic, `externalTrafficPolicy: Local`: from pods and from the node itself as
+    /// `Ext { n }`; from anywhere else one of the `local` first endpoints with the client
+    /// address kept, or dropped when there is none.
+    ExtLocal { n: u32, local: u32, affinity: bool },
+}
+
+impl Target {
+    /// The chain this target's elements `goto`.
+    pub fn chain(&self) -> String {
+        match *self {
+            Target::Lb { n, affinity } => lb_chain(n, affinity),
+            Target::Ext { n, affinity } => format!("ext{}-{n}", aff_suffix(affinity)),
+            Target::ExtLocal { n, local, affinity } => {
+                format!("extl{}-{n}-{local}", aff_suffix(affinity))
+            }
+        }
+    }
+
+    /// Every chain this target needs, itself first.
+    fn chains(&self) -> Vec<DynChain> {
+        match *self {
+            Target::Lb { n, affinity } => lb_chains(n, affinity),
+            Target::Ext { n, affinity } => {
+                let mut v = vec![DynChain::Ext { n, affinity }];
+                v.extend(lb_chains(n, affinity));
+                v
+            }
+            Target::ExtLocal { n, local, affinity } => {
+                let mut v = vec![DynChain::ExtLocal { n, local, affinity }];
+                v.push(DynChain::Ext { n, affinity });
+                v.extend(lb_chains(n, affinity));
+                if local > 0 {
+                    v.push(DynChain::Lb { n: local });
+                    if affinity {
+                        v.push(DynChain::LocalAff { n: local });
+                    }
+                }
+                v
+            }
+        }
+    }
+}
+
+fn aff_suffix(affinity: bool) -> &'static str {
+    if affinity { "-aff" } else { "" }
+}
+
+fn lb_chain(n: u32, affinity: bool) -> String {
+    if affinity {
+        format!("aff-{n}")
+    } else {
+        format!("lb-{n}")
+    }
+}
+
+/// The chain external clients of a Local-policy frontend go to.
+fn local_chain(n: u32, affinity: bool) -> String {
+    if affinity {
+        format!("laff-{n}")
+    } else {
+        lb_chain(n, false)
+    }
+}
+
+fn lb_chains(n: u32, affinity: bool) -> Vec<DynChain> {
+    if affinity {
+        vec![DynChain::Aff { n }, DynChain::Lb { n }]
+    } else {
+        vec![DynChain::Lb { n }]
+    }
+}
+
+/// A frontend without a usable endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Refusal {
+    /// No endpoint anywhere: refuse at once (TCP reset, ICMP port unreachable).
+    Reject,
+    /// A Local traffic policy and no endpoint on this node: drop, as kube-proxy does.
+    Drop,
+}
+
+/// A chain that exists because some element points at it (`lb-3`, `ext-aff-2`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DynChain {
+    Lb {
+        n: u32,
+    },
+    Aff {
+        n: u32,
+    },
+    /// As `Aff`, for external clients of an `externalTrafficPolicy: Local` frontend: clears
+    /// the masquerade bit that the frontend's affinity id carries.
+    LocalAff {
+        n: u32,
+    },
+    Ext {
+        n: u32,
+        affinity: bool,
+    },
+    ExtLocal {
+        n: u32,
+        local: u32,
+        affinity: bool,
+    },
+    /// Records a client's endpoint in the affinity map with this timeout (seconds).
+    Record {
+        timeout: u32,
+    },
+}
+
+impl DynChain {
+    pub fn name(&self) -> String {
+        match *self {
+            DynChain::Lb { n } => lb_chain(n, false),
+            DynChain::Aff { n } => lb_chain(n, true),
+            DynChain::LocalAff { n } => local_chain(n, true),
+            DynChain::Ext { n, affinity } => Target::Ext { n, affinity }.chain(),
+            DynChain::ExtLocal { n, local, affinity } => {
+                Target::ExtLocal { n, local, affinity }.chain()
+            }
+            DynChain::Record { timeout } => format!("affinity-{timeout}"),
+        }
+    }
+
+    /// The chain's rules, one per line, in nft syntax.
+    pub fn rules(&self) -> Vec<String> {
+        match *self {
+            DynChain::Lb { n } => vec![
+                format!("meta mark set numgen random mod {n}"),
+                format!(
+                    "dnat ip to ip daddr . meta l4proto . th dport . meta mark map @{}",
+                    maps::BACKENDS
+                ),
+            ],
+            DynChain::Aff { n } | DynChain::LocalAff { n } => {
+                let mut v = vec![format!(
+                    "ct mark set ip daddr . meta l4proto . th dport map @{}",
+                    maps::AFFINITY_IDS
+                )];
+                if matches!(self, DynChain::LocalAff { .. }) {
+                    v.push(format!("ct mark set ct mark & {:#x}", !MASQ_MARK));
+                }
+                v.push(format!(
+                    "meta l4proto {{ tcp, udp, sctp }} dnat ip to ip saddr . ct mark map @{}",
+                    maps::AFFINITY
+                ));
+                v.push(format!("goto {}", lb_chain(n, false)));
+                v
+            }
+            // With affinity the masquerade bit comes with the frontend's affinity id.
+            DynChain::Ext { n, affinity: true } => vec![format!("goto {}", lb_chain(n, true))],
+            DynChain::Ext { n, affinity: false } => vec![
+                format!("ct mark set ct mark | {MASQ_MARK:#x}"),
+                format!("goto {}", lb_chain(n, false)),
+            ],
+            DynChain::ExtLocal { n, local, affinity } => {
+                let ext = Target::Ext { n, affinity }.chain();
+                let mut v = vec![
+                    format!("ip saddr @cluster-cidr goto {ext}"),
+                    format!("fib saddr type local goto {ext}"),
+                ];
+                if local > 0 {
+                    v.push(format!("goto {}", local_chain(local, affinity)));
+                } else {
+                    v.push("drop".to_string());
+                }
+                v
+            }
+            DynChain::Record { timeout } => vec![format!(
+                "update @{} {{ ip saddr . ct mark timeout {timeout}s : ip daddr . th dport }}",
+                maps::AFFINITY
+            )],
+        }
+    }
+}
+
+/// What the node needs to know about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    /// Addresses NodePorts answer on (the node's InternalIP).
+    pub addresses: Vec<Ipv4Addr>,
+    /// The pod CIDR of the whole cluster: sources inside it are pods.
+    pub cluster_cidr: Ipv4Net,
+}
+
+/// One service port as proxied on this node, for `trace`, `status` and tests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxiedPort {
+    /// `namespace/name:port-name` (or `namespace/name:port` when the port has no name).
+    pub service: String,
+    pub proto: Proto,
+    pub frontends: Vec<Frontend>,
+    /// Endpoints in slot order (local ones first).
+    pub endpoints: Vec<Backend>,
+    /// How many of `endpoints` are on this node.
+    pub local: u32,
+    pub affinity_timeout: Option<u32>,
+}
+
+/// Everything the service proxy of one node must hold. Compiled by [`compile`]; the maps are
+/// what [`diff`] compares.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePlan {
+    #[serde(serialize_with = "ser_map")]
+    pub services: BTreeMap<Frontend, Target>,
+    #[serde(serialize_with = "ser_map")]
+    pub backends: BTreeMap<(Frontend, u32), Backend>,
+    #[serde(serialize_with = "ser_map")]
+    pub no_endpoints: BTreeMap<Frontend, Refusal>,
+    #[serde(serialize_with = "ser_map")]
+    pub affinity_ids: BTreeMap<Frontend, u32>,
+    pub affinity_timeouts: BTreeMap<u32, u32>,
+    pub cluster_ips: BTreeSet<Ipv4Addr>,
+    pub hairpin: BTreeSet<Ipv4Addr>,
+    #[serde(serialize_with = "ser_map")]
+    pub firewall: BTreeMap<Frontend, Vec<Ipv4Net>>,
+    pub cluster_cidr: Option<Ipv4Net>,
+    /// Not part of the dataplane: what was proxied and why, for explanations.
+    #[serde(skip)]
+    pub ports: Vec<ProxiedPort>,
+    /// Services left out, with the reason.
+    #[serde(skip)]
+    pub skipped: Vec<(String, String)>,
+}
+
+fn ser_map<K: fmt::Debug, V: Serialize, S: serde::Serializer>(
+    m: &BTreeMap<K, V>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(m.len()))?;
+    for (k, v) in m {
+        seq.serialize_element(&(format!("{k:?}"), v))?;
+    }
+    seq.end()
+}
+
+/// Labels that take a Service away from the default proxy.
+const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
+const LABEL_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
+const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+
+/// An endpoint as the proxy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Ep {
+    local: bool,
+    ip: Ipv4Addr,
+    port: u16,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+}
+
+/// The accessors of the Service spec that the typed view may keep in `extra`.
+fn spec_value(svc: &Service) -> serde_json::Value {
+    serde_json::to_value(&svc.spec).unwrap_or_default()
+}
+
+fn affinity_timeout(spec: &serde_json::Value) -> u32 {
+    spec.pointer("/sessionAffinityConfig/clientIP/timeoutSeconds")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|t| u32::try_from(t).ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
+}
+
+fn source_ranges(spec: &serde_json::Value) -> Vec<Ipv4Net> {
+    spec.get("loadBalancerSourceRanges")
+        .and_then(serde_json::Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .filter_map(|s| s.trim().parse::<Ipv4Net>().ok())
+                .map(|n| n.trunc())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_ip(s: &str) -> Option<Ipv4Addr> {
+    s.parse().ok()
+}
+
+/// A stable, non-zero id for a service port: its affinity key in conntrack marks. FNV-1a of
+/// the name, without the masquerade bit (external frontends add it to the id they map to).
+fn affinity_id(name: &str, taken: &BTreeSet<u32>) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let clean = |x: u32| (x & !MASQ_MARK & 0x7fff_ffff).max(1);
+    let mut id = clean(h);
+    while taken.contains(&id) {
+        id = clean(id.wrapping_add(1));
+    }
+    id
+}
+
+/// Compiles the proxy state of `node` from every Service and EndpointSlice of the cluster.
+/// Pure: the same inputs give the same plan, whatever their order.
+pub fn compile(node: &NodeView, services: &[Service], slices: &[EndpointSlice]) -> ServicePlan {
+    let mut plan = ServicePlan {
+        cluster_cidr: Some(node.cluster_cidr),
+        ..Default::default()
+    };
+    // Slices by namespace/service.
+    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    for s in slices {
+        let Some(svc) = s.metadata.labels.get(LABEL_SERVICE_NAME) else {
+            continue;
+        };
+        if s.address_type != "IPv4" {
+            continue;
+        }
+        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        by_service.entry((ns, svc.clone())).or_default().push(s);
+    }
+    let mut sorted: Vec<&Service> = services.iter().collect();
+    sorted.sort_by(|a, b| {
+        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
+    });
+    let mut taken_ids = BTreeSet::new();
+    for svc in sorted {
+        let ns = svc.metadata.namespace.clone().unwrap_or_default();
+        let name = format!("{ns}/{}", svc.metadata.name);
+        if let Some(reason) = not_proxied(svc) {
+            plan.skipped.push((name, reason));
+            continue;
+        }
+        let spec = spec_value(svc);
+        let cluster_ip = svc.spec.cluster_ip.as_deref().and_then(parse_ip);
+        let Some(cluster_ip) = cluster_ip else {
+            plan.skipped
+                .push((name, "no clusterIP allocated yet".to_string()));
+            continue;
+        };
+        plan.cluster_ips.insert(cluster_ip);
+        let external_ips: Vec<Ipv4Addr> = svc
+            .spec
+            .external_ips
+            .iter()
+            .filter_map(|s| parse_ip(s))
+            .collect();
+        let lb_ips: Vec<Ipv4Addr> = if svc.spec.type_() == "LoadBalancer" {
+            svc.status
+                .as_ref()
+                .and_then(|s| s.load_balancer.as_ref())
+                .map(|lb| {
+                    lb.ingress
+                        .iter()
+                        .filter_map(|i| i.ip.as_deref().and_then(parse_ip))
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let node_ports = matches!(svc.spec.type_(), "NodePort" | "LoadBalancer");
+        let affinity = svc.spec.session_affinity() == "ClientIP";
+        let timeout = affinity.then(|| affinity_timeout(&spec));
+        let ranges = source_ranges(&spec);
+        let itp_local = svc.spec.internal_traffic_policy() == "Local";
+        let etp_local = svc.spec.external_traffic_policy() == "Local";
+        let svc_slices = by_service
+            .get(&(ns.clone(), svc.metadata.name.clone()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for port in &svc.spec.ports {
+            let Some(proto) = Proto::parse(port.protocol()) else {
+                continue;
+            };
+            let port_name = port.name.clone().unwrap_or_default();
+            let label = if port_name.is_empty() {
+                format!("{name}:{}", port.port)
+            } else {
+                format!("{name}:{port_name}")
+            };
+            let eps = endpoints_for(svc_slices, &port_name, proto, &node.name, svc);
+            let cluster: Vec<Ep> = usable(&eps, false);
+            let local: Vec<Ep> = usable(&eps, true);
+            // Slot order: the usable local endpoints first, then the other cluster ones.
+            let mut order: Vec<Backend> = local
+                .iter()
+                .map(|e| Backend {
+                    ip: e.ip,
+                    port: e.port,
+                })
+                .collect();
+            for e in &cluster {
+                let b = Backend {
+                    ip: e.ip,
+                    port: e.port,
+                };
+                if !order.contains(&b) {
+                    order.push(b);
+                }
+            }
+            let n = u32::try_from(cluster.len()).unwrap_or(u32::MAX);
+            let nl = u32::try_from(local.len()).unwrap_or(u32::MAX);
+            for e in eps.iter().filter(|e| e.local) {
+                plan.hairpin.insert(e.ip);
+            }
+            let id = timeout.map(|t| {
+                let id = affinity_id(&format!("{label}/{proto}"), &taken_ids);
+                taken_ids.insert(id);
+                plan.affinity_timeouts.insert(id, t);
+                plan.affinity_timeouts.insert(id | MASQ_MARK, t);
+                id
+            });
+            let mut frontends = Vec::new();
+            // ClusterIP: internal traffic policy.
+            let fe = Frontend {
+                ip: cluster_ip,
+                proto,
+                port: port.port,
+            };
+            let internal = if itp_local {
+                if n == 0 {
+                    Err(Refusal::Reject)
+                } else if nl == 0 {
+                    Err(Refusal::Drop)
+                } else {
+                    Ok(Target::Lb { n: nl, affinity })
+                }
+            } else if n == 0 {
+                Err(Refusal::Reject)
+            } else {
+                Ok(Target::Lb { n, affinity })
+            };
+            frontends.push((fe, internal, false));
+            // External frontends: externalIPs, LoadBalancer IPs, NodePorts.
+            let external = if n == 0 {
+                Err(Refusal::Reject)
+            } else if etp_local {
+                Ok(Target::ExtLocal {
+                    n,
+                    local: nl,
+                    affinity,
+                })
+            } else {
+                Ok(Target::Ext { n, affinity })
+            };
+            for ip in &external_ips {
+                frontends.push((
+                    Frontend {
+                        ip: *ip,
+                        proto,
+                        port: port.port,
+                    },
+                    external,
+                    true,
+                ));
+            }
+            for ip in &lb_ips {
+                let fe = Frontend {
+                    ip: *ip,
+                    proto,
+                    port: port.port,
+                };
+                if !ranges.is_empty() {
+                    plan.firewall.insert(fe, ranges.clone());
+                }
+                frontends.push((fe, external, true));
+            }
+            let node_port = port.node_port.filter(|p| node_ports && *p > 0);
+            for (ip, np) in node.addresses.iter().zip(std::iter::repeat(node_port)) {
+                if let Some(np) = np {
+                    frontends.push((
+                        Frontend {
+                            ip: *ip,
+                            proto,
+                            port: np,
+                        },
+                        external,
+                        true,
+                    ));
+                }
+            }
+            let mut placed = Vec::new();
+            for (fe, target, is_external) in frontends {
+                // The first Service (by namespace/name) to claim a frontend keeps it.
+                if plan.services.contains_key(&fe) || plan.no_endpoints.contains_key(&fe) {
+                    plan.skipped.push((
+                        label.clone(),
+                        format!("{fe} is already used by another service"),
+                    ));
+                    continue;
+                }
+                match target {
+                    Ok(t) => {
+                        plan.services.insert(fe, t);
+                        for (slot, b) in order.iter().enumerate() {
+                            let slot = u32::try_from(slot).unwrap_or(u32::MAX);
+                            plan.backends.insert((fe, slot), *b);
+                        }
+                        if let Some(id) = id {
+                            let masq = if is_external { MASQ_MARK } else { 0 };
+                            plan.affinity_ids.insert(fe, id | masq);
+                        }
+                    }
+                    Err(r) => {
+                        plan.no_endpoints.insert(fe, r);
+                    }
+                }
+                placed.push(fe);
+            }
+            plan.ports.push(ProxiedPort {
+                service: label,
+                proto,
+                frontends: placed,
+                endpoints: order,
+                local: nl,
+                affinity_timeout: timeout,
+            });
+        }
+    }
+    plan
+}
+
+/// Why a Service gets no proxy rules, if it does not.
+fn not_proxied(svc: &Service) -> Option<String> {
+    if svc.spec.type_() == "ExternalName" {
+        return Some("ExternalName services are DNS only".to_string());
+    }
+    if svc.spec.is_headless() {
+        return Some("headless (clusterIP: None)".to_string());
+    }
+    if svc.metadata.labels.contains_key(LABEL_HEADLESS) {
+        return Some(format!("labelled {LABEL_HEADLESS}"));
+    }
+    if let Some(p) = svc.metadata.labels.get(LABEL_PROXY_NAME) {
+        return Some(format!("labelled {LABEL_PROXY_NAME}={p} (another proxy)"));
+    }
+    None
+}
+
+/// The endpoints of one service port, from every slice of the service.
+fn endpoints_for(
+    slices: &[&EndpointSlice],
+    port_name: &str,
+    proto: Proto,
+    node: &str,
+    svc: &Service,
+) -> Vec<Ep> {
+    let publish = svc.spec.publish_not_ready_addresses == Some(true);
+    let mut out = BTreeSet::new();
+    for s in slices {
+        let Some(p) = s.ports.iter().find(|p| {
+            p.name.as_deref().unwrap_or("") == port_name
+                && Proto::parse(p.protocol.as_deref().unwrap_or("TCP")) == Some(proto)
+        }) else {
+            continue;
+        };
+        let Some(port) = p.port.filter(|p| *p > 0) else {
+            continue;
+        };
+        for e in &s.endpoints {
+            let c = &e.conditions;
+            let ready = publish || c.ready != Some(false);
+            let serving = publish || c.serving.unwrap_or(ready);
+            let terminating = c.terminating == Some(true);
+            let local = e.node_name.as_deref() == Some(node);
+            for a in &e.addresses {
+                if let Some(ip) = parse_ip(a) {
+                    out.insert(Ep {
+                        local,
+                        ip,
+                        port,
+                        ready,
+                        serving,
+                        terminating,
+                    });
+                }
+            }
+        }
+    }
+    let mut v: Vec<Ep> = out.into_iter().collect();
+    v.sort_by(|a, b| (b.local, a.ip, a.port).cmp(&(a.local, b.ip, b.port)));
+    v
+}
+
+/// Ready endpoints (only local ones if `local_only`), or, when there is none, the serving
+/// terminating ones (kube-proxy's fallback).
+fn usable(eps: &[Ep], local_only: bool) -> Vec<Ep> {
+    let scope = || eps.iter().filter(move |e| !local_only || e.local);
+    let ready: Vec<Ep> = scope()
+        .filter(|e| e.ready && !e.terminating)
+        .copied()
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    scope()
+        .filter(|e| e.serving && e.terminating)
+        .copied()
+        .collect()
+}
+
+impl ServicePlan {
+    /// Every chain the elements point at.
+    pub fn dyn_chains(&self) -> BTreeSet<DynChain> {
+        let mut out = BTreeSet::new();
+        for t in self.services.values() {
+            out.extend(t.chains());
+        }
+        for t in self.affinity_timeouts.values() {
+            out.insert(DynChain::Record { timeout: *t });
+        }
+        out
+    }
+}
+
+/// One element of one map, in the dataplane's terms.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Key {
+    Frontend(Frontend),
+    Slot(Frontend, u32),
+    Id(u32),
+    Ip(Ipv4Addr),
+    /// `ip . ip` (hairpin).
+    IpPair(Ipv4Addr, Ipv4Addr),
+}
+
+/// The value an element maps to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Value {
+    /// Set element: no value.
+    None,
+    Goto(String),
+    Drop,
+    Backend(Backend),
+    Mark(u32),
+}
+
+/// One change to one map.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ElemOp {
+    Add {
+        map: &'static str,
+        key: Key,
+        value: Value,
+    },
+    Delete {
+        map: &'static str,
+        key: Key,
+    },
+}
+
+/// What turns one plan into another: chains to create before the element changes, the element
+/// changes (one atomic transaction), chains to delete after them, and conntrack entries that
+/// became stale.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceDiff {
+    pub add_chains: Vec<DynChain>,
+    pub ops: Vec<ElemOp>,
+    pub delete_chains: Vec<DynChain>,
+    /// UDP flows to these frontends must be forgotten where their reply comes from one of
+    /// these endpoints (the endpoint went away).
+    pub stale_udp: Vec<(Frontend, Ipv4Addr)>,
+    /// UDP frontends that had no endpoint and now have some: forget their flows.
+    pub revived_udp: Vec<Frontend>,
+    /// Whether the firewall (loadBalancerSourceRanges) or the cluster CIDR changed: the
+    /// structure must be re-rendered.
+    pub structure_changed: bool,
+    /// Affinity ids whose endpoints shrank: remembered clients of the removed endpoints must be
+    /// forgotten.
+    pub affinity_gc: Vec<(u32, Vec<Backend>)>,
+}
+
+impl ServiceDiff {
+    pub fn is_empty(&self) -> bool {
+        self.add_chains.is_empty()
+            && self.ops.is_empty()
+            && self.delete_chains.is_empty()
+            && self.stale_udp.is_empty()
+            && self.revived_udp.is_empty()
+            && !self.structure_changed
+            && self.affinity_gc.is_empty()
+    }
+}
+
+fn target_value(t: &Target) -> Value {
+    Value::Goto(t.chain())
+}
+
+fn refusal_value(r: &Refusal) -> Value {
+    match r {
+        Refusal::Reject => Value::Goto("refuse".to_string()),
+        Refusal::Drop => Value::Drop,
+    }
+}
+
+/// Diffs one map: deletes keys that left or changed value, then adds new or changed ones.
+fn diff_map<K: Ord + Clone, V: PartialEq>(
+    map: &'static str,
+    old: &BTreeMap<K, V>,
+    new: &BTreeMap<K, V>,
+    key: impl Fn(&K) -> Key,
+    value: impl Fn(&V) -> Value,
+    ops: &mut Vec<ElemOp>,
+) {
+    for (k, v) in old {
+        if new.get(k) != Some(v) {
+            ops.push(ElemOp::Delete { map, key: key(k) });
+        }
+    }
+    for (k, v) in new {
+        if old.get(k) != Some(v) {
+            ops.push(ElemOp::Add {
+                map,
+                key: key(k),
+                value: value(v),
+            });
+        }
+    }
+}
+
+fn diff_set<K: Ord>(
+    map: &'static str,
+    old: &BTreeSet<K>,
+    new: &BTreeSet<K>,
+    key: impl Fn(&K) -> Key,
+    ops: &mut Vec<ElemOp>,
+) {
+    for k in old.difference(new) {
+        ops.push(ElemOp::Delete { map, key: key(k) });
+    }
+    for k in new.difference(old) {
+        ops.push(ElemOp::Add {
+            map,
+            key: key(k),
+            value: Value::None,
+        });
+    }
+}
+
+/// The changes that turn the dataplane of `old` into that of `new`. Only elements that differ
+/// are touched, so its size follows the change, not the number of services.
+pub fn diff(old: &ServicePlan, new: &ServicePlan) -> ServiceDiff {
+    let mut d = ServiceDiff::default();
+    let (oc, nc) = (old.dyn_chains(), new.dyn_chains());
+    d.add_chains = nc.difference(&oc).copied().collect();
+    d.delete_chains = oc.difference(&nc).copied().collect();
+    let ops = &mut d.ops;
+    // Elements that stop pointing at something go first, elements that start pointing at it last.
+    diff_map(
+        maps::SERVICES,
+        &old.services,
+        &new.services,
+        |k| Key::Frontend(*k),
+        target_value,
+        ops,
+    );
+    diff_map(
+        maps::NO_ENDPOINTS,
+        &old.no_endpoints,
+        &new.no_endpoints,
+        |k| Key::Frontend(*k),
+        refusal_value,
+        ops,
+    );
+    diff_map(
+        maps::BACKENDS,
+        &old.backends,
+        &new.backends,
+        |(f, s)| Key::Slot(*f, *s),
+        |b| Value::Backend(*b),
+        ops,
+    );
+    diff_map(
+        maps::AFFINITY_IDS,
+        &old.affinity_ids,
+        &new.affinity_ids,
+        |k| Key::Frontend(*k),
+        |id| Value::Mark(*id),
+        ops,
+    );
+    diff_map(
+        maps::AFFINITY_TIMEOUTS,
+        &old.affinity_timeouts,
+        &new.affinity_timeouts,
+        |k| Key::Id(*k),
+        |t| Value::Goto(DynChain::Record { timeout: *t }.name()),
+        ops,
+    );
+    diff_set(
+        maps::CLUSTER_IPS,
+        &old.cluster_ips,
+        &new.cluster_ips,
+        |ip| Key::Ip(*ip),
+        ops,
+    );
+    diff_set(
+        maps::HAIRPIN,
+        &old.hairpin,
+        &new.hairpin,
+        |ip| Key::IpPair(*ip, *ip),
+        ops,
+    );
+    // Order within one transaction: deletes before adds, so a changed value is replaced.
+    ops.sort_by_key(|op| matches!(op, ElemOp::Add { .. }));
+    d.structure_changed = old.firewall != new.firewall || old.cluster_cidr != new.cluster_cidr;
+    // Conntrack: UDP backends that went away from a frontend, and UDP frontends revived.
+    let backends_of = |p: &ServicePlan, fe: &Frontend| -> BTreeSet<Ipv4Addr> {
+        p.backends
+            .range((*fe, 0)..=(*fe, u32::MAX))
+            .map(|(_, b)| b.ip)
+            .collect()
+    };
+    let mut udp_frontends: BTreeSet<Frontend> = old
+        .services
+        .keys()
+        .filter(|f| f.proto == Proto::Udp)
+        .copied()
+        .collect();
+    udp_frontends.extend(old.no_endpoints.keys().filter(|f| f.proto == Proto::Udp));
+    for fe in &udp_frontends {
+        let before = backends_of(old, fe);
+        let after = backends_of(new, fe);
+        for ip in before.difference(&after) {
+            d.stale_udp.push((*fe, *ip));
+        }
+    }
+    for fe in new.services.keys().filter(|f| f.proto == Proto::Udp) {
+        if !old.services.contains_key(fe) {
+            d.revived_udp.push(*fe);
+        }
+    }
+    // Affinity: endpoints removed from a service port with affinity.
+    for (fe, id) in &old.affinity_ids {
+        let before: BTreeSet<Backend> = old
+            .backends
+            .range((*fe, 0)..=(*fe, u32::MAX))
+            .map(|(_, b)| *b)
+            .collect();
+        let after: BTreeSet<Backend> = new
+            .backends
+            .range((*fe, 0)..=(*fe, u32::MAX))
+            .map(|(_, b)| *b)
+            .collect();
+        let gone: Vec<Backend> = before.difference(&after).copied().collect();
+        if !gone.is_empty() && !d.affinity_gc.iter().any(|(i, _)| i == id) {
+            d.affinity_gc.push((*id, gone));
+        }
+    }
+    d
+}
+
+impl ServicePlan {
+    /// Every element of the plan as additions (a full load, after flushing the maps).
+    pub fn all_ops(&self) -> Vec<ElemOp> {
+        diff(
+            &ServicePlan {
+                cluster_cidr: self.cluster_cidr,
+                ..Default::default()
+            },
+            self,
+        )
+        .ops
+    }
+}
+
+/// The maps [`ElemOp`]s touch, which a full load flushes first.
+pub const STATIC_MAPS: [&str; 7] = [
+    maps::SERVICES,
+    maps::NO_ENDPOINTS,
+    maps::BACKENDS,
+    maps::AFFINITY_IDS,
+    maps::AFFINITY_TIMEOUTS,
+    maps::CLUSTER_IPS,
+    maps::HAIRPIN,
+];
+
+/// The table's declarations and fixed chains, plus `chains`, as one idempotent `nft -f`
+/// script: re-running it on a table that has it already changes nothing but the rules of the
+/// chains it lists (each is flushed and refilled inside the same transaction). Map elements are
+/// not part of it, except the small `firewall` sets.
+pub fn render_structure(plan: &ServicePlan, chains: &BTreeSet<DynChain>) -> String {
+    let t = format!("inet {TABLE}");
+    let mut s = String::new();
+    let cidr = plan
+        .cluster_cidr
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| "0.0.0.0/32".to_string());
+    let _ = writeln!(s, "add table {t} {{ comment \"flatnet service proxy\"; }}");
+    let decls = [
+        (
+            maps::SERVICES,
+            "type ipv4_addr . inet_proto . inet_service : verdict; size 1048576;",
+        ),
+        (
+            maps::BACKENDS,
+            "type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service; size 16777216;",
+        ),
+        (
+            maps::NO_ENDPOINTS,
+            "type ipv4_addr . inet_proto . inet_service : verdict; size 1048576;",
+        ),
+        (
+            maps::AFFINITY_IDS,
+            "type ipv4_addr . inet_proto . inet_service : mark; size 1048576;",
+        ),
+        (
+            maps::AFFINITY_TIMEOUTS,
+            "type mark : verdict; size 1048576;",
+        ),
+        (
+            maps::AFFINITY,
+            "type ipv4_addr . mark : ipv4_addr . inet_service; size 4194304; flags dynamic,timeout; timeout 3h;",
+        ),
+    ];
+    for (name, body) in decls {
+        let _ = writeln!(s, "add map {t} {name} {{ {body} }}");
+    }
+    let _ = writeln!(
+        s,
+        "add set {t} {} {{ type ipv4_addr; size 1048576; }}",
+        maps::CLUSTER_IPS
+    );
+    let _ = writeln!(
+        s,
+        "add set {t} {} {{ type ipv4_addr . ipv4_addr; size 1048576; }}",
+        maps::HAIRPIN
+    );
+    let _ = writeln!(
+        s,
+        "add set {t} {} {{ type ipv4_addr . inet_proto . inet_service; }}",
+        maps::FIREWALL
+    );
+    let _ = writeln!(
+        s,
+        "add set {t} {} {{ type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags interval; }}",
+        maps::FIREWALL_ALLOW
+    );
+    let _ = writeln!(
+        s,
+        "add set {t} cluster-cidr {{ type ipv4_addr; flags interval; }}"
+    );
+    // Small sets, rewritten whole each time (flush + add in this same transaction).
+    let _ = writeln!(s, "flush set {t} cluster-cidr");
+    let _ = writeln!(s, "add element {t} cluster-cidr {{ {cidr} }}");
+    let _ = writeln!(s, "flush set {t} {}", maps::FIREWALL);
+    let _ = writeln!(s, "flush set {t} {}", maps::FIREWALL_ALLOW);
+    if !plan.firewall.is_empty() {
+        let fes: Vec<String> = plan.firewall.keys().map(frontend_nft).collect();
+        let _ = writeln!(
+            s,
+            "add element {t} {} {{ {} }}",
+            maps::FIREWALL,
+            fes.join(", ")
+        );
+        let mut allow = Vec::new();
+        for (fe, ranges) in &plan.firewall {
+            for r in ranges {
+                allow.push(format!("{} . {r}", frontend_nft(fe)));
+            }
+        }
+        let _ = writeln!(
+            s,
+            "add element {t} {} {{ {} }}",
+            maps::FIREWALL_ALLOW,
+            allow.join(", ")
+        );
+    }
+    let mut chain = |name: &str, hook: Option<&str>, rules: &[String]| {
+        match hook {
+            Some(h) => {
+                let _ = writeln!(s, "add chain {t} {name} {{ {h} }}");
+            }
+            None => {
+                let _ = writeln!(s, "add chain {t} {name}");
+            }
+        }
+        let _ = writeln!(s, "flush chain {t} {name}");
+        for r in rules {
+            let _ = writeln!(s, "add rule {t} {name} {r}");
+        }
+    };
+    chain(
+        "refuse",
+        None,
+        &[
+            "meta l4proto tcp reject with tcp reset".to_string(),
+            "reject".to_string(),
+        ],
+    );
+    let dispatch = format!(
+        "ip daddr . meta l4proto . th dport vmap @{}",
+        maps::SERVICES
+    );
+    chain(
+        "nat-prerouting",
+        Some("type nat hook prerouting priority -100; policy accept;"),
+        std::slice::from_ref(&dispatch),
+    );
+    chain(
+        "nat-output",
+        Some("type nat hook output priority -100; policy accept;"),
+        std::slice::from_ref(&dispatch),
+    );
+    chain(
+        "nat-postrouting",
+        Some("type nat hook postrouting priority 100; policy accept;"),
+        &[
+            format!(
+                "ct status dnat ip saddr . ip daddr @{} masquerade fully-random",
+                maps::HAIRPIN
+            ),
+            format!("ct mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} masquerade fully-random"),
+        ],
+    );
+    // Before DNAT: refuse frontends without endpoints, and filter LoadBalancer sources.
+    let checks = vec![
+        format!(
+            "ct state new ip daddr . meta l4proto . th dport vmap @{}",
+            maps::NO_ENDPOINTS
+        ),
+        format!(
+            "ct state new ip daddr . meta l4proto . th dport @{} ip daddr . meta l4proto . th dport . ip saddr != @{} drop",
+            maps::FIREWALL,
+            maps::FIREWALL_ALLOW
+        ),
+    ];
+    chain(
+        "filter-prerouting",
+        Some("type filter hook prerouting priority -110; policy accept;"),
+        &checks,
+    );
+    chain(
+        "filter-output",
+        Some("type filter hook output priority -110; policy accept;"),
+        &checks,
+    );
+    // After DNAT: a packet still addressed to a ClusterIP used a port the service lacks.
+    let invalid = vec![format!(
+        "ct state new ip daddr @{} goto refuse",
+        maps::CLUSTER_IPS
+    )];
+    chain(
+        "filter-forward",
+        Some("type filter hook forward priority -10; policy accept;"),
+        &invalid,
+    );
+    chain(
+        "filter-output-post-dnat",
+        Some("type filter hook output priority -90; policy accept;"),
+        &invalid,
+    );
+    // After DNAT: remember the endpoint chosen for clients of affinity services.
+    let record = vec![format!(
+        "ct state new ct status dnat ct mark vmap @{}",
+        maps::AFFINITY_TIMEOUTS
+    )];
+    chain(
+        "affinity-prerouting",
+        Some("type filter hook prerouting priority -99; policy accept;"),
+        &record,
+    );
+    chain(
+        "affinity-output",
+        Some("type filter hook output priority -99; policy accept;"),
+        &record,
+    );
+    // Dynamic chains, targets before the chains that point at them.
+    let mut ordered: Vec<&DynChain> = chains.iter().collect();
+    ordered.sort_by_key(|c| match c {
+        DynChain::Lb { .. } | DynChain::Record { .. } => 0,
+        DynChain::Aff { .. } | DynChain::LocalAff { .. } => 1,
+        DynChain::Ext { .. } => 2,
+        DynChain::ExtLocal { .. } => 3,
+    });
+    for c in ordered {
+        chain(&c.name(), None, &c.rules());
+    }
+    s
+}
+
+/// `nft` text for deleting chains that nothing points at any more.
+pub fn render_delete_chains(chains: &[DynChain]) -> String {
+    let mut s = String::new();
+    for c in chains {
+        let _ = writeln!(s, "delete chain inet {TABLE} {}", c.name());
+    }
+    s
+}
+
+fn frontend_nft(fe: &Frontend) -> String {
+    format!("{} . {} . {}", fe.ip, fe.proto.nft_name(), fe.port)
+}
+
+/// The text form of element operations (`add element ...`), for golden files and logs. The
+/// agent sends the same operations over netlink.
+pub fn render_ops(ops: &[ElemOp]) -> String {
+    let mut s = String::new();
+    for op in ops {
+        let (verb, map, key, value) = match op {
+            ElemOp::Add { map, key, value } => ("add", map, key, Some(value)),
+            ElemOp::Delete { map, key } => ("delete", map, key, None),
+        };
+        let key = match key {
+            Key::Frontend(f) => frontend_nft(f),
+            Key::Slot(f, slot) => format!("{} . {slot}", frontend_nft(f)),
+            Key::Id(id) => format!("{id:#x}"),
+            Key::Ip(ip) => ip.to_string(),
+            Key::IpPair(a, b) => format!("{a} . {b}"),
+        };
+        let value = match value {
+            None | Some(Value::None) => String::new(),
+            Some(Value::Goto(c)) => format!(" : goto {c}"),
+            Some(Value::Drop) => " : drop".to_string(),
+            Some(Value::Backend(b)) => format!(" : {} . {}", b.ip, b.port),
+            Some(Value::Mark(m)) => format!(" : {m:#x}"),
+        };
+        let _ = writeln!(s, "{verb} element inet {TABLE} {map} {{ {key}{value} }}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,572 @@
+use super::*;
+use proptest::prelude::*;
+use serde_json::json;
+
+fn node(name: &str) -> NodeView {
+    NodeView {
+        name: name.to_string(),
+        addresses: vec!["172.20.0.11".parse().unwrap()],
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+    }
+}
+
+fn svc(v: serde_json::Value) -> Service {
+    serde_json::from_value(v).unwrap()
+}
+
+fn basic(name: &str, ip: &str) -> Service {
+    svc(json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"clusterIP": ip, "selector": {"app": name},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))
+}
+
+/// A slice for `service` with `eps` = (ip, node, ready, serving, terminating).
+fn slice(service: &str, port: u16, eps: &[(&str, &str, bool, bool, bool)]) -> EndpointSlice {
+    slice_named(service, "http", "TCP", port, eps)
+}
+
+fn slice_named(
+    service: &str,
+    port_name: &str,
+    proto: &str,
+    port: u16,
+    eps: &[(&str, &str, bool, bool, bool)],
+) -> EndpointSlice {
+    let endpoints: Vec<serde_json::Value> = eps
+        .iter()
+        .map(|(ip, node, ready, serving, term)| {
+            json!({"addresses": [ip], "nodeName": node,
+                   "conditions": {"ready": ready, "serving": serving, "terminating": term}})
+        })
+        .collect();
+    serde_json::from_value(json!({
+        "metadata": {"name": format!("{service}-abcde"), "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"name": port_name, "protocol": proto, "port": port}]
+    }))
+    .unwrap()
+}
+
+fn fe(ip: &str, proto: Proto, port: u16) -> Frontend {
+    Frontend {
+        ip: ip.parse().unwrap(),
+        proto,
+        port,
+    }
+}
+
+fn backends_of(plan: &ServicePlan, f: Frontend) -> Vec<String> {
+    plan.backends
+        .range((f, 0)..=(f, u32::MAX))
+        .map(|(_, b)| b.to_string())
+        .collect()
+}
+
+const R: bool = true;
+
+#[test]
+fn cluster_ip_balances_over_ready_endpoints_only() {
+    let p = compile(
+        &node("n1"),
+        &[basic("web", "10.96.0.20")],
+        &[slice(
+            "web",
+            8080,
+            &[
+                ("10.244.1.5", "n2", R, R, false),
+                ("10.244.0.7", "n1", R, R, false),
+                ("10.244.2.9", "n3", false, false, false),
+            ],
+        )],
+    );
+    let f = fe("10.96.0.20", Proto::Tcp, 80);
+    assert_eq!(
+        p.services.get(&f),
+        Some(&Target::Lb {
+            n: 2,
+            affinity: false
+        })
+    );
+    // The local endpoint takes slot 0.
+    assert_eq!(
+        backends_of(&p, f),
+        vec!["10.244.0.7:8080", "10.244.1.5:8080"]
+    );
+    assert!(p.cluster_ips.contains(&f.ip));
+    assert_eq!(
+        p.hairpin.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+        vec!["10.244.0.7"]
+    );
+    assert!(p.no_endpoints.is_empty());
+}
+
+#[test]
+fn service_without_endpoints_is_rejected_not_blackholed() {
+    let p = compile(&node("n1"), &[basic("web", "10.96.0.20")], &[]);
+    let f = fe("10.96.0.20", Proto::Tcp, 80);
+    assert_eq!(p.no_endpoints.get(&f), Some(&Refusal::Reject));
+    assert!(p.services.is_empty() && p.backends.is_empty());
+    assert!(
+        p.cluster_ips.contains(&f.ip),
+        "other ports of the IP are refused too"
+    );
+}
+
+#[test]
+fn terminating_serving_endpoints_are_used_only_when_none_is_ready() {
+    let eps = [
+        ("10.244.1.5", "n2", false, true, true),
+        ("10.244.1.6", "n2", false, false, true),
+    ];
+    let p = compile(
+        &node("n1"),
+        &[basic("web", "10.96.0.20")],
+        &[slice("web", 8080, &eps)],
+    );
+    let f = fe("10.96.0.20", Proto::Tcp, 80);
+    assert_eq!(backends_of(&p, f), vec!["10.244.1.5:8080"]);
+    let mut with_ready = eps.to_vec();
+    with_ready.push(("10.244.1.7", "n2", true, true, false));
+    let p = compile(
+        &node("n1"),
+        &[basic("web", "10.96.0.20")],
+        &[slice("web", 8080, &with_ready)],
+    );
+    assert_eq!(backends_of(&p, f), vec!["10.244.1.7:8080"]);
+}
+
+#[test]
+fn publish_not_ready_addresses_makes_every_endpoint_usable() {
+    let mut s = basic("web", "10.96.0.20");
+    s.spec.publish_not_ready_addresses = Some(true);
+    let p = compile(
+        &node("n1"),
+        &[s],
+        &[slice(
+            "web",
+            8080,
+            &[("10.244.1.5", "n2", false, false, false)],
+        )],
+    );
+    assert_eq!(
+        backends_of(&p, fe("10.96.0.20", Proto::Tcp, 80)),
+        vec!["10.244.1.5:8080"]
+    );
+}
+
+#[test]
+fn headless_external_name_and_labelled_services_get_nothing() {
+    let headless = svc(json!({"metadata": {"name": "h", "namespace": "default"},
+        "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}));
+    let ext = svc(json!({"metadata": {"name": "e", "namespace": "default"},
+        "spec": {"type": "ExternalName", "externalName": "example.org"}}));
+    let mut labelled = basic("l", "10.96.0.30");
+    labelled
+        .metadata
+        .labels
+        .insert(LABEL_HEADLESS.to_string(), String::new());
+    let mut other = basic("o", "10.96.0.31");
+    other
+        .metadata
+        .labels
+        .insert(LABEL_PROXY_NAME.to_string(), "foo".to_string());
+    let p = compile(&node("n1"), &[headless, ext, labelled, other], &[]);
+    assert!(p.services.is_empty() && p.no_endpoints.is_empty() && p.cluster_ips.is_empty());
+    assert_eq!(p.skipped.len(), 4, "{:?}", p.skipped);
+}
+
+#[test]
+fn node_port_answers_on_node_addresses_and_masquerades() {
+    let s = svc(json!({"metadata": {"name": "np", "namespace": "default"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.0.40", "selector": {"a": "b"},
+                 "ports": [{"name": "http", "port": 80, "nodePort": 30080}]}}));
+    let p = compile(
+        &node("n1"),
+        &[s],
+        &[slice("np", 8080, &[("10.244.1.5", "n2", R, R, false)])],
+    );
+    let f = fe("172.20.0.11", Proto::Tcp, 30080);
+    assert_eq!(
+        p.services.get(&f),
+        Some(&Target::Ext {
+            n: 1,
+            affinity: false
+        })
+    );
+    assert_eq!(backends_of(&p, f), vec!["10.244.1.5:8080"]);
+    assert_eq!(
+        Target::Ext {
+            n: 1,
+            affinity: false
+        }
+        .chain(),
+        "ext-1"
+    );
+    assert_eq!(
+        p.services.get(&fe("10.96.0.40", Proto::Tcp, 80)),
+        Some(&Target::Lb {
+            n: 1,
+            affinity: false
+        })
+    );
+}
+
+#[test]
+fn external_traffic_policy_local_uses_local_endpoints_or_drops() {
+    let s = svc(json!({"metadata": {"name": "lb", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.41", "selector": {"a": "b"},
+                 "externalTrafficPolicy": "Local", "loadBalancerSourceRanges": ["172.20.0.0/28"],
+                 "ports": [{"name": "http", "port": 80, "nodePort": 30081}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "172.20.0.240"}]}}}));
+    let eps = [
+        ("10.244.1.5", "n2", R, R, false),
+        ("10.244.0.5", "n1", R, R, false),
+    ];
+    let p = compile(
+        &node("n1"),
+        std::slice::from_ref(&s),
+        &[slice("lb", 8080, &eps)],
+    );
+    let lb = fe("172.20.0.240", Proto::Tcp, 80);
+    assert_eq!(
+        p.services.get(&lb),
+        Some(&Target::ExtLocal {
+            n: 2,
+            local: 1,
+            affinity: false
+        })
+    );
+    assert_eq!(
+        backends_of(&p, lb)[0],
+        "10.244.0.5:8080",
+        "local endpoint first"
+    );
+    assert_eq!(
+        p.firewall.get(&lb),
+        Some(&vec!["172.20.0.0/28".parse().unwrap()])
+    );
+    // On a node without a local endpoint, external clients are dropped.
+    let p2 = compile(&node("n3"), &[s], &[slice("lb", 8080, &eps)]);
+    let t = p2.services[&lb];
+    assert_eq!(
+        t,
+        Target::ExtLocal {
+            n: 2,
+            local: 0,
+            affinity: false
+        }
+    );
+    assert_eq!(
+        DynChain::ExtLocal {
+            n: 2,
+            local: 0,
+            affinity: false
+        }
+        .rules()
+        .last()
+        .map(String::as_str),
+        Some("drop")
+    );
+}
+
+#[test]
+fn internal_traffic_policy_local_drops_without_local_endpoint() {
+    let mut s = basic("web", "10.96.0.20");
+    s.spec.internal_traffic_policy = Some("Local".to_string());
+    let eps = [("10.244.1.5", "n2", R, R, false)];
+    let p = compile(
+        &node("n1"),
+        std::slice::from_ref(&s),
+        &[slice("web", 8080, &eps)],
+    );
+    assert_eq!(
+        p.no_endpoints.get(&fe("10.96.0.20", Proto::Tcp, 80)),
+        Some(&Refusal::Drop)
+    );
+    let p = compile(&node("n2"), &[s], &[slice("web", 8080, &eps)]);
+    assert_eq!(
+        p.services.get(&fe("10.96.0.20", Proto::Tcp, 80)),
+        Some(&Target::Lb {
+            n: 1,
+            affinity: false
+        })
+    );
+}
+
+#[test]
+fn affinity_shares_one_id_across_a_ports_frontends() {
+    let s = svc(json!({"metadata": {"name": "np", "namespace": "default"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.0.40", "selector": {"a": "b"},
+                 "sessionAffinity": "ClientIP",
+                 "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+                 "externalIPs": ["192.0.2.10"],
+                 "ports": [{"name": "http", "port": 80, "nodePort": 30080},
+                           {"name": "dns", "protocol": "UDP", "port": 53, "nodePort": 30053}]}}));
+    let slices = [
+        slice("np", 8080, &[("10.244.1.5", "n2", R, R, false)]),
+        slice_named(
+            "np",
+            "dns",
+            "UDP",
+            5353,
+            &[("10.244.1.5", "n2", R, R, false)],
+        ),
+    ];
+    let p = compile(&node("n1"), &[s], &slices);
+    let http: BTreeSet<u32> = [
+        fe("10.96.0.40", Proto::Tcp, 80),
+        fe("192.0.2.10", Proto::Tcp, 80),
+        fe("172.20.0.11", Proto::Tcp, 30080),
+    ]
+    .iter()
+    .map(|f| p.affinity_ids[f] & !MASQ_MARK)
+    .collect();
+    assert_eq!(
+        http.len(),
+        1,
+        "one id, with the masquerade bit on external frontends"
+    );
+    assert_eq!(
+        p.affinity_ids[&fe("172.20.0.11", Proto::Tcp, 30080)] & MASQ_MARK,
+        MASQ_MARK
+    );
+    assert_eq!(
+        p.affinity_ids[&fe("10.96.0.40", Proto::Tcp, 80)] & MASQ_MARK,
+        0
+    );
+    let dns = p.affinity_ids[&fe("10.96.0.40", Proto::Udp, 53)];
+    assert!(!http.contains(&dns), "each service port has its own id");
+    assert_eq!(p.affinity_timeouts.get(&dns), Some(&60));
+    assert!(p.dyn_chains().contains(&DynChain::Record { timeout: 60 }));
+    assert!(p.dyn_chains().contains(&DynChain::Aff { n: 1 }));
+}
+
+#[test]
+fn multiple_ports_and_protocols_are_independent() {
+    let s = svc(json!({"metadata": {"name": "m", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.50", "selector": {"a": "b"},
+                 "ports": [{"name": "tcp", "port": 53}, {"name": "udp", "protocol": "UDP", "port": 53}]}}));
+    let slices = [slice_named(
+        "m",
+        "udp",
+        "UDP",
+        5353,
+        &[("10.244.1.5", "n2", R, R, false)],
+    )];
+    let p = compile(&node("n1"), &[s], &slices);
+    assert_eq!(
+        p.no_endpoints.get(&fe("10.96.0.50", Proto::Tcp, 53)),
+        Some(&Refusal::Reject)
+    );
+    assert_eq!(
+        backends_of(&p, fe("10.96.0.50", Proto::Udp, 53)),
+        vec!["10.244.1.5:5353"]
+    );
+}
+
+#[test]
+fn a_frontend_claimed_twice_goes_to_the_first_service() {
+    let a = basic("a", "10.96.0.60");
+    let mut b = basic("b", "10.96.0.61");
+    b.spec.external_ips = vec!["10.96.0.60".to_string()];
+    let p = compile(&node("n1"), &[b, a], &[]);
+    assert_eq!(p.skipped.len(), 1);
+    assert!(p.skipped[0].0.starts_with("default/b"));
+}
+
+/// A cluster of `n` services with 3 endpoints each; endpoint IPs depend on `salt`.
+fn many(n: u32, salt: u32) -> (Vec<Service>, Vec<EndpointSlice>) {
+    let mut svcs = Vec::new();
+    let mut slices = Vec::new();
+    for i in 0..n {
+        let name = format!("s{i}");
+        let ip = format!("10.96.{}.{}", i / 250, i % 250 + 2);
+        svcs.push(basic(&name, &ip));
+        let eps: Vec<(String, String)> = (0..3)
+            .map(|j| {
+                let k = i * 3 + j + salt;
+                (
+                    format!("10.244.{}.{}", k / 250, k % 250 + 2),
+                    format!("n{}", k % 3),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, &str, bool, bool, bool)> = eps
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str(), R, R, false))
+            .collect();
+        slices.push(slice(&name, 8080, &refs));
+    }
+    (svcs, slices)
+}
+
+#[test]
+fn one_endpoint_change_touches_only_that_services_elements() {
+    let (svcs, mut slices) = many(1000, 0);
+    let before = compile(&node("n1"), &svcs, &slices);
+    slices[500].endpoints[1].addresses = vec!["10.250.0.1".to_string()];
+    let after = compile(&node("n1"), &svcs, &slices);
+    let d = diff(&before, &after);
+    assert!(!d.ops.is_empty());
+    assert!(
+        d.ops.len() <= 8,
+        "{} ops: {}",
+        d.ops.len(),
+        render_ops(&d.ops)
+    );
+    assert!(d.add_chains.is_empty() && d.delete_chains.is_empty());
+    for op in &d.ops {
+        let key = match op {
+            ElemOp::Add { key, .. } | ElemOp::Delete { key, .. } => key,
+        };
+        match key {
+            Key::Slot(f, _) => assert_eq!(f.ip.to_string(), "10.96.2.2"),
+            Key::IpPair(..) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn identical_plans_have_an_empty_diff_and_input_order_does_not_matter() {
+    let (mut svcs, mut slices) = many(50, 7);
+    let a = compile(&node("n1"), &svcs, &slices);
+    svcs.reverse();
+    slices.reverse();
+    let b = compile(&node("n1"), &svcs, &slices);
+    assert_eq!(a, b);
+    assert!(diff(&a, &b).is_empty());
+}
+
+#[test]
+fn removed_udp_endpoints_are_reported_for_conntrack_cleanup() {
+    let s = svc(json!({"metadata": {"name": "u", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.70", "selector": {"a": "b"},
+                 "ports": [{"name": "dns", "protocol": "UDP", "port": 53}]}}));
+    let one = [slice_named(
+        "u",
+        "dns",
+        "UDP",
+        53,
+        &[("10.244.1.5", "n2", R, R, false)],
+    )];
+    let other = [slice_named(
+        "u",
+        "dns",
+        "UDP",
+        53,
+        &[("10.244.1.6", "n2", R, R, false)],
+    )];
+    let empty = compile(&node("n1"), std::slice::from_ref(&s), &[]);
+    let a = compile(&node("n1"), std::slice::from_ref(&s), &one);
+    let b = compile(&node("n1"), std::slice::from_ref(&s), &other);
+    let f = fe("10.96.0.70", Proto::Udp, 53);
+    assert_eq!(
+        diff(&a, &b).stale_udp,
+        vec![(f, "10.244.1.5".parse().unwrap())]
+    );
+    assert_eq!(diff(&empty, &a).revived_udp, vec![f]);
+}
+
+/// Applies element operations to a model of the maps, as the kernel would.
+fn apply(state: &mut BTreeMap<(&'static str, Key), Value>, ops: &[ElemOp]) {
+    for op in ops {
+        match op {
+            ElemOp::Add { map, key, value } => {
+                let old = state.insert((map, key.clone()), value.clone());
+                assert!(old.is_none(), "add of an existing element {map} {key:?}");
+            }
+            ElemOp::Delete { map, key } => {
+                assert!(
+                    state.remove(&(*map, key.clone())).is_some(),
+                    "delete of a missing element {map} {key:?}"
+                );
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    /// Applying diff(old, new) to old's elements gives exactly new's elements, with no add of
+    /// an existing key and no delete of a missing one (the kernel would refuse either).
+    #[test]
+    fn diff_turns_old_into_new(
+        a in proptest::collection::vec((0u32..6, 0u32..4, any::<bool>(), 0u8..3), 0..12),
+        b in proptest::collection::vec((0u32..6, 0u32..4, any::<bool>(), 0u8..3), 0..12),
+    ) {
+        let build = |spec: &[(u32, u32, bool, u8)]| {
+            let mut svcs = Vec::new();
+            let mut slices = Vec::new();
+            for (i, (s, eps, ready, flavour)) in spec.iter().enumerate() {
+                let name = format!("s{s}");
+                if svcs.iter().any(|x: &Service| x.metadata.name == name) { continue; }
+                let mut v = basic(&name, &format!("10.96.0.{}", s + 2));
+                match flavour {
+                    1 => v.spec.session_affinity = Some("ClientIP".to_string()),
+                    2 => { v.spec.type_ = Some("NodePort".to_string());
+                           v.spec.ports[0].node_port = Some(30000 + *s as u16);
+                           v.spec.external_traffic_policy = Some("Local".to_string()); }
+                    _ => {}
+                }
+                svcs.push(v);
+                let ips: Vec<String> = (0..*eps).map(|j| format!("10.244.{}.{}", i, j + 2)).collect();
+                let refs: Vec<(&str, &str, bool, bool, bool)> = ips.iter().enumerate()
+                    .map(|(j, ip)| (ip.as_str(), if j % 2 == 0 { "n1" } else { "n2" }, *ready, true, false)).collect();
+                slices.push(slice(&name, 8080, &refs));
+            }
+            compile(&node("n1"), &svcs, &slices)
+        };
+        let (old, new) = (build(&a), build(&b));
+        let mut state = BTreeMap::new();
+        apply(&mut state, &old.all_ops());
+        apply(&mut state, &diff(&old, &new).ops);
+        let mut expect = BTreeMap::new();
+        apply(&mut expect, &new.all_ops());
+        prop_assert_eq!(state, expect);
+        // Every chain an element points at exists in the new plan.
+        let chains: BTreeSet<String> = new.dyn_chains().iter().map(DynChain::name).collect();
+        for t in new.services.values() {
+            prop_assert!(chains.contains(&t.chain()));
+        }
+    }
+}
+
+#[test]
+fn rendered_structure_matches_golden_file() {
+    let s = svc(json!({"metadata": {"name": "lb", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.41", "selector": {"a": "b"},
+                 "externalTrafficPolicy": "Local", "loadBalancerSourceRanges": ["172.20.0.0/28"],
+                 "sessionAffinity": "ClientIP",
+                 "ports": [{"name": "http", "port": 80, "nodePort": 30081}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "172.20.0.240"}]}}}));
+    let eps = [
+        ("10.244.1.5", "n2", R, R, false),
+        ("10.244.0.5", "n1", R, R, false),
+    ];
+    let p = compile(
+        &node("n1"),
+        &[s, basic("web", "10.96.0.20")],
+        &[slice("lb", 8080, &eps)],
+    );
+    let text = format!(
+        "# structure\n{}# elements\n{}",
+        render_structure(&p, &p.dyn_chains()),
+        render_ops(&p.all_ops())
+    );
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/services.nft");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &text).unwrap();
+    }
+    let golden = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
+    assert_eq!(
+        text, golden,
+        "run with UPDATE_GOLDEN=1 to refresh after a deliberate change"
+    );
+}
