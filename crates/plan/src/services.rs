@@ -1264,4 +1264,5 @@ pub fn render_ops(ops: &[ElemOp]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests;
