@@ -11,7 +11,7 @@
 //! - `manifest` — [`parse_manifests`]: YAML/JSON documents, `List` expansion, create defaults.
 //! - `validate` — [`validate`]: per-kind field checks with exact paths and values.
 //! - `names` — DNS label/subdomain, label key/value, IANA port name syntax.
-//! - `meta`, `pod`, `service`, `cluster`, `secret` — typed views.
+//! - `meta`, `pod`, `service`, `cluster`, `secret`, `policy` — typed views.
 //!
 //! This crate must not do IO (files, network, clock, environment): callers pass text in and
 //! get values out.
@@ -24,6 +24,7 @@ mod meta;
 pub mod names;
 mod object;
 mod pod;
+mod policy;
 mod secret;
 mod service;
 mod validate;
@@ -37,6 +38,10 @@ pub use object::{Object, list_json, object_key, to_yaml};
 pub use pod::{
     Container, ContainerPort, Deployment, DeploymentSpec, ExecAction, HttpGetAction, Pod, PodIp,
     PodSpec, PodStatus, PodTemplate, Probe, TcpSocketAction,
+};
+pub use policy::{
+    IpBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
 };
 pub use secret::{Secret, base64_decode, base64_encode};
 pub use service::{
