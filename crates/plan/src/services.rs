@@ -1222,6 +1222,29 @@ pub fn render_structure(plan: &ServicePlan, chains: &BTreeSet<DynChain>) -> Stri
     s
 }
 
+/// Whether `name` is one of the chains made per distinct endpoint count (`lb-3`, `ext-aff-2`,
+/// `extl-4-1`, `affinity-60`, ...), which the proxy deletes when nothing points at them.
+pub fn is_dyn_chain_name(name: &str) -> bool {
+    let prefixes = [
+        "lb-",
+        "aff-",
+        "laff-",
+        "ext-aff-",
+        "ext-",
+        "extl-aff-",
+        "extl-",
+        "affinity-",
+    ];
+    prefixes.iter().any(|p| {
+        name.strip_prefix(p).is_some_and(|rest| {
+            !rest.is_empty()
+                && rest
+                    .split('-')
+                    .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+    })
+}
+
 /// `nft` text for deleting chains that nothing points at any more.
 pub fn render_delete_chains(chains: &[DynChain]) -> String {
     let mut s = String::new();

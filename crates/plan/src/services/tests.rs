@@ -570,3 +570,44 @@ fn rendered_structure_matches_golden_file() {
         "run with UPDATE_GOLDEN=1 to refresh after a deliberate change"
     );
 }
+
+#[test]
+fn every_dynamic_chain_name_is_recognised_and_fixed_ones_are_not() {
+    let all = [
+        DynChain::Lb { n: 3 },
+        DynChain::Aff { n: 2 },
+        DynChain::LocalAff { n: 1 },
+        DynChain::Ext {
+            n: 4,
+            affinity: false,
+        },
+        DynChain::Ext {
+            n: 4,
+            affinity: true,
+        },
+        DynChain::ExtLocal {
+            n: 4,
+            local: 0,
+            affinity: false,
+        },
+        DynChain::ExtLocal {
+            n: 4,
+            local: 2,
+            affinity: true,
+        },
+        DynChain::Record { timeout: 60 },
+    ];
+    for c in all {
+        assert!(is_dyn_chain_name(&c.name()), "{}", c.name());
+    }
+    for fixed in [
+        "refuse",
+        "nat-prerouting",
+        "filter-output-post-dnat",
+        "affinity-output",
+        "lb-",
+        "lb-x",
+    ] {
+        assert!(!is_dyn_chain_name(fixed), "{fixed}");
+    }
+}
