@@ -6,11 +6,14 @@
 //! - `netlink`: a small synchronous rtnetlink socket (no async runtime: the CNI plugin is a
 //!   short-lived process and must start fast).
 //! - `sysctl`: read and write `/proc/sys` of the calling thread's namespace.
+//! - `nft`: nftables set and map elements as one nfnetlink transaction, and `nft -f` for
+//!   structure.
 //!
 //! This crate must not decide anything: callers tell it exactly what to create or remove.
 
 pub mod netlink;
 pub mod netns;
+pub mod nft;
 pub mod sysctl;
 
 pub use netlink::{Handle, Link, NetlinkError};
