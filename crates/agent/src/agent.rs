@@ -18,6 +18,7 @@ use crate::lease::{self, HeldLease, LeaseError, LeaseRequest, key_cidr};
 use crate::plan::{
     Backend, Change, Lease, LeaseAttrs, UnderlayInfo, check_remote, compile, diff, pod_mtu,
 };
+use crate::proxy::{ProxyConfig, ProxyDataplane, ProxyReport, ProxyStatus};
 use crate::{AgentConfig, AgentError};
 
 /// First wait after the store failed; doubles up to [`BACKOFF_MAX`].
@@ -50,6 +51,9 @@ pub struct AgentStatus {
     /// Pod CIDRs of the other nodes this node routes to, as of the last complete apply.
     #[serde(default)]
     pub peers: Vec<Ipv4Net>,
+    /// The service proxy.
+    #[serde(default)]
+    pub proxy: ProxyStatus,
 }
 
 fn lock<D>(dp: &Shared<D>) -> MutexGuard<'_, D> {
@@ -76,7 +80,7 @@ fn next_backoff(b: Duration) -> Duration {
 /// The agent with an explicit store and dataplane (`run` uses etcd and the node's netns).
 /// Returns `Ok(())` once `shutdown` completes; the dataplane and the lease are left as they are
 /// (the lease runs out after its TTL unless the agent comes back), so a restart is hitless.
-pub async fn run_with<S: Store, D: Dataplane>(
+pub async fn run_with<S: Store, D: Dataplane + ProxyDataplane>(
     store: S,
     dp: Shared<D>,
     cfg: AgentConfig,
@@ -85,7 +89,20 @@ pub async fn run_with<S: Store, D: Dataplane>(
     let span = tracing::info_span!("agent", node = %cfg.node);
     let body = async move {
         let mut agent = Agent::start(store, dp, cfg).await?;
-        agent.run().await
+        let proxy = crate::proxy::run(
+            agent.store.clone(),
+            agent.dp.clone(),
+            ProxyConfig {
+                node: agent.cfg.node.clone(),
+                addresses: vec![agent.underlay.ip],
+                cluster_cidr: agent.net.pod_cidr,
+            },
+            agent.report.clone(),
+        );
+        tokio::select! {
+            r = agent.run() => r,
+            () = proxy => Ok(()),
+        }
     };
     tokio::select! {
         r = body.instrument(span.clone()) => r,
@@ -96,7 +113,7 @@ pub async fn run_with<S: Store, D: Dataplane>(
     }
 }
 
-struct Agent<S: Store, D: Dataplane> {
+struct Agent<S: Store, D: Dataplane + ProxyDataplane> {
     cfg: AgentConfig,
     store: S,
     dp: Shared<D>,
@@ -117,6 +134,8 @@ struct Agent<S: Store, D: Dataplane> {
     apply_error: Option<String>,
     /// A change of the underlay that needs a restart.
     underlay_error: Option<String>,
+    /// What the service proxy reports; a change is written to the status at once.
+    report: ProxyReport,
 }
 
 /// Waits out store outages (and a missing config key) with backoff; other errors end it.
@@ -144,7 +163,7 @@ async fn wait_config<S: Store>(store: &S) -> Result<NetworkConfig, AgentError> {
     }
 }
 
-impl<S: Store, D: Dataplane> Agent<S, D> {
+impl<S: Store, D: Dataplane + ProxyDataplane> Agent<S, D> {
     async fn start(store: S, dp: Shared<D>, cfg: AgentConfig) -> Result<Self, AgentError> {
         let net = wait_config(&store).await?;
         let dev = cfg.underlay_dev.clone();
@@ -184,6 +203,7 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
             need_reclaim: false,
             apply_error: Some("not applied yet".into()),
             underlay_error: None,
+            report: ProxyReport::default(),
         })
     }
 
@@ -197,6 +217,7 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
         loop {
             tokio::select! {
                 _ = tick.tick() => self.heartbeat().await?,
+                () = self.report.changed.notified() => self.write_status().await,
                 () = sleep_until(resync_at), if watch.is_none() => match self.resync().await {
                     Ok(rx) => {
                         watch = Some(rx);
@@ -514,6 +535,7 @@ impl<S: Store, D: Dataplane> Agent<S, D> {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             peers: self.peers.clone(),
+            proxy: self.report.get(),
         };
         let key = keys::agent(&self.cfg.node);
         let put = match store::encode(&key, &status) {

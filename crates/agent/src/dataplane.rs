@@ -51,6 +51,116 @@ pub struct MemDataplane {
     pub applied: Vec<Change>,
     /// When set, `observe` and `apply` fail with this message.
     pub fail: Option<String>,
+    /// The service proxy's side.
+    pub nft: MemNft,
+}
+
+/// The service proxy's table in memory: elements as their `nft` text, the scripts run, the
+/// cleanups asked for.
+#[derive(Debug, Clone, Default)]
+pub struct MemNft {
+    /// `(map, key)` -> value, as `render_ops` prints them.
+    pub elements: std::collections::BTreeMap<(String, String), String>,
+    pub chains: std::collections::BTreeSet<String>,
+    pub scripts: Vec<String>,
+    /// Element transactions: (number of operations, flushed first).
+    pub transactions: Vec<(usize, bool)>,
+    pub forgotten_udp: Vec<String>,
+    pub forgotten_affinity: Vec<(u32, Vec<String>)>,
+    /// When set, every call fails with this message.
+    pub fail: Option<String>,
+}
+
+impl crate::proxy::ProxyDataplane for MemDataplane {
+    fn nft_script(&mut self, script: &str) -> Result<(), String> {
+        let n = &mut self.nft;
+        if let Some(f) = &n.fail {
+            return Err(f.clone());
+        }
+        for line in script.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["add", "chain", _, _, name, ..] => {
+                    n.chains.insert((*name).to_string());
+                }
+                ["delete", "chain", _, _, name] => {
+                    n.chains.remove(*name);
+                }
+                _ => {}
+            }
+        }
+        n.scripts.push(script.to_string());
+        Ok(())
+    }
+
+    fn nft_elements(&mut self, ops: &[plan::services::ElemOp], flush: bool) -> Result<(), String> {
+        use plan::services::{ElemOp, STATIC_MAPS, render_ops};
+        let n = &mut self.nft;
+        if let Some(f) = &n.fail {
+            return Err(f.clone());
+        }
+        let mut next = n.elements.clone();
+        if flush {
+            next.retain(|(map, _), _| !STATIC_MAPS.contains(&map.as_str()));
+        }
+        for op in ops {
+            // "add element inet flatnet MAP { KEY : VALUE }"
+            let text = render_ops(std::slice::from_ref(op));
+            let inner = text
+                .split_once('{')
+                .and_then(|(_, r)| r.rsplit_once('}'))
+                .map(|(i, _)| i.trim().to_string())
+                .unwrap_or_default();
+            let (key, value) = match inner.split_once(" : ") {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => (inner, String::new()),
+            };
+            match op {
+                ElemOp::Add { map, .. } => {
+                    if next.insert((map.to_string(), key.clone()), value).is_some() {
+                        return Err(format!("map {map}: add element {key}: File exists"));
+                    }
+                }
+                ElemOp::Delete { map, .. } => {
+                    if next.remove(&(map.to_string(), key.clone())).is_none() {
+                        return Err(format!(
+                            "map {map}: delete element {key}: No such file or directory"
+                        ));
+                    }
+                }
+            }
+        }
+        n.elements = next;
+        n.transactions.push((ops.len(), flush));
+        Ok(())
+    }
+
+    fn nft_chains(&mut self) -> Result<Vec<String>, String> {
+        Ok(self.nft.chains.iter().cloned().collect())
+    }
+
+    fn forget_udp(
+        &mut self,
+        fe: &plan::services::Frontend,
+        endpoint: Option<std::net::Ipv4Addr>,
+    ) -> Result<(), String> {
+        self.nft.forgotten_udp.push(match endpoint {
+            Some(ep) => format!("{fe} via {ep}"),
+            None => fe.to_string(),
+        });
+        Ok(())
+    }
+
+    fn forget_affinity(
+        &mut self,
+        mark: u32,
+        gone: &[plan::services::Backend],
+    ) -> Result<(), String> {
+        self.nft
+            .forgotten_affinity
+            .push((mark, gone.iter().map(ToString::to_string).collect()));
+        Ok(())
+    }
 }
 
 impl MemDataplane {
@@ -60,6 +170,7 @@ impl MemDataplane {
             state: NodePlan::default(),
             applied: Vec::new(),
             fail: None,
+            nft: MemNft::default(),
         }
     }
 

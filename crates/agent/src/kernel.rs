@@ -6,8 +6,10 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use datapath::netlink::{Route as KRoute, VxlanSpec};
+use datapath::nft;
 use datapath::{Handle, NetNs, NetlinkError, sysctl};
 use ipnet::Ipv4Net;
+use plan::services::{self as svc, Backend as SvcBackend, ElemOp, Frontend, Key, Value};
 
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::plan::{
@@ -20,6 +22,8 @@ use crate::plan::{
 pub struct NetnsDataplane {
     ns: Option<NetNs>,
     handle: Handle,
+    /// The nfnetlink socket of the service proxy, opened on first use.
+    nft: Option<nft::Nft>,
 }
 
 impl std::fmt::Debug for NetnsDataplane {
@@ -46,13 +50,29 @@ impl NetnsDataplane {
                 Ok(NetnsDataplane {
                     ns: Some(ns),
                     handle,
+                    nft: None,
                 })
             }
             None => Ok(NetnsDataplane {
                 ns: None,
                 handle: Handle::new().map_err(nl("open netlink"))?,
+                nft: None,
             }),
         }
+    }
+
+    fn ns_path(&self) -> Option<&Path> {
+        self.ns.as_ref().map(NetNs::path)
+    }
+
+    fn nft(&mut self) -> Result<&mut nft::Nft, String> {
+        if self.nft.is_none() {
+            let nft = nft::Nft::open(self.ns_path()).map_err(|e| e.to_string())?;
+            self.nft = Some(nft);
+        }
+        self.nft
+            .as_mut()
+            .ok_or_else(|| "nfnetlink socket not open".to_string())
     }
 
     fn in_ns<T>(&self, f: impl FnOnce() -> T) -> Result<T, DataplaneError> {
@@ -316,5 +336,122 @@ impl Dataplane for NetnsDataplane {
                 total: changes.len(),
             })
         }
+    }
+}
+
+/// The service proxy's table: structure through `nft -f`, elements through one nfnetlink
+/// batch per transaction, conntrack through the `conntrack` tool.
+impl crate::proxy::ProxyDataplane for NetnsDataplane {
+    fn nft_script(&mut self, script: &str) -> Result<(), String> {
+        nft::run_script(self.ns_path(), script).map_err(|e| e.to_string())
+    }
+
+    fn nft_elements(&mut self, ops: &[ElemOp], flush: bool) -> Result<(), String> {
+        let mut batch = nft::Batch::new(nft::Family::Inet, svc::TABLE);
+        if flush {
+            for map in svc::STATIC_MAPS {
+                batch.flush(map);
+            }
+        }
+        for op in ops {
+            match op {
+                ElemOp::Add { map, key, value } => {
+                    let key = key_fields(key);
+                    let e = match value_data(value) {
+                        Some(data) => nft::Element::map(key, data),
+                        None => nft::Element::key(key),
+                    };
+                    batch.add(map, e);
+                }
+                ElemOp::Delete { map, key } => batch.delete(map, key_fields(key)),
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.nft()?.commit(&batch).map_err(|e| e.to_string())
+    }
+
+    fn nft_chains(&mut self) -> Result<Vec<String>, String> {
+        datapath::tools::nft_chains(self.ns_path(), "inet", svc::TABLE).map_err(|e| e.to_string())
+    }
+
+    fn forget_udp(&mut self, fe: &Frontend, endpoint: Option<Ipv4Addr>) -> Result<(), String> {
+        datapath::tools::conntrack_delete_udp(self.ns_path(), fe.ip, fe.port, endpoint)
+            .map(|n| {
+                if n > 0 {
+                    tracing::info!(frontend = %fe, endpoint = ?endpoint, flows = n, "forgot stale UDP flows");
+                }
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    fn forget_affinity(&mut self, mark: u32, gone: &[SvcBackend]) -> Result<(), String> {
+        use nft::{Data, Field, FieldKind};
+        let nft = self.nft()?;
+        let elems = nft
+            .list_elements(
+                svc::TABLE,
+                svc::maps::AFFINITY,
+                &[FieldKind::Ipv4, FieldKind::Mark],
+                Some(&[FieldKind::Ipv4, FieldKind::Port]),
+            )
+            .map_err(|e| e.to_string())?;
+        let mut batch = nft::Batch::new(nft::Family::Inet, svc::TABLE);
+        for e in elems {
+            let pinned = match &e.data {
+                Some(Data::Concat(d)) => match d.as_slice() {
+                    [Field::Ipv4(ip), Field::Port(port)] => Some(SvcBackend {
+                        ip: *ip,
+                        port: *port,
+                    }),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let ours = matches!(e.key.get(1), Some(Field::Mark(m)) if *m == mark);
+            if ours && pinned.is_some_and(|b| gone.contains(&b)) {
+                batch.delete(svc::maps::AFFINITY, e.key.clone());
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        nft.commit(&batch).map_err(|e| e.to_string())
+    }
+}
+
+fn frontend_fields(f: &Frontend) -> Vec<nft::Field> {
+    vec![
+        nft::Field::Ipv4(f.ip),
+        nft::Field::Proto(f.proto.number()),
+        nft::Field::Port(f.port),
+    ]
+}
+
+fn key_fields(k: &Key) -> Vec<nft::Field> {
+    match k {
+        Key::Frontend(f) => frontend_fields(f),
+        Key::Slot(f, slot) => {
+            let mut v = frontend_fields(f);
+            v.push(nft::Field::Mark(*slot));
+            v
+        }
+        Key::Id(id) => vec![nft::Field::Mark(*id)],
+        Key::Ip(ip) => vec![nft::Field::Ipv4(*ip)],
+        Key::IpPair(a, b) => vec![nft::Field::Ipv4(*a), nft::Field::Ipv4(*b)],
+    }
+}
+
+fn value_data(v: &Value) -> Option<nft::Data> {
+    match v {
+        Value::None => None,
+        Value::Goto(chain) => Some(nft::Data::Verdict(nft::Verdict::Goto(chain.clone()))),
+        Value::Drop => Some(nft::Data::Verdict(nft::Verdict::Drop)),
+        Value::Backend(b) => Some(nft::Data::Concat(vec![
+            nft::Field::Ipv4(b.ip),
+            nft::Field::Port(b.port),
+        ])),
+        Value::Mark(m) => Some(nft::Data::Concat(vec![nft::Field::Mark(*m)])),
     }
 }

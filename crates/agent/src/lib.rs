@@ -10,6 +10,8 @@
 //! - [`dataplane`]: the [`Dataplane`] seam and [`MemDataplane`], its in-memory fake.
 //! - `kernel`: [`NetnsDataplane`], the only code here that touches the kernel (via `datapath`).
 //! - `agent`: the loop ([`run_with`]): list + watch, renew, reconcile, status.
+//! - [`proxy`]: the service proxy: Services + EndpointSlices -> `inet flatnet` map elements,
+//!   applied incrementally (compiled by `plan::services`).
 //!
 //! Restarts are hitless: every route the agent installs carries [`plan::ROUTE_PROTOCOL`], so
 //! an agent reads back what it owns and applies only the difference; nothing is flushed, not
@@ -24,6 +26,7 @@ pub mod dataplane;
 mod kernel;
 pub mod lease;
 pub mod plan;
+pub mod proxy;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -745,3 +745,139 @@ fn two_agents_with_etcd_converge_and_reach_each_other() {
         }
     });
 }
+
+/// A TCP server in `ns` on `port` that answers every connection with `name` and closes.
+fn name_server(ns: &Ns, port: u16, name: &'static str) -> Arc<AtomicBool> {
+    let listener = ns
+        .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    std::thread::spawn(move || {
+        while !stopped.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.write_all(name.as_bytes());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    stop
+}
+
+/// Connects from `ns` to `addr` and reads the answer; Err(kind) when it fails.
+fn ask(ns: &Ns, addr: &str) -> Result<String, std::io::ErrorKind> {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let mut s = ns
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .map_err(|e| e.kind())?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.kind())?;
+    Ok(out)
+}
+
+fn web_service(endpoints: &[&str]) -> (Vec<model::Service>, Vec<model::EndpointSlice>) {
+    let svc = serde_json::json!({"metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.20", "selector": {"app": "web"},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}});
+    let empty = serde_json::json!({"metadata": {"name": "empty", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.21", "selector": {"app": "none"},
+                 "ports": [{"name": "http", "port": 80}]}});
+    let eps: Vec<Value> = endpoints
+        .iter()
+        .map(|ip| serde_json::json!({"addresses": [ip], "conditions": {"ready": true}, "nodeName": "a"}))
+        .collect();
+    let slice = serde_json::json!({"metadata": {"name": "web-x", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4", "endpoints": eps,
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]});
+    (
+        vec![
+            serde_json::from_value(svc).unwrap(),
+            serde_json::from_value(empty).unwrap(),
+        ],
+        vec![serde_json::from_value(slice).unwrap()],
+    )
+}
+
+#[test]
+fn service_maps_dnat_real_connections_and_survive_a_restart() {
+    use agent::proxy::Applier;
+    use plan::services::{NodeView, compile};
+    let Some(nodes) = two_nodes(71) else { return };
+    let node = &nodes.a;
+    assert!(node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]));
+    let client = pod(node, "10.244.0.5", "vc");
+    let s1 = pod(node, "10.244.0.6", "vs1");
+    let s2 = pod(node, "10.244.0.7", "vs2");
+    let stops = [name_server(&s1, 8080, "s1"), name_server(&s2, 8080, "s2")];
+    let view = NodeView {
+        name: "a".into(),
+        addresses: vec![Ipv4Addr::new(10, 99, 71, 1)],
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+    };
+    let mut dp = NetnsDataplane::open(Some(&node.path())).unwrap();
+    let mut applier = Applier::default();
+    let (svcs, slices) = web_service(&["10.244.0.6", "10.244.0.7"]);
+    applier
+        .apply(&mut dp, compile(&view, &svcs, &slices))
+        .unwrap();
+
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(ask(&client, "10.96.0.20:80").unwrap());
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec!["s1", "s2"]);
+    assert_eq!(
+        ask(&client, "10.96.0.21:80"),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "no endpoints: refused at once"
+    );
+    assert_eq!(
+        ask(&client, "10.96.0.20:81"),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "a port the service lacks: refused"
+    );
+
+    // A restarted agent (a new Applier, the table still there) reloads without error, and a
+    // change afterwards touches only its elements.
+    let mut applier = Applier::default();
+    let (svcs, slices) = web_service(&["10.244.0.7"]);
+    applier
+        .apply(&mut dp, compile(&view, &svcs, &slices))
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(ask(&client, "10.96.0.20:80").unwrap(), "s2");
+    }
+    let (svcs, slices) = web_service(&["10.244.0.6"]);
+    applier
+        .apply(&mut dp, compile(&view, &svcs, &slices))
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(ask(&client, "10.96.0.20:80").unwrap(), "s1");
+    }
+    let listed = Command::new("nsenter")
+        .args([
+            &format!("--net={}", node.path().display()),
+            "nft",
+            "-j",
+            "list",
+            "map",
+            "inet",
+            "flatnet",
+            "backends",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains("10.244.0.6") && !text.contains("10.244.0.7"),
+        "{text}"
+    );
+    for s in stops {
+        s.store(true, Ordering::Relaxed);
+    }
+}

@@ -8,6 +8,7 @@
 //! - `sysctl`: read and write `/proc/sys` of the calling thread's namespace.
 //! - `nft`: nftables set and map elements as one nfnetlink transaction, and `nft -f` for
 //!   structure.
+//! - `tools`: `conntrack` and `nft -j list chains`, run inside a namespace.
 //!
 //! This crate must not decide anything: callers tell it exactly what to create or remove.
 
@@ -15,6 +16,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nft;
 pub mod sysctl;
+pub mod tools;
 
 pub use netlink::{Handle, Link, NetlinkError};
 pub use netns::{NetNs, NetnsError, remount_sys};

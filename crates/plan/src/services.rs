@@ -1184,8 +1184,8 @@ pub fn render_structure(plan: &ServicePlan, chains: &BTreeSet<DynChain>) -> Stri
         maps::CLUSTER_IPS
     )];
     chain(
-        "filter-forward",
-        Some("type filter hook forward priority -10; policy accept;"),
+        "filter-prerouting-post-dnat",
+        Some("type filter hook prerouting priority -90; policy accept;"),
         &invalid,
     );
     chain(

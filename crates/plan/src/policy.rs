@@ -1,1 +1,0 @@
-//! NetworkPolicy compiler and evaluator (see crate docs).
