@@ -492,3 +492,75 @@ fn wait_readable(socket: &Socket) -> bool {
     let r = unsafe { libc::poll(&mut fd, 1, ACK_WAIT.as_millis() as libc::c_int) };
     r > 0
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::net::Ipv4Addr;
+
+    use super::wire::{NFTA_SET_ELEM_FLAGS, Writer};
+    use super::*;
+
+    /// One element's attributes as the kernel dumps them.
+    fn element(key: &[u8], verdict: Option<(i32, Option<&str>)>, flags: Option<u32>) -> Vec<u8> {
+        let mut w = Writer::default();
+        let k = w.nest(NFTA_SET_ELEM_KEY);
+        w.attr(NFTA_DATA_VALUE, key);
+        w.end_nest(k);
+        if let Some((code, chain)) = verdict {
+            let d = w.nest(NFTA_SET_ELEM_DATA);
+            let v = w.nest(NFTA_DATA_VERDICT);
+            w.attr(NFTA_VERDICT_CODE, &code.to_be_bytes());
+            if let Some(c) = chain {
+                w.attr_str(NFTA_VERDICT_CHAIN, c);
+            }
+            w.end_nest(v);
+            w.end_nest(d);
+        }
+        if let Some(f) = flags {
+            w.attr(NFTA_SET_ELEM_FLAGS, &f.to_be_bytes());
+        }
+        w.buf
+    }
+
+    #[test]
+    fn verdict_elements_decode() {
+        let key = [192, 0, 2, 1];
+        let e = element(&key, Some((-4, Some("lb-2"))), None);
+        let got = decode_element(&e, &[FieldKind::Ipv4], None).unwrap();
+        assert_eq!(
+            got,
+            Element::map(
+                vec![Field::Ipv4(Ipv4Addr::new(192, 0, 2, 1))],
+                Data::Verdict(Verdict::Goto("lb-2".into()))
+            )
+        );
+        let e = element(&key, Some((0, None)), None);
+        let got = decode_element(&e, &[FieldKind::Ipv4], None).unwrap();
+        assert_eq!(got.data, Some(Data::Verdict(Verdict::Drop)));
+    }
+
+    #[test]
+    fn unsupported_elements_are_refused_by_name() {
+        let key = [192, 0, 2, 1];
+        // NFT_CONTINUE, NFT_RETURN: never written by flatnet.
+        let err = decode_element(&key_with(&key, -1), &[FieldKind::Ipv4], None).unwrap_err();
+        assert!(err.contains("verdict code -1"), "{err}");
+        let err = decode_element(
+            &element(&key, Some((-3, None)), None),
+            &[FieldKind::Ipv4],
+            None,
+        )
+        .unwrap_err();
+        assert!(err.contains("without a chain"), "{err}");
+        let err =
+            decode_element(&element(&key, None, Some(1)), &[FieldKind::Ipv4], None).unwrap_err();
+        assert!(err.contains("interval"), "{err}");
+        let err = decode_element(&element(&key, None, None), &[FieldKind::Port], None).unwrap_err();
+        assert!(err.starts_with("key:"), "{err}");
+    }
+
+    fn key_with(key: &[u8], code: i32) -> Vec<u8> {
+        element(key, Some((code, None)), None)
+    }
+}
