@@ -8,6 +8,7 @@ use model::{Kind, Object};
 use serde_json::{Value, json};
 use store::{EtcdStore, Store, StoreError};
 
+use crate::allocator;
 use crate::kubelet::update;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +50,8 @@ pub struct Applied {
 /// Namespaces every cluster has.
 pub const BUILTIN_NAMESPACES: [&str; 2] = ["default", "kube-system"];
 
-fn new_uid() -> String {
+/// A new object uid (the kernel's random UUID).
+pub(crate) fn new_uid() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/uuid")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| {
@@ -117,9 +119,17 @@ pub async fn apply(store: &EtcdStore, objects: Vec<Object>) -> Result<Vec<Applie
             namespaces.push(ns.to_string());
         }
     }
+    // Service allocations for the whole apply, before anything is written: a taken or
+    // out-of-range clusterIP or nodePort fails the apply with nothing applied.
+    let services: Vec<&Object> = objects.iter().filter(|o| o.kind == Kind::Service).collect();
+    let mut prepared = prepare_services(store, &services).await?;
     let mut out = Vec::new();
     for obj in objects {
-        let action = apply_one(store, &obj).await?;
+        let action = if obj.kind == Kind::Service {
+            apply_service(store, &obj, &mut prepared).await?
+        } else {
+            apply_one(store, &obj).await?
+        };
         // Deployments are expanded into pods by the controller (one writer, no races).
         out.push(Applied {
             kind: obj.kind,
@@ -187,6 +197,229 @@ async fn apply_one(store: &EtcdStore, obj: &Object) -> Result<&'static str, ApiE
     })
     .await?;
     Ok(if changed { action } else { "unchanged" })
+}
+
+/// A Service ready to be written: defaults applied, allocations made and recorded in the
+/// index; `cur` is the stored object it was computed from (written only if still that one).
+struct Prepared {
+    svc: model::Service,
+    cur: Option<(Value, i64)>,
+}
+
+/// The cluster's service CIDR, from `/flatnet/config` (design.md default when absent).
+async fn service_ranges(store: &EtcdStore) -> Result<allocator::Ranges, ApiError> {
+    let cidr = match store.get(store::keys::CONFIG).await? {
+        Some(kv) => {
+            let cfg: Value = kv.decode()?;
+            match cfg.get("serviceCIDR").and_then(Value::as_str) {
+                Some(c) => c.parse().map_err(|_| {
+                    ApiError::Invalid(format!("config: serviceCIDR {c:?} is not an IPv4 CIDR"))
+                })?,
+                None => crate::names::Addressing::default().service_cidr,
+            }
+        }
+        None => crate::names::Addressing::default().service_cidr,
+    };
+    Ok(allocator::Ranges::new(cidr))
+}
+
+/// The stored Services by `namespace/name`: (typed, raw, mod revision).
+async fn stored_services(
+    store: &EtcdStore,
+) -> Result<BTreeMap<String, (model::Service, Value, i64)>, ApiError> {
+    let (kvs, _) = store
+        .list(&store::keys::object_kind_prefix(Kind::Service.plural()))
+        .await?;
+    let mut out = BTreeMap::new();
+    for kv in kvs {
+        let Ok(v) = kv.decode::<Value>() else {
+            continue;
+        };
+        let Ok(svc) = serde_json::from_value::<model::Service>(v.clone()) else {
+            continue;
+        };
+        out.insert(svc.key(), (svc, v, kv.mod_revision));
+    }
+    Ok(out)
+}
+
+async fn read_index(store: &EtcdStore) -> Result<(allocator::Index, i64), ApiError> {
+    Ok(match store.get(allocator::INDEX_KEY).await? {
+        Some(kv) => (kv.decode()?, kv.mod_revision),
+        None => (allocator::Index::default(), 0),
+    })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Allocates for every Service of an apply and records the allocations in the index with one
+/// compare-and-swap (retried when another apply wrote it meanwhile). Nothing is written when
+/// any Service is refused.
+async fn prepare_services(
+    store: &EtcdStore,
+    services: &[&Object],
+) -> Result<BTreeMap<String, Prepared>, ApiError> {
+    let mut out = BTreeMap::new();
+    if services.is_empty() {
+        return Ok(out);
+    }
+    let ranges = service_ranges(store).await?;
+    for _ in 0..50 {
+        out.clear();
+        let stored = stored_services(store).await?;
+        let (index, index_rev) = read_index(store).await?;
+        let mut held: BTreeMap<String, allocator::Held> = stored
+            .iter()
+            .map(|(k, (svc, _, _))| (k.clone(), allocator::held(svc)))
+            .collect();
+        let mut in_use = allocator::InUse::new(&index, &held);
+        let mut new_index = index.clone();
+        let now = unix_now();
+        for obj in services {
+            let owner = obj.display_name();
+            let manifest: model::Service =
+                obj.typed().map_err(|e| ApiError::Invalid(e.to_string()))?;
+            let cur = stored.get(&owner);
+            let svc =
+                allocator::prepare(&manifest, cur.map(|(s, _, _)| s), &owner, &in_use, &ranges)
+                    .map_err(|errs| {
+                        ApiError::Invalid(format!(
+                            "Service {owner:?} is invalid: {} (nothing was applied)",
+                            errs.join("; ")
+                        ))
+                    })?;
+            let h = allocator::held(&svc);
+            in_use.claim(&owner, &h);
+            new_index.set_holder(&owner, &h, now);
+            held.insert(owner.clone(), h);
+            out.insert(
+                owner,
+                Prepared {
+                    svc,
+                    cur: cur.map(|(_, v, rev)| (v.clone(), *rev)),
+                },
+            );
+        }
+        new_index.gc(&held, now);
+        if new_index == index {
+            return Ok(out);
+        }
+        match store
+            .put_if(
+                allocator::INDEX_KEY,
+                store::encode(allocator::INDEX_KEY, &new_index)?,
+                index_rev,
+            )
+            .await
+        {
+            Ok(_) => return Ok(out),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Conflict {
+        key: allocator::INDEX_KEY.into(),
+    }
+    .into())
+}
+
+/// Writes one prepared Service, only over the stored object it was prepared from; when that
+/// changed meanwhile (a concurrent apply or the controller's status write), prepares it again.
+async fn apply_service(
+    store: &EtcdStore,
+    obj: &Object,
+    prepared: &mut BTreeMap<String, Prepared>,
+) -> Result<&'static str, ApiError> {
+    let owner = obj.display_name();
+    let key = obj.key();
+    for _ in 0..50 {
+        let p = match prepared.remove(&owner) {
+            Some(p) => p,
+            None => {
+                let mut again = prepare_services(store, &[obj]).await?;
+                match again.remove(&owner) {
+                    Some(p) => p,
+                    None => continue,
+                }
+            }
+        };
+        let mut new = serde_json::to_value(&p.svc)
+            .map_err(|e| ApiError::Invalid(format!("Service {owner}: {e}")))?;
+        new["apiVersion"] = json!("v1");
+        new["kind"] = json!("Service");
+        new["metadata"]["namespace"] = json!(obj.namespace().unwrap_or("default"));
+        let (action, rev) = match &p.cur {
+            None => {
+                new["metadata"]["uid"] = json!(new_uid());
+                new["metadata"]["creationTimestamp"] = json!(crate::now_rfc3339());
+                new["status"] = json!({"loadBalancer": {}});
+                ("created", 0)
+            }
+            Some((cur, rev)) => {
+                for f in ["uid", "creationTimestamp"] {
+                    new["metadata"][f] = cur["metadata"][f].clone();
+                }
+                new["status"] = cur
+                    .get("status")
+                    .cloned()
+                    .unwrap_or(json!({"loadBalancer": {}}));
+                if strip_nulls(new.clone()) == strip_nulls(cur.clone()) {
+                    return Ok("unchanged");
+                }
+                ("configured", *rev)
+            }
+        };
+        let new = strip_nulls(new);
+        match store.put_if(&key, store::encode(&key, &new)?, rev).await {
+            Ok(_) => return Ok(action),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Conflict { key }.into())
+}
+
+/// Drops the index entries of the Services `gone` names that their stored object (if any)
+/// does not hold, after a delete. A failure leaves the entries to the index's own cleanup
+/// ([`allocator::GRACE_SECS`]).
+async fn release_allocations(
+    store: &EtcdStore,
+    gone: impl Fn(&str) -> bool,
+) -> Result<(), ApiError> {
+    for _ in 0..50 {
+        let (index, rev) = read_index(store).await?;
+        let held: BTreeMap<String, allocator::Held> = stored_services(store)
+            .await?
+            .iter()
+            .map(|(k, (svc, _, _))| (k.clone(), allocator::held(svc)))
+            .collect();
+        let mut new_index = index.clone();
+        new_index.release(&gone, &held);
+        if new_index == index {
+            return Ok(());
+        }
+        match store
+            .put_if(
+                allocator::INDEX_KEY,
+                store::encode(allocator::INDEX_KEY, &new_index)?,
+                rev,
+            )
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Conflict {
+        key: allocator::INDEX_KEY.into(),
+    }
+    .into())
 }
 
 fn strip_nulls(v: Value) -> Value {
@@ -350,6 +583,12 @@ pub async fn delete(
                     ))
                     .await?;
             }
+            let prefix = format!("{name}/");
+            release_allocations(store, |owner| owner.starts_with(&prefix)).await?;
+        }
+        Kind::Service => {
+            let owner = format!("{}/{name}", ns.unwrap_or("default"));
+            release_allocations(store, |o| o == owner).await?;
         }
         Kind::Deployment => {
             for (pod, _) in owned_pods(store, ns.unwrap_or("default"), name).await? {

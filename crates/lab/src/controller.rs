@@ -1,17 +1,31 @@
-//! The controller-manager part of the lab: keeps every Deployment's pods at its replica
-//! count, replacing pods that are deleted. One process per lab.
+//! The controller-manager part of the lab, one process per lab:
+//! - keeps every Deployment's pods at its replica count, replacing pods that are deleted;
+//! - writes each Service's EndpointSlices (from its selector and the pods' readiness) and
+//!   deletes the ones no longer wanted;
+//! - gives every LoadBalancer Service an address from the config's `loadBalancerPool`.
+//!
+//! It lists `objects/`, keeps what the endpoints and LoadBalancer work need in memory
+//! ([`Endpoints`]), follows the watch, and after each batch of events reconciles what the
+//! batch touched. The decisions are the pure functions of `endpoints`; this module only
+//! writes their difference to the store, each write conditional on the revision it read.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use ipnet::Ipv4Net;
+use model::{EndpointSlice, Pod, Service};
 use serde_json::Value;
-use store::{Store, WatchEvent};
+use store::{KeyValue, Store, StoreError, WatchEvent};
 
 use crate::api;
+use crate::endpoints::{self, LbState};
 use crate::names::Lab;
 use crate::topology::LabError;
 
 const OBJECTS: &str = "objects/";
+
+/// How soon a reconcile that met a store error is tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The namespace/name of the Deployment an object key concerns: the Deployment itself, or
 /// the owner of a pod.
@@ -30,6 +44,323 @@ fn deployment_of(key: &str, value: Option<&Value>) -> Option<(String, String)> {
             Some((ns.to_string(), owner["name"].as_str()?.to_string()))
         }
         _ => None,
+    }
+}
+
+/// (plural kind, namespace, name) of an object key.
+fn split_key(key: &str) -> Option<(&str, &str, &str)> {
+    let rest = key.strip_prefix(OBJECTS)?;
+    let mut parts = rest.splitn(3, '/');
+    Some((parts.next()?, parts.next()?, parts.next()?))
+}
+
+/// The LoadBalancer pool of the network config (`loadBalancerPool`), if any.
+pub async fn lb_pool(store: &impl Store) -> Result<Option<Ipv4Net>, StoreError> {
+    let Some(kv) = store.get(store::keys::CONFIG).await? else {
+        return Ok(None);
+    };
+    let cfg: Value = kv.decode()?;
+    Ok(cfg
+        .get("loadBalancerPool")
+        .and_then(Value::as_str)
+        .and_then(|s| s.parse().ok()))
+}
+
+/// The endpoints and LoadBalancer part of the controller: a cache of Services, pods,
+/// EndpointSlices and node zones, and the writes that bring the store to what
+/// [`endpoints::desired_slices`] and [`endpoints::allocate_lb`] decide.
+pub struct Endpoints<S: Store> {
+    store: S,
+    pool: Option<Ipv4Net>,
+    /// By `namespace/name`: typed, as stored, mod revision.
+    services: BTreeMap<String, (Service, Value, i64)>,
+    pods: BTreeMap<String, Pod>,
+    /// By `namespace/name`: typed, mod revision.
+    slices: BTreeMap<String, (EndpointSlice, i64)>,
+    /// Node name -> `topology.kubernetes.io/zone`.
+    zones: BTreeMap<String, String>,
+    /// Namespaces whose slices must be reconciled.
+    dirty: BTreeSet<String>,
+    /// Whether LoadBalancer addresses must be reconciled.
+    lb_dirty: bool,
+}
+
+impl<S: Store> Endpoints<S> {
+    pub fn new(store: S, pool: Option<Ipv4Net>) -> Self {
+        Endpoints {
+            store,
+            pool,
+            services: BTreeMap::new(),
+            pods: BTreeMap::new(),
+            slices: BTreeMap::new(),
+            zones: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            lb_dirty: false,
+        }
+    }
+
+    /// Forgets everything and takes a full listing of `objects/` (after a relist).
+    pub fn reset(&mut self, kvs: &[KeyValue]) {
+        self.services.clear();
+        self.pods.clear();
+        self.slices.clear();
+        self.zones.clear();
+        for kv in kvs {
+            self.put(kv);
+        }
+        self.dirty = self
+            .services
+            .keys()
+            .chain(self.slices.keys())
+            .filter_map(|k| k.split_once('/').map(|(ns, _)| ns.to_string()))
+            .collect();
+        self.lb_dirty = true;
+    }
+
+    /// Takes one watch event.
+    pub fn event(&mut self, ev: &WatchEvent) {
+        match ev {
+            WatchEvent::Put(kv) => self.put(kv),
+            WatchEvent::Delete { key, .. } => self.delete(key),
+        }
+    }
+
+    fn put(&mut self, kv: &KeyValue) {
+        let Some((kind, ns, name)) = split_key(&kv.key) else {
+            return;
+        };
+        let id = format!("{ns}/{name}");
+        let value: Value = match kv.decode() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(key = %kv.key, "{e}");
+                return;
+            }
+        };
+        match kind {
+            "services" => match serde_json::from_value::<Service>(value.clone()) {
+                Ok(s) => {
+                    self.services.insert(id, (s, value, kv.mod_revision));
+                    self.dirty.insert(ns.to_string());
+                    self.lb_dirty = true;
+                }
+                Err(e) => tracing::warn!(key = %kv.key, "not a Service: {e}"),
+            },
+            "pods" => match serde_json::from_value::<Pod>(value) {
+                Ok(p) => {
+                    self.pods.insert(id, p);
+                    self.dirty.insert(ns.to_string());
+                }
+                Err(e) => tracing::warn!(key = %kv.key, "not a Pod: {e}"),
+            },
+            "endpointslices" => match serde_json::from_value::<EndpointSlice>(value) {
+                Ok(s) => {
+                    self.slices.insert(id, (s, kv.mod_revision));
+                    self.dirty.insert(ns.to_string());
+                }
+                Err(e) => tracing::warn!(key = %kv.key, "not an EndpointSlice: {e}"),
+            },
+            "nodes" => {
+                let zone = value
+                    .pointer("/metadata/labels")
+                    .and_then(|l| l.get(endpoints::LABEL_ZONE))
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                let old = match zone {
+                    Some(z) => self.zones.insert(name.to_string(), z.clone()) != Some(z),
+                    None => self.zones.remove(name).is_some(),
+                };
+                if old {
+                    self.all_dirty();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn delete(&mut self, key: &str) {
+        let Some((kind, ns, name)) = split_key(key) else {
+            return;
+        };
+        let id = format!("{ns}/{name}");
+        let hit = match kind {
+            "services" => {
+                self.lb_dirty = true;
+                self.services.remove(&id).is_some()
+            }
+            "pods" => self.pods.remove(&id).is_some(),
+            "endpointslices" => self.slices.remove(&id).is_some(),
+            "nodes" => {
+                if self.zones.remove(name).is_some() {
+                    self.all_dirty();
+                }
+                false
+            }
+            _ => false,
+        };
+        if hit {
+            self.dirty.insert(ns.to_string());
+        }
+    }
+
+    fn all_dirty(&mut self) {
+        let all: Vec<String> = self
+            .services
+            .keys()
+            .filter_map(|k| k.split_once('/').map(|(ns, _)| ns.to_string()))
+            .collect();
+        self.dirty.extend(all);
+    }
+
+    /// Whether some work is left (a write failed and must be retried).
+    pub fn has_work(&self) -> bool {
+        !self.dirty.is_empty() || self.lb_dirty
+    }
+
+    /// Brings the store to the desired slices and LoadBalancer addresses for what changed.
+    /// Work that met a store error stays marked for the next call.
+    pub async fn reconcile(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for ns in dirty {
+            if let Err(e) = self.reconcile_namespace(&ns).await {
+                tracing::warn!(namespace = %ns, "endpointslices: {e}; retrying");
+                self.dirty.insert(ns);
+            }
+        }
+        if std::mem::take(&mut self.lb_dirty)
+            && let Err(e) = self.reconcile_lb().await
+        {
+            tracing::warn!("loadbalancer addresses: {e}; retrying");
+            self.lb_dirty = true;
+        }
+    }
+
+    async fn reconcile_namespace(&mut self, ns: &str) -> Result<(), StoreError> {
+        let prefix = format!("{ns}/");
+        let in_ns = |k: &String| k.starts_with(&prefix);
+        let services: Vec<Service> = self
+            .services
+            .iter()
+            .filter(|(k, _)| in_ns(k))
+            .map(|(_, (s, _, _))| s.clone())
+            .collect();
+        let pods: Vec<Pod> = self
+            .pods
+            .iter()
+            .filter(|(k, _)| in_ns(k))
+            .map(|(_, p)| p.clone())
+            .collect();
+        let desired = endpoints::desired_slices(&services, &pods, &self.zones);
+        let wanted: BTreeSet<String> = desired
+            .iter()
+            .map(|d| format!("{ns}/{}", d.metadata.name))
+            .collect();
+        let mut result = Ok(());
+        for d in &desired {
+            let id = format!("{ns}/{}", d.metadata.name);
+            let stored = self.slices.get(&id);
+            if stored.is_some_and(|(s, _)| endpoints::same_content(s, d)) {
+                continue;
+            }
+            let rev = stored.map_or(0, |(_, r)| *r);
+            let value = endpoints::to_stored(
+                d,
+                stored.map(|(s, _)| s),
+                &api::new_uid(),
+                &crate::now_rfc3339(),
+            );
+            let key = format!("{OBJECTS}endpointslices/{id}");
+            match self
+                .store
+                .put_if(&key, store::encode(&key, &value)?, rev)
+                .await
+            {
+                Ok(new_rev) => {
+                    tracing::info!(slice = %id, endpoints = d.endpoints.len(), "endpointslice written");
+                    if let Ok(s) = serde_json::from_value(value) {
+                        self.slices.insert(id, (s, new_rev));
+                    }
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    // Someone else wrote it: read it back and decide again.
+                    match self.store.get(&key).await? {
+                        Some(kv) => self.put(&kv),
+                        None => {
+                            self.slices.remove(&id);
+                        }
+                    }
+                    self.dirty.insert(ns.to_string());
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+        let stale: Vec<String> = self
+            .slices
+            .iter()
+            .filter(|(k, (s, _))| in_ns(k) && endpoints::is_managed(s) && !wanted.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in stale {
+            match self
+                .store
+                .delete(&format!("{OBJECTS}endpointslices/{id}"))
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(slice = %id, "endpointslice deleted");
+                    self.slices.remove(&id);
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+        result
+    }
+
+    async fn reconcile_lb(&mut self) -> Result<(), StoreError> {
+        let services: Vec<Service> = self.services.values().map(|(s, _, _)| s.clone()).collect();
+        let decisions = endpoints::allocate_lb(&services, self.pool);
+        let now = crate::now_rfc3339();
+        let mut result = Ok(());
+        for (id, state) in decisions {
+            let Some((_, raw, rev)) = self.services.get(&id) else {
+                continue;
+            };
+            let cur = raw.get("status");
+            let want = endpoints::lb_status(cur, &state, &now);
+            let cur_norm = cur.cloned().unwrap_or_else(|| serde_json::json!({}));
+            if want == cur_norm {
+                continue;
+            }
+            let mut new = raw.clone();
+            new["status"] = want;
+            let key = format!("{OBJECTS}services/{id}");
+            match self
+                .store
+                .put_if(&key, store::encode(&key, &new)?, *rev)
+                .await
+            {
+                Ok(new_rev) => {
+                    match &state {
+                        LbState::Assigned(ip) => {
+                            tracing::info!(service = %id, %ip, "loadbalancer address assigned")
+                        }
+                        LbState::Pending(why) => {
+                            tracing::warn!(service = %id, "loadbalancer address pending: {why}")
+                        }
+                        LbState::None => {
+                            tracing::info!(service = %id, "loadbalancer address released")
+                        }
+                    }
+                    if let Ok(s) = serde_json::from_value(new.clone()) {
+                        self.services.insert(id, (s, new, new_rev));
+                    }
+                }
+                // The Service changed meanwhile: its event is on the way and decides again.
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => result = Err(e),
+            }
+        }
+        result
     }
 }
 
@@ -54,6 +385,14 @@ pub async fn run(lab: Lab) -> Result<(), LabError> {
                 continue;
             }
         };
+        let pool = match lb_pool(&store).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("config: {e}; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
         let mut todo = BTreeSet::new();
         for kv in &kvs {
             let v: Option<Value> = kv.decode().ok();
@@ -64,11 +403,10 @@ pub async fn run(lab: Lab) -> Result<(), LabError> {
                 todo.insert(d);
             }
         }
-        for (ns, name) in &todo {
-            if let Err(e) = api::reconcile_deployment(&store, ns, name).await {
-                tracing::warn!(deployment = %format!("{ns}/{name}"), "reconcile: {e}");
-            }
-        }
+        reconcile_deployments(&store, &todo).await;
+        let mut eps = Endpoints::new(store.clone(), pool);
+        eps.reset(&kvs);
+        eps.reconcile().await;
         let mut watch = match store.watch(OBJECTS, rev + 1).await {
             Ok(w) => w,
             Err(e) => {
@@ -77,53 +415,73 @@ pub async fn run(lab: Lab) -> Result<(), LabError> {
                 continue;
             }
         };
-        while let Some(ev) = watch.recv().await {
-            let d = match ev {
-                Ok(WatchEvent::Put(kv)) => {
-                    let v: Option<Value> = kv.decode().ok();
-                    let d = deployment_of(&kv.key, v.as_ref());
-                    if let (Some(d), true) = (&d, kv.key.starts_with("objects/pods/")) {
-                        owners.insert(kv.key.clone(), d.clone());
+        loop {
+            // Wait for an event; with work left over from a failed write, not for long.
+            let first = if eps.has_work() {
+                match tokio::time::timeout(RETRY_AFTER, watch.recv()).await {
+                    Ok(ev) => ev,
+                    Err(_) => {
+                        eps.reconcile().await;
+                        continue;
                     }
-                    d
                 }
-                Ok(WatchEvent::Delete { key, .. }) => {
-                    owners.remove(&key).or_else(|| deployment_of(&key, None))
-                }
-                Err(e) => {
-                    tracing::warn!("watch ended: {e}; relisting");
-                    break;
-                }
+            } else {
+                watch.recv().await
             };
-            if let Some((ns, name)) = d
-                && let Err(e) = api::reconcile_deployment(&store, &ns, &name).await
-            {
-                tracing::warn!(deployment = %format!("{ns}/{name}"), "reconcile: {e}");
+            let Some(first) = first else {
+                tracing::warn!("watch closed; relisting");
+                break;
+            };
+            // Take every event already there, then act once for the whole batch.
+            let mut batch = vec![first];
+            while let Ok(ev) = watch.try_recv() {
+                batch.push(ev);
+            }
+            let mut todo = BTreeSet::new();
+            let mut broken = false;
+            for ev in batch {
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        tracing::warn!("watch ended: {e}; relisting");
+                        broken = true;
+                        break;
+                    }
+                };
+                let d = match &ev {
+                    WatchEvent::Put(kv) => {
+                        let v: Option<Value> = kv.decode().ok();
+                        let d = deployment_of(&kv.key, v.as_ref());
+                        if let (Some(d), true) = (&d, kv.key.starts_with("objects/pods/")) {
+                            owners.insert(kv.key.clone(), d.clone());
+                        }
+                        d
+                    }
+                    WatchEvent::Delete { key, .. } => {
+                        owners.remove(key).or_else(|| deployment_of(key, None))
+                    }
+                };
+                if let Some(d) = d {
+                    todo.insert(d);
+                }
+                eps.event(&ev);
+            }
+            reconcile_deployments(&store, &todo).await;
+            eps.reconcile().await;
+            if broken {
+                break;
             }
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn pods_map_to_their_owning_deployment() {
-        assert_eq!(
-            deployment_of("objects/deployments/default/web", None),
-            Some(("default".into(), "web".into()))
-        );
-        let pod = json!({"metadata": {"ownerReferences": [{"kind": "Deployment", "name": "web"}]}});
-        assert_eq!(
-            deployment_of("objects/pods/x/web-abc", Some(&pod)),
-            Some(("x".into(), "web".into()))
-        );
-        assert_eq!(
-            deployment_of("objects/pods/x/solo", Some(&json!({"metadata": {}}))),
-            None
-        );
-        assert_eq!(deployment_of("objects/services/x/web", None), None);
+async fn reconcile_deployments(store: &store::EtcdStore, todo: &BTreeSet<(String, String)>) {
+    for (ns, name) in todo {
+        if let Err(e) = api::reconcile_deployment(store, ns, name).await {
+            tracing::warn!(deployment = %format!("{ns}/{name}"), "reconcile: {e}");
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,18 +1,37 @@
 //! Is the cluster converged on the store? Read by `flatnet wait --converged` and `flatnet
 //! status`: nodes registered and Ready, every agent applied the subnet leases and config as
 //! they are now (so at least as they were when the caller started), Deployments expanded,
-//! pods Ready or failed.
+//! pods Ready or failed, and the controller's work done: every Service's EndpointSlices as
+//! [`endpoints::desired_slices`] says, every LoadBalancer Service an address while the pool
+//! has room.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use model::{EndpointSlice, Pod, Service};
 use serde_json::Value;
 use store::{Store, StoreError};
+
+use crate::endpoints::{self, LbState};
 
 /// An agent that has not reported for this long is considered down.
 pub const AGENT_STALE_SECS: i64 = 20;
 
+/// What `status` shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// What is not converged yet; `wait --converged` waits for this to be empty.
+    pub pending: Vec<String>,
+    /// Problems no waiting fixes (a full LoadBalancer pool): shown, not waited for.
+    pub notes: Vec<String>,
+}
+
 /// What is not converged yet, in plain words; empty when converged.
 pub async fn pending(store: &impl Store) -> Result<Vec<String>, StoreError> {
+    Ok(report(store).await?.pending)
+}
+
+/// What is not converged yet, and the problems waiting does not fix.
+pub async fn report(store: &impl Store) -> Result<Report, StoreError> {
     let mut out = Vec::new();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -169,7 +188,127 @@ pub async fn pending(store: &impl Store) -> Result<Vec<String>, StoreError> {
             ));
         }
     }
-    Ok(out)
+    let mut notes = Vec::new();
+    controller_pending(store, &nodes, &pods, &mut out, &mut notes).await?;
+    Ok(Report {
+        pending: out,
+        notes,
+    })
+}
+
+/// The controller's part: EndpointSlices and LoadBalancer addresses.
+async fn controller_pending(
+    store: &impl Store,
+    nodes: &[store::KeyValue],
+    pods: &[Value],
+    out: &mut Vec<String>,
+    notes: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    let (services, _) = store
+        .list(&store::keys::object_kind_prefix("services"))
+        .await?;
+    let services: Vec<Service> = services
+        .iter()
+        .filter_map(|kv| kv.decode::<Service>().ok())
+        .collect();
+    let pods: Vec<Pod> = pods
+        .iter()
+        .filter_map(|p| serde_json::from_value(p.clone()).ok())
+        .collect();
+    let zones: BTreeMap<String, String> = nodes
+        .iter()
+        .filter_map(|kv| kv.decode::<model::Node>().ok())
+        .filter_map(|n| {
+            let z = n.metadata.labels.get(endpoints::LABEL_ZONE)?.clone();
+            Some((n.metadata.name, z))
+        })
+        .collect();
+    let (slices, _) = store
+        .list(&store::keys::object_kind_prefix("endpointslices"))
+        .await?;
+    let stored: BTreeMap<(String, String), EndpointSlice> = slices
+        .iter()
+        .filter_map(|kv| kv.decode::<EndpointSlice>().ok())
+        .filter(endpoints::is_managed)
+        .map(|s| {
+            (
+                (
+                    s.metadata.namespace.clone().unwrap_or_default(),
+                    s.metadata.name.clone(),
+                ),
+                s,
+            )
+        })
+        .collect();
+    let desired = endpoints::desired_slices(&services, &pods, &zones);
+    let service_of = |s: &EndpointSlice| {
+        format!(
+            "{}/{}",
+            s.metadata.namespace.as_deref().unwrap_or_default(),
+            s.metadata
+                .labels
+                .get(endpoints::LABEL_SERVICE_NAME)
+                .map(String::as_str)
+                .unwrap_or("?")
+        )
+    };
+    let mut behind = BTreeSet::new();
+    let mut wanted = BTreeSet::new();
+    for d in &desired {
+        let id = (
+            d.metadata.namespace.clone().unwrap_or_default(),
+            d.metadata.name.clone(),
+        );
+        if !stored
+            .get(&id)
+            .is_some_and(|s| endpoints::same_content(s, d))
+        {
+            behind.insert(service_of(d));
+        }
+        wanted.insert(id);
+    }
+    for svc in behind {
+        out.push(format!(
+            "service {svc}: endpointslices not up to date yet (controller)"
+        ));
+    }
+    for (id, s) in &stored {
+        if !wanted.contains(id) {
+            out.push(format!(
+                "endpointslice {}/{} of service {} is no longer wanted but still stored (controller)",
+                id.0,
+                id.1,
+                service_of(s)
+            ));
+        }
+    }
+    let pool = crate::controller::lb_pool(store).await?;
+    for (id, state) in endpoints::allocate_lb(&services, pool) {
+        let shown = services
+            .iter()
+            .find(|s| s.key() == id)
+            .and_then(|s| s.load_balancer_ip().map(str::to_string));
+        match state {
+            LbState::Assigned(ip) if shown.as_deref() != Some(ip.to_string().as_str()) => out.push(
+                format!("service {id}: LoadBalancer address {ip} not assigned yet (controller)"),
+            ),
+            LbState::Pending(why) => match shown {
+                Some(ip) => out.push(format!(
+                    "service {id}: still shows LoadBalancer address {ip} ({why})"
+                )),
+                None => notes.push(format!("service {id}: LoadBalancer address pending: {why}")),
+            },
+            LbState::None => {
+                if let Some(ip) = shown {
+                    out.push(format!(
+                        "service {id}: is no LoadBalancer but still shows address {ip} (controller)"
+                    ));
+                }
+            }
+            LbState::Assigned(_) => {}
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

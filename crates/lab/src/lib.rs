@@ -2,13 +2,15 @@
 //! real pods (processes in namespaces) and real packets.
 //!
 //! # Layout
-//! - `api`: the API server and scheduler part: defaulting, storing, binding pods, Deployments.
+//! - `api`: the API server and scheduler part: defaulting, storing, binding pods, Deployments,
+//!   Service allocations (with `allocator`, pure: clusterIPs, nodePorts, API defaults).
 //! - `names`: every name and path a lab uses (namespaces, state directories), in one place.
 //! - `shell`: running `ip` and other host tools, and processes inside a namespace.
 //! - `topology`: `lab up` / `lab down`: fabric bridge, node and external namespaces, etcd.
 //! - `cleanup`: finds and removes everything a lab left behind, also after a crash.
 //! - `runtime`: a minimal CNI runtime (conflist in, plugin chain executed as the spec says).
-//! - `controller`: keeps Deployments at their replica count.
+//! - `controller`: keeps Deployments at their replica count, writes EndpointSlices and
+//!   LoadBalancer IPs (decided by `endpoints`, pure).
 //! - `converge`: what is not converged yet (for `wait --converged` and `status`).
 //! - `daemons`: the lab's long-running processes; stop (kill -9) and start them by name.
 //! - `kubelet`: the kubelet role, one process per node: pods in, sandboxes and processes out.
@@ -19,12 +21,14 @@
 //! and their cabling). It must not reach into the agent, the plugin or the store's contents
 //! beyond what those real parts would do.
 
+pub mod allocator;
 pub mod api;
 pub mod cleanup;
 pub mod client;
 pub mod controller;
 pub mod converge;
 pub mod daemons;
+pub mod endpoints;
 pub mod kubelet;
 pub mod names;
 pub mod responder;

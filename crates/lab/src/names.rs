@@ -105,6 +105,8 @@ pub struct Addressing {
     pub pod_cidr: ipnet::Ipv4Net,
     pub node_prefix: u8,
     pub service_cidr: ipnet::Ipv4Net,
+    /// LoadBalancer IPs, on the underlay (design.md §3: 172.20.0.240/28).
+    pub lb_pool: ipnet::Ipv4Net,
 }
 
 impl Default for Addressing {
@@ -114,6 +116,7 @@ impl Default for Addressing {
             pod_cidr: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 244, 0, 0), 16).unwrap_or_default(),
             node_prefix: 24,
             service_cidr: ipnet::Ipv4Net::new(Ipv4Addr::new(10, 96, 0, 0), 12).unwrap_or_default(),
+            lb_pool: ipnet::Ipv4Net::new(Ipv4Addr::new(172, 20, 0, 240), 28).unwrap_or_default(),
         }
     }
 }
@@ -126,6 +129,26 @@ impl Addressing {
 
     pub fn external_ip(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.underlay.network()) + 2)
+    }
+
+    /// The LoadBalancer pool must lie on the underlay and hold none of the addresses of the
+    /// lab's `nodes` nodes or of `external`.
+    pub fn check_lb_pool(&self, nodes: usize) -> Result<(), String> {
+        let pool = self.lb_pool;
+        if !self.underlay.contains(&pool) {
+            return Err(format!(
+                "--lb-pool {pool}: must lie inside the underlay {}",
+                self.underlay
+            ));
+        }
+        let mut hosts: Vec<Ipv4Addr> = (1..=nodes).map(|i| self.node_ip(i)).collect();
+        hosts.push(self.external_ip());
+        if let Some(ip) = hosts.into_iter().find(|ip| pool.contains(ip)) {
+            return Err(format!(
+                "--lb-pool {pool}: contains {ip}, an address of a lab machine"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -167,5 +190,23 @@ mod tests {
         let a = Addressing::default();
         assert_eq!(a.node_ip(1), Ipv4Addr::new(172, 20, 0, 11));
         assert_eq!(a.external_ip(), Ipv4Addr::new(172, 20, 0, 2));
+        assert_eq!(a.lb_pool.to_string(), "172.20.0.240/28");
+        assert_eq!(a.check_lb_pool(3), Ok(()));
+    }
+
+    #[test]
+    fn lb_pool_must_be_on_the_underlay_and_miss_the_machines() {
+        let mut a = Addressing {
+            lb_pool: "10.0.0.0/28".parse().expect("cidr"),
+            ..Addressing::default()
+        };
+        let err = a.check_lb_pool(1).expect_err("off the underlay");
+        assert!(
+            err.contains("must lie inside the underlay 172.20.0.0/24"),
+            "{err}"
+        );
+        a.lb_pool = "172.20.0.0/28".parse().expect("cidr");
+        let err = a.check_lb_pool(1).expect_err("holds node1 and external");
+        assert!(err.contains("contains 172.20.0.11"), "{err}");
     }
 }

@@ -46,6 +46,7 @@ pub fn network_config(opts: &UpOptions) -> serde_json::Value {
         "nodePrefixLength": opts.addressing.node_prefix,
         "serviceCIDR": opts.addressing.service_cidr.to_string(),
         "backend": opts.backend,
+        "loadBalancerPool": opts.addressing.lb_pool.to_string(),
     })
 }
 
@@ -83,6 +84,9 @@ pub async fn up(
             opts.nodes, opts.addressing.node_prefix, opts.addressing.pod_cidr
         )));
     }
+    opts.addressing
+        .check_lb_pool(opts.nodes)
+        .map_err(LabError::Other)?;
     let result = build(lab, opts, progress).await;
     if result.is_err() {
         // Show what the daemons said before their logs go with the rest.

@@ -45,7 +45,8 @@ pub use policy::{
 };
 pub use secret::{Secret, base64_decode, base64_encode};
 pub use service::{
-    Endpoint, EndpointConditions, EndpointPort, EndpointSlice, LoadBalancerIngress,
-    LoadBalancerStatus, ObjectReference, Service, ServicePort, ServiceSpec, ServiceStatus,
+    ClientIpConfig, DEFAULT_AFFINITY_TIMEOUT_SECONDS, Endpoint, EndpointConditions, EndpointPort,
+    EndpointSlice, LoadBalancerIngress, LoadBalancerStatus, ObjectReference, Service, ServicePort,
+    ServiceSpec, ServiceStatus, SessionAffinityConfig,
 };
 pub use validate::validate;

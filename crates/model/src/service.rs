@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::meta::{IntOrString, ObjectMeta};
+use crate::meta::{Condition, IntOrString, ObjectMeta};
 
 /// A `v1` Service.
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
@@ -50,8 +50,68 @@ pub struct ServiceSpec {
     pub external_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_not_ready_addresses: Option<bool>,
+    /// Set (and kept) by the API server for `LoadBalancer` services with
+    /// `externalTrafficPolicy: Local`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check_node_port: Option<u16>,
+    /// Defaulted by the API server when `sessionAffinity` is `ClientIP`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_affinity_config: Option<SessionAffinityConfig>,
+    /// `false`: a `LoadBalancer` service gets no nodePorts unless its ports ask for them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocate_load_balancer_node_ports: Option<bool>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ip_families: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_family_policy: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// `spec.sessionAffinityConfig`.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SessionAffinityConfig {
+    #[serde(rename = "clientIP", skip_serializing_if = "Option::is_none")]
+    pub client_ip: Option<ClientIpConfig>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `spec.sessionAffinityConfig.clientIP`.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ClientIpConfig {
+    /// 1..=86400; the API server's default is 10800 (3 h).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<i32>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// The session affinity timeout the API server defaults to (3 h).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: i32 = 10_800;
+
+impl Service {
+    /// `namespace/name` (namespace `default` when absent).
+    pub fn key(&self) -> String {
+        format!(
+            "{}/{}",
+            self.metadata.namespace.as_deref().unwrap_or("default"),
+            self.metadata.name
+        )
+    }
+
+    /// The first `status.loadBalancer.ingress[].ip`, if any.
+    pub fn load_balancer_ip(&self) -> Option<&str> {
+        self.status
+            .as_ref()?
+            .load_balancer
+            .as_ref()?
+            .ingress
+            .iter()
+            .find_map(|i| i.ip.as_deref())
+    }
 }
 
 impl ServiceSpec {
@@ -78,6 +138,28 @@ impl ServiceSpec {
     /// `internalTrafficPolicy` with the default (`Cluster`) applied.
     pub fn internal_traffic_policy(&self) -> &str {
         self.internal_traffic_policy.as_deref().unwrap_or("Cluster")
+    }
+
+    /// The selector the endpoints controller uses: `None` when absent or empty. (An empty
+    /// map does not survive the API server's storage, so it never selects every pod.)
+    pub fn endpoint_selector(&self) -> Option<&BTreeMap<String, String>> {
+        self.selector.as_ref().filter(|s| !s.is_empty())
+    }
+
+    /// Whether the service's ports get nodePorts allocated: `NodePort`, and `LoadBalancer`
+    /// unless `allocateLoadBalancerNodePorts` is false.
+    pub fn allocates_node_ports(&self) -> bool {
+        match self.type_() {
+            "NodePort" => true,
+            "LoadBalancer" => self.allocate_load_balancer_node_ports != Some(false),
+            _ => false,
+        }
+    }
+
+    /// Whether the service needs a `healthCheckNodePort` (`LoadBalancer` with
+    /// `externalTrafficPolicy: Local`).
+    pub fn needs_health_check_node_port(&self) -> bool {
+        self.type_() == "LoadBalancer" && self.external_traffic_policy() == "Local"
     }
 }
 
@@ -120,6 +202,8 @@ impl ServicePort {
 pub struct ServiceStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancerStatus>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -142,6 +226,9 @@ pub struct LoadBalancerIngress {
     pub ip: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// `VIP` (the default) or `Proxy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_mode: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -172,6 +259,9 @@ pub struct Endpoint {
     pub node_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target_ref: Option<ObjectReference>,
+    /// The `topology.kubernetes.io/zone` label of the endpoint's node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

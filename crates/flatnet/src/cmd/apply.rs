@@ -11,7 +11,10 @@ pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
     let text = super::read_input(&args.file)?;
     let objects = model::parse_manifests(&text, &args.file)?;
     let store = lab::client::connect(&lab).await?;
-    for a in lab::api::apply(&store, objects).await? {
+    let applied = lab::api::apply(&store, objects)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file))?;
+    for a in applied {
         println!("{}/{} {}", a.kind.as_str().to_lowercase(), a.name, a.action);
     }
     Ok(0)

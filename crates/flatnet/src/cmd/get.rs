@@ -1,4 +1,6 @@
-//! `flatnet get KIND [NAME] [-n NS | -A] [-o wide|json|yaml]`
+//! `flatnet get KIND [NAME] [-n NS | -A] [-o wide|json|yaml]`; tables as kubectl prints them
+//! (Services: NAME TYPE CLUSTER-IP EXTERNAL-IP PORT(S) AGE; EndpointSlices: NAME ADDRESSTYPE
+//! PORTS ENDPOINTS AGE).
 
 use model::Kind;
 use serde_json::Value;
@@ -151,6 +153,43 @@ fn row(kind: Kind, v: &Value, wide: bool) -> (Vec<&'static str>, Vec<String>) {
             vec!["NAME", "STATUS", "AGE"],
             vec![s(v, "/metadata/name").into(), "Active".into(), age(v)],
         ),
+        Kind::Service => {
+            let mut h = vec![
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE",
+            ];
+            let type_ = v
+                .pointer("/spec/type")
+                .and_then(Value::as_str)
+                .unwrap_or("ClusterIP");
+            let mut c = vec![
+                s(v, "/metadata/name").into(),
+                type_.into(),
+                or_none(s(v, "/spec/clusterIP")),
+                service_external_ip(v, type_),
+                service_ports(v),
+                age(v),
+            ];
+            if wide {
+                h.push("SELECTOR");
+                c.push(selector(v));
+            }
+            (h, c)
+        }
+        Kind::EndpointSlice => (
+            vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
+            vec![
+                s(v, "/metadata/name").into(),
+                s(v, "/addressType").into(),
+                slice_ports(v),
+                slice_endpoints(v),
+                age(v),
+            ],
+        ),
         _ => {
             let mut h = vec!["NAME", "AGE"];
             let mut c = vec![s(v, "/metadata/name").to_string(), age(v)];
@@ -161,6 +200,114 @@ fn row(kind: Kind, v: &Value, wide: bool) -> (Vec<&'static str>, Vec<String>) {
             (h, c)
         }
     }
+}
+
+fn list<'a>(v: &'a Value, ptr: &str) -> &'a [Value] {
+    v.pointer(ptr)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// kubectl's EXTERNAL-IP column.
+fn service_external_ip(v: &Value, type_: &str) -> String {
+    let external: Vec<&str> = list(v, "/spec/externalIPs")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    match type_ {
+        "ClusterIP" | "NodePort" => {
+            if external.is_empty() {
+                "<none>".into()
+            } else {
+                external.join(",")
+            }
+        }
+        "LoadBalancer" => {
+            let mut ips: Vec<&str> = list(v, "/status/loadBalancer/ingress")
+                .iter()
+                .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()))
+                .collect();
+            ips.extend(external);
+            if ips.is_empty() {
+                "<pending>".into()
+            } else {
+                ips.join(",")
+            }
+        }
+        "ExternalName" => s(v, "/spec/externalName").into(),
+        _ => "<unknown>".into(),
+    }
+}
+
+/// kubectl's PORT(S) column: `80/TCP`, `80:30080/TCP`.
+fn service_ports(v: &Value) -> String {
+    let ports: Vec<String> = list(v, "/spec/ports")
+        .iter()
+        .map(|p| {
+            let proto = p["protocol"].as_str().unwrap_or("TCP");
+            match p["nodePort"].as_u64().filter(|n| *n > 0) {
+                Some(np) => format!("{}:{np}/{proto}", p["port"]),
+                None => format!("{}/{proto}", p["port"]),
+            }
+        })
+        .collect();
+    if ports.is_empty() {
+        "<none>".into()
+    } else {
+        ports.join(",")
+    }
+}
+
+fn selector(v: &Value) -> String {
+    let mut l: Vec<String> = v
+        .pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    l.sort();
+    if l.is_empty() {
+        "<none>".into()
+    } else {
+        l.join(",")
+    }
+}
+
+/// kubectl's list of at most three, then `+ N more...`; `<unset>` when empty.
+fn with_more(items: Vec<String>) -> String {
+    const MAX: usize = 3;
+    match items.len() {
+        0 => "<unset>".into(),
+        n if n > MAX => format!("{} + {} more...", items[..MAX].join(","), n - MAX),
+        _ => items.join(","),
+    }
+}
+
+fn slice_ports(v: &Value) -> String {
+    with_more(
+        list(v, "/ports")
+            .iter()
+            .map(|p| match (p["port"].as_u64(), p["name"].as_str()) {
+                (Some(n), _) => n.to_string(),
+                (None, Some(name)) => name.to_string(),
+                (None, None) => "*".into(),
+            })
+            .collect(),
+    )
+}
+
+fn slice_endpoints(v: &Value) -> String {
+    with_more(
+        list(v, "/endpoints")
+            .iter()
+            .flat_map(|e| list(e, "/addresses").iter())
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect(),
+    )
 }
 
 fn or_none(x: &str) -> String {

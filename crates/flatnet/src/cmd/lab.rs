@@ -43,7 +43,7 @@ enum LabCmd {
     /// (started by `lab up`) The kubelet role of one node.
     #[command(hide = true)]
     Kubelet(KubeletArgs),
-    /// (started by `lab up`) Keeps Deployments at their replica count.
+    /// (started by `lab up`) Deployments, EndpointSlices and LoadBalancer IPs.
     #[command(hide = true)]
     Controller,
     /// (started by the kubelet) The built-in container answering with the pod's name.
@@ -61,6 +61,9 @@ struct UpArgs {
     pod_cidr: ipnet::Ipv4Net,
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cidr: ipnet::Ipv4Net,
+    /// Addresses the controller gives LoadBalancer services (on the underlay).
+    #[arg(long, default_value = "172.20.0.240/28")]
+    lb_pool: ipnet::Ipv4Net,
 }
 
 #[derive(clap::Args)]
@@ -164,6 +167,7 @@ async fn up(a: UpArgs, lab: lab::Lab) -> anyhow::Result<i32> {
     let addressing = lab::names::Addressing {
         pod_cidr: a.pod_cidr,
         service_cidr: a.service_cidr,
+        lb_pool: a.lb_pool,
         ..Default::default()
     };
     let opts = lab::topology::UpOptions {

@@ -14,7 +14,9 @@ pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
     let revision = store.revision().await?;
     let (subnets, _) = store.list(store::keys::SUBNETS).await?;
     let (agents, _) = store.list(store::keys::AGENTS).await?;
-    let problems = lab::converge::pending(&store).await?;
+    let report = lab::converge::report(&store).await?;
+    let converged = report.pending.is_empty();
+    let problems = [report.pending, report.notes].concat();
     let leases: Vec<Value> = subnets
         .iter()
         .filter_map(|kv| {
@@ -25,7 +27,7 @@ pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
         .collect();
     let agents: Vec<Value> = agents.iter().filter_map(|kv| kv.decode().ok()).collect();
     if args.output.as_deref() == Some("json") {
-        let v = serde_json::json!({"revision": revision, "leases": leases, "agents": agents, "converged": problems.is_empty(), "problems": problems});
+        let v = serde_json::json!({"revision": revision, "leases": leases, "agents": agents, "converged": converged, "problems": problems});
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
@@ -57,7 +59,14 @@ pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
     if problems.is_empty() {
         println!("converged: no problems found");
     } else {
-        println!("problems:");
+        println!(
+            "{}",
+            if converged {
+                "converged; problems:"
+            } else {
+                "problems:"
+            }
+        );
         for p in &problems {
             println!("  {p}");
         }

@@ -70,11 +70,21 @@ pub(super) fn check_service(e: &mut Errs, root: &Map<String, Value>) {
         );
     }
 
-    if type_ == "ExternalName"
-        && let Some(name) = e.req_str(spec, "externalName", "spec")
-        && let Err(detail) = names::dns1123_subdomain(name.strip_suffix('.').unwrap_or(name))
-    {
-        e.invalid("spec.externalName", &spec["externalName"], detail);
+    if type_ == "ExternalName" {
+        if let Some(name) = e.req_str(spec, "externalName", "spec")
+            && let Err(detail) = names::dns1123_subdomain(name.strip_suffix('.').unwrap_or(name))
+        {
+            e.invalid("spec.externalName", &spec["externalName"], detail);
+        }
+        if cluster_ip.is_some_and(|ip| !ip.is_empty()) {
+            e.forbidden("spec.clusterIP", "may not be set for ExternalName services");
+        }
+        if matches!(field(spec, "clusterIPs"), Some(Value::Array(a)) if !a.is_empty()) {
+            e.forbidden(
+                "spec.clusterIPs",
+                "may not be set for ExternalName services",
+            );
+        }
     }
 
     let ports = e.opt_array(spec, "ports", "spec").unwrap_or_default();
@@ -195,6 +205,75 @@ pub(super) fn check_service(e: &mut Errs, root: &Map<String, Value>) {
         );
     }
     e.opt_bool(spec, "publishNotReadyAddresses", "spec");
+    check_service_extras(e, spec, type_);
+}
+
+/// `healthCheckNodePort`, `sessionAffinityConfig`, `allocateLoadBalancerNodePorts`,
+/// `ipFamilies` and `ipFamilyPolicy`.
+fn check_service_extras(e: &mut Errs, spec: &Map<String, Value>, type_: &str) {
+    if let Some(v) = field(spec, "healthCheckNodePort")
+        && let Some(n) = e.int_in(v, "spec.healthCheckNodePort", 0, 65535)
+        && n != 0
+    {
+        let local = spec.get("externalTrafficPolicy").and_then(Value::as_str) == Some("Local");
+        if type_ != "LoadBalancer" || !local {
+            e.forbidden(
+                "spec.healthCheckNodePort",
+                "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+            );
+        }
+    }
+    if let Some(cfg) = e.opt_object(spec, "sessionAffinityConfig", "spec") {
+        let affinity = spec
+            .get("sessionAffinity")
+            .and_then(Value::as_str)
+            .unwrap_or("None");
+        if affinity != "ClientIP" {
+            e.invalid(
+                "spec.sessionAffinityConfig",
+                &Value::Object(cfg.clone()),
+                format!("must not be set when `sessionAffinity` is {affinity}"),
+            );
+        } else if let Some(client) = e.opt_object(cfg, "clientIP", "spec.sessionAffinityConfig")
+            && let Some(v) = field(client, "timeoutSeconds")
+        {
+            e.int_in(
+                v,
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                1,
+                86_400,
+            );
+        }
+    }
+    if e.opt_bool(spec, "allocateLoadBalancerNodePorts", "spec")
+        .is_some()
+        && type_ != "LoadBalancer"
+    {
+        e.forbidden(
+            "spec.allocateLoadBalancerNodePorts",
+            "may only be used when `type` is 'LoadBalancer'",
+        );
+    }
+    if let Some(fams) = e.opt_str_list(spec, "ipFamilies", "spec") {
+        for (i, f) in fams.iter().enumerate() {
+            if !matches!(*f, "IPv4" | "IPv6") {
+                e.unsupported(
+                    &index("spec.ipFamilies", i),
+                    &Value::from(*f),
+                    &["IPv4", "IPv6"],
+                );
+            }
+        }
+    }
+    if let Some(p) = e.opt_str(spec, "ipFamilyPolicy", "spec")
+        && !matches!(p, "SingleStack" | "PreferDualStack" | "RequireDualStack")
+    {
+        e.unsupported(
+            "spec.ipFamilyPolicy",
+            &spec["ipFamilyPolicy"],
+            &["SingleStack", "PreferDualStack", "RequireDualStack"],
+        );
+    }
 }
 
 pub(super) fn check_endpoint_slice(e: &mut Errs, root: &Map<String, Value>) {
