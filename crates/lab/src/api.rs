@@ -758,3 +758,6 @@ pub fn labels_of(v: &Value) -> HashMap<String, String> {
         })
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests;

@@ -301,7 +301,7 @@ async fn controller_pending(
             LbState::None => {
                 if let Some(ip) = shown {
                     out.push(format!(
-                        "service {id}: is no LoadBalancer but still shows address {ip} (controller)"
+                        "service {id} is not a LoadBalancer but still shows address {ip} (controller)"
                     ));
                 }
             }
@@ -400,5 +400,103 @@ mod tests {
         put(&s, "objects/pods/default/web-b", json!({"metadata": {"name": "web-b", "namespace": "default", "ownerReferences": [{"kind": "Deployment", "name": "web"}]}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})).await;
         put(&s, "objects/pods/default/web-a", json!({"metadata": {"name": "web-a", "namespace": "default", "ownerReferences": [{"kind": "Deployment", "name": "web"}]}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})).await;
         assert_eq!(pending(&s).await.expect("pending"), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn services_wait_for_their_endpointslices_and_stale_ones_are_named() {
+        let s = MemStore::new();
+        two_node_cluster(&s).await;
+        let svc = json!({"metadata": {"name": "web", "namespace": "default", "uid": "u"},
+            "spec": {"clusterIP": "10.96.0.20", "selector": {"app": "web"}, "ports": [{"port": 80}]}});
+        put(&s, "objects/services/default/web", svc.clone()).await;
+        let pod = json!({"metadata": {"name": "web-a", "namespace": "default", "labels": {"app": "web"}},
+            "spec": {"nodeName": "node1", "containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "podIP": "10.244.0.5", "conditions": [{"type": "Ready", "status": "True"}]}});
+        put(&s, "objects/pods/default/web-a", pod.clone()).await;
+        assert_eq!(
+            pending(&s).await.expect("pending"),
+            vec!["service default/web: endpointslices not up to date yet (controller)".to_string()]
+        );
+        let svc: Service = serde_json::from_value(svc).expect("svc");
+        let pod: Pod = serde_json::from_value(pod).expect("pod");
+        let want = endpoints::desired_slices(&[svc], &[pod], &BTreeMap::new());
+        assert_eq!(want.len(), 1);
+        let key = format!("objects/endpointslices/default/{}", want[0].metadata.name);
+        put(
+            &s,
+            &key,
+            endpoints::to_stored(&want[0], None, "x", "2026-01-01T00:00:00Z"),
+        )
+        .await;
+        assert_eq!(pending(&s).await.expect("pending"), Vec::<String>::new());
+        // a managed slice nobody wants any more
+        let mut stale = want[0].clone();
+        stale.metadata.name = "web-zzzzz".into();
+        put(
+            &s,
+            "objects/endpointslices/default/web-zzzzz",
+            endpoints::to_stored(&stale, None, "y", "2026-01-01T00:00:00Z"),
+        )
+        .await;
+        assert_eq!(
+            pending(&s).await.expect("pending"),
+            vec!["endpointslice default/web-zzzzz of service default/web is no longer wanted but still stored (controller)".to_string()]
+        );
+    }
+
+    #[tokio::test]
+    async fn load_balancers_wait_for_an_address_while_the_pool_has_room() {
+        let s = MemStore::new();
+        two_node_cluster(&s).await;
+        put(
+            &s,
+            store::keys::CONFIG,
+            json!({"loadBalancerPool": "172.20.0.240/28"}),
+        )
+        .await;
+        let rev = s.revision().await.expect("rev");
+        for a in ["node1", "node2"] {
+            let kv = s
+                .get(&store::keys::agent(a))
+                .await
+                .expect("get")
+                .expect("agent");
+            let mut v: Value = kv.decode().expect("json");
+            v["appliedRevision"] = json!(rev);
+            put(&s, &store::keys::agent(a), v).await;
+        }
+        put(
+            &s,
+            "objects/services/default/lb",
+            json!({"metadata": {"name": "lb", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.30", "ports": [{"port": 80}]}}),
+        )
+        .await;
+        assert_eq!(
+            pending(&s).await.expect("pending"),
+            vec!["service default/lb: LoadBalancer address 172.20.0.240 not assigned yet (controller)".to_string()]
+        );
+        put(
+            &s,
+            "objects/services/default/lb",
+            json!({"metadata": {"name": "lb", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.30", "ports": [{"port": 80}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "172.20.0.240"}]}}}),
+        )
+        .await;
+        assert_eq!(pending(&s).await.expect("pending"), Vec::<String>::new());
+        // no longer a LoadBalancer but still showing the address
+        put(
+            &s,
+            "objects/services/default/lb",
+            json!({"metadata": {"name": "lb", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.30", "ports": [{"port": 80}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "172.20.0.240"}]}}}),
+        )
+        .await;
+        assert_eq!(
+            pending(&s).await.expect("pending"),
+            vec!["service default/lb is not a LoadBalancer but still shows address 172.20.0.240 (controller)".to_string()]
+        );
     }
 }
