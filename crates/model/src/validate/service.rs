@@ -353,3 +353,96 @@ pub(super) fn check_endpoint_slice(e: &mut Errs, root: &Map<String, Value>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    fn errors(spec: &str) -> String {
+        let yaml = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n{spec}\n");
+        match crate::parse_manifests(&yaml, "t.yaml") {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn external_name_may_not_have_a_cluster_ip() {
+        let e =
+            errors("  type: ExternalName\n  externalName: db.example.test\n  clusterIP: 10.96.0.5");
+        assert!(
+            e.contains("spec.clusterIP: Forbidden: may not be set for ExternalName services"),
+            "{e}"
+        );
+        let e = errors(
+            "  type: ExternalName\n  externalName: db.example.test\n  clusterIPs: [10.96.0.5]",
+        );
+        assert!(e.contains("spec.clusterIPs: Forbidden"), "{e}");
+        assert_eq!(
+            errors("  type: ExternalName\n  externalName: db.example.test\n  clusterIP: \"\""),
+            ""
+        );
+    }
+
+    #[test]
+    fn health_check_node_port_only_for_local_load_balancers() {
+        let e = errors("  type: NodePort\n  healthCheckNodePort: 30100\n  ports: [{port: 80}]");
+        assert!(e.contains("spec.healthCheckNodePort: Forbidden"), "{e}");
+        let ok = "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 30100\n  ports: [{port: 80}]";
+        assert_eq!(errors(ok), "");
+        let e = errors(
+            "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 70000\n  ports: [{port: 80}]",
+        );
+        assert!(
+            e.contains("spec.healthCheckNodePort: Invalid value: 70000"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn session_affinity_config_needs_client_ip_and_a_sane_timeout() {
+        let e = errors(
+            "  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n  ports: [{port: 80}]",
+        );
+        assert!(
+            e.contains("spec.sessionAffinityConfig: Invalid value"),
+            "{e}"
+        );
+        assert!(
+            e.contains("must not be set when `sessionAffinity` is None"),
+            "{e}"
+        );
+        let e = errors(
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}\n  ports: [{port: 80}]",
+        );
+        assert!(e.contains("spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: 0: must be between 1 and 86400, inclusive"), "{e}");
+        assert_eq!(
+            errors(
+                "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n  ports: [{port: 80}]"
+            ),
+            ""
+        );
+    }
+
+    #[test]
+    fn allocate_lb_node_ports_and_ip_families_are_checked() {
+        let e = errors("  allocateLoadBalancerNodePorts: false\n  ports: [{port: 80}]");
+        assert!(
+            e.contains("spec.allocateLoadBalancerNodePorts: Forbidden"),
+            "{e}"
+        );
+        assert_eq!(
+            errors(
+                "  type: LoadBalancer\n  allocateLoadBalancerNodePorts: false\n  ports: [{port: 80}]"
+            ),
+            ""
+        );
+        let e = errors("  ipFamilies: [IPv5]\n  ipFamilyPolicy: Sometimes\n  ports: [{port: 80}]");
+        assert!(
+            e.contains("spec.ipFamilies[0]: Unsupported value: \"IPv5\""),
+            "{e}"
+        );
+        assert!(
+            e.contains("spec.ipFamilyPolicy: Unsupported value: \"Sometimes\""),
+            "{e}"
+        );
+    }
+}
