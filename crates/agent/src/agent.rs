@@ -17,6 +17,7 @@ use crate::dataplane::{Dataplane, DataplaneError};
 use crate::lease::{self, HeldLease, LeaseError, LeaseRequest, key_cidr};
 use crate::plan::{
     Backend, Change, Lease, LeaseAttrs, UnderlayInfo, check_remote, compile, diff, pod_mtu,
+    service_route,
 };
 use crate::proxy::{ProxyConfig, ProxyDataplane, ProxyReport, ProxyStatus};
 use crate::{AgentConfig, AgentError};
@@ -96,6 +97,7 @@ pub async fn run_with<S: Store, D: Dataplane + ProxyDataplane>(
                 node: agent.cfg.node.clone(),
                 addresses: vec![agent.underlay.ip],
                 cluster_cidr: agent.net.pod_cidr,
+                service_cidr: agent.net.service_cidr,
             },
             agent.report.clone(),
         );
@@ -169,6 +171,15 @@ impl<S: Store, D: Dataplane + ProxyDataplane> Agent<S, D> {
         let dev = cfg.underlay_dev.clone();
         let underlay = blocking(&dp, move |d| d.underlay(&dev)).await?;
         tracing::info!(pod_cidr = %net.pod_cidr, backend = %net.backend, underlay = ?underlay, "starting");
+        if let Some(svc) = net.service_cidr.filter(|c| c.contains(&underlay.ip)) {
+            return Err(AgentError::Config {
+                key: keys::CONFIG.to_string(),
+                reason: format!(
+                    "serviceCIDR {svc} contains this node's underlay address {} ({}): traffic to the node would be taken for service traffic",
+                    underlay.ip, underlay.dev
+                ),
+            });
+        }
         let req = LeaseRequest {
             net: net.clone(),
             attrs: LeaseAttrs::new(&cfg.node, underlay.ip, net.backend),
@@ -466,8 +477,11 @@ impl<S: Store, D: Dataplane + ProxyDataplane> Agent<S, D> {
     /// Compile, diff against what the kernel holds, apply; then the CNI conflist and status.
     async fn reconcile(&mut self) {
         let remotes: Vec<Lease> = self.remotes.values().cloned().collect();
-        let desired = compile(&self.held.lease, &remotes, self.net.backend, &self.underlay);
+        let mut desired = compile(&self.held.lease, &remotes, self.net.backend, &self.underlay);
         let peers: Vec<Ipv4Net> = desired.routes.iter().map(|r| r.dst).collect();
+        if let Some(cidr) = self.net.service_cidr {
+            desired.routes.insert(service_route(cidr, &self.underlay));
+        }
         let result = blocking(&self.dp, move |d| {
             let observed = d.observe()?;
             let changes = diff(&observed, &desired);

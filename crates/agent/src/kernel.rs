@@ -162,7 +162,7 @@ impl NetnsDataplane {
             dst: route.dst,
             gateway: (!route.via.is_unspecified()).then_some(route.via),
             oif: Some(oif),
-            scope_link: false,
+            scope_link: route.via.is_unspecified(),
             onlink: route.onlink,
         }
     }

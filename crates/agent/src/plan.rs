@@ -353,6 +353,19 @@ pub fn compile(
     plan
 }
 
+/// The route that lets the node's own processes reach ClusterIPs: without it a node with no
+/// default route (the lab's) fails the route lookup before the service proxy's DNAT in the
+/// output hook; with it the packet leaves the lookup and is DNATed and rerouted to the
+/// endpoint. Addresses of the CIDR that no service holds are refused by the proxy's table.
+pub fn service_route(service_cidr: Ipv4Net, underlay: &UnderlayInfo) -> Route {
+    Route {
+        dst: service_cidr,
+        via: Ipv4Addr::UNSPECIFIED,
+        dev: underlay.dev.clone(),
+        onlink: false,
+    }
+}
+
 /// One step from one plan towards another. `Add*` items replace what the kernel holds under
 /// the same key (route: dst; neighbour: dev+ip; FDB: dev+mac), so a changed item is one `Add`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]

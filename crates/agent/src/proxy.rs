@@ -155,6 +155,7 @@ pub struct ProxyConfig {
     pub node: String,
     pub addresses: Vec<Ipv4Addr>,
     pub cluster_cidr: Ipv4Net,
+    pub service_cidr: Option<Ipv4Net>,
 }
 
 /// Remembers what the kernel holds and turns the next plan into the fewest changes.
@@ -266,6 +267,7 @@ pub async fn run<S: Store, P: ProxyDataplane>(
         name: cfg.node.clone(),
         addresses: cfg.addresses.clone(),
         cluster_cidr: cfg.cluster_cidr,
+        service_cidr: cfg.service_cidr,
     };
     let mut applier = Applier::default();
     let mut backoff = BACKOFF_MIN;

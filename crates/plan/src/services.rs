@@ -325,6 +325,9 @@ pub struct NodeView {
     pub addresses: Vec<Ipv4Addr>,
     /// The pod CIDR of the whole cluster: sources inside it are pods.
     pub cluster_cidr: Ipv4Net,
+    /// The service CIDR: an address of it that is still the destination after DNAT is
+    /// refused (no service has it, or not on that port).
+    pub service_cidr: Option<Ipv4Net>,
 }
 
 /// One service port as proxied on this node, for `trace`, `status` and tests.
@@ -361,6 +364,7 @@ pub struct ServicePlan {
     #[serde(serialize_with = "ser_map")]
     pub firewall: BTreeMap<Frontend, Vec<Ipv4Net>>,
     pub cluster_cidr: Option<Ipv4Net>,
+    pub service_cidr: Option<Ipv4Net>,
     /// Not part of the dataplane: what was proxied and why, for explanations.
     #[serde(skip)]
     pub ports: Vec<ProxiedPort>,
@@ -448,6 +452,7 @@ fn affinity_id(name: &str, taken: &BTreeSet<u32>) -> u32 {
 pub fn compile(node: &NodeView, services: &[Service], slices: &[EndpointSlice]) -> ServicePlan {
     let mut plan = ServicePlan {
         cluster_cidr: Some(node.cluster_cidr),
+        service_cidr: node.service_cidr,
         ..Default::default()
     };
     // Slices by namespace/service.
@@ -946,7 +951,9 @@ pub fn diff(old: &ServicePlan, new: &ServicePlan) -> ServiceDiff {
     );
     // Order within one transaction: deletes before adds, so a changed value is replaced.
     ops.sort_by_key(|op| matches!(op, ElemOp::Add { .. }));
-    d.structure_changed = old.firewall != new.firewall || old.cluster_cidr != new.cluster_cidr;
+    d.structure_changed = old.firewall != new.firewall
+        || old.cluster_cidr != new.cluster_cidr
+        || old.service_cidr != new.service_cidr;
     // Conntrack: UDP backends that went away from a frontend, and UDP frontends revived.
     let backends_of = |p: &ServicePlan, fe: &Frontend| -> BTreeSet<Ipv4Addr> {
         p.backends
@@ -999,6 +1006,7 @@ impl ServicePlan {
         diff(
             &ServicePlan {
                 cluster_cidr: self.cluster_cidr,
+                service_cidr: self.service_cidr,
                 ..Default::default()
             },
             self,
@@ -1086,6 +1094,14 @@ pub fn render_structure(plan: &ServicePlan, chains: &BTreeSet<DynChain>) -> Stri
     // Small sets, rewritten whole each time (flush + add in this same transaction).
     let _ = writeln!(s, "flush set {t} cluster-cidr");
     let _ = writeln!(s, "add element {t} cluster-cidr {{ {cidr} }}");
+    let _ = writeln!(
+        s,
+        "add set {t} service-cidr {{ type ipv4_addr; flags interval; }}"
+    );
+    let _ = writeln!(s, "flush set {t} service-cidr");
+    if let Some(c) = plan.service_cidr {
+        let _ = writeln!(s, "add element {t} service-cidr {{ {c} }}");
+    }
     let _ = writeln!(s, "flush set {t} {}", maps::FIREWALL);
     let _ = writeln!(s, "flush set {t} {}", maps::FIREWALL_ALLOW);
     if !plan.firewall.is_empty() {
@@ -1179,10 +1195,10 @@ pub fn render_structure(plan: &ServicePlan, chains: &BTreeSet<DynChain>) -> Stri
         &checks,
     );
     // After DNAT: a packet still addressed to a ClusterIP used a port the service lacks.
-    let invalid = vec![format!(
-        "ct state new ip daddr @{} goto refuse",
-        maps::CLUSTER_IPS
-    )];
+    let invalid = vec![
+        format!("ct state new ip daddr @{} goto refuse", maps::CLUSTER_IPS),
+        "ct state new ip daddr @service-cidr goto refuse".to_string(),
+    ];
     chain(
         "filter-prerouting-post-dnat",
         Some("type filter hook prerouting priority -90; policy accept;"),

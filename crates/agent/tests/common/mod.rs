@@ -40,7 +40,7 @@ pub fn agent_config(node: &str, dir: &Path, ttl: Duration) -> AgentConfig {
 }
 
 pub async fn put_config<S: Store>(store: &S, pod_cidr: &str, prefix: u8, backend: &str) {
-    let v = serde_json::json!({"podCIDR": pod_cidr, "nodePrefixLength": prefix, "serviceCIDR": "10.96.0.0/12", "backend": backend});
+    let v = serde_json::json!({"podCIDR": pod_cidr, "nodePrefixLength": prefix, "serviceCIDR": "10.96.0.0/16", "backend": backend});
     store
         .put(store::keys::CONFIG, serde_json::to_vec(&v).unwrap())
         .await

@@ -7,6 +7,7 @@ fn node(name: &str) -> NodeView {
         name: name.to_string(),
         addresses: vec!["172.20.0.11".parse().unwrap()],
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        service_cidr: Some("10.96.0.0/12".parse().unwrap()),
     }
 }
 
