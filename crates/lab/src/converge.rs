@@ -43,6 +43,15 @@ pub async fn report(store: &impl Store) -> Result<Report, StoreError> {
     let (subnets, _) = store.list(store::keys::SUBNETS).await?;
     let config = store.get(store::keys::CONFIG).await?;
     let (agents, _) = store.list(store::keys::AGENTS).await?;
+    // The newest Service or EndpointSlice every agent's service proxy must have applied.
+    let mut services_needed = 0;
+    for prefix in ["objects/services/", "objects/endpointslices/"] {
+        let (kvs, _) = store.list(prefix).await?;
+        services_needed = kvs
+            .iter()
+            .map(|kv| kv.mod_revision)
+            .fold(services_needed, i64::max);
+    }
     let lease_cidrs: BTreeSet<String> = subnets
         .iter()
         .filter_map(|kv| store::keys::subnet_cidr(&kv.key))
@@ -92,6 +101,16 @@ pub async fn report(store: &impl Store) -> Result<Report, StoreError> {
                 "agent on {name} has applied revision {} but the leases are at {needed}",
                 agent["appliedRevision"].as_i64().unwrap_or(0)
             ));
+        }
+        let proxy = &agent["proxy"];
+        let proxied = proxy["appliedRevision"].as_i64().unwrap_or(0);
+        if proxied < services_needed {
+            out.push(format!(
+                "service proxy on {name} has applied revision {proxied} but services are at {services_needed}"
+            ));
+        }
+        if let Some(err) = proxy["lastError"].as_str() {
+            out.push(format!("service proxy on {name}: {err}"));
         }
         if let Some(peers) = agent["peers"].as_array() {
             let own = agent["cidr"].as_str().unwrap_or_default();
@@ -330,6 +349,48 @@ mod tests {
             .expect("put");
     }
 
+    /// What is pending for the controller (the agents' service proxies are tested apart).
+    fn controller_only(p: Vec<String>) -> Vec<String> {
+        p.into_iter()
+            .filter(|l| !l.starts_with("service proxy on"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn service_proxies_must_apply_the_newest_service_change() {
+        let s = MemStore::new();
+        two_node_cluster(&s).await;
+        put(
+            &s,
+            "objects/services/default/x",
+            json!({"metadata": {"name": "x", "namespace": "default"},
+            "spec": {"clusterIP": "10.96.0.40", "ports": [{"port": 80}]}}),
+        )
+        .await;
+        let rev = s.revision().await.expect("rev");
+        assert_eq!(
+            pending(&s).await.expect("pending"),
+            vec![
+                format!("service proxy on node1 has applied revision 0 but services are at {rev}"),
+                format!("service proxy on node2 has applied revision 0 but services are at {rev}"),
+            ]
+        );
+        for a in ["node1", "node2"] {
+            let kv = s
+                .get(&store::keys::agent(a))
+                .await
+                .expect("get")
+                .expect("agent");
+            let mut v: Value = kv.decode().expect("json");
+            v["proxy"] = json!({"appliedRevision": rev, "lastError": if a == "node2" { json!("nft: No such file or directory") } else { Value::Null }});
+            put(&s, &store::keys::agent(a), v).await;
+        }
+        assert_eq!(
+            pending(&s).await.expect("pending"),
+            vec!["service proxy on node2: nft: No such file or directory".to_string()]
+        );
+    }
+
     async fn two_node_cluster(s: &MemStore) {
         for (i, n) in ["node1", "node2"].iter().enumerate() {
             put(s, &store::keys::object("nodes", None, n), json!({"metadata": {"name": n}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}})).await;
@@ -414,7 +475,7 @@ mod tests {
             "status": {"phase": "Running", "podIP": "10.244.0.5", "conditions": [{"type": "Ready", "status": "True"}]}});
         put(&s, "objects/pods/default/web-a", pod.clone()).await;
         assert_eq!(
-            pending(&s).await.expect("pending"),
+            controller_only(pending(&s).await.expect("pending")),
             vec!["service default/web: endpointslices not up to date yet (controller)".to_string()]
         );
         let svc: Service = serde_json::from_value(svc).expect("svc");
@@ -428,7 +489,10 @@ mod tests {
             endpoints::to_stored(&want[0], None, "x", "2026-01-01T00:00:00Z"),
         )
         .await;
-        assert_eq!(pending(&s).await.expect("pending"), Vec::<String>::new());
+        assert_eq!(
+            controller_only(pending(&s).await.expect("pending")),
+            Vec::<String>::new()
+        );
         // a managed slice nobody wants any more
         let mut stale = want[0].clone();
         stale.metadata.name = "web-zzzzz".into();
@@ -439,7 +503,7 @@ mod tests {
         )
         .await;
         assert_eq!(
-            pending(&s).await.expect("pending"),
+            controller_only(pending(&s).await.expect("pending")),
             vec!["endpointslice default/web-zzzzz of service default/web is no longer wanted but still stored (controller)".to_string()]
         );
     }
@@ -473,7 +537,7 @@ mod tests {
         )
         .await;
         assert_eq!(
-            pending(&s).await.expect("pending"),
+            controller_only(pending(&s).await.expect("pending")),
             vec!["service default/lb: LoadBalancer address 172.20.0.240 not assigned yet (controller)".to_string()]
         );
         put(
@@ -484,7 +548,10 @@ mod tests {
             "status": {"loadBalancer": {"ingress": [{"ip": "172.20.0.240"}]}}}),
         )
         .await;
-        assert_eq!(pending(&s).await.expect("pending"), Vec::<String>::new());
+        assert_eq!(
+            controller_only(pending(&s).await.expect("pending")),
+            Vec::<String>::new()
+        );
         // no longer a LoadBalancer but still showing the address
         put(
             &s,
@@ -495,7 +562,7 @@ mod tests {
         )
         .await;
         assert_eq!(
-            pending(&s).await.expect("pending"),
+            controller_only(pending(&s).await.expect("pending")),
             vec!["service default/lb is not a LoadBalancer but still shows address 172.20.0.240 (controller)".to_string()]
         );
     }

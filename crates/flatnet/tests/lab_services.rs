@@ -1,0 +1,472 @@
+//! Tier 2: the service proxy (issue 5) with real packets, from pods, from nodes and from the
+//! lab's `external` host, through the CLI only.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Lab, can_run};
+
+const WAIT: Duration = Duration::from_secs(40);
+
+/// A Deployment of `replicas` responders (TCP 8080 named `http`, UDP 5353 named `dns`) with
+/// label `app: NAME`, optionally pinned to a node.
+fn deployment(name: &str, replicas: u32, node: Option<&str>) -> String {
+    let pin = node
+        .map(|n| format!("      nodeName: {n}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n    metadata: {{labels: {{app: {name}}}}}\n    spec:\n{pin}      containers:\n      - name: s\n        ports:\n        - {{name: http, containerPort: 8080}}\n        - {{name: dns, containerPort: 5353, protocol: UDP}}\n---\n"
+    )
+}
+
+fn pod(name: &str, node: &str, app: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: {app}}}}}\nspec:\n  nodeName: {node}\n  containers:\n  - name: s\n    ports:\n    - {{name: http, containerPort: 8080}}\n    - {{name: dns, containerPort: 5353, protocol: UDP}}\n---\n"
+    )
+}
+
+/// A Service named `name` selecting `app: NAME`, port 80 -> `http`; `extra` is appended to
+/// its spec (indented YAML lines).
+fn service(name: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: {name}}}\n  ports:\n  - {{name: http, port: 80, targetPort: http}}\n{extra}---\n"
+    )
+}
+
+fn cluster_ip(lab: &Lab, svc: &str) -> String {
+    let v = lab.get_json(&["svc", svc]);
+    v["spec"]["clusterIP"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{svc} has a clusterIP: {v}"))
+        .to_string()
+}
+
+fn node_port(lab: &Lab, svc: &str) -> String {
+    let v = lab.get_json(&["svc", svc]);
+    v["spec"]["ports"][0]["nodePort"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{svc} has a nodePort: {v}"))
+        .to_string()
+}
+
+fn node_ip(lab: &Lab, node: &str) -> String {
+    let v = lab.get_json(&["node", node]);
+    v["status"]["addresses"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["type"] == "InternalIP"))
+        .and_then(|a| a["address"].as_str())
+        .unwrap_or_else(|| panic!("{node} has an InternalIP: {v}"))
+        .to_string()
+}
+
+fn wait_deployment(lab: &Lab, name: &str, replicas: usize) -> Vec<String> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = lab.get_json(&["pods"]);
+        let ready: Vec<String> = v["items"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|p| p["metadata"]["labels"]["app"] == name)
+                    .filter(|p| {
+                        p["status"]["conditions"].as_array().is_some_and(|c| {
+                            c.iter()
+                                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        })
+                    })
+                    .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ready.len() == replicas {
+            return ready;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: {} of {replicas} pods Ready",
+            ready.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `curl` `n` times from a pod (one process running a loop); the bodies, one per line.
+fn curl_many(lab: &Lab, from: &str, url: &str, n: u32) -> Vec<String> {
+    let script = format!("for i in $(seq {n}); do curl -s -m 2 {url} || echo FAILED; echo; done");
+    let out = lab.exec("default", from, &["sh", "-c", &script]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn counts(bodies: &[String]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for b in bodies {
+        *m.entry(b.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// curl's exit code for one request from a pod.
+fn curl_code(lab: &Lab, from: &str, url: &str, timeout_s: u32) -> Option<i32> {
+    lab.exec(
+        "default",
+        from,
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-m",
+            &timeout_s.to_string(),
+            url,
+        ],
+    )
+    .status
+    .code()
+}
+
+/// The lab: 2 nodes, a client pod on node1, the `web` Deployment (3 pods) and its Service.
+fn lab_with_web(name: &str, svc_extra: &str) -> Lab {
+    let lab = Lab::up(name, &["--nodes", "2"]);
+    lab.apply(
+        &(pod("client", "node1", "client")
+            + &deployment("web", 3, None)
+            + &service("web", svc_extra)),
+    );
+    lab.wait_ready("default", "client", WAIT);
+    wait_deployment(&lab, "web", 3);
+    lab.ok(&["wait", "--converged", "--timeout", "30s"]);
+    lab
+}
+
+#[test]
+fn cluster_ip_spreads_connections_over_every_endpoint_without_nat() {
+    if !can_run("cluster_ip_spreads_connections_over_every_endpoint_without_nat") {
+        return;
+    }
+    let lab = lab_with_web("svccip", "");
+    let ip = cluster_ip(&lab, "web");
+    let bodies = curl_many(&lab, "client", &format!("http://{ip}/"), 300);
+    let c = counts(&bodies);
+    assert_eq!(c.len(), 3, "three backends answer: {c:?}");
+    for (backend, n) in &c {
+        assert!(backend.starts_with("web-"), "{c:?}");
+        assert!(*n >= 45, "{backend} got {n} of 300 (< 15 %): {c:?}");
+    }
+    // The backend sees the client pod's own address.
+    let client_ip = lab.wait_ready("default", "client", WAIT);
+    let seen = curl_many(&lab, "client", &format!("http://{ip}/clientip"), 1);
+    assert_eq!(
+        seen[0].split(':').next(),
+        Some(client_ip.as_str()),
+        "{seen:?}"
+    );
+    // From a node itself (output hook) too.
+    let out = lab.ok(&[
+        "lab",
+        "exec",
+        "node2",
+        "--",
+        "curl",
+        "-s",
+        "-m",
+        "2",
+        &format!("http://{ip}/"),
+    ]);
+    assert!(out.starts_with("web-"), "{out}");
+}
+
+#[test]
+fn a_service_without_ready_endpoints_refuses_at_once() {
+    if !can_run("a_service_without_ready_endpoints_refuses_at_once") {
+        return;
+    }
+    let lab = Lab::up("svcnoep", &["--nodes", "1"]);
+    lab.apply(
+        &(pod("client", "node1", "client")
+            + &service("nothing", "  - {name: dns, port: 53, protocol: UDP}\n")),
+    );
+    lab.wait_ready("default", "client", WAIT);
+    lab.ok(&["wait", "--converged", "--timeout", "30s"]);
+    let ip = cluster_ip(&lab, "nothing");
+    // curl exit 7: connection refused (a timeout would be 28).
+    assert_eq!(
+        curl_code(&lab, "client", &format!("http://{ip}/"), 5),
+        Some(7)
+    );
+    // UDP: ICMP port unreachable -> ECONNREFUSED on a connected socket.
+    let py = format!(
+        "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.settimeout(3)\ns.connect(('{ip}',53))\ns.send(b'x')\ntry:\n    s.recv(100)\n    print('ANSWER')\nexcept ConnectionRefusedError:\n    print('REFUSED')\nexcept socket.timeout:\n    print('TIMEOUT')\n"
+    );
+    let out = lab.exec("default", "client", &["python3", "-c", &py]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "REFUSED");
+    // A port the service does not have is refused too.
+    assert_eq!(
+        curl_code(&lab, "client", &format!("http://{ip}:81/"), 5),
+        Some(7)
+    );
+}
+
+#[test]
+fn session_affinity_pins_a_client_and_switching_it_off_spreads_again() {
+    if !can_run("session_affinity_pins_a_client_and_switching_it_off_spreads_again") {
+        return;
+    }
+    let lab = lab_with_web("svcaff", "  sessionAffinity: ClientIP\n");
+    let ip = cluster_ip(&lab, "web");
+    let c = counts(&curl_many(&lab, "client", &format!("http://{ip}/"), 40));
+    assert_eq!(c.len(), 1, "one backend for a pinned client: {c:?}");
+    lab.apply(&service("web", "  sessionAffinity: None\n"));
+    lab.ok(&["wait", "--converged", "--timeout", "30s"]);
+    let c = counts(&curl_many(&lab, "client", &format!("http://{ip}/"), 60));
+    assert!(c.len() >= 2, "spread again without affinity: {c:?}");
+}
+
+#[test]
+fn a_pod_reaches_itself_through_its_service() {
+    if !can_run("a_pod_reaches_itself_through_its_service") {
+        return;
+    }
+    let lab = Lab::up("svchairpin", &["--nodes", "1"]);
+    lab.apply(&(pod("solo", "node1", "solo") + &service("solo", "")));
+    lab.wait_ready("default", "solo", WAIT);
+    lab.ok(&["wait", "--converged", "--timeout", "30s"]);
+    let ip = cluster_ip(&lab, "solo");
+    let bodies = curl_many(&lab, "solo", &format!("http://{ip}/"), 5);
+    assert_eq!(bodies, vec!["solo".to_string(); 5]);
+}
+
+#[test]
+fn node_port_answers_from_external_and_local_policy_keeps_the_client_ip() {
+    if !can_run("node_port_answers_from_external_and_local_policy_keeps_the_client_ip") {
+        return;
+    }
+    let lab = Lab::up("svcnp", &["--nodes", "2"]);
+    lab.apply(
+        &(pod("client", "node1", "client")
+            + &deployment("web", 2, Some("node1"))
+            + &service("web", "  type: NodePort\n")
+            + &deployment("loc", 1, Some("node1"))
+            + &service("loc", "  type: NodePort\n  externalTrafficPolicy: Local\n")),
+    );
+    wait_deployment(&lab, "web", 2);
+    wait_deployment(&lab, "loc", 1);
+    lab.ok(&["wait", "--converged", "--timeout", "30s"]);
+    let (n1, n2) = (node_ip(&lab, "node1"), node_ip(&lab, "node2"));
+    let np = node_port(&lab, "web");
+    for node in [&n1, &n2] {
+        let out = lab.ok(&[
+            "lab",
+            "exec",
+            "external",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            &format!("http://{node}:{np}/"),
+        ]);
+        assert!(out.starts_with("web-"), "NodePort on {node}: {out}");
+        // Masqueraded: the backend sees the node's address, not external's.
+        let seen = lab.ok(&[
+            "lab",
+            "exec",
+            "external",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            &format!("http://{node}:{np}/clientip"),
+        ]);
+        assert!(
+            !seen.starts_with("172.20.0.2:"),
+            "ETP=Cluster masquerades: {seen}"
+        );
+    }
+    // From a pod and from a node too.
+    let out = curl_many(&lab, "client", &format!("http://{n2}:{np}/"), 1);
+    assert!(out[0].starts_with("web-"), "{out:?}");
+    let out = lab.ok(&[
+        "lab",
+        "exec",
+        "node1",
+        "--",
+        "curl",
+        "-s",
+        "-m",
+        "3",
+        &format!("http://{n1}:{np}/"),
+    ]);
+    assert!(out.starts_with("web-"), "{out}");
+
+    let lp = node_port(&lab, "loc");
+    let seen = lab.ok(&[
+        "lab",
+        "exec",
+        "external",
+        "--",
+        "curl",
+        "-s",
+        "-m",
+        "3",
+        &format!("http://{n1}:{lp}/clientip"),
+    ]);
+    assert!(
+        seen.starts_with("172.20.0.2:"),
+        "ETP=Local keeps the client IP: {seen}"
+    );
+    // node2 has no local endpoint: external traffic is dropped there (a timeout, exit 28).
+    let out = lab.run(&[
+        "lab",
+        "exec",
+        "external",
+        "--",
+        "curl",
+        "-s",
+        "-m",
+        "2",
+        &format!("http://{n2}:{lp}/"),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(28),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn scaling_a_deployment_changes_the_endpoints_within_a_second() {
+    if !can_run("scaling_a_deployment_changes_the_endpoints_within_a_second") {
+        return;
+    }
+    let lab = lab_with_web("svcscale", "");
+    let ip = cluster_ip(&lab, "web");
+    lab.apply(&deployment("web", 4, None));
+    let pods = wait_deployment(&lab, "web", 4);
+    // From the moment the fourth pod is Ready, it must answer within a second.
+    let ready_at = Instant::now();
+    let deadline = ready_at + Duration::from_secs(10);
+    loop {
+        let c = counts(&curl_many(&lab, "client", &format!("http://{ip}/"), 40));
+        if c.len() == 4 {
+            let took = ready_at.elapsed();
+            eprintln!("4th endpoint answering {took:?} after its pod was seen Ready ({c:?})");
+            assert!(took < Duration::from_secs(2), "took {took:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never 4 backends: {c:?} of {pods:?}"
+        );
+    }
+    lab.apply(&deployment("web", 1, None));
+    let left = wait_deployment(&lab, "web", 1);
+    let gone_at = Instant::now();
+    loop {
+        let c = counts(&curl_many(&lab, "client", &format!("http://{ip}/"), 20));
+        if c.keys().all(|k| *k == left[0]) {
+            eprintln!(
+                "endpoints down to 1 {:?} after the pods were gone",
+                gone_at.elapsed()
+            );
+            break;
+        }
+        assert!(
+            gone_at.elapsed() < Duration::from_secs(5),
+            "still answered by {c:?}"
+        );
+    }
+}
+
+#[test]
+fn udp_flows_move_to_the_new_endpoint_when_the_old_one_goes() {
+    if !can_run("udp_flows_move_to_the_new_endpoint_when_the_old_one_goes") {
+        return;
+    }
+    let lab = Lab::up("svcudp", &["--nodes", "1"]);
+    lab.apply(
+        &(pod("client", "node1", "client")
+            + &pod("old", "node1", "dns")
+            + "apiVersion: v1\nkind: Service\nmetadata: {name: dns}\nspec:\n  selector: {app: dns}\n  ports:\n  - {name: dns, port: 53, targetPort: dns, protocol: UDP}\n---\n"),
+    );
+    lab.wait_ready("default", "client", WAIT);
+    lab.wait_ready("default", "old", WAIT);
+    lab.ok(&["wait", "--converged", "--timeout", "30s"]);
+    let ip = cluster_ip(&lab, "dns");
+    // Same source port every time, as the upstream conntrack e2e test does.
+    let ask = || {
+        let py = format!(
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('',12345))\ns.settimeout(1)\ns.sendto(b'x',('{ip}',53))\ntry:\n    print(s.recv(100).decode())\nexcept Exception as e:\n    print('NONE', type(e).__name__)\n"
+        );
+        let out = lab.exec("default", "client", &["python3", "-c", &py]);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(ask(), "old");
+    lab.apply(&pod("new", "node1", "dns"));
+    lab.wait_ready("default", "new", WAIT);
+    lab.ok(&["delete", "pod", "old"]);
+    lab.ok(&["wait", "--converged", "--timeout", "30s"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = ask();
+        if got == "new" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flow still goes nowhere: {got}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn external_ips_and_internal_traffic_policy_local() {
+    if !can_run("external_ips_and_internal_traffic_policy_local") {
+        return;
+    }
+    let lab = Lab::up("svcext", &["--nodes", "2"]);
+    lab.apply(
+        &(pod("client", "node1", "client")
+            + &pod("far", "node2", "far")
+            + &deployment("web", 1, Some("node1"))
+            + &service("web", "  externalIPs: [192.0.2.50]\n")
+            + &service("far", "  internalTrafficPolicy: Local\n")),
+    );
+    lab.wait_ready("default", "client", WAIT);
+    lab.wait_ready("default", "far", WAIT);
+    wait_deployment(&lab, "web", 1);
+    lab.ok(&["wait", "--converged", "--timeout", "30s"]);
+    let out = curl_many(&lab, "client", "http://192.0.2.50/", 1);
+    assert!(out[0].starts_with("web-"), "externalIP from a pod: {out:?}");
+    // internalTrafficPolicy Local: client on node1, the only endpoint on node2: dropped.
+    let far = cluster_ip(&lab, "far");
+    assert_eq!(
+        curl_code(&lab, "client", &format!("http://{far}/"), 2),
+        Some(28)
+    );
+    let out = lab.ok(&[
+        "lab",
+        "exec",
+        "node2",
+        "--",
+        "curl",
+        "-s",
+        "-m",
+        "2",
+        &format!("http://{far}/"),
+    ]);
+    assert_eq!(out, "far");
+}
