@@ -213,10 +213,8 @@ impl Cluster {
         let mut namespaces = Vec::new();
         let mut pods = Vec::new();
         let mut policies = Vec::new();
-        let type_err = |o: &Object, e: model::ModelError| PolicyError::InvalidPolicy {
-            policy: o.display_name(),
-            field: "(object)".to_string(),
-            value: o.kind.to_string(),
+        let type_err = |o: &Object, e: model::ModelError| PolicyError::InvalidObject {
+            object: format!("{} {}", o.kind, o.display_name()),
             reason: e.to_string(),
         };
         for o in objects {
@@ -226,12 +224,7 @@ impl Cluster {
                     namespaces.push(NamespaceInfo::from_namespace(&ns));
                 }
                 Kind::Pod => {
-                    let pod: model::Pod = o.typed().map_err(|e| PolicyError::InvalidPod {
-                        pod: o.display_name(),
-                        field: "(object)".to_string(),
-                        value: "Pod".to_string(),
-                        reason: e.to_string(),
-                    })?;
+                    let pod: model::Pod = o.typed().map_err(|e| type_err(o, e))?;
                     pods.push(PodInfo::from_pod(&pod)?);
                 }
                 Kind::NetworkPolicy => {

@@ -179,7 +179,8 @@ impl PodInfo {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NamespaceInfo {
     pub name: String,
-    /// [`NAMESPACE_NAME_LABEL`] is added by the compiler when missing, as the API server does.
+    /// `kubernetes.io/metadata.name` is added by the compiler when missing, as the API server
+    /// does.
     pub labels: BTreeMap<String, String>,
 }
 

@@ -69,6 +69,13 @@ pub enum PolicyError {
         value: String,
         reason: String,
     },
+    /// A stored object that does not read as its kind's typed view.
+    #[error("{object}: {reason}")]
+    InvalidObject {
+        /// `Kind namespace/name`.
+        object: String,
+        reason: String,
+    },
     /// The same pod given twice.
     #[error("pod {0} is given twice")]
     DuplicatePod(String),

@@ -876,6 +876,15 @@ spec: {ports: [{port: 80}]}
             .to_string(),
         "pod x/web: status.podIP: invalid value \"ten\": must be an IP address"
     );
+    // an object that does not read as its kind is an error naming it
+    let broken = model::Object::from_json(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "x"}, "spec": "oops"}))
+    .expect("a Pod object");
+    let err = Cluster::from_objects(&[broken]).expect_err("unreadable");
+    assert!(
+        err.to_string().starts_with("Pod x/p: cannot read Pod x/p"),
+        "{err}"
+    );
 }
 
 #[test]
