@@ -323,42 +323,20 @@ pub(crate) fn check_policy(p: &NetworkPolicy) -> Result<Policy, PolicyError> {
         }
     }
     let (has_ingress, has_egress) = p.spec.policy_types();
-    let ingress = match (&p.spec.ingress, has_ingress) {
-        (_, false) => None,
-        (None, true) => Some(Vec::new()),
-        (Some(rules), true) => Some(
-            rules
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    c.rule(
-                        r.from.as_deref(),
-                        r.ports.as_deref(),
-                        &format!("spec.ingress[{i}]"),
-                        "from",
-                    )
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-    };
-    let egress = match (&p.spec.egress, has_egress) {
-        (_, false) => None,
-        (None, true) => Some(Vec::new()),
-        (Some(rules), true) => Some(
-            rules
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    c.rule(
-                        r.to.as_deref(),
-                        r.ports.as_deref(),
-                        &format!("spec.egress[{i}]"),
-                        "to",
-                    )
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-    };
+    let ingress = p.spec.ingress.as_ref().map(|rules| {
+        rules
+            .iter()
+            .map(|r| (r.from.as_deref(), r.ports.as_deref()))
+            .collect()
+    });
+    let egress = p.spec.egress.as_ref().map(|rules| {
+        rules
+            .iter()
+            .map(|r| (r.to.as_deref(), r.ports.as_deref()))
+            .collect()
+    });
+    let ingress = c.rules(has_ingress, ingress, "spec.ingress", "from")?;
+    let egress = c.rules(has_egress, egress, "spec.egress", "to")?;
     Ok(Policy {
         key: key.clone(),
         namespace,
@@ -367,6 +345,12 @@ pub(crate) fn check_policy(p: &NetworkPolicy) -> Result<Policy, PolicyError> {
         egress,
     })
 }
+
+/// A rule's `from`/`to` and `ports`, whichever direction it is.
+type RuleFields<'a> = (
+    Option<&'a [NetworkPolicyPeer]>,
+    Option<&'a [NetworkPolicyPort]>,
+);
 
 struct Checker<'a> {
     key: &'a str,
@@ -411,6 +395,29 @@ impl Checker<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The rules of one direction: `None` when the policy does not have that type; a
+    /// missing list with the type is an empty one (deny).
+    fn rules(
+        &self,
+        has_type: bool,
+        rules: Option<Vec<RuleFields<'_>>>,
+        path: &str,
+        peers_field: &str,
+    ) -> Result<Option<Vec<Rule>>, PolicyError> {
+        if !has_type {
+            return Ok(None);
+        }
+        rules
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (peers, ports))| {
+                self.rule(peers, ports, &format!("{path}[{i}]"), peers_field)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     fn rule(
