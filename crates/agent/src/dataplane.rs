@@ -62,6 +62,8 @@ pub struct MemNft {
     /// `(map, key)` -> value, as `render_ops` prints them.
     pub elements: std::collections::BTreeMap<(String, String), String>,
     pub chains: std::collections::BTreeSet<String>,
+    /// Chain -> its rules.
+    pub rules: std::collections::BTreeMap<String, Vec<String>>,
     pub scripts: Vec<String>,
     /// Element transactions: (number of operations, flushed first).
     pub transactions: Vec<(usize, bool)>,
@@ -72,23 +74,50 @@ pub struct MemNft {
 }
 
 impl crate::proxy::ProxyDataplane for MemDataplane {
+    /// Keeps chains and their rules; like the kernel, refuses (and then changes nothing) to
+    /// delete a chain that a rule or a map element still jumps to.
     fn nft_script(&mut self, script: &str) -> Result<(), String> {
         let n = &mut self.nft;
         if let Some(f) = &n.fail {
             return Err(f.clone());
         }
+        let mut rules = n.rules.clone();
         for line in script.lines() {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
                 ["add", "chain", _, _, name, ..] => {
-                    n.chains.insert((*name).to_string());
+                    rules.entry((*name).to_string()).or_default();
+                }
+                ["flush", "chain", _, _, name] => {
+                    rules.insert((*name).to_string(), Vec::new());
+                }
+                ["add", "rule", _, _, name, rest @ ..] => {
+                    rules
+                        .entry((*name).to_string())
+                        .or_default()
+                        .push(rest.join(" "));
                 }
                 ["delete", "chain", _, _, name] => {
-                    n.chains.remove(*name);
+                    let target = [format!("goto {name}"), format!("jump {name}")];
+                    let used_by_rule = rules.iter().any(|(c, rs)| {
+                        c != name
+                            && rs.iter().any(|r| {
+                                target.iter().any(|t| {
+                                    r.ends_with(t.as_str()) || r.contains(&format!("{t} "))
+                                })
+                            })
+                    });
+                    let used_by_element = n.elements.values().any(|v| target.contains(v));
+                    if used_by_rule || used_by_element {
+                        return Err(format!("delete chain {name}: Device or resource busy"));
+                    }
+                    rules.remove(*name);
                 }
                 _ => {}
             }
         }
+        n.chains = rules.keys().cloned().collect();
+        n.rules = rules;
         n.scripts.push(script.to_string());
         Ok(())
     }

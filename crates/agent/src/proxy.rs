@@ -195,11 +195,7 @@ impl Applier {
             .filter(|c| svc::is_dyn_chain_name(c) && !wanted.contains(c))
             .collect();
         if !stale.is_empty() {
-            let mut script = String::new();
-            for c in &stale {
-                script.push_str(&format!("delete chain inet {} {c}\n", svc::TABLE));
-            }
-            dp.nft_script(&script)?;
+            dp.nft_script(&svc::render_delete_chains(&stale))?;
         }
         Ok(())
     }
@@ -217,7 +213,8 @@ impl Applier {
             dp.nft_elements(&d.ops, false)?;
         }
         if !d.delete_chains.is_empty() {
-            dp.nft_script(&svc::render_delete_chains(&d.delete_chains))?;
+            let names: Vec<String> = d.delete_chains.iter().map(DynChain::name).collect();
+            dp.nft_script(&svc::render_delete_chains(&names))?;
         }
         let mut errors = Vec::new();
         for (fe, ep) in &d.stale_udp {

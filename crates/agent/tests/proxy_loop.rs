@@ -240,3 +240,35 @@ async fn a_failed_apply_is_reported_and_retried_as_a_full_reload() {
     let _ = stop.send(());
     let _ = task.await;
 }
+
+#[tokio::test]
+async fn chains_that_jump_are_deleted_before_their_targets() {
+    common::init_tracing();
+    let dir = TempDir::new("proxy-chains");
+    let store = MemStore::new();
+    put_config(&store, "10.244.0.0/16", 24, "host-gw").await;
+    let v = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.0.20", "selector": {"app": "web"},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}});
+    store
+        .put("objects/services/default/web", serde_json::to_vec(&v).unwrap())
+        .await
+        .unwrap();
+    put_slice(&store, "web", &["10.244.1.5", "10.244.1.6"]).await;
+    let dp = dataplane();
+    let (stop, task) = start(&store, &dp, &dir);
+    wait_until("ext-2", || {
+        element(&dp, "services", "10.99.0.1 . tcp . 30080").as_deref() == Some("goto ext-2")
+    })
+    .await;
+    put_slice(&store, "web", &["10.244.1.5"]).await;
+    let rev = store.revision().await.unwrap();
+    let st = wait_status(&store, "n1", "applied", |s| s.proxy.applied_revision >= rev).await;
+    assert_eq!(st.proxy.last_error, None);
+    let chains = dp.lock().unwrap().nft.chains.clone();
+    assert!(chains.contains("ext-1") && chains.contains("lb-1"), "{chains:?}");
+    assert!(!chains.contains("ext-2") && !chains.contains("lb-2"), "{chains:?}");
+    let _ = stop.send(());
+    let _ = task.await;
+}

@@ -1261,11 +1261,25 @@ pub fn is_dyn_chain_name(name: &str) -> bool {
     })
 }
 
-/// `nft` text for deleting chains that nothing points at any more.
-pub fn render_delete_chains(chains: &[DynChain]) -> String {
+/// `nft` text for deleting chains that nothing points at any more: those that jump first, the
+/// chains they jump to last (a chain still referenced cannot be deleted).
+pub fn render_delete_chains<S: AsRef<str>>(names: &[S]) -> String {
+    let rank = |n: &str| {
+        if n.starts_with("extl") {
+            0
+        } else if n.starts_with("ext") {
+            1
+        } else if n.starts_with("aff-") || n.starts_with("laff-") {
+            2
+        } else {
+            3
+        }
+    };
+    let mut sorted: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+    sorted.sort_by_key(|n| (rank(n), n.to_string()));
     let mut s = String::new();
-    for c in chains {
-        let _ = writeln!(s, "delete chain inet {TABLE} {}", c.name());
+    for c in sorted {
+        let _ = writeln!(s, "delete chain inet {TABLE} {c}");
     }
     s
 }

@@ -612,3 +612,10 @@ fn every_dynamic_chain_name_is_recognised_and_fixed_ones_are_not() {
         assert!(!is_dyn_chain_name(fixed), "{fixed}");
     }
 }
+
+#[test]
+fn chains_are_deleted_before_the_chains_they_jump_to() {
+    let text = render_delete_chains(&["lb-2", "aff-2", "ext-aff-2", "extl-aff-2-1", "laff-1", "lb-1"]);
+    let order: Vec<&str> = text.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
+    assert_eq!(order, ["extl-aff-2-1", "ext-aff-2", "aff-2", "laff-1", "lb-1", "lb-2"]);
+}
