@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::{Lab, can_run};
@@ -27,25 +26,6 @@ fn lb_service(name: &str, extra: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  type: LoadBalancer\n  selector: {{app: web}}\n  ports:\n  - {{name: http, port: 80, targetPort: http}}\n{extra}---\n"
     )
-}
-
-/// `flatnet apply -f -` with `yaml`, whatever the outcome.
-fn try_apply(lab: &Lab, yaml: &str) -> Output {
-    use std::io::Write;
-    let mut child = lab
-        .cmd(&["apply", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn apply");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(yaml.as_bytes())
-        .expect("write manifest");
-    child.wait_with_output().expect("apply")
 }
 
 /// The endpoints of the slices of `svc`: (address, ready), sorted, and the slices' ports.
@@ -199,7 +179,7 @@ fn services_get_addresses_and_endpointslices_follow_the_pods() {
     let bad = format!(
         "apiVersion: v1\nkind: Namespace\nmetadata: {{name: never}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: copy}}\nspec:\n  clusterIP: {ip}\n  ports: [{{port: 80}}]\n"
     );
-    let out = try_apply(&lab, &bad);
+    let out = lab.try_apply(&bad);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -209,7 +189,7 @@ fn services_get_addresses_and_endpointslices_follow_the_pods() {
         "{err}"
     );
     let bad = "apiVersion: v1\nkind: Namespace\nmetadata: {name: never}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: low}\nspec:\n  type: NodePort\n  ports: [{port: 80, nodePort: 8080}]\n";
-    let out = try_apply(&lab, bad);
+    let out = lab.try_apply(bad);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

@@ -312,10 +312,26 @@ pub fn prepare(
         return Ok(svc);
     }
     check_families(&svc, &mut errs);
-    let cur = cur.filter(|c| c.spec.type_() != "ExternalName");
-    prepare_cluster_ip(&mut svc, cur, owner, in_use, ranges, &mut errs);
-    prepare_node_ports(&mut svc, cur, owner, in_use, ranges, &mut errs);
+    let ctx = Ctx {
+        cur: cur.filter(|c| c.spec.type_() != "ExternalName"),
+        owner,
+        in_use,
+        ranges,
+    };
+    prepare_cluster_ip(&mut svc, &ctx, &mut errs);
+    prepare_node_ports(&mut svc, &ctx, &mut errs);
     if errs.is_empty() { Ok(svc) } else { Err(errs) }
+}
+
+/// What the allocation of one Service looks at besides the Service itself.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    /// The stored Service (not an ExternalName one).
+    cur: Option<&'a Service>,
+    /// `namespace/name`.
+    owner: &'a str,
+    in_use: &'a InUse,
+    ranges: &'a Ranges,
 }
 
 /// Defaults kube-apiserver writes (`SetDefaults_Service` and the REST strategy).
@@ -385,14 +401,13 @@ fn check_families(svc: &Service, errs: &mut Vec<String>) {
     }
 }
 
-fn prepare_cluster_ip(
-    svc: &mut Service,
-    cur: Option<&Service>,
-    owner: &str,
-    in_use: &InUse,
-    ranges: &Ranges,
-    errs: &mut Vec<String>,
-) {
+fn prepare_cluster_ip(svc: &mut Service, ctx: &Ctx<'_>, errs: &mut Vec<String>) {
+    let Ctx {
+        cur,
+        owner,
+        in_use,
+        ranges,
+    } = *ctx;
     let asked = svc
         .spec
         .cluster_ip
@@ -477,14 +492,13 @@ fn allocate_ip(owner: &str, in_use: &InUse, ranges: &Ranges) -> Option<Ipv4Addr>
         .find(|ip| in_use.ip_taken(*ip, owner).is_none())
 }
 
-fn prepare_node_ports(
-    svc: &mut Service,
-    cur: Option<&Service>,
-    owner: &str,
-    in_use: &InUse,
-    ranges: &Ranges,
-    errs: &mut Vec<String>,
-) {
+fn prepare_node_ports(svc: &mut Service, ctx: &Ctx<'_>, errs: &mut Vec<String>) {
+    let Ctx {
+        cur,
+        owner,
+        in_use,
+        ranges,
+    } = *ctx;
     let allocate = svc.spec.allocates_node_ports();
     let node_ports_allowed = matches!(svc.spec.type_(), "NodePort" | "LoadBalancer");
     let keep_from = cur.filter(|c| matches!(c.spec.type_(), "NodePort" | "LoadBalancer"));

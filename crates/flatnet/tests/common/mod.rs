@@ -77,7 +77,8 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    pub fn apply(&self, yaml: &str) -> String {
+    /// `flatnet apply -f -` with `yaml` on stdin, whatever the outcome.
+    pub fn try_apply(&self, yaml: &str) -> Output {
         use std::io::Write;
         let mut child = self
             .cmd(&["apply", "-f", "-"])
@@ -92,7 +93,11 @@ impl Lab {
             .expect("stdin")
             .write_all(yaml.as_bytes())
             .expect("write manifest");
-        let out = child.wait_with_output().expect("apply");
+        child.wait_with_output().expect("apply")
+    }
+
+    pub fn apply(&self, yaml: &str) -> String {
+        let out = self.try_apply(yaml);
         assert!(
             out.status.success(),
             "apply failed: {}",

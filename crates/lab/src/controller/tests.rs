@@ -190,13 +190,9 @@ mod endpoints_controller {
     }
 
     async fn lb_ip(s: &MemStore, name: &str) -> Option<String> {
-        let kv = s
-            .get(&format!("objects/services/default/{name}"))
+        status(s, name)
             .await
-            .expect("get")
-            .expect("service");
-        let v: Value = kv.decode().expect("json");
-        v.pointer("/status/loadBalancer/ingress/0/ip")
+            .pointer("/loadBalancer/ingress/0/ip")
             .and_then(Value::as_str)
             .map(str::to_string)
     }
