@@ -11,13 +11,14 @@
 //! - `manifest` — [`parse_manifests`]: YAML/JSON documents, `List` expansion, create defaults.
 //! - `validate` — [`validate`]: per-kind field checks with exact paths and values.
 //! - `names` — DNS label/subdomain, label key/value, IANA port name syntax.
-//! - `meta`, `pod`, `service`, `cluster`, `secret`, `policy` — typed views.
+//! - `meta`, `pod`, `service`, `cluster`, `secret`, `policy`, `ingress` — typed views.
 //!
 //! This crate must not do IO (files, network, clock, environment): callers pass text in and
 //! get values out.
 
 mod cluster;
 mod error;
+mod ingress;
 mod kind;
 mod manifest;
 mod meta;
@@ -31,6 +32,11 @@ mod validate;
 
 pub use cluster::{Namespace, Node, NodeAddress, NodeSpec, NodeStatus};
 pub use error::ModelError;
+pub use ingress::{
+    HttpIngressPath, HttpIngressRuleValue, INGRESS_CLASS, INGRESS_CONTROLLER, Ingress,
+    IngressBackend, IngressRule, IngressServiceBackend, IngressSpec, IngressStatus, IngressTls,
+    LEGACY_CLASS_ANNOTATION, ServiceBackendPort, TLS_SECRET_TYPE,
+};
 pub use kind::Kind;
 pub use manifest::parse_manifests;
 pub use meta::{Condition, IntOrString, LabelSelector, LabelSelectorRequirement, ObjectMeta};

@@ -89,7 +89,8 @@ pub(crate) fn check(obj: &Object) -> Vec<String> {
             Kind::EndpointSlice => obj.typed::<crate::EndpointSlice>().map(drop),
             Kind::Secret => obj.typed::<crate::Secret>().map(drop),
             Kind::Node => obj.typed::<crate::Node>().map(drop),
-            Kind::NetworkPolicy | Kind::Ingress => Ok(()),
+            Kind::Ingress => obj.typed::<crate::Ingress>().map(drop),
+            Kind::NetworkPolicy => Ok(()),
         };
         if let Err(err) = typed {
             e.list.push(err.to_string());

@@ -1,0 +1,229 @@
+//! Ingress (`networking.k8s.io/v1`) and the IngressClass rules the gateway serves by.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::meta::ObjectMeta;
+use crate::service::LoadBalancerStatus;
+
+/// The IngressClass the flatnet gateway implements.
+pub const INGRESS_CLASS: &str = "flatnet";
+/// The controller name an IngressClass for flatnet carries in `spec.controller`.
+pub const INGRESS_CONTROLLER: &str = "flatnet.io/ingress-gateway";
+/// The deprecated class annotation, still honoured when `spec.ingressClassName` is absent.
+pub const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+/// The Secret type holding a certificate and its key.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
+/// A `networking.k8s.io/v1` Ingress.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Ingress {
+    pub metadata: ObjectMeta,
+    pub spec: IngressSpec,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<IngressStatus>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Ingress `spec`.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress_class_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_backend: Option<IngressBackend>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<IngressTls>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<IngressRule>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One `spec.tls` entry: the hosts a Secret's certificate is for.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressTls {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One `spec.rules` entry. No host: the rule applies to every host.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressRule {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpIngressRuleValue>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `spec.rules[].http`.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpIngressRuleValue {
+    pub paths: Vec<HttpIngressPath>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One path of a rule.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct HttpIngressPath {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `Exact`, `Prefix` or `ImplementationSpecific` (required by validation).
+    pub path_type: String,
+    pub backend: IngressBackend,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A backend: a Service and one of its ports.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressBackend {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<IngressServiceBackend>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `backend.service`.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressServiceBackend {
+    pub name: String,
+    pub port: ServiceBackendPort,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `backend.service.port`: a Service port's number or its name (exactly one).
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ServiceBackendPort {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub number: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// Ingress `status`.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressStatus {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancerStatus>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Ingress {
+    /// `namespace/name` (namespace `default` when absent).
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace(), self.metadata.name)
+    }
+
+    /// The namespace, `default` when absent.
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or("default")
+    }
+
+    /// The class this Ingress asks for: `spec.ingressClassName`, else the legacy
+    /// `kubernetes.io/ingress.class` annotation, else none.
+    pub fn class(&self) -> Option<&str> {
+        self.spec.ingress_class_name.as_deref().or_else(|| {
+            self.metadata
+                .annotations
+                .get(LEGACY_CLASS_ANNOTATION)
+                .map(String::as_str)
+        })
+    }
+
+    /// Whether a controller of class `class` serves this Ingress. An Ingress without a class
+    /// belongs to the cluster's default class, which `serve_classless` says we are.
+    pub fn served_by(&self, class: &str, serve_classless: bool) -> bool {
+        match self.class() {
+            Some(c) => c == class,
+            None => serve_classless,
+        }
+    }
+
+    /// The `status.loadBalancer.ingress[].ip` values, in order.
+    pub fn status_ips(&self) -> Vec<&str> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .map(|lb| lb.ingress.iter().filter_map(|i| i.ip.as_deref()).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ing(v: Value) -> Ingress {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn class_prefers_the_spec_field_over_the_legacy_annotation() {
+        let both = ing(json!({
+            "metadata": {"name": "a", "annotations": {"kubernetes.io/ingress.class": "nginx"}},
+            "spec": {"ingressClassName": "flatnet"}
+        }));
+        assert_eq!(both.class(), Some("flatnet"));
+        assert!(both.served_by("flatnet", false));
+        let legacy = ing(json!({
+            "metadata": {"name": "a", "annotations": {"kubernetes.io/ingress.class": "flatnet"}},
+        }));
+        assert_eq!(legacy.class(), Some("flatnet"));
+        let other = ing(json!({"metadata": {"name": "a"}, "spec": {"ingressClassName": "x"}}));
+        assert!(!other.served_by("flatnet", true));
+        let none = ing(json!({"metadata": {"name": "a"}}));
+        assert!(none.served_by("flatnet", true));
+        assert!(!none.served_by("flatnet", false));
+    }
+
+    #[test]
+    fn round_trip_keeps_unknown_fields_and_reads_backends() {
+        let v = json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {
+                "rules": [{"host": "a.test", "http": {"paths": [
+                    {"path": "/", "pathType": "Prefix",
+                     "backend": {"service": {"name": "web", "port": {"name": "http"}}}}]}}],
+                "tls": [{"hosts": ["a.test"], "secretName": "a-tls"}],
+                "futureField": 1
+            },
+            "status": {"loadBalancer": {"ingress": [{"ip": "172.20.0.240"}]}}
+        });
+        let i = ing(v.clone());
+        assert_eq!(i.key(), "shop/web");
+        let svc = i.spec.rules[0].http.as_ref().unwrap().paths[0]
+            .backend
+            .service
+            .as_ref()
+            .unwrap();
+        assert_eq!(svc.port.name.as_deref(), Some("http"));
+        assert_eq!(i.status_ips(), vec!["172.20.0.240"]);
+        assert_eq!(serde_json::to_value(&i).unwrap(), v);
+    }
+}
