@@ -29,10 +29,14 @@
 //! - `ipblock` — `cidr` minus `except` as disjoint prefixes.
 //! - `compile` — [`Cluster`] -> [`CompiledPolicy`].
 //! - `eval` — [`CompiledPolicy::verdict`], [`CompiledPolicy::matrix`], [`Verdict::explain`].
+//! - `cases` (feature `cases`) — the upstream e2e case files as data, for the static and the
+//!   lab replays.
 //!
 //! Pure functions of their inputs: a change (a new policy, a label, a deleted pod) is a
 //! recompile of the current state.
 
+#[cfg(feature = "cases")]
+pub mod cases;
 mod compile;
 mod eval;
 mod input;
