@@ -98,6 +98,8 @@ pub async fn run_with<S: Store, D: Dataplane + ProxyDataplane>(
                 addresses: vec![agent.underlay.ip],
                 cluster_cidr: agent.net.pod_cidr,
                 service_cidr: agent.net.service_cidr,
+                underlay_dev: agent.underlay.dev.clone(),
+                lb_pool: agent.net.load_balancer_pool,
             },
             agent.report.clone(),
         );

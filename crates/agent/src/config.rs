@@ -23,6 +23,14 @@ pub struct NetworkConfig {
     )]
     pub service_cidr: Option<Ipv4Net>,
     pub backend: Backend,
+    /// Where LoadBalancer IPs come from; the agent owns the addresses of this range that it
+    /// puts on the underlay device to answer ARP for them.
+    #[serde(
+        rename = "loadBalancerPool",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub load_balancer_pool: Option<Ipv4Net>,
 }
 
 impl NetworkConfig {

@@ -69,6 +69,8 @@ pub struct MemNft {
     pub transactions: Vec<(usize, bool)>,
     pub forgotten_udp: Vec<String>,
     pub forgotten_affinity: Vec<(u32, Vec<String>)>,
+    /// LoadBalancer IPs announced on the underlay.
+    pub announced: std::collections::BTreeSet<std::net::Ipv4Addr>,
     /// When set, every call fails with this message.
     pub fail: Option<String>,
 }
@@ -166,6 +168,19 @@ impl crate::proxy::ProxyDataplane for MemDataplane {
 
     fn nft_chains(&mut self) -> Result<Vec<String>, String> {
         Ok(self.nft.chains.iter().cloned().collect())
+    }
+
+    fn announce(
+        &mut self,
+        _dev: &str,
+        pool: ipnet::Ipv4Net,
+        ips: &std::collections::BTreeSet<std::net::Ipv4Addr>,
+    ) -> Result<(), String> {
+        if let Some(outside) = ips.iter().find(|ip| !pool.contains(*ip)) {
+            return Err(format!("{outside} is outside the pool {pool}"));
+        }
+        self.nft.announced = ips.clone();
+        Ok(())
     }
 
     fn forget_udp(

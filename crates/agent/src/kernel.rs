@@ -386,6 +386,48 @@ impl crate::proxy::ProxyDataplane for NetnsDataplane {
             .map_err(|e| e.to_string())
     }
 
+    fn announce(
+        &mut self,
+        dev: &str,
+        pool: Ipv4Net,
+        ips: &std::collections::BTreeSet<Ipv4Addr>,
+    ) -> Result<(), String> {
+        let link = self
+            .handle
+            .link(dev)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("underlay device {dev} not found"))?;
+        let held: Vec<Ipv4Net> = self
+            .handle
+            .addrs(link.index)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|a| a.prefix_len() == 32 && pool.contains(&a.addr()))
+            .collect();
+        for a in &held {
+            if !ips.contains(&a.addr()) {
+                self.handle
+                    .del_addr(link.index, *a)
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(ip = %a.addr(), "no longer announcing LoadBalancer IP");
+            }
+        }
+        for ip in ips {
+            if held.iter().any(|a| a.addr() == *ip) {
+                continue;
+            }
+            let net = Ipv4Net::from(*ip);
+            self.handle
+                .add_addr(link.index, net)
+                .map_err(|e| e.to_string())?;
+            tracing::info!(ip = %ip, dev, "announcing LoadBalancer IP");
+            if let Err(e) = datapath::tools::gratuitous_arp(self.ns_path(), dev, *ip) {
+                tracing::warn!(ip = %ip, error = %e, "gratuitous ARP failed; neighbours learn the new owner when their ARP entry expires");
+            }
+        }
+        Ok(())
+    }
+
     fn forget_affinity(&mut self, mark: u32, gone: &[SvcBackend]) -> Result<(), String> {
         use nft::{Data, Field, FieldKind};
         let nft = self.nft()?;

@@ -25,6 +25,8 @@ use crate::agent::{BACKOFF_MAX, BACKOFF_MIN};
 /// Store prefixes the proxy follows.
 pub const SERVICES_PREFIX: &str = "objects/services/";
 pub const SLICES_PREFIX: &str = "objects/endpointslices/";
+/// Subnet leases: the nodes that share the LoadBalancer announcements.
+pub const LEASES_PREFIX: &str = store::keys::SUBNETS;
 
 /// How long the proxy waits for more events before it applies a batch.
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
@@ -43,6 +45,11 @@ pub trait ProxyDataplane: Send + 'static {
     fn forget_udp(&mut self, fe: &Frontend, endpoint: Option<Ipv4Addr>) -> Result<(), String>;
     /// Forgets the clients the affinity map pins to any of `gone` under affinity mark `mark`.
     fn forget_affinity(&mut self, mark: u32, gone: &[Backend]) -> Result<(), String>;
+    /// Makes `dev` hold exactly `ips` (as /32) of the addresses inside `pool`, so the node
+    /// answers ARP for the LoadBalancer IPs it announces; announces new ones with a
+    /// gratuitous ARP.
+    fn announce(&mut self, dev: &str, pool: Ipv4Net, ips: &BTreeSet<Ipv4Addr>)
+    -> Result<(), String>;
 }
 
 /// What the proxy reports in the agent's status.
@@ -89,6 +96,8 @@ impl ProxyReport {
 struct View {
     services: BTreeMap<String, Service>,
     slices: BTreeMap<String, EndpointSlice>,
+    /// Lease key -> node name.
+    nodes: BTreeMap<String, String>,
     /// Newest revision seen in a listing or an event.
     revision: i64,
 }
@@ -104,6 +113,20 @@ impl View {
                 Err(e) => {
                     tracing::warn!(key = %kv.key, error = %e, "service ignored");
                     self.services.remove(&kv.key);
+                }
+            }
+        } else if kv.key.starts_with(LEASES_PREFIX) {
+            match kv.decode::<serde_json::Value>() {
+                Ok(v) => match v.get("node").and_then(serde_json::Value::as_str) {
+                    Some(n) => {
+                        self.nodes.insert(kv.key.clone(), n.to_string());
+                    }
+                    None => {
+                        self.nodes.remove(&kv.key);
+                    }
+                },
+                Err(_) => {
+                    self.nodes.remove(&kv.key);
                 }
             }
         } else if kv.key.starts_with(SLICES_PREFIX) {
@@ -127,6 +150,7 @@ impl View {
             WatchEvent::Delete { key, .. } => {
                 self.services.remove(key);
                 self.slices.remove(key);
+                self.nodes.remove(key);
             }
         }
     }
@@ -134,7 +158,9 @@ impl View {
     fn compile(&self, node: &NodeView) -> ServicePlan {
         let services: Vec<Service> = self.services.values().cloned().collect();
         let slices: Vec<EndpointSlice> = self.slices.values().cloned().collect();
-        compile(node, &services, &slices)
+        let mut node = node.clone();
+        node.nodes = self.nodes.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        compile(&node, &services, &slices)
     }
 }
 
@@ -156,6 +182,9 @@ pub struct ProxyConfig {
     pub addresses: Vec<Ipv4Addr>,
     pub cluster_cidr: Ipv4Net,
     pub service_cidr: Option<Ipv4Net>,
+    /// The underlay device, which carries the announced LoadBalancer IPs.
+    pub underlay_dev: String,
+    pub lb_pool: Option<Ipv4Net>,
 }
 
 /// Remembers what the kernel holds and turns the next plan into the fewest changes.
@@ -163,6 +192,8 @@ pub struct ProxyConfig {
 pub struct Applier {
     /// What the kernel holds, if known (None: reload everything at the next apply).
     applied: Option<ServicePlan>,
+    /// The underlay device and the LoadBalancer pool, when LoadBalancer IPs are announced.
+    pub announcer: Option<(String, Ipv4Net)>,
 }
 
 impl Applier {
@@ -173,9 +204,17 @@ impl Applier {
     /// Makes the kernel hold `new`. On error the kernel state counts as unknown, so the next
     /// call reloads everything.
     pub fn apply(&mut self, dp: &mut impl ProxyDataplane, new: ServicePlan) -> Result<(), String> {
+        let (full, changed) = match &self.applied {
+            None => (true, true),
+            Some(old) => (false, old.announce != new.announce),
+        };
         let result = match self.applied.take() {
             None => Self::full(dp, &new),
             Some(old) => Self::incremental(dp, &old, &new),
+        };
+        let result = match (&self.announcer, result) {
+            (Some((dev, pool)), Ok(())) if full || changed => dp.announce(dev, *pool, &new.announce),
+            (_, r) => r,
         };
         if result.is_ok() {
             self.applied = Some(new);
@@ -242,14 +281,15 @@ impl Applier {
     }
 }
 
-async fn list_both<S: Store>(store: &S, view: &mut View) -> Result<i64, StoreError> {
+async fn list_all<S: Store>(store: &S, view: &mut View) -> Result<i64, StoreError> {
     let (svcs, r1) = store.list(SERVICES_PREFIX).await?;
     let (slices, r2) = store.list(SLICES_PREFIX).await?;
+    let (leases, r3) = store.list(LEASES_PREFIX).await?;
     *view = View::default();
-    for kv in svcs.iter().chain(slices.iter()) {
+    for kv in svcs.iter().chain(slices.iter()).chain(leases.iter()) {
         view.take(kv);
     }
-    view.revision = r1.max(r2);
+    view.revision = r1.max(r2).max(r3);
     Ok(r1)
 }
 
@@ -265,12 +305,17 @@ pub async fn run<S: Store, P: ProxyDataplane>(
         addresses: cfg.addresses.clone(),
         cluster_cidr: cfg.cluster_cidr,
         service_cidr: cfg.service_cidr,
+        nodes: Vec::new(),
     };
-    let mut applier = Applier::default();
+    let announcer = cfg.lb_pool.map(|pool| (cfg.underlay_dev.clone(), pool));
+    let mut applier = Applier {
+        announcer,
+        ..Applier::default()
+    };
     let mut backoff = BACKOFF_MIN;
     loop {
         let mut view = View::default();
-        let first = match list_both(&store, &mut view).await {
+        let first = match list_all(&store, &mut view).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot list services; dataplane kept as it is");
@@ -284,9 +329,10 @@ pub async fn run<S: Store, P: ProxyDataplane>(
             // Slices were listed after services: watch them from their own listing onwards
             // (events between the two listings are then seen twice, which is harmless).
             let b = store.watch(SLICES_PREFIX, first + 1).await?;
-            Ok::<_, StoreError>((a, b))
+            let c = store.watch(LEASES_PREFIX, first + 1).await?;
+            Ok::<_, StoreError>((a, b, c))
         };
-        let (mut wa, mut wb) = match watches.await {
+        let (mut wa, mut wb, mut wc) = match watches.await {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot watch services");
@@ -303,7 +349,7 @@ pub async fn run<S: Store, P: ProxyDataplane>(
             report: &report,
         };
         let ok = ctx.apply_view(&view).await;
-        let ended = ctx.follow(&mut view, ok, &mut wa, &mut wb).await;
+        let ended = ctx.follow(&mut view, ok, [&mut wa, &mut wb, &mut wc]).await;
         match ended {
             StoreError::Compacted { revision } => {
                 tracing::info!(revision, "service watch fell behind compaction, re-listing");
@@ -334,8 +380,7 @@ impl<P: ProxyDataplane> Ctx<'_, P> {
         &mut self,
         view: &mut View,
         ok: bool,
-        wa: &mut WatchReceiver,
-        wb: &mut WatchReceiver,
+        [wa, wb, wc]: [&mut WatchReceiver; 3],
     ) -> StoreError {
         // Some(delay): the view is not applied yet; apply it after the delay.
         let mut pending = (!ok).then_some(RETRY);
@@ -343,6 +388,7 @@ impl<P: ProxyDataplane> Ctx<'_, P> {
             let ev = tokio::select! {
                 ev = wa.recv() => ev,
                 ev = wb.recv() => ev,
+                ev = wc.recv() => ev,
                 () = sleep(pending.unwrap_or(BATCH_WINDOW)), if pending.is_some() => {
                     pending = (!self.apply_view(view).await).then_some(RETRY);
                     continue;

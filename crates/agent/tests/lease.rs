@@ -17,6 +17,7 @@ fn net(pod: &str, prefix: u8) -> NetworkConfig {
         pod_cidr: pod.parse().unwrap(),
         node_prefix_length: prefix,
         service_cidr: None,
+        load_balancer_pool: None,
         backend: Backend::Vxlan,
     }
 }

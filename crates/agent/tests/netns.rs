@@ -819,6 +819,7 @@ fn service_maps_dnat_real_connections_and_survive_a_restart() {
         addresses: vec![Ipv4Addr::new(10, 99, 71, 1)],
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         service_cidr: Some("10.96.0.0/16".parse().unwrap()),
+        nodes: vec!["a".into()],
     };
     let mut dp = NetnsDataplane::open(Some(&node.path())).unwrap();
     let mut applier = Applier::default();

@@ -130,3 +130,29 @@ pub fn nft_chains(
         .map(str::to_string)
         .collect())
 }
+
+/// Sends gratuitous ARP for `ip` on `dev` (`arping -U`), so neighbours that cached another
+/// node's MAC for it switch at once.
+pub fn gratuitous_arp(netns: Option<&Path>, dev: &str, ip: Ipv4Addr) -> Result<(), ToolError> {
+    let args: Vec<String> = ["-U", "-c", "1", "-w", "1", "-I", dev, "-s"]
+        .iter()
+        .map(ToString::to_string)
+        .chain([ip.to_string(), ip.to_string()])
+        .collect();
+    let out = command(netns, "arping", &args)
+        .output()
+        .map_err(|source| ToolError::Spawn {
+            tool: "arping",
+            source,
+        })?;
+    // arping -U exits 1 when nobody answers, which is normal for an unsolicited ARP.
+    match out.status.code() {
+        Some(0) | Some(1) => Ok(()),
+        code => Err(ToolError::Failed {
+            tool: "arping",
+            args: args.join(" "),
+            code: code.unwrap_or(-1),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }),
+    }
+}

@@ -328,6 +328,9 @@ pub struct NodeView {
     /// The service CIDR: an address of it that is still the destination after DNAT is
     /// refused (no service has it, or not on that port).
     pub service_cidr: Option<Ipv4Net>,
+    /// Every node that can announce LoadBalancer IPs (those holding a subnet lease), this one
+    /// included.
+    pub nodes: Vec<String>,
 }
 
 /// One service port as proxied on this node, for `trace`, `status` and tests.
@@ -365,6 +368,8 @@ pub struct ServicePlan {
     pub firewall: BTreeMap<Frontend, Vec<Ipv4Net>>,
     pub cluster_cidr: Option<Ipv4Net>,
     pub service_cidr: Option<Ipv4Net>,
+    /// LoadBalancer IPs this node answers ARP for on the underlay (one node per IP).
+    pub announce: BTreeSet<Ipv4Addr>,
     /// Not part of the dataplane: what was proxied and why, for explanations.
     #[serde(skip)]
     pub ports: Vec<ProxiedPort>,
@@ -517,6 +522,14 @@ pub fn compile(node: &NodeView, services: &[Service], slices: &[EndpointSlice]) 
             .get(&(ns.clone(), svc.metadata.name.clone()))
             .map(Vec::as_slice)
             .unwrap_or_default();
+        if !lb_ips.is_empty() {
+            let candidates = announce_candidates(node, svc_slices, etp_local);
+            for ip in &lb_ips {
+                if elect(*ip, &candidates) == Some(node.name.as_str()) {
+                    plan.announce.insert(*ip);
+                }
+            }
+        }
         for port in &svc.spec.ports {
             let Some(proto) = Proto::parse(port.protocol()) else {
                 continue;
@@ -669,6 +682,54 @@ pub fn compile(node: &NodeView, services: &[Service], slices: &[EndpointSlice]) 
     plan
 }
 
+/// Nodes that may announce a Service's LoadBalancer IPs: every node, or with
+/// `externalTrafficPolicy: Local` the nodes with a ready endpoint (all nodes when none has
+/// one), like MetalLB's layer-2 mode.
+fn announce_candidates(
+    node: &NodeView,
+    slices: &[&EndpointSlice],
+    local_only: bool,
+) -> Vec<String> {
+    let mut all: Vec<String> = node.nodes.clone();
+    if !all.contains(&node.name) {
+        all.push(node.name.clone());
+    }
+    if local_only {
+        let with_endpoints: BTreeSet<&str> = slices
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.conditions.ready != Some(false))
+            .filter_map(|e| e.node_name.as_deref())
+            .collect();
+        let some: Vec<String> = all
+            .iter()
+            .filter(|n| with_endpoints.contains(n.as_str()))
+            .cloned()
+            .collect();
+        if !some.is_empty() {
+            return some;
+        }
+    }
+    all
+}
+
+/// The node that announces `ip`: highest rendezvous hash of (ip, node), so every node
+/// computes the same winner and a node joining or leaving moves only its own share.
+pub fn elect(ip: Ipv4Addr, nodes: &[String]) -> Option<&str> {
+    let score = |n: &str| {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in ip.octets().iter().chain(n.as_bytes()) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    };
+    nodes
+        .iter()
+        .map(String::as_str)
+        .max_by_key(|n| (score(n), *n))
+}
+
 /// Why a Service gets no proxy rules, if it does not.
 fn not_proxied(svc: &Service) -> Option<String> {
     if svc.spec.type_() == "ExternalName" {
@@ -817,6 +878,8 @@ pub struct ServiceDiff {
     /// Affinity ids whose endpoints shrank: remembered clients of the removed endpoints must be
     /// forgotten.
     pub affinity_gc: Vec<(u32, Vec<Backend>)>,
+    /// The LoadBalancer IPs this node announces changed.
+    pub announce_changed: bool,
 }
 
 impl ServiceDiff {
@@ -828,6 +891,7 @@ impl ServiceDiff {
             && self.revived_udp.is_empty()
             && !self.structure_changed
             && self.affinity_gc.is_empty()
+            && !self.announce_changed
     }
 }
 
@@ -951,6 +1015,7 @@ pub fn diff(old: &ServicePlan, new: &ServicePlan) -> ServiceDiff {
     );
     // Order within one transaction: deletes before adds, so a changed value is replaced.
     ops.sort_by_key(|op| matches!(op, ElemOp::Add { .. }));
+    d.announce_changed = old.announce != new.announce;
     d.structure_changed = old.firewall != new.firewall
         || old.cluster_cidr != new.cluster_cidr
         || old.service_cidr != new.service_cidr;
@@ -1170,6 +1235,9 @@ pub fn render_structure(plan: &ServicePlan, chains: &BTreeSet<DynChain>) -> Stri
                 maps::HAIRPIN
             ),
             format!("ct mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} masquerade fully-random"),
+            // Pods reaching beyond the cluster are seen with the node's address; pod to pod
+            // (daddr in the pod CIDR, also after DNAT) is never NATed.
+            "ip saddr @cluster-cidr ip daddr != @cluster-cidr masquerade".to_string(),
         ],
     );
     // Before DNAT: refuse frontends without endpoints, and filter LoadBalancer sources.

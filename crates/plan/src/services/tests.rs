@@ -8,6 +8,7 @@ fn node(name: &str) -> NodeView {
         addresses: vec!["172.20.0.11".parse().unwrap()],
         cluster_cidr: "10.244.0.0/16".parse().unwrap(),
         service_cidr: Some("10.96.0.0/12".parse().unwrap()),
+        nodes: vec!["n1".into(), "n2".into(), "n3".into()],
     }
 }
 
@@ -615,7 +616,87 @@ fn every_dynamic_chain_name_is_recognised_and_fixed_ones_are_not() {
 
 #[test]
 fn chains_are_deleted_before_the_chains_they_jump_to() {
-    let text = render_delete_chains(&["lb-2", "aff-2", "ext-aff-2", "extl-aff-2-1", "laff-1", "lb-1"]);
-    let order: Vec<&str> = text.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
-    assert_eq!(order, ["extl-aff-2-1", "ext-aff-2", "aff-2", "laff-1", "lb-1", "lb-2"]);
+    let text = render_delete_chains(&[
+        "lb-2",
+        "aff-2",
+        "ext-aff-2",
+        "extl-aff-2-1",
+        "laff-1",
+        "lb-1",
+    ]);
+    let order: Vec<&str> = text
+        .lines()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "extl-aff-2-1",
+            "ext-aff-2",
+            "aff-2",
+            "laff-1",
+            "lb-1",
+            "lb-2"
+        ]
+    );
+}
+
+#[test]
+fn exactly_one_node_announces_each_load_balancer_ip() {
+    let s = svc(json!({"metadata": {"name": "lb", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.41", "selector": {"a": "b"},
+                 "ports": [{"name": "http", "port": 80, "nodePort": 30081}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "172.20.0.240"}, {"ip": "172.20.0.241"}]}}}));
+    let eps = [("10.244.1.5", "n2", R, R, false)];
+    for ip in ["172.20.0.240", "172.20.0.241"] {
+        let ip: Ipv4Addr = ip.parse().unwrap();
+        let holders: Vec<&str> = ["n1", "n2", "n3"]
+            .into_iter()
+            .filter(|n| {
+                compile(
+                    &node(n),
+                    std::slice::from_ref(&s),
+                    &[slice("lb", 8080, &eps)],
+                )
+                .announce
+                .contains(&ip)
+            })
+            .collect();
+        assert_eq!(holders.len(), 1, "{ip}: {holders:?}");
+    }
+    // Local policy: only the node with the endpoint announces.
+    let mut local = s.clone();
+    local.spec.external_traffic_policy = Some("Local".into());
+    for n in ["n1", "n3"] {
+        assert!(
+            compile(
+                &node(n),
+                std::slice::from_ref(&local),
+                &[slice("lb", 8080, &eps)]
+            )
+            .announce
+            .is_empty()
+        );
+    }
+    assert_eq!(
+        compile(&node("n2"), &[local], &[slice("lb", 8080, &eps)])
+            .announce
+            .len(),
+        2
+    );
+}
+
+#[test]
+fn a_departing_node_moves_only_its_own_addresses() {
+    let nodes: Vec<String> = (0..5).map(|i| format!("node{i}")).collect();
+    let ips: Vec<Ipv4Addr> = (0..64).map(|i| Ipv4Addr::new(172, 20, 1, i)).collect();
+    let before: Vec<&str> = ips.iter().map(|ip| elect(*ip, &nodes).unwrap()).collect();
+    let fewer: Vec<String> = nodes.iter().filter(|n| *n != "node3").cloned().collect();
+    for (ip, was) in ips.iter().zip(&before) {
+        let now = elect(*ip, &fewer).unwrap();
+        if *was != "node3" {
+            assert_eq!(now, *was, "{ip} moved although its node stayed");
+        }
+    }
+    assert!(before.iter().filter(|n| **n == "node3").count() > 0);
 }
