@@ -44,7 +44,7 @@ pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
     println!("agents:");
     for a in &agents {
         println!(
-            "  {:<8} {} applied revision {} backend {} mtu {}",
+            "  {:<8} {} applied revision {} backend {} mtu {}; proxy: revision {}, {} services, {} frontends, {} endpoint slots{}",
             a["node"].as_str().unwrap_or("?"),
             if a["healthy"] == true {
                 "healthy"
@@ -53,7 +53,16 @@ pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
             },
             a["appliedRevision"],
             a["backend"].as_str().unwrap_or("?"),
-            a["mtu"]
+            a["mtu"],
+            a["proxy"]["appliedRevision"],
+            a["proxy"]["services"],
+            a["proxy"]["frontends"],
+            a["proxy"]["endpoints"],
+            if a["proxy"]["lastError"].is_string() {
+                " (FAILING)"
+            } else {
+                ""
+            }
         );
     }
     if problems.is_empty() {
