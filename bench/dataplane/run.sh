@@ -46,17 +46,8 @@ trap 'exit 130' INT TERM
 mkdir "$tmp/bin" && cp "$BIN/flatnet" "$BIN/flatnet-cni" "$tmp/bin/"
 export PATH=$tmp/bin:$PATH
 
-say() { echo "== $*" >&2; }
-now() { date +%s.%N; }
-since() { echo "$(now) - $1" | bc -l; }
-fmt() { printf '%.2f' "$1"; }
-median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {printf "%.6f\n", (NR%2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
-gbps() { awk '{printf "%.2f", $1/1e9}' <<<"$1"; }
-# A command that must succeed; its output goes to a log that is shown if it does not.
-quiet() {
-  local log=$tmp/cmd.log
-  "$@" >"$log" 2>&1 || { echo "run.sh: failed: $*" >&2; cat "$log" >&2; return 1; }
-}
+# say now since fmt median gbps quiet pods podip fl runs med ratio_cells
+. "$here/lib.sh"
 
 cmdline="sudo bench/dataplane/run.sh  (SECS=$SECS REPS=$REPS IDLE=$IDLE)"
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -77,38 +68,6 @@ for rep in $(seq "$REPS"); do
 done
 
 # ---------------------------------------------------------------- the throughput labs
-pods() { # lab-specific pod set
-  local s
-  for s in "$@"; do
-    local name=${s%%:*} node=${s##*:}
-    if [[ $name == srv* ]]; then
-      cat <<EOF
----
-apiVersion: v1
-kind: Pod
-metadata: {name: $name}
-spec:
-  nodeName: $node
-  containers:
-  - name: iperf
-    command: [iperf3, -s]
-    ports: [{containerPort: 5201}]
-EOF
-    else
-      cat <<EOF
----
-apiVersion: v1
-kind: Pod
-metadata: {name: $name}
-spec:
-  nodeName: $node
-  containers:
-  - name: shell
-    command: [sleep, infinity]
-EOF
-    fi
-  done
-}
 say "lab $GW: 3 nodes, host-gw; lab $VX: 2 nodes, vxlan"
 quiet flatnet --lab=$GW lab up --nodes 3 --backend host-gw
 quiet flatnet --lab=$VX lab up --nodes 2 --backend vxlan
@@ -118,7 +77,6 @@ quiet flatnet --lab=$GW apply -f "$tmp/gw.yaml"
 quiet flatnet --lab=$VX apply -f "$tmp/vx.yaml"
 quiet flatnet --lab=$GW wait --converged --timeout 60s
 quiet flatnet --lab=$VX wait --converged --timeout 60s
-podip() { flatnet --lab=$1 get pod "$2" -o json | jq -er .status.podIP; }
 ip_same=$(podip $GW srv1) ip_gw=$(podip $GW srv2) ip_vx=$(podip $VX srv2)
 # From netlink, not /sys: `flatnet exec` enters only the network namespace, so /sys still shows
 # the root namespace's interfaces.
@@ -144,9 +102,6 @@ for k in 1 2 3; do rss[$k]=$(awk '/^VmRSS/{print $2}' "/proc/${apid[$k]}/status"
 # ---------------------------------------------------------------- 1. throughput, interleaved
 say "baseline namespaces ($BL)"
 "$here/baseline.sh" up $BL
-fl() { # lab ip -> receiver bits/s
-  flatnet --lab=$1 exec cli1 -- iperf3 -c "$2" -t "$SECS" -J | jq -e '.end.sum_received.bits_per_second'
-}
 bl() { "$here/baseline.sh" run $BL "$1"; }
 declare -A raw
 for rep in $(seq "$REPS"); do
@@ -160,8 +115,6 @@ total=$(since "$t_start")
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------- report
-runs() { local v out=""; for v in $1; do out+="$(gbps "$v") "; done; echo "${out% }"; }
-med() { gbps "$(median $1)"; }
 cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')
 cat <<EOF
 Command: \`$cmdline\`, $started, $(fmt "$total") s in all.
@@ -174,17 +127,9 @@ Pod MTU: host-gw lab $mtu_gw, vxlan lab $mtu_vx.
 |---|---|---|---|---|---|---|---|---|---|
 EOF
 row() { # label flkey blkey goal%
-  local f b r met
+  local f b
   f=$(median ${raw[$2]}) b=$(median ${raw[$3]})
-  r=$(echo "100 * $f / $b" | bc -l)
-  # Runs i of both sides ran back to back: their ratio cancels noise that lasts one round.
-  local -a fa=(${raw[$2]}) ba=(${raw[$3]}) pr=()
-  local i
-  for i in "${!fa[@]}"; do pr+=("$(echo "100 * ${fa[$i]} / ${ba[$i]}" | bc -l)"); done
-  local prs="" p
-  for p in "${pr[@]}"; do prs+="$(printf '%.0f' "$p") "; done
-  met=$(awk -v r="$r" -v g="$4" 'BEGIN{print (r >= g) ? "yes" : "**no**"}')
-  echo "| $1 | $(runs "${raw[$2]}") | $(gbps "$f") | ${3#bl_} | $(runs "${raw[$3]}") | $(gbps "$b") | $(printf '%.1f' "$r") % | ${prs% } ($(printf '%.1f' "$(median "${pr[@]}")") %) | >= $4 % | $met |"
+  echo "| $1 | $(runs "${raw[$2]}") | $(gbps "$f") | ${3#bl_} | $(runs "${raw[$3]}") | $(gbps "$b") | $(ratio_cells "${raw[$2]}" "${raw[$3]}" "$4") |"
 }
 row "same node (host-gw lab)" fl_same bl_routed1 95
 row "cross node, host-gw" fl_hostgw bl_routed2b 95
