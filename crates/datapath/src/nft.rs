@@ -12,8 +12,11 @@
 //! - `wire`: nfnetlink framing (message writer, attribute reader, acknowledgements).
 //! - `tool`: [`run_script`] and [`list_table_json`], which run the `nft` binary.
 //!
-//! Sets and maps must exist (made by a script) before elements are added; interval sets and
-//! catch-all elements are not supported here.
+//! Sets and maps must exist (made by a script) before elements are added. Interval sets are
+//! supported when their key is a concatenation (the kernel's `pipapo` type): each element is
+//! one range per field, sent as `NFTA_SET_ELEM_KEY` and `NFTA_SET_ELEM_KEY_END`
+//! ([`Element::range`], [`Batch::delete_range`]). Single-field interval sets (start and
+//! end elements, `NFT_SET_ELEM_INTERVAL_END`) and catch-all elements are not supported here.
 
 mod batch;
 mod tool;
@@ -28,16 +31,17 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
 
 pub use batch::Batch;
 pub use tool::{list_table_json, run_script};
-pub use types::{Data, Element, Family, Field, FieldKind, Verdict, display_fields};
+pub use types::{Data, Element, Family, Field, FieldKind, Verdict, display_fields, display_range};
 
 use crate::netns::{NetNs, NetnsError};
 use wire::{
     NFGENMSG_LEN, NFT_MSG_GETSETELEM, NFT_MSG_NEWSETELEM, NFTA_DATA_VALUE, NFTA_DATA_VERDICT,
     NFTA_LIST_ELEM, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_FLAGS, NFTA_SET_ELEM_KEY,
-    NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE,
-    NFTA_SET_ELEM_TIMEOUT, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE, NLM_F_DUMP, NLM_F_DUMP_INTR,
-    NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR, SET_ELEM_FLAGS_UNSUPPORTED, Writer, attr, attrs, be32,
-    be64, messages, nft_type, parse_ack, str_of,
+    NFTA_SET_ELEM_KEY_END, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_TIMEOUT, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
+    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR,
+    SET_ELEM_FLAGS_UNSUPPORTED, Writer, attr, attrs, be32, be64, messages, nft_type, parse_ack,
+    str_of,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -407,6 +411,12 @@ fn decode_element(
         .and_then(|k| attr(k, NFTA_DATA_VALUE))
         .ok_or("an element without a key")?;
     let key = types::decode_fields(key, key_shape).map_err(|e| format!("key: {e}"))?;
+    let key_end = match attr(el, NFTA_SET_ELEM_KEY_END).and_then(|k| attr(k, NFTA_DATA_VALUE)) {
+        Some(end) => {
+            Some(types::decode_fields(end, key_shape).map_err(|e| format!("key end: {e}"))?)
+        }
+        None => None,
+    };
     let data = match attr(el, NFTA_SET_ELEM_DATA) {
         None => None,
         Some(d) => {
@@ -429,6 +439,7 @@ fn decode_element(
     };
     Ok(Element {
         key,
+        key_end,
         data,
         timeout_ms: attr(el, NFTA_SET_ELEM_TIMEOUT).and_then(be64),
     })

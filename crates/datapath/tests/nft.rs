@@ -135,6 +135,7 @@ table inet flatnet {
   set ports { type inet_service ; }
   set protos { type inet_proto ; }
   set pairs { type ipv4_addr . ipv4_addr ; }
+  set allow { type ipv4_addr . ipv4_addr . inet_proto . inet_service ; flags interval ; }
   chain lb-3 {
     dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 3 map @backends
   }
@@ -145,7 +146,7 @@ table inet flatnet {
 ";
 
 /// The sets (not maps) of [`STRUCTURE`].
-const SETS: [&str; 3] = ["ports", "protos", "pairs"];
+const SETS: [&str; 4] = ["ports", "protos", "pairs", "allow"];
 
 /// A namespace with [`STRUCTURE`] and a socket in it.
 fn setup(tag: &str) -> Option<(Ns, Nft)> {
@@ -227,6 +228,12 @@ fn render_json_value(v: &Value) -> String {
         if v.get(verdict).is_some() {
             return verdict.to_string();
         }
+    }
+    if let Some(r) = v.get("range").and_then(Value::as_array) {
+        return format!("{}-{}", render_json_value(&r[0]), render_json_value(&r[1]));
+    }
+    if let Some(p) = v.get("prefix") {
+        return format!("{}/{}", render_json_value(&p["addr"]), p["len"]);
     }
     match v {
         Value::String(s) => s.clone(),
@@ -906,4 +913,120 @@ fn run_script_and_list_table_report_the_tools_errors() {
         maps,
         BTreeSet::from(["affinity", "backends", "by-mark", "frontends", "ids"])
     );
+}
+
+/// `pod . peer range . protocol range . port range`, an element of the `allow` set.
+fn allow(pod: &str, peer: (&str, &str), proto: (u8, u8), port: (u16, u16)) -> Element {
+    Element::range(
+        vec![
+            ip(pod),
+            ip(peer.0),
+            Field::Proto(proto.0),
+            Field::Port(port.0),
+        ],
+        vec![
+            ip(pod),
+            ip(peer.1),
+            Field::Proto(proto.1),
+            Field::Port(port.1),
+        ],
+    )
+}
+
+#[test]
+fn range_elements_of_a_concatenated_interval_set_add_list_and_delete() {
+    let Some((ns, mut nft)) = setup("interval") else {
+        return;
+    };
+    let a = allow(
+        "10.244.1.5",
+        ("10.0.0.0", "10.255.255.255"),
+        (6, 6),
+        (80, 90),
+    );
+    let b = allow(
+        "10.244.1.5",
+        ("192.168.0.7", "192.168.0.7"),
+        (0, 255),
+        (0, 65535),
+    );
+    let c = allow("10.244.1.6", ("10.0.0.0", "10.0.0.2"), (17, 17), (53, 53));
+    let mut batch = Batch::new(Family::Inet, "flatnet");
+    for e in [&a, &b, &c] {
+        batch.add("allow", e.clone());
+    }
+    nft.commit(&batch).unwrap();
+    let want: BTreeSet<String> = [
+        "10.244.1.5 . 10.0.0.0/8 . tcp . 80-90",
+        "10.244.1.5 . 192.168.0.7 . 0-255 . 0-65535",
+        "10.244.1.6 . 10.0.0.0-10.0.0.2 . udp . 53",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(ns.listed("allow"), want);
+
+    // Our own listing decodes both ends.
+    let shape = [
+        FieldKind::Ipv4,
+        FieldKind::Ipv4,
+        FieldKind::Proto,
+        FieldKind::Port,
+    ];
+    let got: BTreeSet<Element> = nft
+        .list_elements("flatnet", "allow", &shape, None)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(got, BTreeSet::from([a.clone(), b.clone(), c.clone()]));
+
+    // A range is deleted by both its ends, in one transaction with an addition.
+    let mut batch = Batch::new(Family::Inet, "flatnet");
+    batch.delete_range("allow", a.key.clone(), a.key_end.clone().unwrap());
+    batch.add(
+        "allow",
+        allow(
+            "10.244.1.5",
+            ("10.0.0.0", "10.255.255.255"),
+            (6, 6),
+            (80, 95),
+        ),
+    );
+    nft.commit(&batch).unwrap();
+    let listed = ns.listed("allow");
+    assert!(
+        listed.contains("10.244.1.5 . 10.0.0.0/8 . tcp . 80-95"),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.contains("10.244.1.5 . 10.0.0.0/8 . tcp . 80-90"),
+        "{listed:?}"
+    );
+
+    // A range starting inside another is refused, and the transaction changes nothing.
+    let mut batch = Batch::new(Family::Inet, "flatnet");
+    batch.add(
+        "allow",
+        allow("10.244.1.7", ("10.1.0.0", "10.1.0.0"), (6, 6), (1, 1)),
+    );
+    batch.add(
+        "allow",
+        allow("10.244.1.5", ("10.0.0.1", "10.0.0.1"), (6, 6), (85, 85)),
+    );
+    let err = nft.commit(&batch).unwrap_err().to_string();
+    assert!(err.contains("set allow"), "{err}");
+    assert_eq!(
+        ns.listed("allow").len(),
+        3,
+        "nothing of the refused batch applied"
+    );
+
+    // An end before its start is refused before anything is sent, naming the field.
+    let mut batch = Batch::new(Family::Inet, "flatnet");
+    batch.add(
+        "allow",
+        allow("10.244.1.8", ("10.0.0.9", "10.0.0.1"), (6, 6), (1, 1)),
+    );
+    let err = nft.commit(&batch).unwrap_err().to_string();
+    assert!(err.contains("key end") && err.contains("field 1"), "{err}");
 }

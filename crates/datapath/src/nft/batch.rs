@@ -4,11 +4,13 @@
 use std::collections::HashMap;
 
 use super::NftError;
-use super::types::{Data, Element, Family, Field, display_fields, encode_fields, encoded_len};
+use super::types::{
+    Data, Element, Family, Field, display_fields, display_range, encode_fields, encoded_len,
+};
 use super::wire::{
     NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END, NFNL_SUBSYS_NFTABLES, NFT_MSG_DELSETELEM,
     NFT_MSG_NEWSETELEM, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_LIST_ELEM, NFTA_SET_ELEM_DATA,
-    NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
+    NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END, NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET,
     NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_TIMEOUT, NFTA_VERDICT_CHAIN, NFTA_VERDICT_CODE,
     NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST, Writer, nft_type,
 };
@@ -51,7 +53,8 @@ struct SetOps {
 #[derive(Debug, Clone)]
 enum Op {
     Add(Vec<Element>),
-    Delete(Vec<Vec<Field>>),
+    /// Keys, with the end of the range for elements of concatenated interval sets.
+    Delete(Vec<(Vec<Field>, Option<Vec<Field>>)>),
     Flush,
 }
 
@@ -142,12 +145,22 @@ impl Batch {
 
     /// Deletes the element with key `key` from set or map `set` (`NFT_MSG_DELSETELEM`).
     pub fn delete(&mut self, set: &str, key: Vec<Field>) {
+        self.push_delete(set, key, None);
+    }
+
+    /// Deletes the range element `key`..=`key_end` from a concatenated interval set (the
+    /// kernel finds such an element by both ends).
+    pub fn delete_range(&mut self, set: &str, key: Vec<Field>, key_end: Vec<Field>) {
+        self.push_delete(set, key, Some(key_end));
+    }
+
+    fn push_delete(&mut self, set: &str, key: Vec<Field>, key_end: Option<Vec<Field>>) {
         self.len += 1;
         let s = self.set(set);
         if let Some(Op::Delete(list)) = s.ops.last_mut() {
-            list.push(key);
+            list.push((key, key_end));
         } else {
-            s.ops.push(Op::Delete(vec![key]));
+            s.ops.push(Op::Delete(vec![(key, key_end)]));
         }
     }
 
@@ -197,14 +210,31 @@ impl Batch {
                 return invalid(self.context(), "set", s.name.clone(), reason);
             }
             for op in &s.ops {
-                let keys: Vec<(&[Field], Option<&Element>)> = match op {
-                    Op::Add(list) => list.iter().map(|e| (e.key.as_slice(), Some(e))).collect(),
-                    Op::Delete(list) => list.iter().map(|k| (k.as_slice(), None)).collect(),
+                type Keys<'k> = Vec<(&'k [Field], Option<&'k [Field]>, Option<&'k Element>)>;
+                let keys: Keys<'_> = match op {
+                    Op::Add(list) => list
+                        .iter()
+                        .map(|e| (e.key.as_slice(), e.key_end.as_deref(), Some(e)))
+                        .collect(),
+                    Op::Delete(list) => list
+                        .iter()
+                        .map(|(k, end)| (k.as_slice(), end.as_deref(), None))
+                        .collect(),
                     Op::Flush => continue,
                 };
-                for (key, elem) in keys {
+                for (key, key_end, elem) in keys {
                     if let Some(reason) = bad_value(key) {
                         return invalid(self.set_context(s), "key", display_fields(key), reason);
+                    }
+                    if let Some(end) = key_end
+                        && let Some(reason) = bad_range(key, end)
+                    {
+                        return invalid(
+                            self.set_context(s),
+                            "key end",
+                            display_range(key, end),
+                            reason,
+                        );
                     }
                     let Some(e) = elem else { continue };
                     match &e.data {
@@ -289,7 +319,10 @@ impl Batch {
                             let at = w.buf.len();
                             match op {
                                 Op::Add(list) => write_element(&mut w, &list[next]),
-                                Op::Delete(list) => write_key(&mut w, &list[next]),
+                                Op::Delete(list) => {
+                                    let (key, end) = &list[next];
+                                    write_key(&mut w, key, end.as_deref());
+                                }
                                 Op::Flush => {}
                             }
                             if w.nest_len(nest) > MAX_NEST && !info.offsets.is_empty() {
@@ -343,7 +376,12 @@ impl Batch {
             }
             (Op::Add(_), _) => format!("{prefix}: add {}", elements(info.offsets.len())),
             (Op::Delete(list), Some(i)) if i < list.len() => {
-                format!("{prefix}: delete element {}", display_fields(&list[i]))
+                let (key, end) = &list[i];
+                let shown = match end {
+                    Some(end) => display_range(key, end),
+                    None => display_fields(key),
+                };
+                format!("{prefix}: delete element {shown}")
             }
             (Op::Delete(_), _) => format!("{prefix}: delete {}", elements(info.offsets.len())),
             (Op::Flush, _) => format!("{prefix}: flush"),
@@ -364,9 +402,12 @@ fn elements(n: usize) -> String {
     }
 }
 
-fn write_key(w: &mut Writer, key: &[Field]) {
+fn write_key(w: &mut Writer, key: &[Field], key_end: Option<&[Field]>) {
     let e = w.nest(NFTA_LIST_ELEM);
     write_value(w, NFTA_SET_ELEM_KEY, key);
+    if let Some(end) = key_end {
+        write_value(w, NFTA_SET_ELEM_KEY_END, end);
+    }
     w.end_nest(e);
 }
 
@@ -381,6 +422,9 @@ fn write_value(w: &mut Writer, ty: u16, fields: &[Field]) {
 fn write_element(w: &mut Writer, el: &Element) {
     let e = w.nest(NFTA_LIST_ELEM);
     write_value(w, NFTA_SET_ELEM_KEY, &el.key);
+    if let Some(end) = &el.key_end {
+        write_value(w, NFTA_SET_ELEM_KEY_END, end);
+    }
     if let Some(ms) = el.timeout_ms {
         w.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
     }
@@ -411,6 +455,22 @@ fn bad_name(name: &str) -> Option<String> {
     } else {
         None
     }
+}
+
+/// A range's end must have the key's shape and must not lie before it in any field.
+fn bad_range(key: &[Field], end: &[Field]) -> Option<String> {
+    let kinds = |f: &[Field]| f.iter().map(Field::kind).collect::<Vec<_>>();
+    if kinds(key) != kinds(end) {
+        return Some(format!(
+            "the range end's fields {:?} differ from the key's {:?}",
+            kinds(end),
+            kinds(key)
+        ));
+    }
+    key.iter()
+        .zip(end)
+        .position(|(k, e)| e < k)
+        .map(|i| format!("field {i} ends before it starts"))
 }
 
 fn bad_value(fields: &[Field]) -> Option<String> {

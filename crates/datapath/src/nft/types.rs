@@ -188,6 +188,20 @@ pub fn display_fields(fields: &[Field]) -> String {
         .join(" . ")
 }
 
+/// `a . b-c . d`: a range element as `nft` prints it (a field whose ends are equal is printed
+/// once).
+pub fn display_range(start: &[Field], end: &[Field]) -> String {
+    start
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match end.get(i) {
+            Some(e) if e != s => format!("{s}-{e}"),
+            _ => s.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
 /// What a verdict map's element says.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Verdict {
@@ -250,9 +264,15 @@ impl fmt::Display for Data {
 }
 
 /// One element of a set (`data: None`) or map.
+///
+/// In a set with `flags interval` whose key is a concatenation (the kernel's `pipapo` set
+/// type), an element is a range in every field: `key` holds the first value of each field and
+/// `key_end` the last (`NFTA_SET_ELEM_KEY_END`). Elements of such a set must not overlap.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Element {
     pub key: Vec<Field>,
+    /// The last value of each field of a range element (same shape as `key`).
+    pub key_end: Option<Vec<Field>>,
     pub data: Option<Data>,
     /// Per-element timeout (sets with `flags timeout`). When listing, `None` also means the
     /// element has the set's default timeout: the kernel reports only timeouts that differ.
@@ -264,6 +284,18 @@ impl Element {
     pub fn key(key: Vec<Field>) -> Self {
         Element {
             key,
+            key_end: None,
+            data: None,
+            timeout_ms: None,
+        }
+    }
+
+    /// A range element of a concatenated interval set: from `key` to `key_end`, field by
+    /// field, both ends included.
+    pub fn range(key: Vec<Field>, key_end: Vec<Field>) -> Self {
+        Element {
+            key,
+            key_end: Some(key_end),
             data: None,
             timeout_ms: None,
         }
@@ -273,6 +305,7 @@ impl Element {
     pub fn map(key: Vec<Field>, data: Data) -> Self {
         Element {
             key,
+            key_end: None,
             data: Some(data),
             timeout_ms: None,
         }
@@ -286,7 +319,10 @@ impl Element {
 
 impl fmt::Display for Element {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&display_fields(&self.key))?;
+        match &self.key_end {
+            None => f.write_str(&display_fields(&self.key))?,
+            Some(end) => f.write_str(&display_range(&self.key, end))?,
+        }
         if let Some(ms) = self.timeout_ms {
             write!(f, " timeout {ms}ms")?;
         }
@@ -377,5 +413,23 @@ mod tests {
         assert_eq!(e.to_string(), "10.96.0.1 . tcp . 80 : goto lb-3");
         let t = Element::key(vec![Field::Mark(1)]).with_timeout_ms(1500);
         assert_eq!(t.to_string(), "0x00000001 timeout 1500ms");
+        let r = Element::range(
+            vec![
+                Field::Ipv4(Ipv4Addr::new(10, 244, 1, 5)),
+                Field::Ipv4(Ipv4Addr::new(10, 0, 0, 0)),
+                Field::Proto(6),
+                Field::Port(80),
+            ],
+            vec![
+                Field::Ipv4(Ipv4Addr::new(10, 244, 1, 5)),
+                Field::Ipv4(Ipv4Addr::new(10, 255, 255, 255)),
+                Field::Proto(6),
+                Field::Port(90),
+            ],
+        );
+        assert_eq!(
+            r.to_string(),
+            "10.244.1.5 . 10.0.0.0-10.255.255.255 . tcp . 80-90"
+        );
     }
 }

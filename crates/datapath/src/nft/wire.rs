@@ -35,12 +35,14 @@ pub(crate) const NFTA_SET_ELEM_KEY: u16 = 1;
 pub(crate) const NFTA_SET_ELEM_DATA: u16 = 2;
 pub(crate) const NFTA_SET_ELEM_FLAGS: u16 = 3;
 pub(crate) const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+pub(crate) const NFTA_SET_ELEM_KEY_END: u16 = 10;
 pub(crate) const NFTA_DATA_VALUE: u16 = 1;
 pub(crate) const NFTA_DATA_VERDICT: u16 = 2;
 pub(crate) const NFTA_VERDICT_CODE: u16 = 1;
 pub(crate) const NFTA_VERDICT_CHAIN: u16 = 2;
 
-/// `NFT_SET_ELEM_INTERVAL_END | NFT_SET_ELEM_CATCHALL`: elements flatnet never makes.
+/// `NFT_SET_ELEM_INTERVAL_END | NFT_SET_ELEM_CATCHALL`: elements flatnet never makes (its
+/// interval sets are concatenations, whose elements carry `NFTA_SET_ELEM_KEY_END` instead).
 pub(crate) const SET_ELEM_FLAGS_UNSUPPORTED: u32 = 0x1 | 0x2;
 
 /// The type of an nf_tables message.
