@@ -1,0 +1,147 @@
+//! The process: which thread lives in which network namespace.
+//!
+//! The gateway starts in the namespace it serves from (in the lab, the pod's; on a real host,
+//! the host's). There it binds its listeners and builds the proxy runtime on the calling
+//! thread, so every worker thread, every accepted connection and every backend connection is
+//! made in that namespace (threads inherit the namespace of the thread that creates them).
+//! The store client gets a thread of its own which, when `store_netns` is given, first moves
+//! itself into that namespace (setns) and then builds a small current-thread runtime for etcd:
+//! in the lab, etcd listens on the root namespace's loopback, which pods cannot reach. The two
+//! halves share only [`Shared`] (route and certificate tables swapped atomically).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::proxy::{self, Proxy, Shared};
+use crate::tls;
+use crate::watch::{self, WatchConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("store namespace {path}: {detail}")]
+    StoreNetns { path: PathBuf, detail: String },
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("store: {0}")]
+    Store(String),
+    #[error("--http and --https are both off: nothing to serve")]
+    NothingToServe,
+}
+
+/// How the gateway runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub etcd: Vec<String>,
+    pub store_prefix: String,
+    /// Namespace file (e.g. `/proc/1/ns/net`) the store client moves to; None: stay.
+    pub store_netns: Option<PathBuf>,
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    /// Proxy worker threads; 1 runs everything on the calling thread.
+    pub workers: usize,
+    pub watch: WatchConfig,
+}
+
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, GatewayError> {
+    let l =
+        std::net::TcpListener::bind(addr).map_err(|source| GatewayError::Bind { addr, source })?;
+    l.set_nonblocking(true)
+        .map_err(|source| GatewayError::Bind { addr, source })?;
+    Ok(l)
+}
+
+/// Runs the gateway until `shutdown` resolves (on the proxy runtime) or the store side fails
+/// to start. Blocks the calling thread.
+pub fn run<F>(opts: Options, shutdown: F) -> Result<(), GatewayError>
+where
+    F: std::future::Future<Output = ()>,
+{
+    if opts.http.is_none() && opts.https.is_none() {
+        return Err(GatewayError::NothingToServe);
+    }
+    let http = opts.http.map(bind).transpose()?;
+    let https = opts.https.map(bind).transpose()?;
+    let shared = Arc::new(Shared::default());
+
+    // The store side: its own thread, namespace and runtime.
+    let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<GatewayError>();
+    {
+        let shared = shared.clone();
+        let opts = opts.clone();
+        std::thread::Builder::new()
+            .name("store".into())
+            .spawn(move || {
+                if let Err(e) = store_thread(opts, shared) {
+                    let _ = fail_tx.send(e);
+                }
+            })
+            .map_err(GatewayError::Runtime)?;
+    }
+
+    let rt = if opts.workers <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(opts.workers)
+            .enable_all()
+            .build()
+    }
+    .map_err(GatewayError::Runtime)?;
+    rt.block_on(async move {
+        let proxy = Arc::new(Proxy::new(shared.clone()));
+        if let Some(l) = http {
+            let l = tokio::net::TcpListener::from_std(l).map_err(GatewayError::Runtime)?;
+            tracing::info!(addr = ?l.local_addr().ok(), "serving http");
+            tokio::spawn(proxy::serve(l, None, proxy.clone()));
+        }
+        if let Some(l) = https {
+            let l = tokio::net::TcpListener::from_std(l).map_err(GatewayError::Runtime)?;
+            let cfg = tls::server_config(shared.certs.clone()).map_err(GatewayError::Tls)?;
+            tracing::info!(addr = ?l.local_addr().ok(), "serving https");
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+            tokio::spawn(proxy::serve(l, Some(acceptor), proxy.clone()));
+        }
+        tokio::select! {
+            () = shutdown => Ok(()),
+            Ok(e) = fail_rx => Err(e),
+        }
+    })
+}
+
+fn store_thread(opts: Options, shared: Arc<Shared>) -> Result<(), GatewayError> {
+    if let Some(path) = &opts.store_netns {
+        let f = std::fs::File::open(path).map_err(|e| GatewayError::StoreNetns {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        // Only this thread moves: the proxy threads stay where the listeners are.
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+            GatewayError::StoreNetns {
+                path: path.clone(),
+                detail: format!("setns: {e}"),
+            }
+        })?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(GatewayError::Runtime)?;
+    rt.block_on(async move {
+        let store = store::EtcdStore::connect(&opts.etcd, &opts.store_prefix)
+            .await
+            .map_err(|e| GatewayError::Store(e.to_string()))?;
+        tracing::info!(etcd = ?opts.etcd, "store connected");
+        watch::run(store, shared, opts.watch).await;
+        Ok(())
+    })
+}

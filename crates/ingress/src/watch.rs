@@ -1,0 +1,434 @@
+//! The store side: list + watch Ingresses, Services, EndpointSlices, Secrets and Nodes,
+//! compile after each batch of events, publish the result to the proxy, and keep the
+//! `status.loadBalancer` of every served Ingress pointing at the gateway.
+//!
+//! Status address: the LoadBalancer IPs of the gateway's own Service (`--publish-service`)
+//! when it has any, else the InternalIP of every node (the gateway's NodePorts answer on
+//! each). An Ingress that stops being ours loses the address list we wrote, if it still shows
+//! exactly that list (an address another controller wrote is left alone).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use model::{EndpointSlice, Ingress, Node, Secret, Service};
+use serde_json::{Value, json};
+use store::{KeyValue, Store, StoreError, WatchEvent};
+use tokio::sync::mpsc;
+
+use crate::proxy::Shared;
+use crate::routes::{ClassFilter, Snapshot, compile};
+
+pub const INGRESSES: &str = "objects/ingresses/";
+pub const SERVICES: &str = "objects/services/";
+pub const SLICES: &str = "objects/endpointslices/";
+pub const SECRETS: &str = "objects/secrets/";
+pub const NODES: &str = "objects/nodes/";
+const PREFIXES: [&str; 5] = [INGRESSES, SERVICES, SLICES, SECRETS, NODES];
+
+/// How long to wait for more events before compiling a batch.
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// What the store side needs to know.
+#[derive(Debug, Clone, Default)]
+pub struct WatchConfig {
+    pub filter: ClassFilter,
+    /// `namespace/name` of the gateway's Service, whose LoadBalancer IPs are published.
+    pub publish_service: Option<String>,
+}
+
+/// A stored Ingress as read: typed, raw (for lossless status writes) and its revision.
+#[derive(Debug, Clone)]
+pub struct StoredIngress {
+    pub ingress: Ingress,
+    pub raw: Value,
+    pub mod_revision: i64,
+}
+
+/// The objects the gateway compiles from, by store key.
+#[derive(Debug, Default)]
+pub struct View {
+    pub ingresses: BTreeMap<String, StoredIngress>,
+    pub services: BTreeMap<String, Service>,
+    pub slices: BTreeMap<String, EndpointSlice>,
+    pub secrets: BTreeMap<String, Secret>,
+    pub nodes: BTreeMap<String, Node>,
+}
+
+/// The namespace segment of `objects/<kind>/<ns>/<name>`: the key is the truth.
+fn namespace_of(key: &str, prefix: &str) -> Option<String> {
+    let ns = key.strip_prefix(prefix)?.split('/').next()?;
+    (ns != store::keys::CLUSTER_SCOPE).then(|| ns.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
+    match kv.decode::<T>() {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(key = %kv.key, error = %e, "object ignored");
+            None
+        }
+    }
+}
+
+impl View {
+    /// Takes one stored object (or forgets it, if it does not decode).
+    pub fn take(&mut self, kv: &KeyValue) {
+        let key = kv.key.clone();
+        if kv.key.starts_with(INGRESSES) {
+            let raw: Option<Value> = decode(kv);
+            let typed = raw
+                .clone()
+                .and_then(|r| serde_json::from_value::<Ingress>(r).ok());
+            match (raw, typed) {
+                (Some(raw), Some(mut ingress)) => {
+                    ingress.metadata.namespace = namespace_of(&kv.key, INGRESSES);
+                    self.ingresses.insert(
+                        key,
+                        StoredIngress {
+                            ingress,
+                            raw,
+                            mod_revision: kv.mod_revision,
+                        },
+                    );
+                }
+                _ => {
+                    self.ingresses.remove(&key);
+                }
+            }
+        } else if kv.key.starts_with(SERVICES) {
+            match decode::<Service>(kv) {
+                Some(mut s) => {
+                    s.metadata.namespace = namespace_of(&kv.key, SERVICES);
+                    self.services.insert(key, s);
+                }
+                None => {
+                    self.services.remove(&key);
+                }
+            }
+        } else if kv.key.starts_with(SLICES) {
+            match decode::<EndpointSlice>(kv) {
+                Some(mut s) => {
+                    s.metadata.namespace = namespace_of(&kv.key, SLICES);
+                    self.slices.insert(key, s);
+                }
+                None => {
+                    self.slices.remove(&key);
+                }
+            }
+        } else if kv.key.starts_with(SECRETS) {
+            match decode::<Secret>(kv) {
+                Some(mut s) => {
+                    s.metadata.namespace = namespace_of(&kv.key, SECRETS);
+                    self.secrets.insert(key, s);
+                }
+                None => {
+                    self.secrets.remove(&key);
+                }
+            }
+        } else if kv.key.starts_with(NODES) {
+            match decode::<Node>(kv) {
+                Some(n) => {
+                    self.nodes.insert(key, n);
+                }
+                None => {
+                    self.nodes.remove(&key);
+                }
+            }
+        }
+    }
+
+    pub fn take_event(&mut self, ev: &WatchEvent) {
+        match ev {
+            WatchEvent::Put(kv) => self.take(kv),
+            WatchEvent::Delete { key, .. } => {
+                self.ingresses.remove(key);
+                self.services.remove(key);
+                self.slices.remove(key);
+                self.secrets.remove(key);
+                self.nodes.remove(key);
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            ingresses: self.ingresses.values().map(|s| s.ingress.clone()).collect(),
+            services: self.services.values().cloned().collect(),
+            slices: self.slices.values().cloned().collect(),
+            secrets: self.secrets.values().cloned().collect(),
+        }
+    }
+
+    /// The gateway's own Service, if configured and present.
+    fn publish_service(&self, name: Option<&str>) -> Option<&Service> {
+        let (ns, svc) = name?.split_once('/')?;
+        self.services
+            .get(&store::keys::object("services", Some(ns), svc))
+    }
+}
+
+/// The addresses to publish: the LoadBalancer IPs of the gateway's Service, else every
+/// node's InternalIP; sorted (IPs compare numerically), no duplicates.
+pub fn desired_addresses(publish: Option<&Service>, nodes: &[&Node]) -> Vec<String> {
+    let lb: BTreeSet<std::net::IpAddr> = publish
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.load_balancer.as_ref())
+        .map(|lb| {
+            lb.ingress
+                .iter()
+                .filter_map(|i| i.ip.as_deref()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let ips = if lb.is_empty() {
+        nodes
+            .iter()
+            .filter_map(|n| n.status.address("InternalIP")?.parse().ok())
+            .collect()
+    } else {
+        lb
+    };
+    ips.into_iter().map(|ip| ip.to_string()).collect()
+}
+
+/// One status write: the Ingress's key, its new JSON, and the revision it was computed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusWrite {
+    pub key: String,
+    pub value: Value,
+    pub mod_revision: i64,
+}
+
+/// The status writes that make every served Ingress show `desired`, and every other one not
+/// show it. Pure; an empty `desired` writes nothing (nothing to publish yet).
+pub fn status_writes(
+    ingresses: &BTreeMap<String, StoredIngress>,
+    served: &BTreeSet<String>,
+    desired: &[String],
+) -> Vec<StatusWrite> {
+    if desired.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (key, s) in ingresses {
+        let shows: Vec<&str> = s.ingress.status_ips();
+        let ours = served.contains(&s.ingress.key());
+        let want: Option<Value> = if ours && shows != desired {
+            let list: Vec<Value> = desired.iter().map(|ip| json!({"ip": ip})).collect();
+            Some(json!(list))
+        } else if !ours && !shows.is_empty() && shows == desired {
+            Some(json!([]))
+        } else {
+            None
+        };
+        let Some(list) = want else { continue };
+        let mut value = s.raw.clone();
+        if !value["status"].is_object() {
+            value["status"] = json!({});
+        }
+        if !value["status"]["loadBalancer"].is_object() {
+            value["status"]["loadBalancer"] = json!({});
+        }
+        if list.as_array().is_some_and(Vec::is_empty) {
+            if let Some(lb) = value["status"]["loadBalancer"].as_object_mut() {
+                lb.remove("ingress");
+            }
+        } else {
+            value["status"]["loadBalancer"]["ingress"] = list;
+        }
+        out.push(StatusWrite {
+            key: key.clone(),
+            value,
+            mod_revision: s.mod_revision,
+        });
+    }
+    out
+}
+
+/// What one pass did, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PassReport {
+    pub served: Vec<String>,
+    pub hosts: usize,
+    pub certs: usize,
+    pub status_written: usize,
+    pub warnings: Vec<String>,
+}
+
+/// Compiles the view, publishes it, and writes statuses. Conflicting status writes are left
+/// to the next pass (the watch brings the newer object).
+pub async fn pass<S: Store>(
+    store: &S,
+    view: &View,
+    shared: &Shared,
+    cfg: &WatchConfig,
+) -> PassReport {
+    let compiled = compile(&view.snapshot(), &cfg.filter);
+    let served: BTreeSet<String> = compiled.served.iter().cloned().collect();
+    let mut report = PassReport {
+        served: compiled.served.clone(),
+        hosts: compiled.routes.hosts(),
+        certs: compiled.certs.names(),
+        status_written: 0,
+        warnings: compiled.warnings.clone(),
+    };
+    shared.publish(compiled);
+    let nodes: Vec<&Node> = view.nodes.values().collect();
+    let desired = desired_addresses(view.publish_service(cfg.publish_service.as_deref()), &nodes);
+    for w in status_writes(&view.ingresses, &served, &desired) {
+        let bytes = match store::encode(&w.key, &w.value) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(key = %w.key, error = %e, "status not written");
+                continue;
+            }
+        };
+        match store.put_if(&w.key, bytes, w.mod_revision).await {
+            Ok(_) => report.status_written += 1,
+            Err(StoreError::Conflict { .. }) => {
+                tracing::debug!(key = %w.key, "ingress changed meanwhile; status next pass")
+            }
+            Err(e) => tracing::warn!(key = %w.key, error = %e, "status not written"),
+        }
+    }
+    report
+}
+
+async fn list_all<S: Store>(store: &S, view: &mut View) -> Result<Vec<i64>, StoreError> {
+    let mut fresh = View::default();
+    let mut revisions = Vec::new();
+    for p in PREFIXES {
+        let (kvs, rev) = store.list(p).await?;
+        for kv in &kvs {
+            fresh.take(kv);
+        }
+        revisions.push(rev);
+    }
+    *view = fresh;
+    Ok(revisions)
+}
+
+/// Runs until the future is dropped: list, publish, follow the watches; on a store error,
+/// keep serving the last table and start over after a backoff.
+pub async fn run<S: Store>(store: S, shared: Arc<Shared>, cfg: WatchConfig) {
+    let mut backoff = BACKOFF_MIN;
+    let mut last_warnings: Vec<String> = Vec::new();
+    loop {
+        let mut view = View::default();
+        let revisions = match list_all(&store, &mut view).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot list; serving the last routes");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        // One channel for all five watches, each from its own listing's revision onwards.
+        let (tx, mut rx) = mpsc::channel::<Result<WatchEvent, StoreError>>(1024);
+        let mut tasks = Vec::new();
+        let mut failed = None;
+        for (p, rev) in PREFIXES.iter().zip(&revisions) {
+            match store.watch(p, rev + 1).await {
+                Ok(mut w) => {
+                    let tx = tx.clone();
+                    tasks.push(tokio::spawn(async move {
+                        while let Some(ev) = w.recv().await {
+                            let end = ev.is_err();
+                            if tx.send(ev).await.is_err() || end {
+                                break;
+                            }
+                        }
+                        let _ = tx
+                            .send(Err(StoreError::Unavailable("watch closed".into())))
+                            .await;
+                    }));
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let ended = match failed {
+            Some(e) => e,
+            None => {
+                backoff = BACKOFF_MIN;
+                let r = pass(&store, &view, &shared, &cfg).await;
+                log_pass(&r, &mut last_warnings);
+                follow(
+                    &store,
+                    &mut view,
+                    &shared,
+                    &cfg,
+                    &mut rx,
+                    &mut last_warnings,
+                )
+                .await
+            }
+        };
+        for t in tasks {
+            t.abort();
+        }
+        match ended {
+            StoreError::Compacted { revision } => {
+                tracing::info!(revision, "watch fell behind compaction; re-listing");
+            }
+            e => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "watch broke; serving the last routes");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+async fn follow<S: Store>(
+    store: &S,
+    view: &mut View,
+    shared: &Shared,
+    cfg: &WatchConfig,
+    rx: &mut mpsc::Receiver<Result<WatchEvent, StoreError>>,
+    last_warnings: &mut Vec<String>,
+) -> StoreError {
+    let mut dirty = false;
+    loop {
+        let ev = tokio::select! {
+            ev = rx.recv() => ev,
+            () = tokio::time::sleep(BATCH_WINDOW), if dirty => {
+                dirty = false;
+                let r = pass(store, view, shared, cfg).await;
+                log_pass(&r, last_warnings);
+                continue;
+            }
+        };
+        match ev {
+            Some(Ok(ev)) => {
+                view.take_event(&ev);
+                dirty = true;
+            }
+            Some(Err(e)) => return e,
+            None => return StoreError::Unavailable("watches closed".into()),
+        }
+    }
+}
+
+fn log_pass(r: &PassReport, last: &mut Vec<String>) {
+    tracing::debug!(
+        served = r.served.len(),
+        hosts = r.hosts,
+        certs = r.certs,
+        status_written = r.status_written,
+        "routes published"
+    );
+    for w in &r.warnings {
+        if !last.contains(w) {
+            tracing::warn!("{w}");
+        }
+    }
+    *last = r.warnings.clone();
+}
