@@ -39,11 +39,13 @@ enum Cmd {
     Wait(cmd::wait::Args),
     /// Nodes, leases, agents and problems in plain words.
     Status(cmd::status::Args),
+    /// The ingress gateway: serves Ingress objects (class `flatnet`) over HTTP and HTTPS.
+    Ingress(cmd::ingress::Args),
 }
 
 fn main() {
     let cli = Cli::parse();
-    let daemon = matches!(&cli.command, Cmd::Agent(_))
+    let daemon = matches!(&cli.command, Cmd::Agent(_) | Cmd::Ingress(_))
         || matches!(&cli.command, Cmd::Lab(a) if a.is_daemon());
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLATNET_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" })
@@ -81,5 +83,6 @@ fn run(command: Cmd, lab: lab::Lab) -> anyhow::Result<i32> {
         Cmd::Exec(a) => cmd::exec::run(a, lab),
         Cmd::Wait(a) => cmd::block_on(cmd::wait::run(a, lab)),
         Cmd::Status(a) => cmd::block_on(cmd::status::run(a, lab)),
+        Cmd::Ingress(a) => cmd::ingress::run(a),
     }
 }

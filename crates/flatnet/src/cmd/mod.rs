@@ -5,6 +5,7 @@ pub mod apply;
 pub mod delete;
 pub mod exec;
 pub mod get;
+pub mod ingress;
 pub mod lab;
 pub mod label;
 pub mod status;
