@@ -16,6 +16,8 @@
 //! - `kubelet`: the kubelet role, one process per node: pods in, sandboxes and processes out.
 //! - `responder`: the built-in container that answers with the pod's name.
 //! - `client`: how the CLI finds and connects to a running lab's store.
+//! - `connectivity`: `flatnet connectivity`: which pods, real probes from inside their
+//!   namespaces, the same matrix from the compiled policy, and how both print.
 //!
 //! The lab plays the parts a real cluster gets from elsewhere (kubelet, runtime, the machines
 //! and their cabling). It must not reach into the agent, the plugin or the store's contents
@@ -25,6 +27,7 @@ pub mod allocator;
 pub mod api;
 pub mod cleanup;
 pub mod client;
+pub mod connectivity;
 pub mod controller;
 pub mod converge;
 pub mod daemons;

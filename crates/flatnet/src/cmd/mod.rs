@@ -2,12 +2,14 @@
 
 pub mod agent;
 pub mod apply;
+pub mod connectivity;
 pub mod delete;
 pub mod exec;
 pub mod get;
 pub mod ingress;
 pub mod lab;
 pub mod label;
+pub mod policy;
 pub mod status;
 pub mod wait;
 
