@@ -41,6 +41,8 @@ enum Cmd {
     Status(cmd::status::Args),
     /// The ingress gateway: serves Ingress objects (class `flatnet`) over HTTP and HTTPS.
     Ingress(cmd::ingress::Args),
+    /// Where a flow's first packet goes and why: service proxy, route, NetworkPolicy.
+    Trace(cmd::trace::Args),
     /// The pod-to-pod connectivity matrix: probed with real packets, or from policy (--static).
     Connectivity(cmd::connectivity::Args),
     /// NetworkPolicy questions: `policy explain SRC DST`.
@@ -88,6 +90,7 @@ fn run(command: Cmd, lab: lab::Lab) -> anyhow::Result<i32> {
         Cmd::Wait(a) => cmd::block_on(cmd::wait::run(a, lab)),
         Cmd::Status(a) => cmd::block_on(cmd::status::run(a, lab)),
         Cmd::Ingress(a) => cmd::ingress::run(a),
+        Cmd::Trace(a) => cmd::block_on(cmd::trace::run(a, lab)),
         Cmd::Connectivity(a) => cmd::block_on(cmd::connectivity::run(a, lab)),
         Cmd::Policy(a) => cmd::block_on(cmd::policy::run(a, lab)),
     }

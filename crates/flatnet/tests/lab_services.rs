@@ -1,5 +1,6 @@
 //! Tier 2: the service proxy (issue 5) with real packets, from pods, from nodes and from the
 //! lab's `external` host, through the CLI only.
+#![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
 
@@ -170,6 +171,20 @@ fn cluster_ip_spreads_connections_over_every_endpoint_without_nat() {
         seen[0].split(':').next(),
         Some(client_ip.as_str()),
         "{seen:?}"
+    );
+    // `trace` explains it from the same compiled state.
+    let t: serde_json::Value =
+        serde_json::from_str(&lab.ok(&["trace", "client", "web", "-o", "json"])).unwrap();
+    assert_eq!(t["proxy"]["outcome"]["kind"], "dnat", "{t}");
+    assert_eq!(t["proxy"]["service"], "default/web:http");
+    assert_eq!(t["hops"].as_array().map(Vec::len), Some(3), "{t}");
+    assert!(
+        t["hops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|h| h["allowed"] == true),
+        "{t}"
     );
     // From a node itself (output hook) too.
     let out = lab.ok(&[
@@ -469,4 +484,185 @@ fn external_ips_and_internal_traffic_policy_local() {
         &format!("http://{far}/"),
     ]);
     assert_eq!(out, "far");
+}
+
+fn lb_ip(lab: &Lab, svc: &str) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = lab.get_json(&["svc", svc]);
+        if let Some(ip) = v["status"]["loadBalancer"]["ingress"][0]["ip"].as_str() {
+            return ip.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{svc} got no LoadBalancer IP: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn load_balancer_ips_answer_from_external_pods_and_honour_source_ranges() {
+    if !can_run("load_balancer_ips_answer_from_external_pods_and_honour_source_ranges") {
+        return;
+    }
+    let lab = Lab::up("svclb", &["--nodes", "3"]);
+    lab.apply(
+        &(pod("client", "node1", "client")
+            + &deployment("web", 2, None)
+            + &service("web", "  type: LoadBalancer\n")
+            + &deployment("loc", 1, Some("node3"))
+            + &service(
+                "loc",
+                "  type: LoadBalancer\n  externalTrafficPolicy: Local\n",
+            )
+            + &deployment("fw", 1, None)
+            + &service(
+                "fw",
+                "  type: LoadBalancer\n  loadBalancerSourceRanges: [172.20.0.2/32]\n",
+            )),
+    );
+    lab.wait_ready("default", "client", WAIT);
+    for (d, n) in [("web", 2), ("loc", 1), ("fw", 1)] {
+        wait_deployment(&lab, d, n);
+    }
+    lab.ok(&["wait", "--converged", "--timeout", "30s"]);
+    let web = lb_ip(&lab, "web");
+    let curl_ext = |url: &str| {
+        lab.run(&[
+            "lab", "exec", "external", "--", "curl", "-s", "-m", "3", url,
+        ])
+    };
+    let out = curl_ext(&format!("http://{web}/"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("web-"),
+        "{out:?}"
+    );
+    let from_pod = curl_many(&lab, "client", &format!("http://{web}/"), 1);
+    assert!(from_pod[0].starts_with("web-"), "{from_pod:?}");
+    // Local policy: announced by the node with the endpoint, client address kept.
+    let loc = lb_ip(&lab, "loc");
+    let seen = curl_ext(&format!("http://{loc}/clientip"));
+    assert!(
+        String::from_utf8_lossy(&seen.stdout).starts_with("172.20.0.2:"),
+        "{seen:?}"
+    );
+    // Source ranges: external (in the range) gets in, a pod (outside it) is dropped.
+    let fw = lb_ip(&lab, "fw");
+    let out = curl_ext(&format!("http://{fw}/"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("fw-"),
+        "{out:?}"
+    );
+    assert_eq!(
+        curl_code(&lab, "client", &format!("http://{fw}/"), 2),
+        Some(28)
+    );
+    // The node that announces web's address goes away: another one takes it over.
+    let holder = ["node1", "node2", "node3"]
+        .into_iter()
+        .find(|n| {
+            lab.ok(&["lab", "exec", n, "--", "ip", "-o", "addr", "show"])
+                .contains(&format!("{web}/32"))
+        })
+        .expect("one node holds the LoadBalancer IP");
+    lab.ok(&["lab", "stop", &format!("agent/{holder}")]);
+    // Its lease runs out (15 s TTL); then a survivor announces the address.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let others: Vec<&str> = ["node1", "node2", "node3"]
+            .into_iter()
+            .filter(|n| *n != holder)
+            .filter(|n| {
+                lab.ok(&["lab", "exec", n, "--", "ip", "-o", "addr", "show"])
+                    .contains(&format!("{web}/32"))
+            })
+            .collect();
+        if others.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nobody took over {web}: {others:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The stopped agent left its address in place (nothing is flushed); drop it as a dead
+    // node's address would vanish, then external reaches the new holder.
+    lab.ok(&[
+        "lab",
+        "exec",
+        holder,
+        "--",
+        "ip",
+        "addr",
+        "del",
+        &format!("{web}/32"),
+        "dev",
+        "eth0",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = curl_ext(&format!("http://{web}/"));
+        if String::from_utf8_lossy(&out.stdout).starts_with("web-") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "external does not reach {web} after takeover"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn pods_reach_the_outside_as_their_node_and_each_other_unnated() {
+    if !can_run("pods_reach_the_outside_as_their_node_and_each_other_unnated") {
+        return;
+    }
+    let lab = Lab::up("svcegress", &["--nodes", "2"]);
+    lab.apply(&(pod("client", "node1", "client") + &pod("far", "node2", "far")));
+    let client_ip = lab.wait_ready("default", "client", WAIT);
+    lab.wait_ready("default", "far", WAIT);
+    lab.ok(&["wait", "--converged", "--timeout", "30s"]);
+    let mut server = lab
+        .cmd(&[
+            "lab",
+            "exec",
+            "external",
+            "--",
+            common::flatnet_bin(),
+            "lab",
+            "responder",
+            "--name",
+            "outside",
+            "--tcp",
+            "9090",
+        ])
+        .spawn()
+        .expect("responder on external");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let out = curl_many(&lab, "client", "http://172.20.0.2:9090/clientip", 1);
+        if !out[0].starts_with("FAILED") {
+            break out[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "external responder not reachable"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        seen.starts_with(&format!("{}:", node_ip(&lab, "node1"))),
+        "external sees the node: {seen}"
+    );
+    let far = lab.wait_ready("default", "far", WAIT);
+    let seen = curl_many(&lab, "client", &format!("http://{far}:8080/clientip"), 1);
+    assert!(
+        seen[0].starts_with(&format!("{client_ip}:")),
+        "pod to pod keeps the pod address: {seen:?}"
+    );
 }

@@ -38,6 +38,7 @@ pub mod responder;
 pub mod runtime;
 pub mod shell;
 pub mod topology;
+pub mod trace;
 
 pub use names::Lab;
 

@@ -1384,6 +1384,233 @@ pub fn render_ops(ops: &[ElemOp]) -> String {
     s
 }
 
+/// What the service proxy of one node does with the first packet of a flow, step by step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Trace {
+    /// The frontend the destination is, if it is one.
+    pub frontend: Option<Frontend>,
+    /// `namespace/name:port` of the service that owns the frontend.
+    pub service: Option<String>,
+    pub outcome: TraceOutcome,
+    /// One line per decision, in the order the packet meets them.
+    pub steps: Vec<String>,
+}
+
+/// Where the packet goes after the service proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum TraceOutcome {
+    /// Not a service address: routed as it is.
+    NotAService,
+    /// DNATed to one of `endpoints` (chosen at random; with affinity, a known client keeps its
+    /// earlier one), source address masqueraded to the node's when `masquerade`.
+    Dnat {
+        endpoints: Vec<Backend>,
+        masquerade: bool,
+        affinity_timeout: Option<u32>,
+    },
+    /// Refused at once: TCP reset or ICMP port unreachable.
+    Refused { why: String },
+    /// Dropped: the client times out.
+    Dropped { why: String },
+}
+
+impl ServicePlan {
+    /// What this node's proxy does with a new flow from `src` (a pod, another host, or this
+    /// node itself when `from_node`) to `dst:port/proto`. Reads the same maps the kernel holds.
+    pub fn trace(
+        &self,
+        src: Ipv4Addr,
+        from_node: bool,
+        dst: Ipv4Addr,
+        proto: Proto,
+        port: u16,
+    ) -> Trace {
+        let fe = Frontend {
+            ip: dst,
+            proto,
+            port,
+        };
+        let owner = self
+            .ports
+            .iter()
+            .find(|p| p.frontends.contains(&fe))
+            .map(|p| p.service.clone());
+        let mut steps = Vec::new();
+        let from_pod = self.cluster_cidr.is_some_and(|c| c.contains(&src));
+        let done = |frontend, service, outcome, steps| Trace {
+            frontend,
+            service,
+            outcome,
+            steps,
+        };
+        if let Some(ranges) = self.firewall.get(&fe) {
+            if !ranges.iter().any(|r| r.contains(&src)) {
+                steps.push(format!(
+                    "{fe} is a LoadBalancer IP with loadBalancerSourceRanges {ranges:?}; {src} is outside them"
+                ));
+                return done(
+                    Some(fe),
+                    owner,
+                    TraceOutcome::Dropped {
+                        why: format!("source {src} not in loadBalancerSourceRanges"),
+                    },
+                    steps,
+                );
+            }
+            steps.push(format!("source {src} is inside loadBalancerSourceRanges"));
+        }
+        if let Some(r) = self.no_endpoints.get(&fe) {
+            let svc = owner.clone().unwrap_or_default();
+            steps.push(format!("{fe} is a frontend of {svc} (map no-endpoints)"));
+            return match r {
+                Refusal::Reject => {
+                    steps.push(
+                        "it has no ready (or serving terminating) endpoint: goto refuse".into(),
+                    );
+                    done(
+                        Some(fe),
+                        owner,
+                        TraceOutcome::Refused {
+                            why: format!("{svc} has no ready endpoints"),
+                        },
+                        steps,
+                    )
+                }
+                Refusal::Drop => {
+                    steps.push(
+                        "its traffic policy is Local and this node has no local endpoint: drop"
+                            .into(),
+                    );
+                    done(
+                        Some(fe),
+                        owner,
+                        TraceOutcome::Dropped {
+                            why: format!(
+                                "{svc}: traffic policy Local and no endpoint on this node"
+                            ),
+                        },
+                        steps,
+                    )
+                }
+            };
+        }
+        let Some(target) = self.services.get(&fe) else {
+            if self.cluster_ips.contains(&dst) {
+                steps.push(format!(
+                    "{dst} is a ClusterIP but {port}/{proto} is not one of its ports"
+                ));
+                return done(
+                    None,
+                    None,
+                    TraceOutcome::Refused {
+                        why: format!("no service port {port}/{proto} on {dst}"),
+                    },
+                    steps,
+                );
+            }
+            if self.service_cidr.is_some_and(|c| c.contains(&dst)) {
+                steps.push(format!(
+                    "{dst} is in the service CIDR but no service has it"
+                ));
+                return done(
+                    None,
+                    None,
+                    TraceOutcome::Refused {
+                        why: format!("no service has {dst}"),
+                    },
+                    steps,
+                );
+            }
+            steps.push(format!("{fe} is not a service frontend on this node"));
+            let masq = from_pod && self.cluster_cidr.is_some_and(|c| !c.contains(&dst));
+            if masq {
+                steps.push(
+                    "a pod leaving the pod CIDR: source masqueraded to the node's address".into(),
+                );
+            }
+            return done(None, None, TraceOutcome::NotAService, steps);
+        };
+        let svc = owner.clone().unwrap_or_default();
+        let all: Vec<Backend> = self
+            .backends
+            .range((fe, 0)..=(fe, u32::MAX))
+            .map(|(_, b)| *b)
+            .collect();
+        steps.push(format!(
+            "{fe} is a frontend of {svc}: map services -> goto {}",
+            target.chain()
+        ));
+        let (n, masq, affinity) = match *target {
+            Target::Lb { n, affinity } => (n, false, affinity),
+            Target::Ext { n, affinity } => {
+                steps.push("external frontend, externalTrafficPolicy Cluster: masquerade".into());
+                (n, true, affinity)
+            }
+            Target::ExtLocal { n, local, affinity } => {
+                if from_pod || from_node {
+                    steps.push("externalTrafficPolicy Local, but the client is a pod or the node: any endpoint, masquerade".into());
+                    (n, true, affinity)
+                } else if local == 0 {
+                    steps.push(
+                        "externalTrafficPolicy Local and no endpoint on this node: drop".into(),
+                    );
+                    return done(
+                        Some(fe),
+                        owner,
+                        TraceOutcome::Dropped {
+                            why: format!(
+                                "{svc}: externalTrafficPolicy Local and no endpoint on this node"
+                            ),
+                        },
+                        steps,
+                    );
+                } else {
+                    steps.push(format!("externalTrafficPolicy Local: one of the {local} endpoints on this node, client address kept"));
+                    (local, false, affinity)
+                }
+            }
+        };
+        let endpoints: Vec<Backend> = all.into_iter().take(n as usize).collect();
+        let timeout = if affinity {
+            self.affinity_ids
+                .get(&fe)
+                .and_then(|id| self.affinity_timeouts.get(id))
+                .copied()
+        } else {
+            None
+        };
+        if let Some(t) = timeout {
+            steps.push(format!(
+                "sessionAffinity ClientIP: a client seen in the last {t} s keeps its endpoint"
+            ));
+        }
+        steps.push(format!(
+            "numgen random mod {n}: DNAT to one of {}",
+            endpoints
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let hairpin = endpoints.iter().any(|b| b.ip == src);
+        if hairpin {
+            steps.push(format!("if {src} picks itself: hairpin, masqueraded"));
+        }
+        done(
+            Some(fe),
+            owner,
+            TraceOutcome::Dnat {
+                endpoints,
+                masquerade: masq,
+                affinity_timeout: timeout,
+            },
+            steps,
+        )
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests;

@@ -11,6 +11,7 @@ pub mod lab;
 pub mod label;
 pub mod policy;
 pub mod status;
+pub mod trace;
 pub mod wait;
 
 /// Runs a subcommand's async body on a runtime made for it.

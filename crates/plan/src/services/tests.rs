@@ -700,3 +700,65 @@ fn a_departing_node_moves_only_its_own_addresses() {
     }
     assert!(before.iter().filter(|n| **n == "node3").count() > 0);
 }
+
+#[test]
+fn trace_names_the_service_the_chain_and_the_endpoints() {
+    let s = svc(json!({"metadata": {"name": "lb", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.41", "selector": {"a": "b"},
+                 "externalTrafficPolicy": "Local",
+                 "ports": [{"name": "http", "port": 80, "nodePort": 30081}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "172.20.0.240"}]}}}));
+    let eps = [
+        ("10.244.1.5", "n2", R, R, false),
+        ("10.244.0.5", "n1", R, R, false),
+    ];
+    let p = compile(
+        &node("n1"),
+        &[s, basic("empty", "10.96.0.50")],
+        &[slice("lb", 8080, &eps)],
+    );
+    let pod: Ipv4Addr = "10.244.0.9".parse().unwrap();
+    let ext: Ipv4Addr = "172.20.0.2".parse().unwrap();
+    let t = p.trace(pod, false, "10.96.0.41".parse().unwrap(), Proto::Tcp, 80);
+    assert_eq!(t.service.as_deref(), Some("default/lb:http"));
+    assert!(
+        matches!(&t.outcome, TraceOutcome::Dnat { endpoints, masquerade: false, .. } if endpoints.len() == 2)
+    );
+    let t = p.trace(ext, false, "172.20.0.240".parse().unwrap(), Proto::Tcp, 80);
+    assert!(
+        matches!(&t.outcome, TraceOutcome::Dnat { endpoints, masquerade: false, .. } if endpoints.len() == 1 && endpoints[0].ip.to_string() == "10.244.0.5"),
+        "{t:?}"
+    );
+    let t = p.trace(pod, false, "172.20.0.240".parse().unwrap(), Proto::Tcp, 80);
+    assert!(
+        matches!(
+            &t.outcome,
+            TraceOutcome::Dnat {
+                masquerade: true,
+                ..
+            }
+        ),
+        "{t:?}"
+    );
+    let t = p.trace(pod, false, "10.96.0.50".parse().unwrap(), Proto::Tcp, 80);
+    assert!(matches!(&t.outcome, TraceOutcome::Refused { .. }), "{t:?}");
+    let t = p.trace(pod, false, "10.96.0.41".parse().unwrap(), Proto::Tcp, 81);
+    assert!(matches!(&t.outcome, TraceOutcome::Refused { .. }), "{t:?}");
+    let t = p.trace(pod, false, "10.96.9.9".parse().unwrap(), Proto::Tcp, 80);
+    assert!(matches!(&t.outcome, TraceOutcome::Refused { .. }), "{t:?}");
+    let t = p.trace(pod, false, "10.244.1.5".parse().unwrap(), Proto::Tcp, 8080);
+    assert_eq!(t.outcome, TraceOutcome::NotAService);
+    let p3 = compile(
+        &node("n3"),
+        &[svc(
+            json!({"metadata": {"name": "lb", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.41", "selector": {"a": "b"},
+                 "externalTrafficPolicy": "Local",
+                 "ports": [{"name": "http", "port": 80, "nodePort": 30081}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "172.20.0.240"}]}}}),
+        )],
+        &[slice("lb", 8080, &eps)],
+    );
+    let t = p3.trace(ext, false, "172.20.0.240".parse().unwrap(), Proto::Tcp, 80);
+    assert!(matches!(&t.outcome, TraceOutcome::Dropped { .. }), "{t:?}");
+}
