@@ -1,0 +1,438 @@
+//! Serving: hickory parses every request and encodes every response (truncation included);
+//! the answer comes from the indexed [`Zone`].
+//!
+//! - UDP: `udp_workers` threads each loop on `recv_from` → [`respond`] → `send_to` over the
+//!   shared socket, holding the zone's read lock only while encoding. (hickory's own UDP
+//!   server spawns a task and passes every response through a channel; measured in
+//!   BENCHMARKS.md, that costs more than the lookup itself. It stays selectable with
+//!   [`UdpMode::Hickory`].)
+//! - TCP: hickory's `Server` with [`Handler`], our `RequestHandler`.
+//! - Names outside the zone go to the upstreams through [`Forwarder`]; with none configured
+//!   they get SERVFAIL at once (what CoreDNS' `kubernetes` plugin answers when no `forward`
+//!   follows it).
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::{
+    Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
+};
+use hickory_server::proto::rr::{DNSClass, Record, RecordType};
+use hickory_server::proto::serialize::binary::{BinEncodable, BinEncoder};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::sync::oneshot;
+
+use crate::zone::{Lookup, Zone};
+
+/// The EDNS payload size we advertise (the DNS flag day 2020 value).
+pub const EDNS_PAYLOAD: u16 = 1232;
+/// How long a forwarded query may take in all before the client gets SERVFAIL.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The zone as the serving side shares it.
+pub type SharedZone = Arc<RwLock<Zone>>;
+
+/// What [`respond`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response is in the buffer.
+    Answered(ResponseCode),
+    /// Not ours: forward the raw request.
+    Forward,
+    /// Nothing to send (a response, or a message without a header).
+    Drop,
+}
+
+/// Answers `request` from `zone` into `out` (cleared first). `max_size`: the largest
+/// response the transport takes (UDP: the client's EDNS size or 512; TCP: 65535); a larger
+/// answer is truncated and flagged TC, so the client retries over TCP.
+pub fn respond(zone: &Zone, request: &Request, max_size: u16, out: &mut Vec<u8>) -> Outcome {
+    out.clear();
+    let meta = &request.metadata;
+    if meta.message_type == MessageType::Response {
+        return Outcome::Drop;
+    }
+    let edns = request.edns.as_ref().map(|_| our_edns());
+    let base = Metadata::response_from_request(meta);
+    let fail = |code: ResponseCode, out: &mut Vec<u8>| {
+        let mut m = base;
+        m.response_code = code;
+        encode(request, m, edns.as_ref(), &[], &[], &[], max_size, out)
+            .map_or(Outcome::Drop, |()| Outcome::Answered(code))
+    };
+    if meta.op_code != OpCode::Query {
+        return fail(ResponseCode::NotImp, out);
+    }
+    let [query] = request.queries.queries() else {
+        return fail(ResponseCode::FormErr, out);
+    };
+    if matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR) {
+        return fail(ResponseCode::Refused, out);
+    }
+    if !matches!(query.query_class(), DNSClass::IN | DNSClass::ANY) {
+        return fail(ResponseCode::Refused, out);
+    }
+    match zone.lookup(query.name(), query.query_type()) {
+        Lookup::Forward => Outcome::Forward,
+        Lookup::Answer(a) => {
+            let mut rmeta = base;
+            rmeta.authoritative = a.authoritative;
+            rmeta.response_code = a.rcode;
+            match encode(
+                request,
+                rmeta,
+                edns.as_ref(),
+                &a.answers,
+                &a.authority,
+                &a.additional,
+                max_size,
+                out,
+            ) {
+                Ok(()) => Outcome::Answered(a.rcode),
+                Err(()) => fail(ResponseCode::ServFail, out),
+            }
+        }
+    }
+}
+
+/// SERVFAIL for `request` (no upstream, or the upstreams did not answer in time).
+pub fn servfail(request: &Request, max_size: u16, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let mut m = Metadata::response_from_request(&request.metadata);
+    m.response_code = ResponseCode::ServFail;
+    let edns = request.edns.as_ref().map(|_| our_edns());
+    encode(request, m, edns.as_ref(), &[], &[], &[], max_size, out).is_ok()
+}
+
+fn our_edns() -> Edns {
+    let mut e = Edns::new();
+    e.set_max_payload(EDNS_PAYLOAD);
+    e
+}
+
+#[allow(clippy::too_many_arguments)] // the sections of one message
+fn encode(
+    request: &Request,
+    meta: Metadata,
+    edns: Option<&Edns>,
+    answers: &[&Record],
+    authority: &[&Record],
+    additional: &[&Record],
+    max_size: u16,
+    out: &mut Vec<u8>,
+) -> Result<(), ()> {
+    let mut builder = MessageResponseBuilder::from_message_request(request);
+    if let Some(e) = edns {
+        builder.edns(e);
+    }
+    let resp = builder.build(
+        meta,
+        answers.iter().copied(),
+        std::iter::empty(),
+        authority.iter().copied(),
+        additional.iter().copied(),
+    );
+    let mut enc = BinEncoder::new(out);
+    enc.set_max_size(max_size);
+    match resp.destructive_emit(&mut enc) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode a response");
+            out.clear();
+            let mut m = Metadata::new(meta.id, MessageType::Response, meta.op_code);
+            m.response_code = ResponseCode::ServFail;
+            let header = Header {
+                metadata: m,
+                counts: HeaderCounts::default(),
+            };
+            let mut enc = BinEncoder::new(out);
+            header.emit(&mut enc).map_err(|_| ())
+        }
+    }
+}
+
+/// The largest UDP response `request` accepts.
+pub fn udp_max_size(request: &Request) -> u16 {
+    request.max_payload().min(EDNS_PAYLOAD.max(512))
+}
+
+/// Sends queries for names outside the zone to the upstream servers over UDP and hands back
+/// their responses, under the client's query id.
+pub struct Forwarder {
+    socket: Arc<tokio::net::UdpSocket>,
+    upstreams: Vec<SocketAddr>,
+    pending: Arc<Mutex<HashMap<u16, oneshot::Sender<Vec<u8>>>>>,
+    next_id: AtomicU16,
+}
+
+impl Forwarder {
+    /// `socket`: bound where the upstreams are reachable (in the lab: the pod's namespace, so
+    /// bind it before the process moves to the store's). Call inside a tokio runtime.
+    pub fn new(socket: UdpSocket, upstreams: Vec<SocketAddr>) -> std::io::Result<Arc<Self>> {
+        socket.set_nonblocking(true)?;
+        let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u16)
+            .unwrap_or(1);
+        let fwd = Arc::new(Self {
+            socket: socket.clone(),
+            upstreams,
+            pending: Arc::default(),
+            next_id: AtomicU16::new(seed),
+        });
+        let pending = fwd.pending.clone();
+        let ups = fwd.upstreams.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                if n < 12 || !ups.contains(&from) {
+                    continue;
+                }
+                let id = u16::from_be_bytes([buf[0], buf[1]]);
+                let waiter = pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
+                if let Some(tx) = waiter {
+                    let _ = tx.send(buf[..n].to_vec());
+                }
+            }
+        });
+        Ok(fwd)
+    }
+
+    pub fn has_upstreams(&self) -> bool {
+        !self.upstreams.is_empty()
+    }
+
+    /// The upstream's response to the raw query `raw`, with `raw`'s id; `None` when no
+    /// upstream answered within [`FORWARD_TIMEOUT`].
+    pub async fn forward(&self, raw: &[u8]) -> Option<Vec<u8>> {
+        if raw.len() < 12 || self.upstreams.is_empty() {
+            return None;
+        }
+        let client_id = [raw[0], raw[1]];
+        let per_try = FORWARD_TIMEOUT / u32::try_from(self.upstreams.len()).unwrap_or(1);
+        for up in &self.upstreams {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, tx);
+            let mut q = raw.to_vec();
+            q[..2].copy_from_slice(&id.to_be_bytes());
+            let sent = self.socket.send_to(&q, up).await;
+            let got = match sent {
+                Ok(_) => tokio::time::timeout(per_try, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                Err(e) => {
+                    tracing::debug!(upstream = %up, error = %e, "cannot send to upstream");
+                    None
+                }
+            };
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            if let Some(mut resp) = got {
+                resp[..2].copy_from_slice(&client_id);
+                return Some(resp);
+            }
+        }
+        None
+    }
+}
+
+/// Serves UDP on `socket` with `workers` threads (see the module doc). Forwarded queries
+/// run on `rt`. The threads run until the process ends.
+pub fn spawn_udp_workers(
+    socket: UdpSocket,
+    zone: SharedZone,
+    forwarder: Option<Arc<Forwarder>>,
+    rt: tokio::runtime::Handle,
+    workers: usize,
+) -> std::io::Result<()> {
+    socket.set_nonblocking(false)?;
+    for i in 0..workers.max(1) {
+        let sock = socket.try_clone()?;
+        let zone = zone.clone();
+        let fwd = forwarder.clone();
+        let rt = rt.clone();
+        std::thread::Builder::new()
+            .name(format!("dns-udp-{i}"))
+            .spawn(move || udp_loop(&sock, &zone, fwd.as_ref(), &rt))?;
+    }
+    Ok(())
+}
+
+fn udp_loop(
+    sock: &UdpSocket,
+    zone: &SharedZone,
+    fwd: Option<&Arc<Forwarder>>,
+    rt: &tokio::runtime::Handle,
+) {
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::with_capacity(1500);
+    loop {
+        let (n, src) = match sock.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "udp receive failed");
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if src.port() == 0 {
+            continue;
+        }
+        let Ok(request) = Request::from_bytes(buf[..n].to_vec(), src, Protocol::Udp) else {
+            formerr(sock, &buf[..n], src);
+            continue;
+        };
+        let max = udp_max_size(&request);
+        let outcome = {
+            let z = zone.read().unwrap_or_else(|p| p.into_inner());
+            respond(&z, &request, max, &mut out)
+        };
+        match outcome {
+            Outcome::Answered(_) => {
+                let _ = sock.send_to(&out, src);
+            }
+            Outcome::Drop => {}
+            Outcome::Forward => match fwd.filter(|f| f.has_upstreams()) {
+                None => {
+                    if servfail(&request, max, &mut out) {
+                        let _ = sock.send_to(&out, src);
+                    }
+                }
+                Some(f) => {
+                    let f = f.clone();
+                    let Ok(reply_sock) = sock.try_clone() else {
+                        continue;
+                    };
+                    rt.spawn(async move {
+                        let mut out = Vec::new();
+                        match f.forward(request.as_slice()).await {
+                            Some(resp) if resp.len() <= usize::from(max) => {
+                                let _ = reply_sock.send_to(&resp, src);
+                            }
+                            _ => {
+                                if servfail(&request, max, &mut out) {
+                                    let _ = reply_sock.send_to(&out, src);
+                                }
+                            }
+                        }
+                    });
+                }
+            },
+        }
+    }
+}
+
+/// FORMERR for a message we cannot parse, when it has at least a header.
+fn formerr(sock: &UdpSocket, raw: &[u8], src: SocketAddr) {
+    if raw.len() < 12 || raw[2] & 0x80 != 0 {
+        return;
+    }
+    let mut h = [0u8; 12];
+    h[..2].copy_from_slice(&raw[..2]);
+    h[2] = 0x80 | (raw[2] & 0x79); // QR, keep opcode and RD
+    h[3] = 1; // FORMERR
+    let _ = sock.send_to(&h, src);
+}
+
+/// hickory's `RequestHandler` over the zone (TCP, and UDP with [`UdpMode::Hickory`]).
+pub struct Handler {
+    pub zone: SharedZone,
+    pub forwarder: Option<Arc<Forwarder>>,
+}
+
+/// Who serves UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpMode {
+    /// Our worker threads ([`spawn_udp_workers`]).
+    Workers,
+    /// hickory's `Server` with [`Handler`].
+    Hickory,
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let max = match request.protocol() {
+            Protocol::Udp => udp_max_size(request),
+            _ => u16::MAX,
+        };
+        let mut out = Vec::new();
+        let outcome = {
+            let z = self.zone.read().unwrap_or_else(|p| p.into_inner());
+            respond(&z, request, max, &mut out)
+        };
+        let bytes = match outcome {
+            Outcome::Answered(_) => Some(out),
+            Outcome::Drop => None,
+            Outcome::Forward => {
+                let fwd = match &self.forwarder {
+                    Some(f) if f.has_upstreams() => f.forward(request.as_slice()).await,
+                    _ => None,
+                };
+                match fwd {
+                    Some(r) => Some(r),
+                    None => servfail(request, max, &mut out).then_some(out),
+                }
+            }
+        };
+        let failed = || {
+            let mut m = Metadata::response_from_request(&request.metadata);
+            m.response_code = ResponseCode::ServFail;
+            ResponseInfo::from(Header {
+                metadata: m,
+                counts: HeaderCounts::default(),
+            })
+        };
+        let Some(bytes) = bytes else {
+            return failed();
+        };
+        // The handle wants a message to encode: decode ours (already encoded once, so it
+        // holds exactly what the client gets, truncation included).
+        let Ok(msg) = Message::from_vec(&bytes) else {
+            return failed();
+        };
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(e) = &msg.edns {
+            builder.edns(e);
+        }
+        let resp = builder.build(
+            msg.metadata,
+            msg.answers.iter(),
+            msg.authorities.iter(),
+            std::iter::empty(),
+            msg.additionals.iter(),
+        );
+        match response_handle.send_response(resp).await {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot send a response");
+                failed()
+            }
+        }
+    }
+}
