@@ -149,8 +149,9 @@ pub async fn trace(
     port: Option<u16>,
     protocol: &str,
 ) -> Result<Report, LabError> {
-    let proto = Proto::parse(&protocol.to_uppercase())
-        .ok_or_else(|| LabError::Other(format!("--protocol {protocol}: use TCP, UDP or SCTP")))?;
+    let proto = protocol
+        .parse::<Proto>()
+        .map_err(|_| LabError::Other(format!("--protocol {protocol}: use TCP, UDP or SCTP")))?;
     let (svc_kvs, _) = store.list("objects/services/").await?;
     let (slice_kvs, _) = store.list("objects/endpointslices/").await?;
     let (pod_kvs, _) = store.list("objects/pods/").await?;
@@ -320,11 +321,7 @@ pub async fn trace(
                     src: flow_src,
                     dst: endpoint(&dst_pod, ip),
                     port: p,
-                    protocol: match proto {
-                        Proto::Tcp => plan::policy::Protocol::Tcp,
-                        Proto::Udp => plan::policy::Protocol::Udp,
-                        Proto::Sctp => plan::policy::Protocol::Sctp,
-                    },
+                    protocol: proto,
                 };
                 match cp.verdict(&flow) {
                     Ok(v) => (Some(v.explain()), Some(v.allowed)),

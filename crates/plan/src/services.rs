@@ -58,52 +58,8 @@ pub mod maps {
     pub const FIREWALL: &str = "firewall";
 }
 
-/// IP protocol of a service port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Proto {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Proto {
-    pub fn parse(s: &str) -> Option<Proto> {
-        match s {
-            "TCP" => Some(Proto::Tcp),
-            "UDP" => Some(Proto::Udp),
-            "SCTP" => Some(Proto::Sctp),
-            _ => None,
-        }
-    }
-
-    /// IANA protocol number, as `meta l4proto` carries it.
-    pub fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => 6,
-            Proto::Udp => 17,
-            Proto::Sctp => 132,
-        }
-    }
-
-    pub fn nft_name(self) -> &'static str {
-        match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-            Proto::Sctp => "sctp",
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "TCP",
-            Proto::Udp => "UDP",
-            Proto::Sctp => "SCTP",
-        })
-    }
-}
+/// IP protocol of a service port: the same type NetworkPolicy uses.
+pub use crate::policy::Protocol as Proto;
 
 /// Where a packet is addressed before DNAT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -531,7 +487,7 @@ pub fn compile(node: &NodeView, services: &[Service], slices: &[EndpointSlice]) 
             }
         }
         for port in &svc.spec.ports {
-            let Some(proto) = Proto::parse(port.protocol()) else {
+            let Some(proto) = port.protocol().parse::<Proto>().ok() else {
                 continue;
             };
             let port_name = port.name.clone().unwrap_or_default();
@@ -760,7 +716,7 @@ fn endpoints_for(
     for s in slices {
         let Some(p) = s.ports.iter().find(|p| {
             p.name.as_deref().unwrap_or("") == port_name
-                && Proto::parse(p.protocol.as_deref().unwrap_or("TCP")) == Some(proto)
+                && p.protocol.as_deref().unwrap_or("TCP").parse::<Proto>().ok() == Some(proto)
         }) else {
             continue;
         };

@@ -37,6 +37,24 @@ impl Protocol {
             Protocol::Sctp => "SCTP",
         }
     }
+
+    /// IANA protocol number, as `meta l4proto` carries it.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+
+    /// The `nft` spelling: `tcp`, `udp`, `sctp`.
+    pub fn nft_name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
 }
 
 impl FromStr for Protocol {
