@@ -38,6 +38,12 @@ def f(x, unit="ms"):
     return "%.2f" % x
 
 
+def fu(x):
+    """A time in ms with its unit."""
+    s = f(x)
+    return s if s.endswith(" s") else s + " ms"
+
+
 def spread(v):
     """min / median / p90 / max."""
     if not v:
@@ -116,9 +122,9 @@ def main():
                          "nft": "kube-proxy nftables, `nft -f`"}[bench]
                 cpu = [r["steps"]["full"]["cpu_ms"] for r in rs if "full" in r["steps"]]
                 rss = [r["steps"]["full"]["maxrss_mib"] for r in rs if "full" in r["steps"]]
-                what = "one process; CPU %s ms (sys %s), peak RSS %s MiB" % (
-                    f(med(cpu)) if cpu else "–",
-                    f(med([r["steps"]["full"]["sys_ms"] for r in rs if "full" in r["steps"]])) if cpu else "–",
+                what = "one process; CPU %s (sys %s), peak RSS %s MiB" % (
+                    fu(med(cpu)) if cpu else "–",
+                    fu(med([r["steps"]["full"]["sys_ms"] for r in rs if "full" in r["steps"]])) if cpu else "–",
                     "%.0f" % med(rss) if rss else "–")
                 notdone = [r for r in rs if r not in done]
                 if notdone:
@@ -202,6 +208,13 @@ def main():
                 p("| %d | kube-proxy nftables: next sync's stale chain deletion | %d | %s | %s |" % (n, len(st), spread(st), ratio(med(st), base)))
             else:
                 p("| %d | kube-proxy nftables | 0 | not measured: %s | – |" % (n, rs[0]["problem"]))
+    p()
+
+    p("Memory of the proxy_sync process (VmRSS MiB: at start / with the N services and slices "
+      "parsed as the agent holds them / after the first compile / at the end): " + "; ".join(
+          "%s N=%d: %s" % (r["bench"], r["services"], " / ".join(
+              str(r["rss_mib"][k]) for k in ("start", "view", "after_compile", "end")))
+          for r in rows if r["bench"].startswith("flatnet") and "rss_mib" in r))
     p()
 
     # ------------------------------------------------------------------ restart

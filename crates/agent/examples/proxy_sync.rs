@@ -171,6 +171,17 @@ fn kernel_mem() -> (i64, i64) {
     (field("VmallocUsed"), field("SUnreclaim"))
 }
 
+/// `VmRSS` of this process in MiB (0 if unreadable).
+fn rss_mib() -> f64 {
+    let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|kib| (kib / 1024.0 * 10.0).round() / 10.0)
+        .unwrap_or(0.0)
+}
+
 fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
@@ -334,9 +345,11 @@ fn run() -> Result<Value, String> {
     };
 
     eprintln!("proxy_sync: building {n} services x {m} endpoints");
+    let rss_start = rss_mib();
     let t = Instant::now();
     let view = View::new(n, m)?;
     let setup_ms = ms(t);
+    let rss_view = rss_mib();
     let dp = NetnsDataplane::open(Some(&netns))
         .map_err(|e| format!("open namespace {}: {e}", netns.display()))?;
     let mut b = Bench {
@@ -361,11 +374,13 @@ fn run() -> Result<Value, String> {
         ));
     }
     let elements = plan.all_ops().len();
+    let rss_plan = rss_mib();
     let (vmalloc0, slab0) = kernel_mem();
     let t = Instant::now();
     b.applier.apply(&mut b.dp, plan)?;
     let apply_ms = ms(t);
     let (vmalloc1, slab1) = kernel_mem();
+    let rss_applied = rss_mib();
     let mib = |kib: i64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
     let full = json!({
         "total_ms": round(clone_ms + compile_ms + apply_ms),
@@ -437,6 +452,11 @@ fn run() -> Result<Value, String> {
         "services": n, "endpoints": m, "changes": k, "scale_changes": scale, "seed": seed,
         "strip_map_sizes": strip_sizes,
         "setup_ms": round(setup_ms),
+        // This process's VmRSS: at start; with the N services and slices parsed (the agent's
+        // view); after the first compile (the plan, plus whatever the allocator kept of the
+        // view's clone that compiling made and dropped); after the full apply; at the end.
+        "rss_mib": {"start": rss_start, "view": rss_view, "after_compile": rss_plan,
+                    "applied": rss_applied, "end": rss_mib()},
         "full": full, "restart": restart,
         "change": changes.report(), "scale": scaled.report(),
         "verified": verified,
