@@ -19,6 +19,7 @@ use crate::plan::{
     Backend, Change, Lease, LeaseAttrs, UnderlayInfo, check_remote, compile, diff, pod_mtu,
     service_route,
 };
+use crate::policy::{PolicyDataplane, PolicyReport, PolicyStatus};
 use crate::proxy::{ProxyConfig, ProxyDataplane, ProxyReport, ProxyStatus};
 use crate::{AgentConfig, AgentError};
 
@@ -55,6 +56,9 @@ pub struct AgentStatus {
     /// The service proxy.
     #[serde(default)]
     pub proxy: ProxyStatus,
+    /// NetworkPolicy enforcement.
+    #[serde(default)]
+    pub policy: PolicyStatus,
 }
 
 fn lock<D>(dp: &Shared<D>) -> MutexGuard<'_, D> {
@@ -81,7 +85,7 @@ fn next_backoff(b: Duration) -> Duration {
 /// The agent with an explicit store and dataplane (`run` uses etcd and the node's netns).
 /// Returns `Ok(())` once `shutdown` completes; the dataplane and the lease are left as they are
 /// (the lease runs out after its TTL unless the agent comes back), so a restart is hitless.
-pub async fn run_with<S: Store, D: Dataplane + ProxyDataplane>(
+pub async fn run_with<S: Store, D: Dataplane + ProxyDataplane + PolicyDataplane>(
     store: S,
     dp: Shared<D>,
     cfg: AgentConfig,
@@ -103,9 +107,16 @@ pub async fn run_with<S: Store, D: Dataplane + ProxyDataplane>(
             },
             agent.report.clone(),
         );
+        let policy = crate::policy::run(
+            agent.store.clone(),
+            agent.dp.clone(),
+            agent.cfg.node.clone(),
+            agent.policy.clone(),
+        );
         tokio::select! {
             r = agent.run() => r,
             () = proxy => Ok(()),
+            () = policy => Ok(()),
         }
     };
     tokio::select! {
@@ -117,7 +128,7 @@ pub async fn run_with<S: Store, D: Dataplane + ProxyDataplane>(
     }
 }
 
-struct Agent<S: Store, D: Dataplane + ProxyDataplane> {
+struct Agent<S: Store, D: Dataplane + ProxyDataplane + PolicyDataplane> {
     cfg: AgentConfig,
     store: S,
     dp: Shared<D>,
@@ -140,6 +151,8 @@ struct Agent<S: Store, D: Dataplane + ProxyDataplane> {
     underlay_error: Option<String>,
     /// What the service proxy reports; a change is written to the status at once.
     report: ProxyReport,
+    /// What policy enforcement reports; wakes the same status writer as `report`.
+    policy: PolicyReport,
 }
 
 /// Waits out store outages (and a missing config key) with backoff; other errors end it.
@@ -167,7 +180,7 @@ async fn wait_config<S: Store>(store: &S) -> Result<NetworkConfig, AgentError> {
     }
 }
 
-impl<S: Store, D: Dataplane + ProxyDataplane> Agent<S, D> {
+impl<S: Store, D: Dataplane + ProxyDataplane + PolicyDataplane> Agent<S, D> {
     async fn start(store: S, dp: Shared<D>, cfg: AgentConfig) -> Result<Self, AgentError> {
         let net = wait_config(&store).await?;
         let dev = cfg.underlay_dev.clone();
@@ -200,6 +213,7 @@ impl<S: Store, D: Dataplane + ProxyDataplane> Agent<S, D> {
             sleep(backoff).await;
             backoff = next_backoff(backoff);
         };
+        let report = ProxyReport::default();
         Ok(Agent {
             cfg,
             store,
@@ -216,7 +230,8 @@ impl<S: Store, D: Dataplane + ProxyDataplane> Agent<S, D> {
             need_reclaim: false,
             apply_error: Some("not applied yet".into()),
             underlay_error: None,
-            report: ProxyReport::default(),
+            report: report.clone(),
+            policy: PolicyReport::notifying(report.changed.clone()),
         })
     }
 
@@ -552,6 +567,7 @@ impl<S: Store, D: Dataplane + ProxyDataplane> Agent<S, D> {
                 .unwrap_or(0),
             peers: self.peers.clone(),
             proxy: self.report.get(),
+            policy: self.policy.get(),
         };
         let key = keys::agent(&self.cfg.node);
         let put = match store::encode(&key, &status) {

@@ -497,3 +497,61 @@ fn value_data(v: &Value) -> Option<nft::Data> {
         Value::Mark(m) => Some(nft::Data::Concat(vec![nft::Field::Mark(*m)])),
     }
 }
+
+/// The policy table: structure through `nft -f`, elements through one nfnetlink batch per
+/// transaction (the allow sets are concatenated interval sets: one range per field).
+impl crate::policy::PolicyDataplane for NetnsDataplane {
+    fn policy_script(&mut self, script: &str) -> Result<(), String> {
+        nft::run_script(self.ns_path(), script).map_err(|e| e.to_string())
+    }
+
+    fn policy_elements(
+        &mut self,
+        ops: &[crate::policy::PolicyOp],
+        flush: bool,
+    ) -> Result<(), String> {
+        use crate::policy::{AllowRange, PolicyOp, nft as pol};
+        let mut batch = nft::Batch::new(nft::Family::Inet, pol::TABLE);
+        if flush {
+            for set in pol::sets::ALL {
+                batch.flush(set);
+            }
+        }
+        let ends = |r: &AllowRange| {
+            (
+                vec![
+                    nft::Field::Ipv4(r.pod),
+                    nft::Field::Ipv4(r.peer.0),
+                    nft::Field::Proto(r.proto.0),
+                    nft::Field::Port(r.port.0),
+                ],
+                vec![
+                    nft::Field::Ipv4(r.pod),
+                    nft::Field::Ipv4(r.peer.1),
+                    nft::Field::Proto(r.proto.1),
+                    nft::Field::Port(r.port.1),
+                ],
+            )
+        };
+        for op in ops {
+            match op {
+                PolicyOp::AddAddr { set, ip } => {
+                    batch.add(set, nft::Element::key(vec![nft::Field::Ipv4(*ip)]));
+                }
+                PolicyOp::DelAddr { set, ip } => batch.delete(set, vec![nft::Field::Ipv4(*ip)]),
+                PolicyOp::AddRange { set, range } => {
+                    let (start, end) = ends(range);
+                    batch.add(set, nft::Element::range(start, end));
+                }
+                PolicyOp::DelRange { set, range } => {
+                    let (start, end) = ends(range);
+                    batch.delete_range(set, start, end);
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.nft()?.commit(&batch).map_err(|e| e.to_string())
+    }
+}

@@ -12,6 +12,9 @@
 //! - `agent`: the loop ([`run_with`]): list + watch, renew, reconcile, status.
 //! - [`proxy`]: the service proxy: Services + EndpointSlices -> `inet flatnet` map elements,
 //!   applied incrementally (compiled by `plan::services`).
+//! - [`policy`]: NetworkPolicy enforcement: Namespaces + Pods + NetworkPolicies -> the sets of
+//!   the `inet flatnet-policy` table for this node's pods, applied incrementally (compiled by
+//!   `plan::policy`).
 //!
 //! Restarts are hitless: every route the agent installs carries [`plan::ROUTE_PROTOCOL`], so
 //! an agent reads back what it owns and applies only the difference; nothing is flushed, not
@@ -26,6 +29,7 @@ pub mod dataplane;
 mod kernel;
 pub mod lease;
 pub mod plan;
+pub mod policy;
 pub mod proxy;
 
 use std::future::Future;
@@ -35,7 +39,7 @@ use std::time::Duration;
 
 pub use agent::{AgentStatus, BACKOFF_MAX, BACKOFF_MIN, Shared, run_with};
 pub use config::NetworkConfig;
-pub use dataplane::{Dataplane, DataplaneError, MemDataplane};
+pub use dataplane::{Dataplane, DataplaneError, MemDataplane, MemPolicy};
 pub use kernel::NetnsDataplane;
 pub use lease::LeaseError;
 pub use plan::{Backend, Change, Lease, LeaseAttrs, Mac, NodePlan, UnderlayInfo, compile, diff};
