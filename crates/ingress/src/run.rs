@@ -41,7 +41,7 @@ pub enum GatewayError {
 pub struct Options {
     pub etcd: Vec<String>,
     pub store_prefix: String,
-    /// Namespace file (e.g. `/proc/1/ns/net`) the store client moves to; None: stay.
+    /// Namespace file (or pid file of a process in it) the store client moves to; None: stay.
     pub store_netns: Option<PathBuf>,
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
@@ -118,11 +118,25 @@ where
     })
 }
 
+/// Opens a network namespace file, or, when `path` is a pid file (a number), the namespace of
+/// that process (`/proc/<pid>/ns/net`), so a lab can name "where etcd runs" by etcd's pid file
+/// (some sandboxes refuse to open `/proc/1/ns/net`).
+pub fn netns_file(path: &std::path::Path) -> Result<std::fs::File, String> {
+    // Reading a namespace file fails (EINVAL); a pid file reads as a number.
+    if let Ok(text) = std::fs::read_to_string(path)
+        && let Ok(pid) = text.trim().parse::<u32>()
+    {
+        let ns = format!("/proc/{pid}/ns/net");
+        return std::fs::File::open(&ns).map_err(|e| format!("pid file names {pid}: {ns}: {e}"));
+    }
+    std::fs::File::open(path).map_err(|e| e.to_string())
+}
+
 fn store_thread(opts: Options, shared: Arc<Shared>) -> Result<(), GatewayError> {
     if let Some(path) = &opts.store_netns {
-        let f = std::fs::File::open(path).map_err(|e| GatewayError::StoreNetns {
+        let f = netns_file(path).map_err(|detail| GatewayError::StoreNetns {
             path: path.clone(),
-            detail: e.to_string(),
+            detail,
         })?;
         // Only this thread moves: the proxy threads stay where the listeners are.
         nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {

@@ -202,11 +202,98 @@ async fn build(
         "agents, kubelets and controller started; waiting for nodes to lease subnets and register",
     );
     wait_nodes_ready(&store, opts.nodes, Duration::from_secs(30), progress).await?;
+    apply_ingress_gateway(lab, &store, opts, &endpoint, progress).await?;
     progress(&format!(
         "lab {} is up with {} node(s) in {:.1} s",
         lab.name,
         opts.nodes,
         start.elapsed().as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// Namespace, name and label of the ingress gateway's Deployment and Service.
+pub const INGRESS_GATEWAY_NAMESPACE: &str = "kube-system";
+pub const INGRESS_GATEWAY: &str = "ingress-gateway";
+
+/// The ingress gateway as the lab runs it: a one-replica Deployment whose container is
+/// `flatnet ingress` (started by the kubelet in the pod's namespace; its store client moves to
+/// etcd's namespace, named by etcd's pid file, where etcd listens on loopback), and a LoadBalancer Service for ports
+/// 80 and 443 (a NodePort on every node and an address from the pool).
+pub fn ingress_gateway_manifest(
+    flatnet: &std::path::Path,
+    etcd_endpoint: &str,
+    store_netns: &std::path::Path,
+) -> String {
+    let (ns, name) = (INGRESS_GATEWAY_NAMESPACE, INGRESS_GATEWAY);
+    let labels = json!({"app.kubernetes.io/name": name});
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{
+                        "name": "gateway",
+                        "command": [
+                            flatnet.display().to_string(),
+                            "ingress",
+                            format!("--etcd={etcd_endpoint}"),
+                            format!("--store-netns={}", store_netns.display()),
+                            "--workers=1",
+                            format!("--publish-service={ns}/{name}"),
+                        ],
+                        "ports": [
+                            {"name": "http", "containerPort": 80},
+                            {"name": "https", "containerPort": 443},
+                        ],
+                    }]},
+                },
+            },
+        },
+        {
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "type": "LoadBalancer",
+                "selector": labels,
+                "ports": [
+                    {"name": "http", "port": 80, "targetPort": "http"},
+                    {"name": "https", "port": 443, "targetPort": "https"},
+                ],
+            },
+        },
+    ]});
+    list.to_string()
+}
+
+async fn apply_ingress_gateway(
+    lab: &Lab,
+    store: &store::EtcdStore,
+    opts: &UpOptions,
+    etcd_endpoint: &str,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<(), LabError> {
+    // etcd's pid file names the namespace where etcd listens (the gateway reads it at start,
+    // so an etcd restarted meanwhile is still found).
+    let text = ingress_gateway_manifest(
+        &opts.bin_dir.join("flatnet"),
+        etcd_endpoint,
+        &lab.run_dir().join("etcd.pid"),
+    );
+    let objects = model::parse_manifests(&text, "ingress-gateway")
+        .map_err(|e| LabError::Other(format!("ingress gateway manifest: {e}")))?;
+    crate::api::ensure_builtin_namespaces(store)
+        .await
+        .map_err(|e| LabError::Other(format!("namespaces: {e}")))?;
+    crate::api::apply(store, objects)
+        .await
+        .map_err(|e| LabError::Other(format!("ingress gateway: {e}")))?;
+    progress(&format!(
+        "ingress gateway applied ({INGRESS_GATEWAY_NAMESPACE}/{INGRESS_GATEWAY}: Deployment + LoadBalancer Service)"
     ));
     Ok(())
 }
@@ -317,4 +404,34 @@ async fn wait_nodes_ready(
 /// `lab down`: removes everything, also after a crash. Idempotent.
 pub fn down(lab: &Lab) -> cleanup::Report {
     cleanup::remove_all(lab)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingress_gateway_manifest_is_a_valid_deployment_and_load_balancer() {
+        let text = ingress_gateway_manifest(
+            std::path::Path::new("/opt/flatnet/bin/flatnet"),
+            "http://127.0.0.1:2379",
+            std::path::Path::new("/run/flatnet/lab/etcd.pid"),
+        );
+        let objs = model::parse_manifests(&text, "gw").unwrap();
+        assert_eq!(objs.len(), 2);
+        assert_eq!(objs[0].kind, model::Kind::Deployment);
+        assert_eq!(
+            objs[0].key(),
+            "objects/deployments/kube-system/ingress-gateway"
+        );
+        let cmd = &objs[0].value["spec"]["template"]["spec"]["containers"][0]["command"];
+        assert_eq!(cmd[0], "/opt/flatnet/bin/flatnet");
+        assert_eq!(cmd[1], "ingress");
+        assert_eq!(cmd[2], "--etcd=http://127.0.0.1:2379");
+        assert_eq!(cmd[3], "--store-netns=/run/flatnet/lab/etcd.pid");
+        assert_eq!(objs[1].kind, model::Kind::Service);
+        assert_eq!(objs[1].value["spec"]["type"], "LoadBalancer");
+        assert_eq!(objs[1].value["spec"]["ports"][1]["port"], 443);
+    }
 }

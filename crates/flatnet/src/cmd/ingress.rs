@@ -5,12 +5,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-fn listen_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+/// A listener address, or none (`off`).
+#[derive(Clone, Copy, Debug)]
+struct Listen(Option<SocketAddr>);
+
+fn listen_addr(s: &str) -> Result<Listen, String> {
     if s == "off" {
-        return Ok(None);
+        return Ok(Listen(None));
     }
     s.parse()
-        .map(Some)
+        .map(|a| Listen(Some(a)))
         .map_err(|e| format!("{s:?}: {e} (want ADDR:PORT or off)"))
 }
 
@@ -27,10 +31,10 @@ pub struct Args {
     store_netns: Option<PathBuf>,
     /// Cleartext listener (HTTP/1.1 and HTTP/2 with prior knowledge), or `off`.
     #[arg(long, default_value = "0.0.0.0:80", value_parser = listen_addr)]
-    http: Option<SocketAddr>,
+    http: Listen,
     /// TLS listener (certificates from the Ingresses' TLS Secrets, ALPN h2 and http/1.1), or `off`.
     #[arg(long, default_value = "0.0.0.0:443", value_parser = listen_addr)]
-    https: Option<SocketAddr>,
+    https: Listen,
     /// Proxy worker threads (0: one per CPU).
     #[arg(long, default_value_t = 0)]
     workers: usize,
@@ -61,8 +65,8 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         etcd: a.etcd,
         store_prefix: a.store_prefix,
         store_netns: a.store_netns,
-        http: a.http,
-        https: a.https,
+        http: a.http.0,
+        https: a.https.0,
         workers,
         watch: ingress::WatchConfig {
             filter: ingress::ClassFilter {
