@@ -19,8 +19,9 @@
 //! 5. verification against the kernel: the `backends` map holds N*M elements, `services` N,
 //!    the last new address is in place and the one it replaced is gone.
 //!
-//! `--strip-map-sizes 1` is an experiment, not the agent's behaviour: the `size N;` hints are
-//! removed from the structure scripts before `nft` sees them, to measure what they cost.
+//! `--strip-map-sizes 1` is an experiment, not the agent's behaviour: the `size N;` hints of
+//! the static sets and maps are removed from the structure scripts before `nft` sees them, to
+//! measure what they cost (with a size, the kernel preallocates a fixed hash table for it).
 //!
 //! Prints one JSON line (times in milliseconds) on stdout; progress on stderr. The namespace
 //! is made and removed by the caller.
@@ -128,11 +129,16 @@ impl<D: ProxyDataplane> ProxyDataplane for Timed<D> {
     }
 }
 
-/// `script` without ` size N;` in set and map declarations.
+/// `script` without ` size N;` in set and map declarations, except in dynamic sets (which
+/// the packet path fills: the kernel needs their size as the element limit, and they use a
+/// resizable hash anyway).
 fn strip_size_hints(script: &str) -> String {
     script
         .lines()
         .map(|line| {
+            if line.contains("dynamic") {
+                return format!("{line}\n");
+            }
             let mut out = String::with_capacity(line.len());
             let mut rest = line;
             while let Some(at) = rest.find(" size ") {
