@@ -15,7 +15,7 @@
 #   BACKENDS="flatnet flatnet-nosize ipt-legacy ipt-nft nft" RSS_N=10000 THROUGHPUT=1 (defaults)
 #
 # Needs root, the release build (`cargo build --release -p flatnet -p flatnet-cni` and
-# `cargo build --release --examples -p agent`), etcd, python3, nft, iptables-{legacy,nft}-restore,
+# `cargo build --release -p agent --example proxy_sync --example load_services`), etcd, python3, nft, iptables-{legacy,nft}-restore,
 # iperf3, jq. The root network namespace is never touched: every namespace made here is named
 # fbs<pid>-* and deleted on exit (also on failure or Ctrl-C), as are the processes started.
 set -euo pipefail
