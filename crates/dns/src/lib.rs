@@ -24,6 +24,8 @@ pub mod records;
 pub mod server;
 pub mod zone;
 
+/// The hickory version this crate serves with (for callers that build the TCP server).
+pub use hickory_server;
 pub use records::{DEFAULT_TTL, ZoneConfig};
 pub use server::{Forwarder, Handler, SharedZone, UdpMode};
 pub use zone::{Answer, Lookup, Owner, Zone};

@@ -41,6 +41,8 @@ enum Cmd {
     Status(cmd::status::Args),
     /// The ingress gateway: serves Ingress objects (class `flatnet`) over HTTP and HTTPS.
     Ingress(cmd::ingress::Args),
+    /// The cluster DNS server: answers for the cluster domain from the store.
+    Dns(cmd::dns::Args),
     /// Where a flow's first packet goes and why: service proxy, route, NetworkPolicy.
     Trace(cmd::trace::Args),
     /// The pod-to-pod connectivity matrix: probed with real packets, or from policy (--static).
@@ -51,10 +53,15 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    let daemon = matches!(&cli.command, Cmd::Agent(_) | Cmd::Ingress(_))
+    let daemon = matches!(&cli.command, Cmd::Agent(_) | Cmd::Ingress(_) | Cmd::Dns(_))
         || matches!(&cli.command, Cmd::Lab(a) if a.is_daemon());
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLATNET_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if daemon { "info" } else { "warn" })
+        // hickory's server logs every request at info.
+        tracing_subscriber::EnvFilter::new(if daemon {
+            "info,hickory_server=warn"
+        } else {
+            "warn"
+        })
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -90,6 +97,7 @@ fn run(command: Cmd, lab: lab::Lab) -> anyhow::Result<i32> {
         Cmd::Wait(a) => cmd::block_on(cmd::wait::run(a, lab)),
         Cmd::Status(a) => cmd::block_on(cmd::status::run(a, lab)),
         Cmd::Ingress(a) => cmd::ingress::run(a),
+        Cmd::Dns(a) => cmd::dns::run(a),
         Cmd::Trace(a) => cmd::block_on(cmd::trace::run(a, lab)),
         Cmd::Connectivity(a) => cmd::block_on(cmd::connectivity::run(a, lab)),
         Cmd::Policy(a) => cmd::block_on(cmd::policy::run(a, lab)),

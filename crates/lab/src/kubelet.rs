@@ -58,6 +58,7 @@ pub async fn run(cfg: KubeletConfig) -> Result<(), LabError> {
             }
         }
     };
+    learn_cluster_dns(&store).await;
     let pod_cidr = wait_network_ready(&cfg).await;
     register_node(&store, &cfg, pod_cidr).await?;
     let (exit_tx, mut exit_rx) = mpsc::channel::<Exited>(64);
@@ -544,9 +545,46 @@ fn start_container(
         .stderr(log2);
     let _ns = shell::in_netns(&mut cmd, &shell::netns_path(netns))?;
     shell::own_sysfs(&mut cmd);
+    if let Some(file) = write_resolv_conf(pod, &dir)? {
+        shell::own_resolv_conf(&mut cmd, &file)?;
+    }
     shell::detach(&mut cmd);
     cmd.spawn()
         .map_err(|e| LabError::Other(format!("start {:?}: {e}", cmd.get_program())))
+}
+
+/// The cluster DNS address (the tenth of the service CIDR), read from the store's network
+/// config at start.
+static CLUSTER_DNS: std::sync::OnceLock<Ipv4Addr> = std::sync::OnceLock::new();
+
+async fn learn_cluster_dns(store: &EtcdStore) {
+    match store.get(store::keys::CONFIG).await {
+        Ok(Some(kv)) => {
+            let v: Value = kv.decode().unwrap_or_default();
+            if let Some(cidr) = v["serviceCIDR"].as_str().and_then(|c| c.parse().ok()) {
+                let _ = CLUSTER_DNS.set(crate::resolv::cluster_dns_ip(cidr));
+            }
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!("cannot read the network config: {e}; pods keep the node's resolv.conf")
+        }
+    }
+}
+
+/// Writes the pod's resolv.conf into its directory (the same file for every container, and
+/// for `flatnet exec`); `None` when the pod keeps the node's file.
+fn write_resolv_conf(pod: &Pod, dir: &std::path::Path) -> Result<Option<PathBuf>, LabError> {
+    let host = crate::resolv::HostResolv::parse(
+        &std::fs::read_to_string(shell::RESOLV_CONF).unwrap_or_default(),
+    );
+    let Some(text) = crate::resolv::render(pod, CLUSTER_DNS.get().copied(), &host) else {
+        return Ok(None);
+    };
+    let file = dir.join("resolv.conf");
+    std::fs::write(&file, text)
+        .map_err(|e| LabError::Other(format!("write {}: {e}", file.display())))?;
+    Ok(Some(file))
 }
 
 fn wait_in_thread(

@@ -14,6 +14,8 @@
 //! - `converge`: what is not converged yet (for `wait --converged` and `status`).
 //! - `daemons`: the lab's long-running processes; stop (kill -9) and start them by name.
 //! - `kubelet`: the kubelet role, one process per node: pods in, sandboxes and processes out.
+//! - `resolv`: the pod's resolv.conf as the kubelet writes it (pure).
+//! - `kube_dns`: the cluster DNS (`flatnet dns`) as `lab up` deploys it.
 //! - `responder`: the built-in container that answers with the pod's name.
 //! - `client`: how the CLI finds and connects to a running lab's store.
 //! - `connectivity`: `flatnet connectivity`: which pods, real probes from inside their
@@ -34,6 +36,8 @@ pub mod daemons;
 pub mod endpoints;
 pub mod kubelet;
 pub mod names;
+pub mod kube_dns;
+pub mod resolv;
 pub mod responder;
 pub mod runtime;
 pub mod shell;

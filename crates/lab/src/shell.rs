@@ -189,3 +189,39 @@ pub fn log_file(path: &Path) -> Result<File, ShellError> {
             source,
         })
 }
+
+/// Where a pod's resolver config is mounted.
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+
+/// Bind-mounts `file` over `/etc/resolv.conf` in the calling thread's mount namespace, which
+/// must already be private ([`datapath::remount_sys`] makes it so). Allocates nothing.
+pub fn bind_resolv_conf(file: &std::ffi::CStr) -> nix::Result<()> {
+    nix::mount::mount(
+        Some(file),
+        RESOLV_CONF,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+}
+
+/// Gives `cmd` `file` as its `/etc/resolv.conf` (register after [`own_sysfs`], which makes
+/// the mount namespace private). The host's file is left alone; when the host has none, there
+/// is nothing to mount over and the container keeps that.
+pub fn own_resolv_conf(cmd: &mut Command, file: &Path) -> Result<(), ShellError> {
+    if !Path::new(RESOLV_CONF).exists() {
+        return Ok(());
+    }
+    let c = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).map_err(|_| {
+        ShellError::Spawn {
+            cmd: format!("resolv.conf {}", file.display()),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        }
+    })?;
+    // SAFETY: the closure runs in the single-threaded child between fork and exec and only
+    // makes the mount system call on a string allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || bind_resolv_conf(&c).map_err(std::io::Error::from));
+    }
+    Ok(())
+}

@@ -202,6 +202,7 @@ async fn build(
         "agents, kubelets and controller started; waiting for nodes to lease subnets and register",
     );
     wait_nodes_ready(&store, opts.nodes, Duration::from_secs(30), progress).await?;
+    crate::kube_dns::apply(lab, &store, opts, &endpoint, progress).await?;
     apply_ingress_gateway(lab, &store, opts, &endpoint, progress).await?;
     progress(&format!(
         "lab {} is up with {} node(s) in {:.1} s",

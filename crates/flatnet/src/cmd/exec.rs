@@ -23,5 +23,11 @@ pub fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
         })?;
         anyhow::bail!("pod {ns}/{pod} has no network namespace yet (is it still Pending?)");
     }
-    super::exec_in_netns(&netns, &args.command)
+    // The resolv.conf the kubelet gave the pod's containers, when it gave one.
+    let resolv = lab.pod_dir(&ns, &pod).join("resolv.conf");
+    super::exec_in_netns(
+        &netns,
+        &args.command,
+        resolv.exists().then_some(resolv.as_path()),
+    )
 }

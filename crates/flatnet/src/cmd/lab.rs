@@ -122,7 +122,7 @@ pub fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
                     lab.name
                 );
             }
-            super::exec_in_netns(&lab::shell::netns_path(&ns), &command)
+            super::exec_in_netns(&lab::shell::netns_path(&ns), &command, None)
         }
         LabCmd::Stop { component } => {
             let d = lab::daemons::Daemon::parse(&component)?;

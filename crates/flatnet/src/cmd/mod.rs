@@ -4,6 +4,7 @@ pub mod agent;
 pub mod apply;
 pub mod connectivity;
 pub mod delete;
+pub mod dns;
 pub mod exec;
 pub mod get;
 pub mod ingress;
@@ -44,7 +45,13 @@ pub fn parse_kind(s: &str) -> anyhow::Result<model::Kind> {
 /// Replaces the process with `argv` run inside the namespace file `netns` (with a `/sys` of
 /// that namespace, as `ip netns exec` gives); returns only on failure. stdout, stderr and the
 /// exit code are the command's own.
-pub fn exec_in_netns(netns: &str, argv: &[String]) -> anyhow::Result<i32> {
+/// With `resolv_conf`, that file is also the command's `/etc/resolv.conf` (a pod's, as its
+/// containers see it).
+pub fn exec_in_netns(
+    netns: &str,
+    argv: &[String],
+    resolv_conf: Option<&std::path::Path>,
+) -> anyhow::Result<i32> {
     use std::os::unix::process::CommandExt;
     let Some((prog, args)) = argv.split_first() else {
         anyhow::bail!("no command given after --")
@@ -52,6 +59,18 @@ pub fn exec_in_netns(netns: &str, argv: &[String]) -> anyhow::Result<i32> {
     let ns = datapath::NetNs::open(netns)?;
     ns.enter()?;
     datapath::remount_sys()?;
+    if let Some(file) = resolv_conf
+        && std::path::Path::new(::lab::shell::RESOLV_CONF).exists()
+    {
+        let c = std::ffi::CString::new(file.as_os_str().as_encoded_bytes())?;
+        ::lab::shell::bind_resolv_conf(&c).map_err(|e| {
+            anyhow::anyhow!(
+                "bind {} on {}: {e}",
+                file.display(),
+                ::lab::shell::RESOLV_CONF
+            )
+        })?;
+    }
     let err = std::process::Command::new(prog).args(args).exec();
     eprintln!("error: cannot run {prog}: {err}");
     Ok(if err.kind() == std::io::ErrorKind::NotFound {
