@@ -3,7 +3,8 @@
 //! they are now (so at least as they were when the caller started), Deployments expanded,
 //! pods Ready or failed, and the controller's work done: every Service's EndpointSlices as
 //! [`endpoints::desired_slices`] says, every LoadBalancer Service an address while the pool
-//! has room.
+//! has room; every agent's service proxy and NetworkPolicy enforcement caught up with the
+//! newest object they read.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -51,6 +52,20 @@ pub async fn report(store: &impl Store) -> Result<Report, StoreError> {
             .iter()
             .map(|kv| kv.mod_revision)
             .fold(services_needed, i64::max);
+    }
+    // The newest Namespace, Pod or NetworkPolicy every agent's policy enforcement must have
+    // applied (a pod's labels, address or node can change what a policy allows).
+    let mut policy_needed = 0;
+    for prefix in [
+        "objects/namespaces/",
+        "objects/pods/",
+        "objects/networkpolicies/",
+    ] {
+        let (kvs, _) = store.list(prefix).await?;
+        policy_needed = kvs
+            .iter()
+            .map(|kv| kv.mod_revision)
+            .fold(policy_needed, i64::max);
     }
     let lease_cidrs: BTreeSet<String> = subnets
         .iter()
@@ -111,6 +126,16 @@ pub async fn report(store: &impl Store) -> Result<Report, StoreError> {
         }
         if let Some(err) = proxy["lastError"].as_str() {
             out.push(format!("service proxy on {name}: {err}"));
+        }
+        let policy = &agent["policy"];
+        let enforced = policy["appliedRevision"].as_i64().unwrap_or(0);
+        if enforced < policy_needed {
+            out.push(format!(
+                "network policy on {name} has applied revision {enforced} but pods, namespaces and policies are at {policy_needed}"
+            ));
+        }
+        if let Some(err) = policy["lastError"].as_str() {
+            out.push(format!("network policy on {name}: {err}"));
         }
         if let Some(peers) = agent["peers"].as_array() {
             let own = agent["cidr"].as_str().unwrap_or_default();
@@ -349,11 +374,50 @@ mod tests {
             .expect("put");
     }
 
-    /// What is pending for the controller (the agents' service proxies are tested apart).
+    /// What is pending for the controller (the agents' service proxies and policy
+    /// enforcement are tested apart).
     fn controller_only(p: Vec<String>) -> Vec<String> {
         p.into_iter()
-            .filter(|l| !l.starts_with("service proxy on"))
+            .filter(|l| !l.starts_with("service proxy on") && !l.starts_with("network policy on"))
             .collect()
+    }
+
+    #[tokio::test]
+    async fn policy_enforcement_must_apply_the_newest_pod_namespace_or_policy() {
+        let s = MemStore::new();
+        two_node_cluster(&s).await;
+        put(
+            &s,
+            "objects/networkpolicies/default/deny",
+            json!({"metadata": {"name": "deny", "namespace": "default"}, "spec": {"podSelector": {}}}),
+        )
+        .await;
+        let rev = s.revision().await.expect("rev");
+        assert_eq!(
+            pending(&s).await.expect("pending"),
+            vec![
+                format!(
+                    "network policy on node1 has applied revision 0 but pods, namespaces and policies are at {rev}"
+                ),
+                format!(
+                    "network policy on node2 has applied revision 0 but pods, namespaces and policies are at {rev}"
+                ),
+            ]
+        );
+        for a in ["node1", "node2"] {
+            let kv = s
+                .get(&store::keys::agent(a))
+                .await
+                .expect("get")
+                .expect("agent");
+            let mut v: Value = kv.decode().expect("json");
+            v["policy"] = json!({"appliedRevision": rev, "lastError": if a == "node1" { json!("nft: Operation not permitted") } else { Value::Null }});
+            put(&s, &store::keys::agent(a), v).await;
+        }
+        assert_eq!(
+            pending(&s).await.expect("pending"),
+            vec!["network policy on node1: nft: Operation not permitted".to_string()]
+        );
     }
 
     #[tokio::test]
@@ -450,7 +514,7 @@ mod tests {
         .await;
         put(&s, "objects/pods/default/web-a", json!({"metadata": {"name": "web-a", "namespace": "default", "ownerReferences": [{"kind": "Deployment", "name": "web"}]}, "status": {"phase": "Pending"}})).await;
         put(&s, "objects/pods/default/done", json!({"metadata": {"name": "done", "namespace": "default"}, "status": {"phase": "Succeeded"}})).await;
-        let p = pending(&s).await.expect("pending");
+        let p = controller_only(pending(&s).await.expect("pending"));
         assert_eq!(
             p,
             vec![
@@ -460,7 +524,10 @@ mod tests {
         );
         put(&s, "objects/pods/default/web-b", json!({"metadata": {"name": "web-b", "namespace": "default", "ownerReferences": [{"kind": "Deployment", "name": "web"}]}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})).await;
         put(&s, "objects/pods/default/web-a", json!({"metadata": {"name": "web-a", "namespace": "default", "ownerReferences": [{"kind": "Deployment", "name": "web"}]}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})).await;
-        assert_eq!(pending(&s).await.expect("pending"), Vec::<String>::new());
+        assert_eq!(
+            controller_only(pending(&s).await.expect("pending")),
+            Vec::<String>::new()
+        );
     }
 
     #[tokio::test]
