@@ -365,9 +365,12 @@ impl<P: PolicyDataplane> Ctx<'_, P> {
                 return false;
             }
         };
+        let read = started.elapsed();
         let compiled = cluster.compile();
+        let compiled_at = started.elapsed();
         let plan = compile_node(&compiled, self.node);
         let compile_time = started.elapsed();
+        tracing::debug!(read = ?read, compile = ?(compiled_at - read), node = ?(compile_time - compiled_at), "policy compile phases");
         let counts = (
             compiled.policies().len(),
             plan.local_pods,
