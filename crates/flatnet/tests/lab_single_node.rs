@@ -277,14 +277,16 @@ fn restarted_kubelet_adopts_running_pods_and_cleans_up_deleted_ones() {
             "/var/lib/flatnet/e2ekubelet/nodes/node1/ipam/flatnet/{ip}"
         ))
     };
+    // lab up also runs system pods (kube-dns, the ingress gateway): look at the client's own
+    // namespace, not at a count.
+    let client_netns = lab::Lab::new("e2ekubelet")
+        .unwrap()
+        .pod_netns("default", "client");
+    let web_netns = lab::Lab::new("e2ekubelet")
+        .unwrap()
+        .pod_netns("default", "web");
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while ipam(&client_ip).exists()
-        || lab_namespaces("e2ekubelet")
-            .iter()
-            .filter(|n| n.contains("-pod-"))
-            .count()
-            != 1
-    {
+    while ipam(&client_ip).exists() || lab_namespaces("e2ekubelet").contains(&client_netns) {
         assert!(
             std::time::Instant::now() < deadline,
             "the deleted pod's IP or namespace leaked"
@@ -292,6 +294,7 @@ fn restarted_kubelet_adopts_running_pods_and_cleans_up_deleted_ones() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // the surviving pod kept its sandbox, IP and process
+    assert!(lab_namespaces("e2ekubelet").contains(&web_netns));
     assert!(ipam(&web_ip).exists());
     let pod = lab.get_json(&["pod", "web"]);
     assert_eq!(pod["metadata"]["uid"], web_uid);
