@@ -9,6 +9,7 @@
 //!   precedence, default backends, endpoint resolution, round-robin).
 //! - [`tls`] — certificates from Secrets -> [`CertTable`]; the rustls SNI resolver.
 //! - [`proxy`] — listeners, HTTP/1.1 + HTTP/2 serving, forwarding, forwarded-for headers.
+//! - [`pool`] — kept-alive HTTP/1.1 connections to the endpoints.
 //! - [`watch`] — list + watch, compile, publish, Ingress status (status writes are pure
 //!   functions tested without a store).
 //! - [`run`] — the process: proxy threads in the serving namespace, the store client in its
@@ -17,6 +18,7 @@
 //! This crate must not touch kernel networking state (routes, nftables, links): it only opens
 //! sockets.
 
+pub mod pool;
 pub mod proxy;
 pub mod routes;
 pub mod run;

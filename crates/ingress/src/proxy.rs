@@ -16,13 +16,12 @@ use http_body_util::{Either, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::pool::{Pool, PooledBody};
 use crate::routes::{Compiled, RouteTable};
 use crate::tls::CertTable;
 
@@ -53,12 +52,12 @@ impl Shared {
     }
 }
 
-type Body = Either<Incoming, Full<Bytes>>;
+type Body = Either<PooledBody, Full<Bytes>>;
 
 /// Routes and forwards requests.
 pub struct Proxy {
     shared: Arc<Shared>,
-    client: Client<HttpConnector, Incoming>,
+    pool: Arc<Pool>,
 }
 
 /// Headers that describe one hop and are not forwarded (RFC 9110 §7.6.1).
@@ -79,15 +78,10 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 
 impl Proxy {
     pub fn new(shared: Arc<Shared>) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Proxy { shared, client }
+        Proxy {
+            shared,
+            pool: Arc::new(Pool::default()),
+        }
     }
 
     /// Handles one request from `peer`; `https` tells the listener it came in on.
@@ -103,16 +97,17 @@ impl Proxy {
                 "ingress gateway: routes not loaded yet\n",
             ));
         }
-        let host = match req.headers().get(header::HOST) {
-            Some(h) => h.to_str().unwrap_or("").to_string(),
+        // HTTP/1.1 sends Host; HTTP/2 sends :authority (in the URI).
+        let host: Option<HeaderValue> = match req.headers().get(header::HOST) {
+            Some(h) => Some(h.clone()),
             None => req
                 .uri()
                 .authority()
-                .map(|a| a.as_str().to_string())
-                .unwrap_or_default(),
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
+        let host_str = host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("");
         let table = self.shared.routes.load();
-        let Some(route) = table.route(&host, req.uri().path()) else {
+        let Some(route) = table.route(host_str, req.uri().path()) else {
             return Ok(plain(StatusCode::NOT_FOUND, "404 page not found\n"));
         };
         let Some(ep) = route.backend.pick() else {
@@ -126,22 +121,23 @@ impl Proxy {
                 &format!("503 service unavailable: {}: {why}\n", route.backend.name),
             ));
         };
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri = match Uri::try_from(format!("http://{ep}{pq}")) {
-            Ok(u) => u,
-            Err(_) => return Ok(plain(StatusCode::BAD_REQUEST, "400 bad request path\n")),
-        };
-        *req.uri_mut() = uri;
+        drop(table);
+        // The backend gets origin-form (`/path?query`) over HTTP/1.1.
+        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_string();
+            match Uri::try_from(pq) {
+                Ok(u) => *req.uri_mut() = u,
+                Err(_) => return Ok(plain(StatusCode::BAD_REQUEST, "400 bad request path\n")),
+            }
+        }
         *req.version_mut() = Version::HTTP_11;
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
-        if !host.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&host)
-        {
+        if let Some(v) = host {
             if !headers.contains_key(header::HOST) {
                 headers.insert(header::HOST, v.clone());
             }
@@ -152,8 +148,7 @@ impl Proxy {
             X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(if https { "https" } else { "http" }),
         );
-        drop(table);
-        match self.client.request(req).await {
+        match self.pool.send(ep, req).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);

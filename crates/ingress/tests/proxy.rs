@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::*;
@@ -18,13 +19,15 @@ use ingress::{Proxy, Shared};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
-/// A backend answering `name` plus the request line and headers it got.
-async fn backend(name: &'static str) -> SocketAddr {
+/// A backend answering `name` plus the request line and headers it got; counts the
+/// connections it accepted.
+async fn backend(name: &'static str, accepted: Arc<AtomicUsize>) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (s, _) = l.accept().await.unwrap();
+            accepted.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| async move {
                     let mut body = format!(
@@ -50,10 +53,14 @@ async fn backend(name: &'static str) -> SocketAddr {
 struct Setup {
     http: SocketAddr,
     https: SocketAddr,
+    /// Connections the `alpha` backend accepted.
+    alpha_conns: Arc<AtomicUsize>,
 }
 
 async fn setup() -> Setup {
-    let (a, b) = (backend("alpha").await, backend("beta").await);
+    let alpha_conns = Arc::new(AtomicUsize::new(0));
+    let a = backend("alpha", alpha_conns.clone()).await;
+    let b = backend("beta", Arc::new(AtomicUsize::new(0))).await;
     let mut snap = Snapshot {
         ingresses: vec![ingress(
             "default",
@@ -103,6 +110,7 @@ async fn setup() -> Setup {
     let s = Setup {
         http: http.local_addr().unwrap(),
         https: https.local_addr().unwrap(),
+        alpha_conns,
     };
     tokio::spawn(ingress::proxy::serve(http, None, proxy.clone()));
     let tls = ingress::tls::server_config(shared.certs.clone()).unwrap();
@@ -167,6 +175,12 @@ async fn http1_keep_alive_forwards_with_host_and_forwarded_headers() {
     // Still the same connection.
     let (code, _) = text(send.send_request(get("foo.bar.com", "/")).await.unwrap()).await;
     assert_eq!(code, 200);
+    // The backend side is kept alive too: 20 more requests, still one backend connection.
+    for _ in 0..20 {
+        let (code, _) = text(send.send_request(get("foo.bar.com", "/")).await.unwrap()).await;
+        assert_eq!(code, 200);
+    }
+    assert_eq!(s.alpha_conns.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
