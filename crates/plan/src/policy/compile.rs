@@ -384,11 +384,21 @@ struct Builder<'a> {
     named_index: HashMap<Vec<DestPort>, NamedSetId>,
     classes: Vec<DirectionRules>,
     class_index: HashMap<ClassKey, usize>,
+    /// (label key, value) -> the pods carrying it, ascending: a selector with `matchLabels`
+    /// checks only the pods that carry its rarest label, not every pod of the namespace.
+    labels: HashMap<(&'a str, &'a str), Vec<PodId>>,
 }
 
 impl<'a> Builder<'a> {
     fn new(c: &'a Cluster) -> Builder<'a> {
+        let mut labels: HashMap<(&'a str, &'a str), Vec<PodId>> = HashMap::new();
+        for (id, p) in c.pods.iter().enumerate() {
+            for (k, v) in &p.labels {
+                labels.entry((k.as_str(), v.as_str())).or_default().push(id);
+            }
+        }
         Builder {
+            labels,
             c,
             peer_sets: Vec::new(),
             peer_index: HashMap::new(),
@@ -410,15 +420,13 @@ impl<'a> Builder<'a> {
             Vec::with_capacity(c.policies.len());
         for (pi, p) in c.policies.iter().enumerate() {
             let mut any = false;
-            for id in c.pods_in(&p.namespace) {
-                if p.selector.matches(&c.pods[id].labels) {
-                    any = true;
-                    if p.ingress.is_some() {
-                        sel_in[id].push(pi);
-                    }
-                    if p.egress.is_some() {
-                        sel_eg[id].push(pi);
-                    }
+            for id in self.matching(c.pods_in(&p.namespace), &p.selector) {
+                any = true;
+                if p.ingress.is_some() {
+                    sel_in[id].push(pi);
+                }
+                if p.egress.is_some() {
+                    sel_eg[id].push(pi);
                 }
             }
             let prep = |b: &mut Self, rules: &Option<Vec<Rule>>, dir: Dir| match rules {
@@ -461,6 +469,32 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// The pods of `range` (one namespace) that `sel` matches, ascending.
+    fn matching(&self, range: std::ops::Range<PodId>, sel: &LabelSelector) -> Vec<PodId> {
+        let pods = &self.c.pods;
+        let rarest = sel
+            .match_labels
+            .iter()
+            .map(|(k, v)| {
+                self.labels
+                    .get(&(k.as_str(), v.as_str()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|ids| ids.len());
+        match rarest {
+            Some(ids) => {
+                let from = ids.partition_point(|&id| id < range.start);
+                let to = ids.partition_point(|&id| id < range.end);
+                ids[from..to]
+                    .iter()
+                    .copied()
+                    .filter(|&id| sel.matches(&pods[id].labels))
+                    .collect()
+            }
+            None => range.filter(|&id| sel.matches(&pods[id].labels)).collect(),
+        }
+    }
+
     fn intern_peers(&mut self, set: PeerSet) -> PeerSetId {
         if let Some(&id) = self.peer_index.get(&set) {
             return id;
@@ -484,7 +518,7 @@ impl<'a> Builder<'a> {
         let c = self.c;
         let mut members = Vec::new();
         let mut add_ns = |ns: &str| {
-            members.extend(c.pods_in(ns).filter(|&id| pods.matches(&c.pods[id].labels)));
+            members.extend(self.matching(c.pods_in(ns), pods));
         };
         match ns {
             NsSelect::Own => add_ns(own_ns),
