@@ -48,8 +48,12 @@ pub trait ProxyDataplane: Send + 'static {
     /// Makes `dev` hold exactly `ips` (as /32) of the addresses inside `pool`, so the node
     /// answers ARP for the LoadBalancer IPs it announces; announces new ones with a
     /// gratuitous ARP.
-    fn announce(&mut self, dev: &str, pool: Ipv4Net, ips: &BTreeSet<Ipv4Addr>)
-    -> Result<(), String>;
+    fn announce(
+        &mut self,
+        dev: &str,
+        pool: Ipv4Net,
+        ips: &BTreeSet<Ipv4Addr>,
+    ) -> Result<(), String>;
 }
 
 /// What the proxy reports in the agent's status.
@@ -159,7 +163,13 @@ impl View {
         let services: Vec<Service> = self.services.values().cloned().collect();
         let slices: Vec<EndpointSlice> = self.slices.values().cloned().collect();
         let mut node = node.clone();
-        node.nodes = self.nodes.values().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        node.nodes = self
+            .nodes
+            .values()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         compile(&node, &services, &slices)
     }
 }
@@ -213,7 +223,9 @@ impl Applier {
             Some(old) => Self::incremental(dp, &old, &new),
         };
         let result = match (&self.announcer, result) {
-            (Some((dev, pool)), Ok(())) if full || changed => dp.announce(dev, *pool, &new.announce),
+            (Some((dev, pool)), Ok(())) if full || changed => {
+                dp.announce(dev, *pool, &new.announce)
+            }
             (_, r) => r,
         };
         if result.is_ok() {

@@ -252,7 +252,10 @@ async fn chains_that_jump_are_deleted_before_their_targets() {
         "spec": {"type": "NodePort", "clusterIP": "10.96.0.20", "selector": {"app": "web"},
                  "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}});
     store
-        .put("objects/services/default/web", serde_json::to_vec(&v).unwrap())
+        .put(
+            "objects/services/default/web",
+            serde_json::to_vec(&v).unwrap(),
+        )
         .await
         .unwrap();
     put_slice(&store, "web", &["10.244.1.5", "10.244.1.6"]).await;
@@ -267,8 +270,14 @@ async fn chains_that_jump_are_deleted_before_their_targets() {
     let st = wait_status(&store, "n1", "applied", |s| s.proxy.applied_revision >= rev).await;
     assert_eq!(st.proxy.last_error, None);
     let chains = dp.lock().unwrap().nft.chains.clone();
-    assert!(chains.contains("ext-1") && chains.contains("lb-1"), "{chains:?}");
-    assert!(!chains.contains("ext-2") && !chains.contains("lb-2"), "{chains:?}");
+    assert!(
+        chains.contains("ext-1") && chains.contains("lb-1"),
+        "{chains:?}"
+    );
+    assert!(
+        !chains.contains("ext-2") && !chains.contains("lb-2"),
+        "{chains:?}"
+    );
     let _ = stop.send(());
     let _ = task.await;
 }
