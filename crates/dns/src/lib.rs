@@ -14,6 +14,7 @@
 //!   negative answers, SRV additionals, which names are ours and which are forwarded
 //! - `server` — request in, response out (hickory), UDP worker threads, the TCP handler, the
 //!   upstream forwarder
+//! - `udp` — the UDP worker loop, batched with recvmmsg/sendmmsg
 //! - `follow` — list + watch the store, re-index one owner per event
 //!
 //! This crate must not know about network namespaces or the lab: the caller binds the sockets
@@ -22,6 +23,7 @@
 pub mod follow;
 pub mod records;
 pub mod server;
+mod udp;
 pub mod zone;
 
 /// The hickory version this crate serves with (for callers that build the TCP server).

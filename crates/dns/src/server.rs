@@ -1,8 +1,8 @@
 //! Serving: hickory parses every request and encodes every response (truncation included);
 //! the answer comes from the indexed [`Zone`].
 //!
-//! - UDP: `udp_workers` threads each loop on `recv_from` → [`respond`] → `send_to` over the
-//!   shared socket, holding the zone's read lock only while encoding. (hickory's own UDP
+//! - UDP: `udp_workers` threads each loop on `recvmmsg` → [`respond`] → `sendmmsg` over the
+//!   shared socket (`crate::udp`), holding the zone's read lock while answering a batch. (hickory's own UDP
 //!   server spawns a task and passes every response through a channel; measured in
 //!   BENCHMARKS.md, that costs more than the lookup itself. It stays selectable with
 //!   [`UdpMode::Hickory`].)
@@ -267,92 +267,17 @@ pub fn spawn_udp_workers(
     workers: usize,
 ) -> std::io::Result<()> {
     socket.set_nonblocking(false)?;
+    let socket = Arc::new(socket);
     for i in 0..workers.max(1) {
-        let sock = socket.try_clone()?;
+        let sock = socket.clone();
         let zone = zone.clone();
         let fwd = forwarder.clone();
         let rt = rt.clone();
         std::thread::Builder::new()
             .name(format!("dns-udp-{i}"))
-            .spawn(move || udp_loop(&sock, &zone, fwd.as_ref(), &rt))?;
+            .spawn(move || crate::udp::udp_loop(&sock, &zone, fwd.as_ref(), &rt))?;
     }
     Ok(())
-}
-
-fn udp_loop(
-    sock: &UdpSocket,
-    zone: &SharedZone,
-    fwd: Option<&Arc<Forwarder>>,
-    rt: &tokio::runtime::Handle,
-) {
-    let mut buf = vec![0u8; 4096];
-    let mut out = Vec::with_capacity(1500);
-    loop {
-        let (n, src) = match sock.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "udp receive failed");
-                std::thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        if src.port() == 0 {
-            continue;
-        }
-        let Ok(request) = Request::from_bytes(buf[..n].to_vec(), src, Protocol::Udp) else {
-            formerr(sock, &buf[..n], src);
-            continue;
-        };
-        let max = udp_max_size(&request);
-        let outcome = {
-            let z = zone.read().unwrap_or_else(|p| p.into_inner());
-            respond(&z, &request, max, &mut out)
-        };
-        match outcome {
-            Outcome::Answered(_) => {
-                let _ = sock.send_to(&out, src);
-            }
-            Outcome::Drop => {}
-            Outcome::Forward => match fwd.filter(|f| f.has_upstreams()) {
-                None => {
-                    if servfail(&request, max, &mut out) {
-                        let _ = sock.send_to(&out, src);
-                    }
-                }
-                Some(f) => {
-                    let f = f.clone();
-                    let Ok(reply_sock) = sock.try_clone() else {
-                        continue;
-                    };
-                    rt.spawn(async move {
-                        let mut out = Vec::new();
-                        match f.forward(request.as_slice()).await {
-                            Some(resp) if resp.len() <= usize::from(max) => {
-                                let _ = reply_sock.send_to(&resp, src);
-                            }
-                            _ => {
-                                if servfail(&request, max, &mut out) {
-                                    let _ = reply_sock.send_to(&out, src);
-                                }
-                            }
-                        }
-                    });
-                }
-            },
-        }
-    }
-}
-
-/// FORMERR for a message we cannot parse, when it has at least a header.
-fn formerr(sock: &UdpSocket, raw: &[u8], src: SocketAddr) {
-    if raw.len() < 12 || raw[2] & 0x80 != 0 {
-        return;
-    }
-    let mut h = [0u8; 12];
-    h[..2].copy_from_slice(&raw[..2]);
-    h[2] = 0x80 | (raw[2] & 0x79); // QR, keep opcode and RD
-    h[3] = 1; // FORMERR
-    let _ = sock.send_to(&h, src);
 }
 
 /// hickory's `RequestHandler` over the zone (TCP, and UDP with [`UdpMode::Hickory`]).

@@ -1,0 +1,183 @@
+//! The serving side on loopback: the batched UDP workers, hickory's TCP server with our
+//! handler, and the forwarder (against a fake upstream on loopback).
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use dns::follow::load_static;
+use dns::server::{Forwarder, Handler, spawn_udp_workers};
+use dns::{Zone, ZoneConfig};
+use hickory_server::proto::op::{Message, ResponseCode};
+use hickory_server::proto::rr::RData;
+use serde_json::json;
+
+fn zone() -> dns::SharedZone {
+    let mut z = Zone::new(ZoneConfig::new("cluster.local").unwrap());
+    let items: Vec<_> = (0..50)
+        .map(|i| {
+            json!({"kind": "Service", "metadata": {"namespace": "default", "name": format!("s{i}")},
+                   "spec": {"clusterIP": format!("10.96.1.{}", i + 1)}})
+        })
+        .collect();
+    load_static(&mut z, &items).unwrap();
+    Arc::new(RwLock::new(z))
+}
+
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut b = id.to_be_bytes().to_vec();
+    b.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        b.push(label.len() as u8);
+        b.extend_from_slice(label.as_bytes());
+    }
+    b.extend_from_slice(&[0, 0, 1, 0, 1]);
+    b
+}
+
+fn start_udp(
+    rt: &tokio::runtime::Runtime,
+    zone: dns::SharedZone,
+    fwd: Option<Arc<Forwarder>>,
+) -> SocketAddr {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    spawn_udp_workers(sock, zone, fwd, rt.handle().clone(), 2).unwrap();
+    addr
+}
+
+fn client() -> UdpSocket {
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    c
+}
+
+#[test]
+fn a_burst_of_udp_queries_gets_every_answer_to_its_sender() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = start_udp(&rt, zone(), None);
+    let c = client();
+    // More than one batch at once, to exercise recvmmsg/sendmmsg with many slots.
+    for i in 0..100u16 {
+        c.send_to(
+            &query(i, &format!("s{}.default.svc.cluster.local", i % 50)),
+            addr,
+        )
+        .unwrap();
+    }
+    let mut got = BTreeMap::new();
+    let mut buf = [0u8; 1500];
+    while got.len() < 100 {
+        let (n, from) = c.recv_from(&mut buf).expect("every query answered");
+        assert_eq!(from, addr);
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        let RData::A(a) = m.answers[0].data else {
+            panic!("not an A record: {m:?}")
+        };
+        got.insert(m.metadata.id, a.0);
+    }
+    for (id, ip) in got {
+        assert_eq!(
+            ip.octets()[3],
+            (id % 50) as u8 + 1,
+            "answer {id} matches its question"
+        );
+    }
+}
+
+#[test]
+fn garbage_gets_formerr_and_outside_names_servfail_at_once_without_upstreams() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = start_udp(&rt, zone(), None);
+    let c = client();
+    let mut buf = [0u8; 1500];
+    let mut bad = query(7, "x.cluster.local");
+    bad.truncate(20); // a cut-off question
+    c.send_to(&bad, addr).unwrap();
+    let n = c.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..2], &[0, 7]);
+    assert_eq!(buf[3] & 0x0f, 1, "FORMERR: {:?}", &buf[..n]);
+    let t = Instant::now();
+    c.send_to(&query(8, "example.com"), addr).unwrap();
+    let n = c.recv(&mut buf).unwrap();
+    let m = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert!(t.elapsed() < Duration::from_millis(500));
+}
+
+#[test]
+fn outside_names_are_relayed_to_the_upstream_under_the_client_id() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A fake upstream: answers every query with its own bytes, flagged as a response with
+    // rcode 5 (REFUSED), so the relay is visible.
+    let up = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let up_addr = up.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = up.recv_from(&mut buf) {
+            buf[2] |= 0x80;
+            buf[3] = (buf[3] & 0xf0) | 5;
+            let _ = up.send_to(&buf[..n], from);
+        }
+    });
+    let fwd = rt
+        .block_on(async { Forwarder::new(UdpSocket::bind("127.0.0.1:0").unwrap(), vec![up_addr]) })
+        .unwrap();
+    let addr = start_udp(&rt, zone(), Some(fwd));
+    let c = client();
+    c.send_to(&query(4321, "example.com"), addr).unwrap();
+    let mut buf = [0u8; 1500];
+    let n = c.recv(&mut buf).unwrap();
+    let m = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(m.metadata.id, 4321);
+    assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    assert_eq!(m.queries[0].name().to_string(), "example.com.");
+    // Cluster names are still ours.
+    c.send_to(&query(5, "s3.default.svc.cluster.local"), addr)
+        .unwrap();
+    let n = c.recv(&mut buf).unwrap();
+    let m = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(m.answers.len(), 1);
+}
+
+#[test]
+fn tcp_answers_through_hickory_with_our_handler() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let z = zone();
+    let addr = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut server = hickory_server::Server::new(Handler {
+            zone: z,
+            forwarder: None,
+        });
+        server.register_listener(listener, Duration::from_secs(5), 16);
+        tokio::spawn(async move {
+            let _ = server.block_until_done().await;
+        });
+        addr
+    });
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    for (id, name, code) in [
+        (1u16, "s9.default.svc.cluster.local", ResponseCode::NoError),
+        (2, "nope.default.svc.cluster.local", ResponseCode::NXDomain),
+        (3, "example.com", ResponseCode::ServFail),
+    ] {
+        let q = query(id, name);
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&q);
+        s.write_all(&framed).unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut body).unwrap();
+        let m = Message::from_vec(&body).unwrap();
+        assert_eq!(m.metadata.id, id);
+        assert_eq!(m.metadata.response_code, code, "{name}");
+    }
+}
