@@ -246,6 +246,7 @@ fn merge(mut v: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
 }
 
 /// One allow entry: peers (`None`: every address) on some intervals of the protocol/port axis.
+#[derive(Debug)]
 struct Entry {
     peers: Option<Vec<(u32, u32)>>,
     space: Vec<(u32, u32)>,
@@ -589,6 +590,7 @@ pub fn render_table(plan: &PolicyPlan) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn boxes_split_an_axis_interval_at_protocol_edges() {
@@ -607,6 +609,69 @@ mod tests {
             boxes(tcp | 81, 7 << 16 | 0xFFFF),
             vec![((6, 6), (81, 65535)), ((7, 7), (0, 65535))]
         );
+    }
+
+    fn covers(cells: &[Cell], addr: u32, proto: u8, port: u16) -> usize {
+        cells
+            .iter()
+            .filter(|c| {
+                (c.peer.0..=c.peer.1).contains(&addr)
+                    && (c.proto.0..=c.proto.1).contains(&proto)
+                    && (c.port.0..=c.port.1).contains(&port)
+            })
+            .count()
+    }
+
+    fn allowed(entries: &[Entry], addr: u32, proto: u8, port: u16) -> bool {
+        let at = u32::from(proto) << 16 | u32::from(port);
+        entries.iter().any(|e| {
+            e.peers
+                .as_ref()
+                .is_none_or(|p| p.iter().any(|&(a, b)| (a..=b).contains(&addr)))
+                && e.space.iter().any(|&(s, end)| (s..=end).contains(&at))
+        })
+    }
+
+    fn entry_strategy() -> impl Strategy<Value = Entry> {
+        let range = |max: u32| (0..max, 0..8u32).prop_map(move |(a, w)| (a, (a + w).min(max)));
+        let peers = prop::option::weighted(0.8, prop::collection::vec(range(60), 1..4));
+        let space = prop_oneof![
+            1 => Just(vec![(0, SPACE_END)]),
+            4 => prop::collection::vec(
+                (prop::sample::select(vec![6u32, 17, 132]), range(30)).prop_map(|(p, (a, b))| {
+                    (p << 16 | a, p << 16 | b)
+                }),
+                1..3
+            ),
+        ];
+        (peers, space).prop_map(|(peers, space)| Entry {
+            peers: peers.map(merge),
+            space: merge(space),
+        })
+    }
+
+    proptest! {
+        /// Both ways of cutting give disjoint cells that cover exactly what the entries allow.
+        #[test]
+        fn cuts_are_disjoint_and_cover_exactly_the_entries(
+            entries in prop::collection::vec(entry_strategy(), 0..5)
+        ) {
+            for cells in [cut_by_port(&entries), cut_by_peer(&entries)] {
+                for addr in [0u32, 1, 7, 8, 15, 30, 59, 60, 61, 1000, u32::MAX] {
+                    for proto in [0u8, 6, 7, 17, 132, 255] {
+                        for port in [0u16, 1, 5, 8, 29, 30, 31, 65535] {
+                            let n = covers(&cells, addr, proto, port);
+                            prop_assert!(n <= 1, "{n} cells hold {addr}/{proto}/{port}: {cells:?}");
+                            prop_assert_eq!(
+                                n == 1,
+                                allowed(&entries, addr, proto, port),
+                                "{}/{}/{} in {:?}", addr, proto, port, cells
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
