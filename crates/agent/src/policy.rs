@@ -128,10 +128,22 @@ impl View {
                     if let Some(ns) = key_namespace(&kv.key, PODS_PREFIX) {
                         pod.metadata.namespace = Some(ns.to_string());
                     }
-                    PodInfo::from_pod(&pod).map_err(|e| e.to_string())
+                    // A pod that has finished has no network any more and its address may
+                    // already be another pod's: it is no peer and no subject.
+                    let done = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase.as_deref())
+                        .is_some_and(|p| p == "Succeeded" || p == "Failed");
+                    if done {
+                        return Ok(None);
+                    }
+                    PodInfo::from_pod(&pod).map(Some).map_err(|e| e.to_string())
                 })
                 .map(|p| {
-                    self.pods.insert(kv.key.clone(), p);
+                    if let Some(p) = p {
+                        self.pods.insert(kv.key.clone(), p);
+                    }
                 })
         } else if kv.key.starts_with(NAMESPACES_PREFIX) {
             kv.decode::<model::Namespace>()

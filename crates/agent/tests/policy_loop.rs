@@ -92,6 +92,12 @@ async fn policies_become_set_elements_for_local_pods_and_changes_touch_only_thei
     put_pod(&store, "web", "n1", "10.244.1.5", "web").await;
     put_pod(&store, "client", "n2", "10.244.2.7", "client").await;
     put_pod(&store, "remote-web", "n2", "10.244.2.8", "web").await;
+    // A finished pod is neither subject nor peer (its address may be reused).
+    let mut done = json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "done", "namespace": "default", "labels": {"app": "web"}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+        "status": {"podIP": "10.244.1.6", "phase": "Succeeded"}});
+    put(&store, "objects/pods/default/done", done.clone()).await;
     put_policy(&store, "web-from-clients", allow_clients()).await;
     let dp = dataplane();
     let (stop, task) = start(&store, &dp, &dir);
@@ -110,7 +116,8 @@ async fn policies_become_set_elements_for_local_pods_and_changes_touch_only_thei
         ),
         (1, 1, 1)
     );
-    // Only the local pod is programmed; the remote web pod is its own node's business.
+    // Only the running local pod is programmed; the remote web pod is its own node's
+    // business.
     assert_eq!(
         elements(&dp),
         vec![
@@ -124,6 +131,20 @@ async fn policies_become_set_elements_for_local_pods_and_changes_touch_only_thei
         assert_eq!(d.policy.scripts.len(), 1);
         assert!(d.policy.scripts[0].contains("hook forward"));
     }
+
+    // Running again: isolated like any web pod; finished: gone.
+    done["status"]["phase"] = json!("Running");
+    put(&store, "objects/pods/default/done", done.clone()).await;
+    wait_until("running pod isolated", || {
+        elements(&dp).contains(&"ingress-isolated: 10.244.1.6".to_string())
+    })
+    .await;
+    done["status"]["phase"] = json!("Failed");
+    put(&store, "objects/pods/default/done", done).await;
+    wait_until("failed pod dropped", || {
+        !elements(&dp).contains(&"ingress-isolated: 10.244.1.6".to_string())
+    })
+    .await;
 
     // A second client: one element more, in one transaction without a flush.
     put_pod(&store, "client2", "n2", "10.244.2.9", "client").await;
