@@ -19,6 +19,34 @@ use ingress::{Proxy, Shared};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
+/// A backend that answers every request with `closer` and `Connection: close`, then closes.
+async fn closing_backend() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\ncloser",
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
 /// A backend answering `name` plus the request line and headers it got; counts the
 /// connections it accepted.
 async fn backend(name: &'static str, accepted: Arc<AtomicUsize>) -> SocketAddr {
@@ -39,6 +67,8 @@ async fn backend(name: &'static str, accepted: Arc<AtomicUsize>) -> SocketAddr {
                     for (k, v) in req.headers() {
                         body += &format!("{k}: {}\n", v.to_str().unwrap_or("?"));
                     }
+                    let got = req.into_body().collect().await.unwrap().to_bytes();
+                    body += &format!("body: {}\n", String::from_utf8_lossy(&got));
                     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(body))))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -61,6 +91,7 @@ async fn setup() -> Setup {
     let alpha_conns = Arc::new(AtomicUsize::new(0));
     let a = backend("alpha", alpha_conns.clone()).await;
     let b = backend("beta", Arc::new(AtomicUsize::new(0))).await;
+    let c = closing_backend().await;
     let mut snap = Snapshot {
         ingresses: vec![ingress(
             "default",
@@ -72,12 +103,13 @@ async fn setup() -> Setup {
                     rule(Some("foo.bar.com"), vec![path("Prefix", "/", be("alpha", 80))]),
                     rule(Some("*.foo.com"), vec![path("Prefix", "/", be("beta", 80))]),
                     rule(Some("idle.test"), vec![path("Prefix", "/", be("idle", 80))]),
+                    rule(Some("close.test"), vec![path("Prefix", "/", be("closer", 80))]),
                 ]
             }),
         )],
         ..Default::default()
     };
-    for (name, addr) in [("alpha", a), ("beta", b)] {
+    for (name, addr) in [("alpha", a), ("beta", b), ("closer", c)] {
         snap.services.push(service("default", name, 80, None));
         snap.slices.push(slice(
             "default",
@@ -181,6 +213,27 @@ async fn http1_keep_alive_forwards_with_host_and_forwarded_headers() {
         assert_eq!(code, 200);
     }
     assert_eq!(s.alpha_conns.load(Ordering::SeqCst), 1);
+    // A request body is forwarded.
+    let post = Request::builder()
+        .method("POST")
+        .uri("/form")
+        .header("host", "foo.bar.com")
+        .body(Full::new(Bytes::from_static(b"a=1&b=2")))
+        .unwrap();
+    let stream = TcpStream::connect(s.http).await.unwrap();
+    let (mut send2, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (code, body) = text(send2.send_request(post).await.unwrap()).await;
+    assert_eq!(code, 200);
+    assert!(body.starts_with("alpha\nPOST /form HTTP/1.1\n"), "{body}");
+    assert!(body.contains("body: a=1&b=2\n"), "{body}");
+    // A backend that closes after each response: every request still gets through.
+    for _ in 0..3 {
+        let (code, body) = text(send.send_request(get("close.test", "/")).await.unwrap()).await;
+        assert_eq!((code, body.as_str()), (200, "closer"));
+    }
 }
 
 #[tokio::test]
