@@ -12,7 +12,8 @@
 #
 #   sudo bench/services/run.sh
 #   SIZES="1000 10000" M=10 K=20 SCALE=4 KP_CHANGES=5 REPS=1 KP_TIMEOUT=400 IPT_NFT_TIMEOUT=300
-#   BACKENDS="flatnet flatnet-nosize ipt-legacy ipt-nft nft" RSS_N=10000 THROUGHPUT=1 (defaults)
+#   BACKENDS="flatnet flatnet-nosize ipt-legacy ipt-nft nft" RSS_N=10000 THROUGHPUT=1
+#   TPUT_REPS=5 TPUT_SECS=5 (defaults)
 #
 # Needs root, the release build (`cargo build --release -p flatnet -p flatnet-cni` and
 # `cargo build --release -p agent --example proxy_sync --example load_services`), etcd, python3, nft, iptables-{legacy,nft}-restore,
@@ -34,6 +35,8 @@ IPT_NFT_TIMEOUT=${IPT_NFT_TIMEOUT:-300}
 BACKENDS=${BACKENDS:-"flatnet flatnet-nosize ipt-legacy ipt-nft nft"}
 RSS_N=${RSS_N:-10000}
 THROUGHPUT=${THROUGHPUT:-1}
+TPUT_REPS=${TPUT_REPS:-5}
+TPUT_SECS=${TPUT_SECS:-5}
 OUT=${OUT:-/tmp/flatnet-bench-services-$(date -u +%Y%m%dT%H%M%SZ)}
 
 [ "$(id -u)" = 0 ] || { echo "run.sh: needs root (network namespaces)" >&2; exit 1; }
@@ -203,7 +206,7 @@ fi
 # ---------------------------------------------------------------- 3. throughput
 if [ "$THROUGHPUT" = 1 ]; then
   say "throughput: pod-to-service vs pod-to-pod"
-  BIN=$tmp/bin "$here/throughput.sh" >"$OUT/throughput.md"
+  BIN=$tmp/bin REPS=$TPUT_REPS SECS=$TPUT_SECS "$here/throughput.sh" >"$OUT/throughput.md"
 fi
 
 jq -n --arg le "$(loadavg)" --argjson secs "$(( $(date +%s) - t_start ))" \
