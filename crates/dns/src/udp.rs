@@ -2,6 +2,14 @@
 //! taking what else is queued), answered under one read lock of the zone, sent back with one
 //! `sendmmsg(2)` — the batching nsd and knot do. Under load that divides the system-call cost
 //! per query by the batch size; an idle server still answers each query at once.
+//!
+//! Each worker also keeps the responses it encoded, keyed by the lowercased question and
+//! whether the query carried EDNS: a plain query (one question, no records but at most an
+//! option-less EDNS0 OPT) whose key is known gets the stored bytes with the client's id, its
+//! RD and CD bits and its own spelling of the question copied in, without parsing or encoding.
+//! Only authoritative NOERROR/NXDOMAIN responses of at most 512 bytes are kept (valid for any
+//! transport size); the store is emptied whenever the zone's serial changes, and when it holds
+//! [`CACHE_MAX`] entries.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -11,14 +19,58 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::ResponseCode;
 use hickory_server::server::Request;
 
 use crate::server::{Forwarder, Outcome, SharedZone, respond, servfail, udp_max_size};
+use crate::zone::FxHasher;
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 /// Queries taken per system call.
 pub const BATCH: usize = 32;
 /// Largest query read (EDNS queries are small; anything longer is cut and gets FORMERR).
 const BUF: usize = 4096;
+
+/// Most responses a worker keeps.
+pub const CACHE_MAX: usize = 50_000;
+
+/// The stored responses of one worker.
+struct Cache {
+    serial: u32,
+    map: HashMap<(Box<[u8]>, bool), Box<[u8]>, BuildHasherDefault<FxHasher>>,
+}
+
+/// Where the question ends and whether an OPT record follows, for a query the cache may
+/// answer; `None` for anything else (the full path handles it).
+fn plain_query(raw: &[u8]) -> Option<(usize, bool)> {
+    if raw.len() < 17 || raw[2] & 0xf8 != 0 {
+        return None; // a response, or an opcode other than QUERY
+    }
+    let count = |i: usize| u16::from_be_bytes([raw[i], raw[i + 1]]);
+    if count(4) != 1 || count(6) != 0 || count(8) != 0 || count(10) > 1 {
+        return None;
+    }
+    let mut i = 12;
+    loop {
+        let len = usize::from(*raw.get(i)?);
+        if len == 0 {
+            break;
+        }
+        if len > 63 || i > 12 + 255 {
+            return None;
+        }
+        i += 1 + len;
+    }
+    let q_end = i + 5;
+    if count(10) == 0 {
+        return (raw.len() == q_end).then_some((q_end, false));
+    }
+    // An EDNS0 OPT: root owner, type 41, version 0, no options.
+    let opt = raw.get(q_end..)?;
+    (opt.len() == 11 && opt[0] == 0 && opt[1..3] == [0, 41] && opt[6] == 0 && opt[9..11] == [0, 0])
+        .then_some((q_end, true))
+}
 
 /// Buffers for one batch. The kernel structures point into the buffers; the pointers are
 /// set right before each call, so the struct may move between calls.
@@ -191,6 +243,10 @@ pub(crate) fn udp_loop(
 ) {
     let fd = sock.as_raw_fd();
     let mut b = Batch::new();
+    let mut cache = Cache {
+        serial: 0,
+        map: HashMap::default(),
+    };
     loop {
         let n = match b.recv(fd) {
             Ok(n) => n,
@@ -202,17 +258,48 @@ pub(crate) fn udp_loop(
             }
         };
         let z = zone.read().unwrap_or_else(|p| p.into_inner());
+        if cache.serial != z.serial() || cache.map.len() >= CACHE_MAX {
+            cache.map.clear();
+            cache.serial = z.serial();
+        }
         for i in 0..n {
             let mut out = std::mem::take(&mut b.outs[i]);
             out.clear();
             if let Some(src) = b.source(i).filter(|s| s.port() != 0) {
                 let raw = b.datagram(i);
+                let plain = plain_query(raw);
+                let key = plain.map(|(q_end, edns)| {
+                    (raw[12..q_end].to_ascii_lowercase().into_boxed_slice(), edns)
+                });
+                if let (Some((q_end, _)), Some(stored)) =
+                    (plain, key.as_ref().and_then(|k| cache.map.get(k)))
+                {
+                    out.extend_from_slice(stored);
+                    out[..2].copy_from_slice(&raw[..2]);
+                    out[2] = (out[2] & !0x01) | (raw[2] & 0x01); // RD
+                    out[3] = (out[3] & !0x10) | (raw[3] & 0x10); // CD
+                    out[12..q_end].copy_from_slice(&raw[12..q_end]);
+                    b.outs[i] = out;
+                    continue;
+                }
                 match Request::from_bytes(raw.to_vec(), src, Protocol::Udp) {
                     Err(_) => formerr(raw, &mut out),
                     Ok(request) => {
                         let max = udp_max_size(&request);
                         match respond(&z, &request, max, &mut out) {
-                            Outcome::Answered(_) => {}
+                            Outcome::Answered(code) => {
+                                let aa = out.get(2).is_some_and(|f| f & 0x04 != 0);
+                                if let Some(k) = key
+                                    && aa
+                                    && out.len() <= 512
+                                    && matches!(
+                                        code,
+                                        ResponseCode::NoError | ResponseCode::NXDomain
+                                    )
+                                {
+                                    cache.map.insert(k, out.clone().into_boxed_slice());
+                                }
+                            }
                             Outcome::Drop => out.clear(),
                             Outcome::Forward => match fwd.filter(|f| f.has_upstreams()) {
                                 None => {

@@ -181,3 +181,85 @@ fn tcp_answers_through_hickory_with_our_handler() {
         assert_eq!(m.metadata.response_code, code, "{name}");
     }
 }
+
+/// A query with the RD bit as given and an optional option-less EDNS0 OPT.
+fn query_with(id: u16, name: &str, rd: bool, edns: bool) -> Vec<u8> {
+    let mut q = query(id, name);
+    q[2] = if rd { 0x01 } else { 0x00 };
+    if edns {
+        q[11] = 1;
+        q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    }
+    q
+}
+
+fn ask(c: &UdpSocket, addr: SocketAddr, q: &[u8]) -> Vec<u8> {
+    c.send_to(q, addr).unwrap();
+    let mut buf = [0u8; 1500];
+    let n = c.recv(&mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+#[test]
+fn stored_responses_equal_fresh_ones_with_the_clients_id_flags_and_spelling() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = start_udp(&rt, zone(), None);
+    let c = client();
+    for (name, edns) in [
+        ("s1.default.svc.cluster.local", false),
+        ("s1.default.svc.cluster.local", true),
+        ("nope.default.svc.cluster.local", false),
+        ("default.svc.cluster.local", true),
+    ] {
+        let first = ask(&c, addr, &query_with(100, name, true, edns));
+        let upper = name.to_ascii_uppercase();
+        // The second is answered from the store: other id, no RD, other spelling.
+        let second = ask(&c, addr, &query_with(200, &upper, false, edns));
+        let (a, b) = (
+            Message::from_vec(&first).unwrap(),
+            Message::from_vec(&second).unwrap(),
+        );
+        assert_eq!(b.metadata.id, 200);
+        assert!(a.metadata.recursion_desired && !b.metadata.recursion_desired);
+        assert_eq!(a.metadata.response_code, b.metadata.response_code, "{name}");
+        assert!(b.metadata.authoritative);
+        assert_eq!(a.answers, b.answers, "{name}");
+        assert_eq!(a.authorities, b.authorities, "{name}");
+        assert_eq!(a.edns.is_some(), edns);
+        assert_eq!(b.edns.is_some(), edns);
+        assert_eq!(b.queries[0].name().to_string(), format!("{upper}."));
+        assert_eq!(first.len(), second.len());
+    }
+}
+
+#[test]
+fn a_zone_change_is_answered_at_once_despite_stored_responses() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let z = zone();
+    let addr = start_udp(&rt, z.clone(), None);
+    let c = client();
+    let a_of = |bytes: &[u8]| {
+        let m = Message::from_vec(bytes).unwrap();
+        m.answers
+            .iter()
+            .filter_map(|r| match r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let q = query_with(1, "s1.default.svc.cluster.local", true, false);
+    assert_eq!(a_of(&ask(&c, addr, &q)), vec!["10.96.1.2"]);
+    assert_eq!(a_of(&ask(&c, addr, &q)), vec!["10.96.1.2"]);
+    {
+        let mut w = z.write().unwrap();
+        let cfg = w.config().clone();
+        let svc: model::Service = serde_json::from_value(json!({
+            "metadata": {"namespace": "default", "name": "s1"},
+            "spec": {"clusterIP": "10.96.9.9"}}))
+        .unwrap();
+        let rrs = dns::records::service_records(&cfg, &svc, &[]);
+        w.set(dns::Owner::Service("default/s1".into()), rrs);
+    }
+    assert_eq!(a_of(&ask(&c, addr, &q)), vec!["10.96.9.9"]);
+}
