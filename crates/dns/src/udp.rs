@@ -35,10 +35,13 @@ const BUF: usize = 4096;
 /// Most responses a worker keeps.
 pub const CACHE_MAX: usize = 50_000;
 
+/// (lowercased question section, whether the query had EDNS)
+type CacheKey = (Box<[u8]>, bool);
+
 /// The stored responses of one worker.
 struct Cache {
     serial: u32,
-    map: HashMap<(Box<[u8]>, bool), Box<[u8]>, BuildHasherDefault<FxHasher>>,
+    map: HashMap<CacheKey, Box<[u8]>, BuildHasherDefault<FxHasher>>,
 }
 
 /// Where the question ends and whether an OPT record follows, for a query the cache may
