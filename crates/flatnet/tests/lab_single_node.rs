@@ -1,4 +1,5 @@
 //! Tier 2: the single-node lab, through the CLI only.
+#![allow(clippy::unwrap_used)] // tests may unwrap
 
 mod common;
 
