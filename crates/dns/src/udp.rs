@@ -7,6 +7,9 @@
 //! whether the query carried EDNS: a plain query (one question, no records but at most an
 //! option-less EDNS0 OPT) whose key is known gets the stored bytes with the client's id, its
 //! RD and CD bits and its own spelling of the question copied in, without parsing or encoding.
+//! A plain query whose answer is negative (most misses: the random names `ndots:5` search
+//! paths produce) is answered from the lookup without parsing or encoding the message: header,
+//! the question as sent, the zone's SOA encoded by hickory, a fixed OPT.
 //! Only authoritative NOERROR/NXDOMAIN responses of at most 512 bytes are kept (valid for any
 //! transport size); the store is emptied whenever the zone's serial changes, and when it holds
 //! [`CACHE_MAX`] entries.
@@ -20,10 +23,17 @@ use std::time::Duration;
 
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::ResponseCode;
+use hickory_server::proto::rr::{LowerName, RecordType};
+use hickory_server::proto::serialize::binary::{
+    BinDecodable, BinDecoder, BinEncodable, BinEncoder,
+};
 use hickory_server::server::Request;
 
-use crate::server::{Forwarder, Outcome, SharedZone, respond, servfail, udp_max_size};
+use crate::server::{
+    EDNS_PAYLOAD, Forwarder, Outcome, SharedZone, respond, servfail, udp_max_size,
+};
 use crate::zone::FxHasher;
+use crate::zone::{Lookup, Zone};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
@@ -285,6 +295,15 @@ pub(crate) fn udp_loop(
                     b.outs[i] = out;
                     continue;
                 }
+                if let Some((q_end, edns)) = plain
+                    && negative(&z, raw, q_end, edns, &mut out)
+                {
+                    if let Some(k) = key {
+                        cache.map.insert(k, out.clone().into_boxed_slice());
+                    }
+                    b.outs[i] = out;
+                    continue;
+                }
                 match Request::from_bytes(raw.to_vec(), src, Protocol::Udp) {
                     Err(_) => formerr(raw, &mut out),
                     Ok(request) => {
@@ -324,6 +343,62 @@ pub(crate) fn udp_loop(
         drop(z);
         b.send(fd, n);
     }
+}
+
+/// Answers a plain query whose answer is negative (NXDOMAIN or NODATA) without parsing the
+/// whole message: the question is copied as sent, hickory encodes the SOA, the OPT is fixed.
+/// Returns false (with `out` empty) for anything else.
+fn negative(z: &Zone, raw: &[u8], q_end: usize, edns: bool, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let qtype = RecordType::from(u16::from_be_bytes([raw[q_end - 4], raw[q_end - 3]]));
+    let qclass = u16::from_be_bytes([raw[q_end - 2], raw[q_end - 1]]);
+    if qclass != 1 || matches!(qtype, RecordType::AXFR | RecordType::IXFR | RecordType::OPT) {
+        return false;
+    }
+    let Ok(name) = LowerName::read(&mut BinDecoder::new(&raw[12..q_end - 4])) else {
+        return false;
+    };
+    let Lookup::Answer(a) = z.lookup(&name, qtype) else {
+        return false;
+    };
+    let rcode = match a.rcode {
+        ResponseCode::NXDomain => 3,
+        ResponseCode::NoError => 0,
+        _ => return false,
+    };
+    let [soa] = a.authority[..] else {
+        return false;
+    };
+    if !a.answers.is_empty() || !a.authoritative {
+        return false;
+    }
+    let mut enc = BinEncoder::new(out);
+    let header = [
+        raw[0],
+        raw[1],
+        0x84 | (raw[2] & 0x01),  // QR, AA, the client's RD
+        (raw[3] & 0x10) | rcode, // the client's CD
+        0,
+        1,
+        0,
+        0,
+        0,
+        1,
+        0,
+        u8::from(edns),
+    ];
+    let ok = enc.emit_vec(&header).is_ok()
+        && enc.emit_vec(&raw[12..q_end]).is_ok()
+        && soa.emit(&mut enc).is_ok()
+        && (!edns || {
+            let [hi, lo] = EDNS_PAYLOAD.to_be_bytes();
+            enc.emit_vec(&[0, 0, 41, hi, lo, 0, 0, 0, 0, 0, 0]).is_ok()
+        });
+    if !ok || out.len() > 512 {
+        out.clear();
+        return false;
+    }
+    true
 }
 
 fn forward(

@@ -263,3 +263,52 @@ fn a_zone_change_is_answered_at_once_despite_stored_responses() {
     }
     assert_eq!(a_of(&ask(&c, addr, &q)), vec!["10.96.9.9"]);
 }
+
+#[test]
+fn negative_answers_of_the_short_path_equal_the_full_path() {
+    use dns::server::{Outcome, respond};
+    use hickory_server::net::xfer::Protocol;
+    use hickory_server::server::Request;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let z = zone();
+    let addr = start_udp(&rt, z.clone(), None);
+    let c = client();
+    for (i, (name, qtype, edns)) in [
+        ("Nope.default.svc.cluster.local", 1u16, false),
+        ("host7.example.com.default.svc.cluster.local", 1, true),
+        ("s1.default.svc.cluster.local", 28, false), // AAAA: NODATA
+        ("default.svc.cluster.local", 33, true),     // SRV of an empty non-terminal
+        ("9.9.96.10.in-addr.arpa", 12, false),       // not in the reverse ranges: forwarded
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut q = query_with(i as u16, name, i % 2 == 0, edns);
+        let n = q.len();
+        q[n - 4 - if edns { 11 } else { 0 }..n - 2 - if edns { 11 } else { 0 }]
+            .copy_from_slice(&qtype.to_be_bytes());
+        let got = Message::from_vec(&ask(&c, addr, &q)).unwrap();
+        let req =
+            Request::from_bytes(q.clone(), "127.0.0.1:9".parse().unwrap(), Protocol::Udp).unwrap();
+        let mut out = Vec::new();
+        let z = z.read().unwrap();
+        let want = match respond(&z, &req, 512, &mut out) {
+            Outcome::Answered(_) => Message::from_vec(&out).unwrap(),
+            // Outside names: SERVFAIL without an upstream.
+            Outcome::Forward => {
+                assert_eq!(got.metadata.response_code, ResponseCode::ServFail, "{name}");
+                continue;
+            }
+            Outcome::Drop => panic!("dropped"),
+        };
+        assert_eq!(got.metadata, want.metadata, "{name}");
+        assert_eq!(got.queries, want.queries, "{name}");
+        assert_eq!(got.answers, want.answers, "{name}");
+        assert_eq!(got.authorities, want.authorities, "{name}");
+        assert_eq!(got.edns.is_some(), want.edns.is_some(), "{name}");
+        assert_eq!(
+            got.edns.map(|e| e.max_payload()),
+            want.edns.map(|e| e.max_payload())
+        );
+    }
+}
