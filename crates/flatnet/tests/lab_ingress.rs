@@ -481,6 +481,21 @@ fn ingress_gateway_serves_routes_tls_http2_and_status() {
             .ok_or_else(|| v["status"].to_string())
     });
     assert_eq!(status_ip, gw.lb_ip);
+    // kubectl's table: NAME CLASS HOSTS ADDRESS PORTS AGE.
+    let table = lab.ok(&["get", "ingress"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("routes "))
+        .unwrap_or_else(|| panic!("{table}"));
+    for want in [
+        "flatnet",
+        "a.example.test,*.wild.test",
+        gw.lb_ip.as_str(),
+        "80, 443",
+    ] {
+        assert!(row.contains(want), "{want} in {row:?}");
+    }
+    assert!(table.starts_with("NAME"), "{table}");
     let other = lab.get_json(&["ingress", "other-class"]);
     assert!(
         other["status"]["loadBalancer"].get("ingress").is_none(),

@@ -180,6 +180,25 @@ fn row(kind: Kind, v: &Value, wide: bool) -> (Vec<&'static str>, Vec<String>) {
             }
             (h, c)
         }
+        Kind::Ingress => (
+            vec!["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"],
+            vec![
+                s(v, "/metadata/name").into(),
+                or_none(s(v, "/spec/ingressClassName")),
+                ingress_hosts(v),
+                list(v, "/status/loadBalancer/ingress")
+                    .iter()
+                    .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                if list(v, "/spec/tls").is_empty() {
+                    "80".into()
+                } else {
+                    "80, 443".into()
+                },
+                age(v),
+            ],
+        ),
         Kind::EndpointSlice => (
             vec!["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"],
             vec![
@@ -308,6 +327,19 @@ fn slice_endpoints(v: &Value) -> String {
             .filter_map(|a| a.as_str().map(str::to_string))
             .collect(),
     )
+}
+
+/// kubectl's HOSTS column: the rule hosts, `*` for a rule without one.
+fn ingress_hosts(v: &Value) -> String {
+    let hosts: Vec<&str> = list(v, "/spec/rules")
+        .iter()
+        .map(|r| r["host"].as_str().unwrap_or("*"))
+        .collect();
+    if hosts.is_empty() {
+        "*".into()
+    } else {
+        hosts.join(",")
+    }
 }
 
 fn or_none(x: &str) -> String {
