@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
@@ -21,6 +21,11 @@ use tokio::net::TcpStream;
 
 /// Idle connections kept per endpoint at most; more are closed when their response ends.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
+/// An idle connection unused this long is closed (also how connections to endpoints that went
+/// away without a FIN, such as a deleted pod, are let go).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often `put` looks for expired idle connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -33,17 +38,32 @@ pub enum PoolError {
     Http(#[from] hyper::Error),
 }
 
-/// Idle connections by endpoint.
-#[derive(Default)]
+/// Idle connections by endpoint, most recently used last.
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<SendRequest<Incoming>>>>,
+    idle: Mutex<Idle>,
+}
+
+struct Idle {
+    by_endpoint: HashMap<SocketAddr, Vec<(SendRequest<Incoming>, Instant)>>,
+    last_sweep: Instant,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            idle: Mutex::new(Idle {
+                by_endpoint: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
+        }
+    }
 }
 
 impl Pool {
     fn take(&self, ep: SocketAddr) -> Option<SendRequest<Incoming>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.get_mut(&ep)?;
-        while let Some(s) = list.pop() {
+        let list = idle.by_endpoint.get_mut(&ep)?;
+        while let Some((s, _)) = list.pop() {
             if !s.is_closed() {
                 return Some(s);
             }
@@ -55,10 +75,20 @@ impl Pool {
         if s.is_closed() {
             return;
         }
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.entry(ep).or_default();
+        if now.duration_since(idle.last_sweep) >= SWEEP_EVERY {
+            idle.last_sweep = now;
+            idle.by_endpoint.retain(|_, list| {
+                list.retain(|(s, since)| {
+                    !s.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT
+                });
+                !list.is_empty()
+            });
+        }
+        let list = idle.by_endpoint.entry(ep).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(s);
+            list.push((s, now));
         }
     }
 
