@@ -60,6 +60,10 @@ pub struct Proxy {
     pool: Arc<Pool>,
 }
 
+/// How long a backend may take to start its response (nginx's `proxy_read_timeout` default):
+/// an endpoint that vanished without a FIN (a deleted pod) must not hold a request forever.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Headers that describe one hop and are not forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
@@ -148,7 +152,18 @@ impl Proxy {
             X_FORWARDED_PROTO.clone(),
             HeaderValue::from_static(if https { "https" } else { "http" }),
         );
-        match self.pool.send(ep, req).await {
+        let sent = match tokio::time::timeout(RESPONSE_TIMEOUT, self.pool.send(ep, req)).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Ok(plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &format!(
+                        "504 gateway timeout: {ep}: no response head within {RESPONSE_TIMEOUT:?}\n"
+                    ),
+                ));
+            }
+        };
+        match sent {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
