@@ -40,7 +40,7 @@ trap 'exit 130' INT TERM
 mkdir "$tmp/bin" && cp "$BIN/flatnet" "$BIN/flatnet-cni" "$tmp/bin/"
 export PATH=$tmp/bin:$PATH
 
-# say now since fmt median gbps quiet pods podip fl runs med ratio_cells
+# say now since fmt median gbps quiet pods podip runs med ratio_cells
 . "$root/bench/dataplane/lib.sh"
 
 services() { # NAME:APP ... -> ClusterIP Services on 5201 selecting app: APP
@@ -58,13 +58,31 @@ EOF
   done
 }
 clusterip() { flatnet --lab="$1" get svc "$2" -o json | jq -er .spec.clusterIP; }
-# One iperf3 run through a ClusterIP: the client must have connected to the ClusterIP itself
-# (which no interface holds, so the connection was DNATed by the proxy).
+# `lab ip` -> iperf3's JSON of one run from cli1 to ip:5201. A run that iperf3 reports as
+# failed (e.g. "the server is busy" while the server still finishes the previous test) is
+# logged and retried up to twice, for pod and service runs alike.
+iperf_json() {
+  local j attempt
+  for attempt in 1 2 3; do
+    j=$(flatnet --lab="$1" exec cli1 -- iperf3 -c "$2" -p 5201 -t "$SECS" -J || true)
+    if jq -e '.error == null and .end.sum_received.bits_per_second != null' <<<"$j" >/dev/null 2>&1; then
+      echo "$j"
+      return 0
+    fi
+    echo "throughput.sh: iperf3 to $2 (attempt $attempt): $(jq -r '.error // "no result"' <<<"$j" 2>/dev/null || echo "unreadable output")" >&2
+    sleep 1
+  done
+  return 1
+}
+fl_pod() { iperf_json "$1" "$2" | jq -e '.end.sum_received.bits_per_second'; }
+# Through a ClusterIP: the client must have connected to the ClusterIP itself (which no
+# interface holds, so the connection was DNATed by the proxy).
 fl_svc() {
   local j
-  j=$(flatnet --lab="$1" exec cli1 -- iperf3 -c "$2" -p 5201 -t "$SECS" -J)
+  j=$(iperf_json "$1" "$2") || return 1
   jq -e --arg ip "$2" '.start.connected[0].remote_host == $ip' <<<"$j" >/dev/null || {
-    echo "throughput.sh: iperf3 to $2 did not connect to the ClusterIP" >&2; return 1; }
+    echo "throughput.sh: iperf3 to $2 did not connect to the ClusterIP: $(jq -c .start.connected <<<"$j")" >&2
+    return 1; }
   jq -e '.end.sum_received.bits_per_second' <<<"$j"
 }
 
@@ -93,9 +111,9 @@ for rep in $(seq "$REPS"); do
       vx) lab=$VX pip=$ip_vx cip=$cip_vx ;;
     esac
     if (( rep % 2 )); then
-      raw[pod_$c]+="$(fl $lab "$pip") "; raw[svc_$c]+="$(fl_svc $lab "$cip") "
+      raw[pod_$c]+="$(fl_pod $lab "$pip") "; raw[svc_$c]+="$(fl_svc $lab "$cip") "
     else
-      raw[svc_$c]+="$(fl_svc $lab "$cip") "; raw[pod_$c]+="$(fl $lab "$pip") "
+      raw[svc_$c]+="$(fl_svc $lab "$cip") "; raw[pod_$c]+="$(fl_pod $lab "$pip") "
     fi
   done
 done
