@@ -39,11 +39,15 @@ fn lab_netns_ids(lab: &Lab) -> HashSet<(u64, u64)> {
 }
 
 /// Pids of processes that belong to the lab: its daemons (by the marker on their command
-/// line), its etcd (by its data directory) and everything inside a lab namespace.
+/// line), its etcd (by its data directory), processes naming its run directory (system pods
+/// that reach etcd from its namespace) and everything inside a lab namespace.
 pub fn lab_processes(lab: &Lab) -> Vec<i32> {
     let ids = lab_netns_ids(lab);
     let marker = lab.daemon_marker();
     let data_dir = lab.data_dir().display().to_string();
+    // System pods (kube-dns, the ingress gateway) move their threads to etcd's namespace, so
+    // their own netns is not a lab one; they name the lab's run dir on their command line.
+    let run_dir = format!("{}/", lab.run_dir().display());
     let me = std::process::id() as i32;
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -63,7 +67,7 @@ pub fn lab_processes(lab: &Lab) -> Vec<i32> {
             .collect();
         let ours = args
             .iter()
-            .any(|a| *a == marker || a.starts_with(&data_dir));
+            .any(|a| *a == marker || a.starts_with(&data_dir) || a.contains(&run_dir));
         let in_ns = std::fs::metadata(format!("/proc/{pid}/ns/net"))
             .map(|m| ids.contains(&(m.dev(), m.ino())))
             .unwrap_or(false);
