@@ -1062,23 +1062,23 @@ pub fn render_structure(plan: &ServicePlan, chains: &BTreeSet<DynChain>) -> Stri
     let decls = [
         (
             maps::SERVICES,
-            "type ipv4_addr . inet_proto . inet_service : verdict; size 1048576;",
+            "type ipv4_addr . inet_proto . inet_service : verdict;",
         ),
         (
             maps::BACKENDS,
-            "type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service; size 16777216;",
+            "type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr . inet_service;",
         ),
         (
             maps::NO_ENDPOINTS,
-            "type ipv4_addr . inet_proto . inet_service : verdict; size 1048576;",
+            "type ipv4_addr . inet_proto . inet_service : verdict;",
         ),
         (
             maps::AFFINITY_IDS,
-            "type ipv4_addr . inet_proto . inet_service : mark; size 1048576;",
+            "type ipv4_addr . inet_proto . inet_service : mark;",
         ),
         (
             maps::AFFINITY_TIMEOUTS,
-            "type mark : verdict; size 1048576;",
+            "type mark : verdict;",
         ),
         (
             maps::AFFINITY,
@@ -1090,12 +1090,12 @@ pub fn render_structure(plan: &ServicePlan, chains: &BTreeSet<DynChain>) -> Stri
     }
     let _ = writeln!(
         s,
-        "add set {t} {} {{ type ipv4_addr; size 1048576; }}",
+        "add set {t} {} {{ type ipv4_addr; }}",
         maps::CLUSTER_IPS
     );
     let _ = writeln!(
         s,
-        "add set {t} {} {{ type ipv4_addr . ipv4_addr; size 1048576; }}",
+        "add set {t} {} {{ type ipv4_addr . ipv4_addr; }}",
         maps::HAIRPIN
     );
     let _ = writeln!(
