@@ -160,8 +160,6 @@ impl View {
     }
 
     fn compile(&self, node: &NodeView) -> ServicePlan {
-        let services: Vec<Service> = self.services.values().cloned().collect();
-        let slices: Vec<EndpointSlice> = self.slices.values().cloned().collect();
         let mut node = node.clone();
         node.nodes = self
             .nodes
@@ -170,7 +168,7 @@ impl View {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        compile(&node, &services, &slices)
+        compile(&node, self.services.values(), self.slices.values())
     }
 }
 

@@ -410,7 +410,11 @@ fn affinity_id(name: &str, taken: &BTreeSet<u32>) -> u32 {
 
 /// Compiles the proxy state of `node` from every Service and EndpointSlice of the cluster.
 /// Pure: the same inputs give the same plan, whatever their order.
-pub fn compile(node: &NodeView, services: &[Service], slices: &[EndpointSlice]) -> ServicePlan {
+pub fn compile<'a>(
+    node: &NodeView,
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> ServicePlan {
     let mut plan = ServicePlan {
         cluster_cidr: Some(node.cluster_cidr),
         service_cidr: node.service_cidr,
@@ -428,7 +432,7 @@ pub fn compile(node: &NodeView, services: &[Service], slices: &[EndpointSlice]) 
         let ns = s.metadata.namespace.clone().unwrap_or_default();
         by_service.entry((ns, svc.clone())).or_default().push(s);
     }
-    let mut sorted: Vec<&Service> = services.iter().collect();
+    let mut sorted: Vec<&Service> = services.into_iter().collect();
     sorted.sort_by(|a, b| {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
     });
@@ -1076,10 +1080,7 @@ pub fn render_structure(plan: &ServicePlan, chains: &BTreeSet<DynChain>) -> Stri
             maps::AFFINITY_IDS,
             "type ipv4_addr . inet_proto . inet_service : mark;",
         ),
-        (
-            maps::AFFINITY_TIMEOUTS,
-            "type mark : verdict;",
-        ),
+        (maps::AFFINITY_TIMEOUTS, "type mark : verdict;"),
         (
             maps::AFFINITY,
             "type ipv4_addr . mark : ipv4_addr . inet_service; size 4194304; flags dynamic,timeout; timeout 3h;",
@@ -1088,11 +1089,7 @@ pub fn render_structure(plan: &ServicePlan, chains: &BTreeSet<DynChain>) -> Stri
     for (name, body) in decls {
         let _ = writeln!(s, "add map {t} {name} {{ {body} }}");
     }
-    let _ = writeln!(
-        s,
-        "add set {t} {} {{ type ipv4_addr; }}",
-        maps::CLUSTER_IPS
-    );
+    let _ = writeln!(s, "add set {t} {} {{ type ipv4_addr; }}", maps::CLUSTER_IPS);
     let _ = writeln!(
         s,
         "add set {t} {} {{ type ipv4_addr . ipv4_addr; }}",
