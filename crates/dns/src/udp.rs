@@ -295,12 +295,11 @@ pub(crate) fn udp_loop(
                     b.outs[i] = out;
                     continue;
                 }
+                // Not stored: most negative names are one-offs (search-path expansions), and
+                // this path costs little more than a stored answer.
                 if let Some((q_end, edns)) = plain
                     && negative(&z, raw, q_end, edns, &mut out)
                 {
-                    if let Some(k) = key {
-                        cache.map.insert(k, out.clone().into_boxed_slice());
-                    }
                     b.outs[i] = out;
                     continue;
                 }
