@@ -158,7 +158,7 @@ run_perf() { # qfile
 }
 
 [ -s "$RESULTS" ] || printf 'server\tqueries\trep\tqps\tavg_lat_us\tlost\trcodes\tsrv_cpu%%\tqps_per_srv_cpu_s\tloadavg1\n' > "$RESULTS"
-start_line=$(wc -l < "$RESULTS")
+start_line=$(( $(wc -l < "$RESULTS") - 1 ))   # data rows before this run
 echo "# $(date -u +%FT%TZ) $(nproc) CPUs, $(uname -r), SECS=$SECS REPS=$REPS" >&2
 for rep in $(seq 1 "$REPS"); do
 for srv in "${servers[@]}"; do

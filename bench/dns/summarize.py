@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Markdown table from run.sh's TSV rows: per server and query file, the best and the median
-QPS and QPS per server CPU-second over the repetitions.  usage: summarize.py FILE [FIRST_ROW]"""
+QPS and QPS per server CPU-second over the repetitions.
+usage: summarize.py FILE [SKIP]   (SKIP: data rows of earlier runs to leave out)"""
 import statistics, sys
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])][1:]
 rows = rows[int(sys.argv[2]) if len(sys.argv) > 2 else 0:]
