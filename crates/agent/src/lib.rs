@@ -24,6 +24,7 @@
 //! netlink messages itself (that is `datapath`'s job).
 
 mod agent;
+mod batch;
 pub mod config;
 pub mod dataplane;
 mod kernel;

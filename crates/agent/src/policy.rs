@@ -11,12 +11,12 @@ pub mod nft;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use model::NetworkPolicy;
 use plan::policy::{Cluster, NamespaceInfo, PodInfo};
 use serde::{Deserialize, Serialize};
-use store::{KeyValue, Store, StoreError, WatchEvent, WatchReceiver};
+use store::{KeyValue, Store, StoreError, WatchEvent};
 use tokio::sync::Notify;
 use tokio::time::sleep;
 
@@ -29,11 +29,6 @@ pub const PODS_PREFIX: &str = "objects/pods/";
 pub const NAMESPACES_PREFIX: &str = "objects/namespaces/";
 pub const POLICIES_PREFIX: &str = "objects/networkpolicies/";
 const PREFIXES: [&str; 3] = [NAMESPACES_PREFIX, PODS_PREFIX, POLICIES_PREFIX];
-
-/// How long the task waits for more events before it applies a batch.
-const BATCH_WINDOW: Duration = Duration::from_millis(5);
-/// Wait before retrying a failed apply.
-const RETRY: Duration = Duration::from_secs(1);
 
 /// The kernel side of policy enforcement, implemented by `NetnsDataplane` and by tests' fakes.
 pub trait PolicyDataplane: Send + 'static {
@@ -306,7 +301,11 @@ pub async fn run<S: Store, P: PolicyDataplane>(
             report: &report,
         };
         let ok = ctx.apply_view(&view).await;
-        match ctx.follow(&mut view, ok, &mut watches).await {
+        let ended = match &mut watches[..] {
+            [wa, wb, wc] => crate::batch::follow(&mut ctx, &mut view, ok, [wa, wb, wc]).await,
+            _ => StoreError::Unavailable("policy watches not started".into()),
+        };
+        match ended {
             StoreError::Compacted { revision } => {
                 tracing::info!(revision, "policy watch fell behind compaction, re-listing");
             }
@@ -326,40 +325,19 @@ struct Ctx<'a, P: PolicyDataplane> {
     report: &'a PolicyReport,
 }
 
-impl<P: PolicyDataplane> Ctx<'_, P> {
-    /// Follows the watches until one ends; returns why. `ok`: whether the view is applied.
-    async fn follow(
-        &mut self,
-        view: &mut View,
-        ok: bool,
-        watches: &mut [WatchReceiver],
-    ) -> StoreError {
-        let [wn, wp, wq] = watches else {
-            return StoreError::Unavailable("policy watches not started".into());
-        };
-        // Some(delay): the view is not applied yet; apply it after the delay.
-        let mut pending = (!ok).then_some(RETRY);
-        loop {
-            let ev = tokio::select! {
-                ev = wn.recv() => ev,
-                ev = wp.recv() => ev,
-                ev = wq.recv() => ev,
-                () = sleep(pending.unwrap_or(BATCH_WINDOW)), if pending.is_some() => {
-                    pending = (!self.apply_view(view).await).then_some(RETRY);
-                    continue;
-                }
-            };
-            match ev {
-                Some(Ok(ev)) => {
-                    view.take_event(&ev);
-                    pending = Some(pending.unwrap_or(BATCH_WINDOW).min(BATCH_WINDOW));
-                }
-                Some(Err(e)) => return e,
-                None => return StoreError::Unavailable("watch closed".into()),
-            }
-        }
+impl<P: PolicyDataplane> crate::batch::Batcher for Ctx<'_, P> {
+    type View = View;
+
+    fn take(view: &mut View, ev: &WatchEvent) {
+        view.take_event(ev);
     }
 
+    async fn apply(&mut self, view: &View) -> bool {
+        self.apply_view(view).await
+    }
+}
+
+impl<P: PolicyDataplane> Ctx<'_, P> {
     /// Compiles the view and applies it; reports the outcome. Returns whether it applied.
     async fn apply_view(&mut self, view: &View) -> bool {
         let started = Instant::now();

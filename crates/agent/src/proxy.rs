@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use model::{EndpointSlice, Service};
@@ -16,7 +15,7 @@ use plan::services::{
     self as svc, Backend, DynChain, ElemOp, Frontend, NodeView, ServicePlan, compile, diff,
 };
 use serde::{Deserialize, Serialize};
-use store::{KeyValue, Store, StoreError, WatchEvent, WatchReceiver};
+use store::{KeyValue, Store, StoreError, WatchEvent};
 use tokio::sync::Notify;
 use tokio::time::sleep;
 
@@ -27,9 +26,6 @@ pub const SERVICES_PREFIX: &str = "objects/services/";
 pub const SLICES_PREFIX: &str = "objects/endpointslices/";
 /// Subnet leases: the nodes that share the LoadBalancer announcements.
 pub const LEASES_PREFIX: &str = store::keys::SUBNETS;
-
-/// How long the proxy waits for more events before it applies a batch.
-const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
 /// The kernel side of the proxy, implemented by `NetnsDataplane` and by tests' fakes.
 pub trait ProxyDataplane: Send + 'static {
@@ -359,7 +355,8 @@ pub async fn run<S: Store, P: ProxyDataplane>(
             report: &report,
         };
         let ok = ctx.apply_view(&view).await;
-        let ended = ctx.follow(&mut view, ok, [&mut wa, &mut wb, &mut wc]).await;
+        let ended =
+            crate::batch::follow(&mut ctx, &mut view, ok, [&mut wa, &mut wb, &mut wc]).await;
         match ended {
             StoreError::Compacted { revision } => {
                 tracing::info!(revision, "service watch fell behind compaction, re-listing");
@@ -381,40 +378,19 @@ struct Ctx<'a, P: ProxyDataplane> {
     report: &'a ProxyReport,
 }
 
-/// Wait before retrying a failed apply.
-const RETRY: Duration = Duration::from_secs(1);
+impl<P: ProxyDataplane> crate::batch::Batcher for Ctx<'_, P> {
+    type View = View;
 
-impl<P: ProxyDataplane> Ctx<'_, P> {
-    /// Follows both watches until one ends; returns why. `ok`: whether the view is applied.
-    async fn follow(
-        &mut self,
-        view: &mut View,
-        ok: bool,
-        [wa, wb, wc]: [&mut WatchReceiver; 3],
-    ) -> StoreError {
-        // Some(delay): the view is not applied yet; apply it after the delay.
-        let mut pending = (!ok).then_some(RETRY);
-        loop {
-            let ev = tokio::select! {
-                ev = wa.recv() => ev,
-                ev = wb.recv() => ev,
-                ev = wc.recv() => ev,
-                () = sleep(pending.unwrap_or(BATCH_WINDOW)), if pending.is_some() => {
-                    pending = (!self.apply_view(view).await).then_some(RETRY);
-                    continue;
-                }
-            };
-            match ev {
-                Some(Ok(ev)) => {
-                    view.take_event(&ev);
-                    pending = Some(pending.unwrap_or(BATCH_WINDOW).min(BATCH_WINDOW));
-                }
-                Some(Err(e)) => return e,
-                None => return StoreError::Unavailable("watch closed".into()),
-            }
-        }
+    fn take(view: &mut View, ev: &WatchEvent) {
+        view.take_event(ev);
     }
 
+    async fn apply(&mut self, view: &View) -> bool {
+        self.apply_view(view).await
+    }
+}
+
+impl<P: ProxyDataplane> Ctx<'_, P> {
     /// Compiles the view and applies it; reports the outcome. Returns whether it applied.
     async fn apply_view(&mut self, view: &View) -> bool {
         let plan = view.compile(self.node);
