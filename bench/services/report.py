@@ -97,23 +97,23 @@ def main():
         for r in pick("flatnet", n):
             flat_full.setdefault(n, []).append(r["full"]["total_ms"])
         base = med(flat_full[n]) if n in flat_full else None
-        for bench in ("flatnet", "flatnet-nosize", "ipt-legacy", "ipt-nft", "nft"):
+        for bench in ("flatnet", "ipt-legacy", "ipt-nft", "nft"):
             rs = pick(bench, n)
             if not rs:
                 continue
             if bench.startswith("flatnet"):
                 vals = [r["full"]["total_ms"] for r in rs]
                 c = rs[0]["full"]["apply_calls"]
-                what = ("compile %s + apply %s (nft -f structure %s, element batch of %d ops %s, "
+                what = ("decode + compile %s + apply %s (nft -f structure %s, element batch of %d ops %s, "
                         "nft -j list chains %s); machine's VmallocUsed %+.0f MiB"
-                        % (f(med([r["full"]["clone_ms"] + r["full"]["compile_ms"] for r in rs])),
+                        % (f(med([r["full"]["take_ms"] + r["full"]["compile_ms"] + r["full"]["diff_ms"] for r in rs])),
                            f(med([r["full"]["apply_ms"] for r in rs])),
                            f(med([r["full"]["apply_calls"]["nft_script"]["ms"] for r in rs])),
                            c["nft_elements"]["size"],
                            f(med([r["full"]["apply_calls"]["nft_elements"]["ms"] for r in rs])),
                            f(med([r["full"]["apply_calls"]["nft_chains"]["ms"] for r in rs])),
                            med([r["full"]["kernel_mem_delta_mib"]["VmallocUsed"] for r in rs])))
-                label = "flatnet" if bench == "flatnet" else "flatnet, map `size` hints removed (experiment)"
+                label = "flatnet"
             else:
                 done = [r for r in rs if r["steps"].get("full", {}).get("rc") == 0]
                 vals = [r["steps"]["full"]["ms"] for r in done]
@@ -153,11 +153,12 @@ def main():
         dp = [x for r in fl for x in r["change"]["samples"]["dataplane_ms"]]
         base = med(tot) if tot else None
         if fl:
-            comp = [r["change"]["compile_ms"]["median"] + r["change"]["clone_ms"]["median"] for r in fl]
-            p("| %d | **flatnet, as the agent does it**: clone view + compile all N + diff + apply | %d | %s | 1 |"
+            comp = [r["change"]["take_ms"]["median"] + r["change"]["compile_ms"]["median"]
+                    + r["change"]["diff_ms"]["median"] for r in fl]
+            p("| %d | **flatnet, as the agent does it**: decode the slice + recompile its service + diff + apply | %d | %s | 1 |"
               % (n, len(tot), spread(tot)))
-            p("| %d | flatnet: of that, compile (clone + compile, median) | | %s | |" % (n, f(med(comp))))
-            p("| %d | flatnet: of that, `Applier::apply` (diff + netlink batch) | %d | %s | %s |"
+            p("| %d | flatnet: of that, user space (decode + recompile + diff, medians summed) | | %s | |" % (n, f(med(comp))))
+            p("| %d | flatnet: of that, `Work::run` (netlink batch and cleanups) | %d | %s | %s |"
               % (n, len(app), spread(app), ratio(med(app), base)))
             p("| %d | flatnet: of that, the netlink batch alone (%s element ops, median) | %d | %s | %s |"
               % (n, f(med([r["change"]["element_ops"]["median"] for r in fl])), len(dp), spread(dp),
@@ -169,12 +170,6 @@ def main():
                   % (n, len(sc), spread(sc), ratio(med(sc), base)))
                 p("| %d | flatnet: of that, dataplane (`nft -f` + batch) | %d | %s | %s |"
                   % (n, len(scd), spread(scd), ratio(med(scd), base)))
-        ns = pick("flatnet-nosize", n)
-        if ns:
-            t2 = [x for r in ns for x in r["change"]["samples"]["total_ms"]]
-            d2 = [x for r in ns for x in r["change"]["samples"]["dataplane_ms"]]
-            p("| %d | flatnet, size hints removed (experiment): agent path / netlink batch | %d | %s / %s (medians) | %s |"
-              % (n, len(t2), f(med(t2)), f(med(d2)), ratio(med(t2), base)))
         for bench, label in (("ipt-legacy", "kube-proxy iptables-legacy: KEP-3453 partial restore"),
                              ("ipt-nft", "kube-proxy iptables-nft: KEP-3453 partial restore")):
             rs = pick(bench, n)
@@ -210,17 +205,17 @@ def main():
                 p("| %d | kube-proxy nftables | 0 | not measured: %s | – |" % (n, rs[0]["problem"]))
     p()
 
-    p("Memory of the proxy_sync process (VmRSS MiB: at start / with the N services and slices "
-      "parsed as the agent holds them / after the first compile / at the end): " + "; ".join(
+    p("Memory of the proxy_sync process (VmRSS MiB: at start / with the N services loaded into "
+      "the compiler and applied / at the end): " + "; ".join(
           "%s N=%d: %s" % (r["bench"], r["services"], " / ".join(
-              str(r["rss_mib"][k]) for k in ("start", "view", "after_compile", "end")))
+              str(r["rss_mib"][k]) for k in ("start", "loaded", "end")))
           for r in rows if r["bench"].startswith("flatnet") and "rss_mib" in r))
     p()
 
     # ------------------------------------------------------------------ restart
     p("#### flatnet restart (a fresh applier over the loaded table: flush + reload of every element in one batch)")
     p()
-    p("| N | total (median) | compile | `nft -f` structure | element batch (flush + add) | `nft -j list chains` |")
+    p("| N | total (median) | decode + compile | `nft -f` structure | element batch (flush + add) | `nft -j list chains` |")
     p("|---|---:|---:|---:|---:|---:|")
     for n in sizes:
         fl = pick("flatnet", n)
@@ -228,7 +223,7 @@ def main():
             g = lambda k: med([r["restart"]["apply_calls"][k]["ms"] for r in fl])
             p("| %d | %s | %s | %s | %s | %s |" % (
                 n, f(med([r["restart"]["total_ms"] for r in fl])),
-                f(med([r["restart"]["clone_ms"] + r["restart"]["compile_ms"] for r in fl])),
+                f(med([r["restart"]["take_ms"] + r["restart"]["compile_ms"] + r["restart"]["diff_ms"] for r in fl])),
                 f(g("nft_script")), f(g("nft_elements")), f(g("nft_chains"))))
     p()
     p("Verification against the kernel after the changes:")

@@ -12,7 +12,7 @@
 #
 #   sudo bench/services/run.sh
 #   SIZES="1000 10000" M=10 K=20 SCALE=4 KP_CHANGES=5 REPS=1 KP_TIMEOUT=400 IPT_NFT_TIMEOUT=300
-#   BACKENDS="flatnet flatnet-nosize ipt-legacy ipt-nft nft" RSS_N=10000 THROUGHPUT=1
+#   BACKENDS="flatnet ipt-legacy ipt-nft nft" RSS_N=10000 THROUGHPUT=1
 #   TPUT_REPS=5 TPUT_SECS=5 (defaults)
 #
 # Needs root, the release build (`cargo build --release -p flatnet -p flatnet-cni` and
@@ -32,7 +32,7 @@ KP_CHANGES=${KP_CHANGES:-5}
 REPS=${REPS:-1}
 KP_TIMEOUT=${KP_TIMEOUT:-400}
 IPT_NFT_TIMEOUT=${IPT_NFT_TIMEOUT:-300}
-BACKENDS=${BACKENDS:-"flatnet flatnet-nosize ipt-legacy ipt-nft nft"}
+BACKENDS=${BACKENDS:-"flatnet ipt-legacy ipt-nft nft"}
 RSS_N=${RSS_N:-10000}
 THROUGHPUT=${THROUGHPUT:-1}
 TPUT_REPS=${TPUT_REPS:-5}
@@ -109,11 +109,9 @@ for n in $SIZES; do
       load=$(loadavg)
       say "N=$n rep $rep/$REPS: $b in $ns (load $load)"
       case $b in
-        flatnet|flatnet-nosize)
-          strip=0; [ "$b" = flatnet-nosize ] && strip=1
+        flatnet)
           "$tmp/bin/proxy_sync" --netns "/run/netns/$ns" --services "$n" --endpoints "$M" \
-            --changes "$K" --scale-changes "$SCALE" --seed "$rep" --strip-map-sizes $strip \
-            >"$tmp/one.json"
+            --changes "$K" --scale-changes "$SCALE" --seed "$rep" >"$tmp/one.json"
           ;;
         ipt-legacy|ipt-nft|nft)
           t=$KP_TIMEOUT; [ "$b" = ipt-nft ] && t=$IPT_NFT_TIMEOUT

@@ -5,30 +5,26 @@
 //!            [--scale-changes S] [--seed X] [--strip-map-sizes 0|1]
 //! ```
 //!
-//! In the given (fresh, empty) namespace, with the agent's own code path ([`Applier`] over
-//! [`NetnsDataplane`]):
-//! 1. full sync: compile N synthetic ClusterIP services with M ready endpoints each, apply
-//!    (`nft -f` of the structure, one netlink batch of every element, `nft -j list chains`);
-//! 2. restart sync: a fresh [`Applier`] applies the same plan again over the loaded table (what
-//!    a restarted agent does: flush and reload the maps in one batch);
+//! In the given (fresh, empty) namespace, with the agent's own code path (a [`Compiler`] fed
+//! decoded objects, [`Applier`] over [`NetnsDataplane`]):
+//! 1. full sync: decode N synthetic ClusterIP services with M ready endpoints each into the
+//!    compiler, compile, apply (`nft -f` of the structure, one netlink batch of every element,
+//!    `nft -j list chains`);
+//! 2. restart sync: a fresh compiler and [`Applier`] load the same objects again over the
+//!    loaded table (what a restarted agent does: flush and reload the maps in one batch);
 //! 3. K changes: one endpoint of a random service gets a new address; each is timed as the
-//!    agent does it (clone the view, compile all N services, apply the diff), with the diff and
-//!    the apply also timed alone;
+//!    agent does it (decode the changed slice into the compiler, recompile what changed, diff,
+//!    apply), each step also alone;
 //! 4. S scale changes: a random service gains an (M+1)-th endpoint, then loses it again, which
 //!    makes the proxy create and later delete the `lb-(M+1)` chain (an `nft -f` each time);
 //! 5. verification against the kernel: the `backends` map holds N*M elements, `services` N,
 //!    the last new address is in place and the one it replaced is gone.
-//!
-//! `--strip-map-sizes 1` is an experiment, not the agent's behaviour: the `size N;` hints of
-//! the static sets and maps are removed from the structure scripts before `nft` sees them, to
-//! measure what they cost (with a size, the kernel preallocates a fixed hash table for it).
 //!
 //! Prints one JSON line (times in milliseconds) on stdout; progress on stderr. The namespace
 //! is made and removed by the caller.
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -38,16 +34,13 @@ use agent::proxy::{Applier, ProxyDataplane};
 use common::{Opts, Rng, summary};
 use datapath::nft::{Data, Field, FieldKind, Nft};
 use model::{EndpointSlice, Service};
-use plan::services::{self as svc, Backend, ElemOp, Frontend, NodeView, compile, diff};
+use plan::services::{self as svc, Backend, Compiler, ElemOp, Frontend, NodeView};
 use serde_json::{Value, json};
 
 /// A [`ProxyDataplane`] that times every call of the one it wraps.
 struct Timed<D> {
     inner: D,
     calls: Vec<Call>,
-    /// Experiment (`--strip-map-sizes 1`): drop the `size N;` hints from structure scripts
-    /// before they reach `nft`, to measure what they cost. Not what the agent runs.
-    strip_sizes: bool,
 }
 
 struct Call {
@@ -96,10 +89,6 @@ impl<D: ProxyDataplane> Timed<D> {
 
 impl<D: ProxyDataplane> ProxyDataplane for Timed<D> {
     fn nft_script(&mut self, script: &str) -> Result<(), String> {
-        if self.strip_sizes {
-            let stripped = strip_size_hints(script);
-            return self.time("nft_script", stripped.len(), |d| d.nft_script(&stripped));
-        }
         self.time("nft_script", script.len(), |d| d.nft_script(script))
     }
 
@@ -127,36 +116,6 @@ impl<D: ProxyDataplane> ProxyDataplane for Timed<D> {
     ) -> Result<(), String> {
         self.inner.announce(dev, pool, ips)
     }
-}
-
-/// `script` without ` size N;` in set and map declarations, except in dynamic sets (which
-/// the packet path fills: the kernel needs their size as the element limit, and they use a
-/// resizable hash anyway).
-fn strip_size_hints(script: &str) -> String {
-    script
-        .lines()
-        .map(|line| {
-            if line.contains("dynamic") {
-                return format!("{line}\n");
-            }
-            let mut out = String::with_capacity(line.len());
-            let mut rest = line;
-            while let Some(at) = rest.find(" size ") {
-                let after = &rest[at + " size ".len()..];
-                let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-                if digits > 0 && after[digits..].starts_with(';') {
-                    out.push_str(&rest[..at]);
-                    rest = &after[digits + 1..];
-                } else {
-                    out.push_str(&rest[..at + 1]);
-                    rest = &rest[at + 1..];
-                }
-            }
-            out.push_str(rest);
-            out.push('\n');
-            out
-        })
-        .collect()
 }
 
 fn rounded(v: &[f64]) -> Vec<f64> {
@@ -196,55 +155,42 @@ fn round(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// The objects the proxy compiles from, keyed as the agent's view keys them.
-struct View {
-    services: BTreeMap<String, Service>,
-    slices: BTreeMap<String, EndpointSlice>,
-    /// Current endpoint addresses per service.
+/// The synthetic cluster: the endpoint addresses of every service.
+struct Cluster {
     ips: Vec<Vec<Ipv4Addr>>,
 }
 
-impl View {
-    fn new(n: usize, m: usize) -> Result<View, String> {
-        let mut v = View {
-            services: BTreeMap::new(),
-            slices: BTreeMap::new(),
-            ips: Vec::with_capacity(n),
-        };
-        for i in 0..n {
-            let s: Service = serde_json::from_value(common::service_json(i))
-                .map_err(|e| format!("synthetic service {i}: {e}"))?;
-            v.services.insert(common::service_name(i), s);
-            v.ips.push(common::initial_ips(i, m));
-            v.set_slice(i)?;
+impl Cluster {
+    fn new(n: usize, m: usize) -> Cluster {
+        Cluster {
+            ips: (0..n).map(|i| common::initial_ips(i, m)).collect(),
         }
-        Ok(v)
     }
 
-    fn set_slice(&mut self, i: usize) -> Result<(), String> {
-        let s: EndpointSlice = serde_json::from_value(common::slice_json(i, &self.ips[i]))
-            .map_err(|e| format!("synthetic endpointslice {i}: {e}"))?;
-        self.slices.insert(common::slice_name(i), s);
+    /// Decodes every Service and EndpointSlice into `c`, as the agent takes a listing.
+    fn load(&self, c: &mut Compiler) -> Result<(), String> {
+        for i in 0..self.ips.len() {
+            let s: Service = serde_json::from_value(common::service_json(i))
+                .map_err(|e| format!("synthetic service {i}: {e}"))?;
+            c.upsert_service(&s);
+            self.take_slice(c, i)?;
+        }
         Ok(())
     }
 
-    /// What `agent::proxy` does per apply: clone the view out of its maps, then compile.
-    /// Returns the plan and the two times.
-    fn compile(&self, node: &NodeView) -> (svc::ServicePlan, f64, f64) {
-        let t = Instant::now();
-        let services: Vec<Service> = self.services.values().cloned().collect();
-        let slices: Vec<EndpointSlice> = self.slices.values().cloned().collect();
-        let clone_ms = ms(t);
-        let t = Instant::now();
-        let plan = compile(node, &services, &slices);
-        (plan, clone_ms, ms(t))
+    /// Decodes the EndpointSlice of service `i` into `c`, as the agent takes a watch event.
+    fn take_slice(&self, c: &mut Compiler, i: usize) -> Result<(), String> {
+        let s: EndpointSlice = serde_json::from_value(common::slice_json(i, &self.ips[i]))
+            .map_err(|e| format!("synthetic endpointslice {i}: {e}"))?;
+        c.upsert_slice(&s);
+        Ok(())
     }
 }
 
 /// Samples of one kind of change.
 #[derive(Default)]
 struct Samples {
-    clone: Vec<f64>,
+    take: Vec<f64>,
     compile: Vec<f64>,
     diff: Vec<f64>,
     apply: Vec<f64>,
@@ -259,7 +205,7 @@ impl Samples {
     fn report(&self) -> Value {
         json!({
             "total_ms": summary(&self.total),
-            "clone_ms": summary(&self.clone),
+            "take_ms": summary(&self.take),
             "compile_ms": summary(&self.compile),
             "diff_ms": summary(&self.diff),
             "apply_ms": summary(&self.apply),
@@ -273,34 +219,67 @@ impl Samples {
 }
 
 struct Bench {
-    node: NodeView,
-    view: View,
+    cluster: Cluster,
+    compiler: Compiler,
     dp: Timed<NetnsDataplane>,
     applier: Applier,
 }
 
 impl Bench {
-    /// Compiles the view and applies it as the agent would; records one sample.
-    fn change(&mut self, out: &mut Samples) -> Result<(), String> {
-        let (plan, clone_ms, compile_ms) = self.view.compile(&self.node);
-        // The diff alone, outside the timed apply (which diffs again inside).
-        let old = self
-            .applier
-            .applied()
-            .ok_or("no plan applied before a change")?;
+    /// Loads every object into the (fresh) compiler and applies it: a full sync.
+    fn sync(&mut self) -> Result<Value, String> {
         let t = Instant::now();
-        let d = diff(old, &plan);
+        self.cluster.load(&mut self.compiler)?;
+        let take_ms = ms(t);
+        let t = Instant::now();
+        self.compiler.update();
+        let compile_ms = ms(t);
+        let t = Instant::now();
+        let work = self.applier.prepare(&mut self.compiler);
         let diff_ms = ms(t);
+        let elements = work.element_ops();
+        let (vmalloc0, slab0) = kernel_mem();
         let t = Instant::now();
-        self.applier.apply(&mut self.dp, plan)?;
+        let result = work.run(&mut self.dp);
+        self.applier.finish(&result);
+        result?;
         let apply_ms = ms(t);
-        out.clone.push(clone_ms);
+        let (vmalloc1, slab1) = kernel_mem();
+        let mib = |kib: i64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
+        Ok(json!({
+            "total_ms": round(take_ms + compile_ms + diff_ms + apply_ms),
+            "take_ms": round(take_ms), "compile_ms": round(compile_ms),
+            "diff_ms": round(diff_ms), "apply_ms": round(apply_ms),
+            "elements": elements, "apply_calls": self.dp.take(),
+            "kernel_mem_delta_mib": {"VmallocUsed": mib(vmalloc1 - vmalloc0),
+                                     "SUnreclaim": mib(slab1 - slab0)},
+        }))
+    }
+
+    /// Takes the slice of service `i` and applies it as the agent would; records one sample.
+    fn change(&mut self, i: usize, out: &mut Samples) -> Result<(), String> {
+        let t = Instant::now();
+        self.cluster.take_slice(&mut self.compiler, i)?;
+        let take_ms = ms(t);
+        let t = Instant::now();
+        self.compiler.update();
+        let compile_ms = ms(t);
+        let t = Instant::now();
+        let work = self.applier.prepare(&mut self.compiler);
+        let diff_ms = ms(t);
+        let ops = work.element_ops();
+        let t = Instant::now();
+        let result = work.run(&mut self.dp);
+        self.applier.finish(&result);
+        result?;
+        let apply_ms = ms(t);
+        out.take.push(take_ms);
         out.compile.push(compile_ms);
         out.diff.push(diff_ms);
         out.apply.push(apply_ms);
         out.dataplane.push(self.dp.spent());
-        out.total.push(clone_ms + compile_ms + apply_ms);
-        out.ops.push(d.ops.len() as f64);
+        out.total.push(take_ms + compile_ms + diff_ms + apply_ms);
+        out.ops.push(ops as f64);
         out.breakdown.push(self.dp.take());
         Ok(())
     }
@@ -314,7 +293,6 @@ fn run() -> Result<Value, String> {
         "changes",
         "scale-changes",
         "seed",
-        "strip-map-sizes",
     ])?;
     let netns = PathBuf::from(opts.required("netns")?);
     let n: usize = opts.number("services", 0)?;
@@ -322,11 +300,6 @@ fn run() -> Result<Value, String> {
     let k: usize = opts.number("changes", 20)?;
     let scale: usize = opts.number("scale-changes", 4)?;
     let seed: u64 = opts.number("seed", 1)?;
-    let strip_sizes = match opts.get("strip-map-sizes").unwrap_or("0") {
-        "0" => false,
-        "1" => true,
-        v => return Err(format!("option --strip-map-sizes: {v:?} is not 0 or 1")),
-    };
     if n == 0 || n > common::MAX_SERVICES {
         return Err(format!(
             "option --services: {n} is out of range 1..={}",
@@ -352,63 +325,39 @@ fn run() -> Result<Value, String> {
 
     eprintln!("proxy_sync: building {n} services x {m} endpoints");
     let rss_start = rss_mib();
-    let t = Instant::now();
-    let view = View::new(n, m)?;
-    let setup_ms = ms(t);
-    let rss_view = rss_mib();
+    let cluster = Cluster::new(n, m);
     let dp = NetnsDataplane::open(Some(&netns))
         .map_err(|e| format!("open namespace {}: {e}", netns.display()))?;
     let mut b = Bench {
-        node,
-        view,
+        cluster,
+        compiler: Compiler::new(node.clone()),
         dp: Timed {
             inner: dp,
             calls: Vec::new(),
-            strip_sizes,
         },
         applier: Applier::default(),
     };
 
     // 1. Full sync into an empty namespace.
     eprintln!("proxy_sync: full sync");
-    let (plan, clone_ms, compile_ms) = b.view.compile(&b.node);
-    let (n_services, n_backends) = (plan.services.len(), plan.backends.len());
+    let full = b.sync()?;
+    let (n_services, n_backends) = (
+        b.compiler.plan().services.len(),
+        b.compiler.plan().backends.len(),
+    );
     if n_services != n || n_backends != n * m {
         return Err(format!(
             "compiled {n_services} services and {n_backends} backends, expected {n} and {}",
             n * m
         ));
     }
-    let elements = plan.all_ops().len();
-    let rss_plan = rss_mib();
-    let (vmalloc0, slab0) = kernel_mem();
-    let t = Instant::now();
-    b.applier.apply(&mut b.dp, plan)?;
-    let apply_ms = ms(t);
-    let (vmalloc1, slab1) = kernel_mem();
-    let rss_applied = rss_mib();
-    let mib = |kib: i64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
-    let full = json!({
-        "total_ms": round(clone_ms + compile_ms + apply_ms),
-        "clone_ms": round(clone_ms), "compile_ms": round(compile_ms), "apply_ms": round(apply_ms),
-        "elements": elements, "apply_calls": b.dp.take(),
-        "kernel_mem_delta_mib": {"VmallocUsed": mib(vmalloc1 - vmalloc0),
-                                 "SUnreclaim": mib(slab1 - slab0)},
-    });
+    let rss_loaded = rss_mib();
 
-    // 2. Restart: a new applier reloads everything over the loaded table.
+    // 2. Restart: a new compiler and applier reload everything over the loaded table.
     eprintln!("proxy_sync: restart sync");
-    let (plan, clone_ms, compile_ms) = b.view.compile(&b.node);
-    let mut restarted = Applier::default();
-    let t = Instant::now();
-    restarted.apply(&mut b.dp, plan)?;
-    let apply_ms = ms(t);
-    b.applier = restarted;
-    let restart = json!({
-        "total_ms": round(clone_ms + compile_ms + apply_ms),
-        "clone_ms": round(clone_ms), "compile_ms": round(compile_ms), "apply_ms": round(apply_ms),
-        "apply_calls": b.dp.take(),
-    });
+    b.compiler = Compiler::new(node);
+    b.applier = Applier::default();
+    let restart = b.sync()?;
 
     // 3. One endpoint replaced, K times.
     eprintln!("proxy_sync: {k} endpoint changes");
@@ -420,9 +369,8 @@ fn run() -> Result<Value, String> {
         let (s, j) = (rng.below(n), rng.below(m));
         let new_ip = common::fresh_ip(fresh);
         fresh += 1;
-        let old_ip = std::mem::replace(&mut b.view.ips[s][j], new_ip);
-        b.view.set_slice(s)?;
-        b.change(&mut changes)?;
+        let old_ip = std::mem::replace(&mut b.cluster.ips[s][j], new_ip);
+        b.change(s, &mut changes)?;
         last = Some((s, old_ip, new_ip));
     }
 
@@ -432,22 +380,18 @@ fn run() -> Result<Value, String> {
     let mut adds = 0usize;
     for step in 0..scale {
         if step % 2 == 0 {
-            let s = rng.below(n);
-            b.view.ips[s].push(common::fresh_ip(fresh));
+            adds = rng.below(n);
+            b.cluster.ips[adds].push(common::fresh_ip(fresh));
             fresh += 1;
-            b.view.set_slice(s)?;
-            adds = s;
         } else {
-            b.view.ips[adds].pop();
-            b.view.set_slice(adds)?;
+            b.cluster.ips[adds].pop();
         }
-        b.change(&mut scaled)?;
+        b.change(adds, &mut scaled)?;
     }
     if scale % 2 == 1 {
         // Leave every service with m endpoints for the verification.
-        b.view.ips[adds].pop();
-        b.view.set_slice(adds)?;
-        b.change(&mut Samples::default())?;
+        b.cluster.ips[adds].pop();
+        b.change(adds, &mut Samples::default())?;
     }
 
     // 5. What the kernel holds.
@@ -456,13 +400,9 @@ fn run() -> Result<Value, String> {
 
     Ok(json!({
         "services": n, "endpoints": m, "changes": k, "scale_changes": scale, "seed": seed,
-        "strip_map_sizes": strip_sizes,
-        "setup_ms": round(setup_ms),
-        // This process's VmRSS: at start; with the N services and slices parsed (the agent's
-        // view); after the first compile (the plan, plus whatever the allocator kept of the
-        // view's clone that compiling made and dropped); after the full apply; at the end.
-        "rss_mib": {"start": rss_start, "view": rss_view, "after_compile": rss_plan,
-                    "applied": rss_applied, "end": rss_mib()},
+        // This process's VmRSS: at start; with the N services loaded into the compiler and
+        // applied; at the end (after the restart's second compiler replaced the first).
+        "rss_mib": {"start": rss_start, "loaded": rss_loaded, "end": rss_mib()},
         "full": full, "restart": restart,
         "change": changes.report(), "scale": scaled.report(),
         "verified": verified,

@@ -19,7 +19,7 @@ pub(crate) trait Batcher {
     /// Takes one event into the view.
     fn take(view: &mut Self::View, ev: &WatchEvent);
     /// Applies the view; whether it applied.
-    fn apply(&mut self, view: &Self::View) -> impl Future<Output = bool>;
+    fn apply(&mut self, view: &mut Self::View) -> impl Future<Output = bool>;
 }
 
 /// Follows the three watches until one ends; returns why. `ok`: whether `view` is applied.

@@ -332,7 +332,7 @@ impl<P: PolicyDataplane> crate::batch::Batcher for Ctx<'_, P> {
         view.take_event(ev);
     }
 
-    async fn apply(&mut self, view: &View) -> bool {
+    async fn apply(&mut self, view: &mut View) -> bool {
         self.apply_view(view).await
     }
 }

@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use ipnet::Ipv4Net;
 use model::{EndpointSlice, Service};
-use plan::services::{
-    self as svc, Backend, DynChain, ElemOp, Frontend, NodeView, ServicePlan, compile, diff,
-};
+use plan::services::{self as svc, Backend, Compiler, DynChain, ElemOp, Frontend, NodeView};
 use serde::{Deserialize, Serialize};
 use store::{KeyValue, Store, StoreError, WatchEvent};
 use tokio::sync::Notify;
@@ -91,11 +89,10 @@ impl ProxyReport {
     }
 }
 
-/// The objects the proxy compiles from, by store key.
-#[derive(Default)]
+/// What the proxy compiles from: the incremental compiler (which keeps Services and
+/// EndpointSlices in compact form) and the nodes holding leases.
 struct View {
-    services: BTreeMap<String, Service>,
-    slices: BTreeMap<String, EndpointSlice>,
+    compiler: Compiler,
     /// Lease key -> node name.
     nodes: BTreeMap<String, String>,
     /// Newest revision seen in a listing or an event.
@@ -103,41 +100,53 @@ struct View {
 }
 
 impl View {
+    fn new(node: &NodeView) -> View {
+        View {
+            compiler: Compiler::new(node.clone()),
+            nodes: BTreeMap::new(),
+            revision: 0,
+        }
+    }
+
     fn take(&mut self, kv: &KeyValue) {
-        if kv.key.starts_with(SERVICES_PREFIX) {
+        if let Some(id) = kv.key.strip_prefix(SERVICES_PREFIX) {
             match kv.decode::<Service>() {
                 Ok(mut s) => {
                     fill_namespace(&kv.key, SERVICES_PREFIX, &mut s.metadata);
-                    self.services.insert(kv.key.clone(), s);
+                    self.compiler.upsert_service(&s);
                 }
                 Err(e) => {
                     tracing::warn!(key = %kv.key, error = %e, "service ignored");
-                    self.services.remove(&kv.key);
+                    if let Some((ns, name)) = id.split_once('/') {
+                        self.compiler.remove_service(ns, name);
+                    }
                 }
             }
         } else if kv.key.starts_with(LEASES_PREFIX) {
-            match kv.decode::<serde_json::Value>() {
-                Ok(v) => match v.get("node").and_then(serde_json::Value::as_str) {
-                    Some(n) => {
-                        self.nodes.insert(kv.key.clone(), n.to_string());
-                    }
-                    None => {
-                        self.nodes.remove(&kv.key);
-                    }
-                },
-                Err(_) => {
+            let node = kv
+                .decode::<serde_json::Value>()
+                .ok()
+                .and_then(|v| v.get("node")?.as_str().map(str::to_string));
+            match node {
+                Some(n) => {
+                    self.nodes.insert(kv.key.clone(), n);
+                }
+                None => {
                     self.nodes.remove(&kv.key);
                 }
             }
-        } else if kv.key.starts_with(SLICES_PREFIX) {
+            self.compiler.set_nodes(self.nodes.values().cloned());
+        } else if let Some(id) = kv.key.strip_prefix(SLICES_PREFIX) {
             match kv.decode::<EndpointSlice>() {
                 Ok(mut s) => {
                     fill_namespace(&kv.key, SLICES_PREFIX, &mut s.metadata);
-                    self.slices.insert(kv.key.clone(), s);
+                    self.compiler.upsert_slice(&s);
                 }
                 Err(e) => {
                     tracing::warn!(key = %kv.key, error = %e, "endpointslice ignored");
-                    self.slices.remove(&kv.key);
+                    if let Some((ns, name)) = id.split_once('/') {
+                        self.compiler.remove_slice(ns, name);
+                    }
                 }
             }
         }
@@ -148,23 +157,21 @@ impl View {
         match ev {
             WatchEvent::Put(kv) => self.take(kv),
             WatchEvent::Delete { key, .. } => {
-                self.services.remove(key);
-                self.slices.remove(key);
-                self.nodes.remove(key);
+                if let Some((ns, name)) = key
+                    .strip_prefix(SERVICES_PREFIX)
+                    .and_then(|id| id.split_once('/'))
+                {
+                    self.compiler.remove_service(ns, name);
+                } else if let Some((ns, name)) = key
+                    .strip_prefix(SLICES_PREFIX)
+                    .and_then(|id| id.split_once('/'))
+                {
+                    self.compiler.remove_slice(ns, name);
+                } else if self.nodes.remove(key).is_some() {
+                    self.compiler.set_nodes(self.nodes.values().cloned());
+                }
             }
         }
-    }
-
-    fn compile(&self, node: &NodeView) -> ServicePlan {
-        let mut node = node.clone();
-        node.nodes = self
-            .nodes
-            .values()
-            .cloned()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        compile(&node, self.services.values(), self.slices.values())
     }
 }
 
@@ -191,112 +198,152 @@ pub struct ProxyConfig {
     pub lb_pool: Option<Ipv4Net>,
 }
 
-/// Remembers what the kernel holds and turns the next plan into the fewest changes.
+/// Brings the kernel to the compiler's plan: the whole plan after a start or a failure, the
+/// compiler's diff otherwise.
 #[derive(Debug, Default)]
 pub struct Applier {
-    /// What the kernel holds, if known (None: reload everything at the next apply).
-    applied: Option<ServicePlan>,
+    /// Whether the kernel holds the plan as of the last apply (false: reload everything).
+    synced: bool,
     /// The underlay device and the LoadBalancer pool, when LoadBalancer IPs are announced.
     pub announcer: Option<(String, Ipv4Net)>,
 }
 
+/// The kernel work of one apply, planned from the compiler by [`Applier::prepare`].
+#[derive(Debug, Default)]
+pub struct Work {
+    /// The first apply, or the one after a failure: flush the maps and load every element.
+    full: bool,
+    /// `nft -f` script of the table and its chains, when they must be (re)declared.
+    structure: Option<String>,
+    ops: Vec<ElemOp>,
+    /// Full loads: every dynamic chain the plan uses (others left by an earlier run go).
+    wanted: BTreeSet<String>,
+    delete_chains: Vec<String>,
+    stale_udp: Vec<(Frontend, Ipv4Addr)>,
+    revived_udp: Vec<Frontend>,
+    affinity_gc: Vec<(u32, Vec<Backend>)>,
+    /// Device, pool and the LoadBalancer IPs to hold, when they may have changed.
+    announce: Option<(String, Ipv4Net, BTreeSet<Ipv4Addr>)>,
+}
+
 impl Applier {
-    pub fn applied(&self) -> Option<&ServicePlan> {
-        self.applied.as_ref()
+    /// Recompiles what changed in `c` and plans the kernel work that brings the kernel to its
+    /// plan. Pure; hand the result to [`Work::run`] and its outcome to [`finish`](Self::finish).
+    pub fn prepare(&mut self, c: &mut Compiler) -> Work {
+        c.update();
+        let d = c.take_diff();
+        let full = !self.synced;
+        self.synced = false;
+        let plan = c.plan();
+        let announce = self
+            .announcer
+            .as_ref()
+            .filter(|_| full || d.announce_changed)
+            .map(|(dev, pool)| (dev.clone(), *pool, plan.announce.clone()));
+        let structure = (full || d.structure_changed || !d.add_chains.is_empty())
+            .then(|| svc::render_structure(plan, c.chains()));
+        if full {
+            return Work {
+                full,
+                structure,
+                ops: plan.all_ops(),
+                wanted: c.chains().iter().map(DynChain::name).collect(),
+                announce,
+                ..Work::default()
+            };
+        }
+        Work {
+            full,
+            structure,
+            ops: d.ops,
+            delete_chains: d.delete_chains.iter().map(DynChain::name).collect(),
+            stale_udp: d.stale_udp,
+            revived_udp: d.revived_udp,
+            affinity_gc: d.affinity_gc,
+            announce,
+            ..Work::default()
+        }
     }
 
-    /// Makes the kernel hold `new`. On error the kernel state counts as unknown, so the next
-    /// call reloads everything.
-    pub fn apply(&mut self, dp: &mut impl ProxyDataplane, new: ServicePlan) -> Result<(), String> {
-        let (full, changed) = match &self.applied {
-            None => (true, true),
-            Some(old) => (false, old.announce != new.announce),
-        };
-        let result = match self.applied.take() {
-            None => Self::full(dp, &new),
-            Some(old) => Self::incremental(dp, &old, &new),
-        };
-        let result = match (&self.announcer, result) {
-            (Some((dev, pool)), Ok(())) if full || changed => {
-                dp.announce(dev, *pool, &new.announce)
-            }
-            (_, r) => r,
-        };
-        if result.is_ok() {
-            self.applied = Some(new);
-        }
+    /// Takes the outcome of the prepared work: after an error everything is reloaded next.
+    pub fn finish(&mut self, result: &Result<(), String>) {
+        self.synced = result.is_ok();
+    }
+
+    /// [`prepare`](Self::prepare), [`Work::run`] and [`finish`](Self::finish) in one.
+    pub fn apply(&mut self, dp: &mut impl ProxyDataplane, c: &mut Compiler) -> Result<(), String> {
+        let result = self.prepare(c).run(dp);
+        self.finish(&result);
         result
-    }
-
-    fn full(dp: &mut impl ProxyDataplane, new: &ServicePlan) -> Result<(), String> {
-        let chains = new.dyn_chains();
-        dp.nft_script(&svc::render_structure(new, &chains))?;
-        dp.nft_elements(&new.all_ops(), true)?;
-        // Chains left by an earlier run that nothing points at any more.
-        let wanted: BTreeSet<String> = chains.iter().map(DynChain::name).collect();
-        let stale: Vec<String> = dp
-            .nft_chains()?
-            .into_iter()
-            .filter(|c| svc::is_dyn_chain_name(c) && !wanted.contains(c))
-            .collect();
-        if !stale.is_empty() {
-            dp.nft_script(&svc::render_delete_chains(&stale))?;
-        }
-        Ok(())
-    }
-
-    fn incremental(
-        dp: &mut impl ProxyDataplane,
-        old: &ServicePlan,
-        new: &ServicePlan,
-    ) -> Result<(), String> {
-        let d = diff(old, new);
-        if d.structure_changed || !d.add_chains.is_empty() {
-            dp.nft_script(&svc::render_structure(new, &new.dyn_chains()))?;
-        }
-        if !d.ops.is_empty() {
-            dp.nft_elements(&d.ops, false)?;
-        }
-        if !d.delete_chains.is_empty() {
-            let names: Vec<String> = d.delete_chains.iter().map(DynChain::name).collect();
-            dp.nft_script(&svc::render_delete_chains(&names))?;
-        }
-        let mut errors = Vec::new();
-        for (fe, ep) in &d.stale_udp {
-            if let Err(e) = dp.forget_udp(fe, Some(*ep)) {
-                errors.push(e);
-            }
-        }
-        for fe in &d.revived_udp {
-            if let Err(e) = dp.forget_udp(fe, None) {
-                errors.push(e);
-            }
-        }
-        for (mark, gone) in &d.affinity_gc {
-            if let Err(e) = dp.forget_affinity(*mark, gone) {
-                errors.push(e);
-            }
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            // The maps are right; only cleanup failed. Log it and carry on.
-            tracing::warn!(errors = ?errors, "conntrack or affinity cleanup failed");
-            Ok(())
-        }
     }
 }
 
-async fn list_all<S: Store>(store: &S, view: &mut View) -> Result<i64, StoreError> {
-    let (svcs, r1) = store.list(SERVICES_PREFIX).await?;
-    let (slices, r2) = store.list(SLICES_PREFIX).await?;
-    let (leases, r3) = store.list(LEASES_PREFIX).await?;
-    *view = View::default();
-    for kv in svcs.iter().chain(slices.iter()).chain(leases.iter()) {
-        view.take(kv);
+impl Work {
+    /// How many element operations the work sends.
+    pub fn element_ops(&self) -> usize {
+        self.ops.len()
     }
-    view.revision = r1.max(r2).max(r3);
-    Ok(r1)
+
+    /// Does the work: structure, then elements in one transaction, then chain deletions and
+    /// conntrack and affinity cleanups, then the LoadBalancer announcements.
+    pub fn run(self, dp: &mut impl ProxyDataplane) -> Result<(), String> {
+        if let Some(script) = &self.structure {
+            dp.nft_script(script)?;
+        }
+        if self.full || !self.ops.is_empty() {
+            dp.nft_elements(&self.ops, self.full)?;
+        }
+        let mut delete = self.delete_chains;
+        if self.full {
+            // Chains left by an earlier run that nothing points at any more.
+            delete = dp
+                .nft_chains()?
+                .into_iter()
+                .filter(|c| svc::is_dyn_chain_name(c) && !self.wanted.contains(c))
+                .collect();
+        }
+        if !delete.is_empty() {
+            dp.nft_script(&svc::render_delete_chains(&delete))?;
+        }
+        let mut errors = Vec::new();
+        for (fe, ep) in &self.stale_udp {
+            errors.extend(dp.forget_udp(fe, Some(*ep)).err());
+        }
+        for fe in &self.revived_udp {
+            errors.extend(dp.forget_udp(fe, None).err());
+        }
+        for (mark, gone) in &self.affinity_gc {
+            errors.extend(dp.forget_affinity(*mark, gone).err());
+        }
+        if !errors.is_empty() {
+            // The maps are right; only cleanup failed. Log it and carry on.
+            tracing::warn!(errors = ?errors, "conntrack or affinity cleanup failed");
+        }
+        if let Some((dev, pool, ips)) = &self.announce {
+            dp.announce(dev, *pool, ips)?;
+        }
+        Ok(())
+    }
+}
+
+/// Lists everything into a fresh view; returns the services listing's revision.
+async fn list_all<S: Store>(
+    store: &S,
+    view: &mut View,
+    node: &NodeView,
+) -> Result<i64, StoreError> {
+    *view = View::new(node);
+    let mut revision = None;
+    // One prefix at a time, each decoded and dropped before the next is listed.
+    for prefix in [SERVICES_PREFIX, SLICES_PREFIX, LEASES_PREFIX] {
+        let (kvs, r) = store.list(prefix).await?;
+        for kv in &kvs {
+            view.take(kv);
+        }
+        revision.get_or_insert(r);
+        view.revision = view.revision.max(r);
+    }
+    Ok(revision.unwrap_or_default())
 }
 
 /// Runs the proxy until the future is dropped. Store outages keep the dataplane as it is.
@@ -320,8 +367,8 @@ pub async fn run<S: Store, P: ProxyDataplane>(
     };
     let mut backoff = BACKOFF_MIN;
     loop {
-        let mut view = View::default();
-        let first = match list_all(&store, &mut view).await {
+        let mut view = View::new(&node);
+        let first = match list_all(&store, &mut view, &node).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "cannot list services; dataplane kept as it is");
@@ -351,10 +398,9 @@ pub async fn run<S: Store, P: ProxyDataplane>(
         let mut ctx = Ctx {
             dp: &dp,
             applier: &mut applier,
-            node: &node,
             report: &report,
         };
-        let ok = ctx.apply_view(&view).await;
+        let ok = ctx.apply_view(&mut view).await;
         let ended =
             crate::batch::follow(&mut ctx, &mut view, ok, [&mut wa, &mut wb, &mut wc]).await;
         match ended {
@@ -374,7 +420,6 @@ pub async fn run<S: Store, P: ProxyDataplane>(
 struct Ctx<'a, P: ProxyDataplane> {
     dp: &'a Arc<Mutex<P>>,
     applier: &'a mut Applier,
-    node: &'a NodeView,
     report: &'a ProxyReport,
 }
 
@@ -385,34 +430,32 @@ impl<P: ProxyDataplane> crate::batch::Batcher for Ctx<'_, P> {
         view.take_event(ev);
     }
 
-    async fn apply(&mut self, view: &View) -> bool {
+    async fn apply(&mut self, view: &mut View) -> bool {
         self.apply_view(view).await
     }
 }
 
 impl<P: ProxyDataplane> Ctx<'_, P> {
-    /// Compiles the view and applies it; reports the outcome. Returns whether it applied.
-    async fn apply_view(&mut self, view: &View) -> bool {
-        let plan = view.compile(self.node);
+    /// Compiles what changed in the view and applies it; reports the outcome. Returns whether
+    /// it applied.
+    async fn apply_view(&mut self, view: &mut View) -> bool {
+        let started = std::time::Instant::now();
+        let work = self.applier.prepare(&mut view.compiler);
+        let dp = self.dp.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut d = dp.lock().unwrap_or_else(|p| p.into_inner());
+            work.run(&mut *d)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("proxy worker: {e}")));
+        self.applier.finish(&result);
+        let c = &view.compiler;
+        let plan = c.plan();
         let (services, frontends, endpoints) = (
-            view.services.len(),
+            c.service_count(),
             plan.services.len() + plan.no_endpoints.len(),
             plan.backends.len(),
         );
-        for (name, why) in &plan.skipped {
-            tracing::debug!(service = %name, "not proxied: {why}");
-        }
-        let dp = self.dp.clone();
-        let mut applier = std::mem::take(self.applier);
-        let started = std::time::Instant::now();
-        let (applier, result) = tokio::task::spawn_blocking(move || {
-            let mut d = dp.lock().unwrap_or_else(|p| p.into_inner());
-            let r = applier.apply(&mut *d, plan);
-            (applier, r)
-        })
-        .await
-        .unwrap_or_else(|e| (Applier::default(), Err(format!("proxy worker: {e}"))));
-        *self.applier = applier;
         let revision = view.revision;
         match result {
             Ok(()) => {

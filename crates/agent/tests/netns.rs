@@ -591,7 +591,12 @@ fn web_service(endpoints: &[&str]) -> (Vec<model::Service>, Vec<model::EndpointS
 #[test]
 fn service_maps_dnat_real_connections_and_survive_a_restart() {
     use agent::proxy::Applier;
-    use plan::services::{NodeView, compile};
+    use plan::services::{Compiler, NodeView};
+    let feed = |c: &mut Compiler,
+                (svcs, slices): (Vec<model::Service>, Vec<model::EndpointSlice>)| {
+        svcs.iter().for_each(|s| c.upsert_service(s));
+        slices.iter().for_each(|s| c.upsert_slice(s));
+    };
     let Some(nodes) = two_nodes(71) else { return };
     let node = &nodes.a;
     assert!(node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]));
@@ -608,10 +613,9 @@ fn service_maps_dnat_real_connections_and_survive_a_restart() {
     };
     let mut dp = NetnsDataplane::open(Some(&node.path())).unwrap();
     let mut applier = Applier::default();
-    let (svcs, slices) = web_service(&["10.244.0.6", "10.244.0.7"]);
-    applier
-        .apply(&mut dp, compile(&view, &svcs, &slices))
-        .unwrap();
+    let mut c = Compiler::new(view.clone());
+    feed(&mut c, web_service(&["10.244.0.6", "10.244.0.7"]));
+    applier.apply(&mut dp, &mut c).unwrap();
 
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..40 {
@@ -632,17 +636,14 @@ fn service_maps_dnat_real_connections_and_survive_a_restart() {
     // A restarted agent (a new Applier, the table still there) reloads without error, and a
     // change afterwards touches only its elements.
     let mut applier = Applier::default();
-    let (svcs, slices) = web_service(&["10.244.0.7"]);
-    applier
-        .apply(&mut dp, compile(&view, &svcs, &slices))
-        .unwrap();
+    let mut c = Compiler::new(view.clone());
+    feed(&mut c, web_service(&["10.244.0.7"]));
+    applier.apply(&mut dp, &mut c).unwrap();
     for _ in 0..10 {
         assert_eq!(ask(&client, "10.96.0.20:80").unwrap(), "s2");
     }
-    let (svcs, slices) = web_service(&["10.244.0.6"]);
-    applier
-        .apply(&mut dp, compile(&view, &svcs, &slices))
-        .unwrap();
+    feed(&mut c, web_service(&["10.244.0.6"]));
+    applier.apply(&mut dp, &mut c).unwrap();
     for _ in 0..10 {
         assert_eq!(ask(&client, "10.96.0.20:80").unwrap(), "s1");
     }

@@ -25,6 +25,9 @@ use ipnet::Ipv4Net;
 use model::{EndpointSlice, Service};
 use serde::Serialize;
 
+mod compiler;
+pub use compiler::{Compiler, SvcKey};
+
 /// The table every node's service proxy owns.
 pub const TABLE: &str = "flatnet";
 /// Packet mark bit: masquerade this packet in postrouting (as kube-proxy's 0x4000).
@@ -351,326 +354,22 @@ const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 const LABEL_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 
-/// An endpoint as the proxy sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Ep {
-    local: bool,
-    ip: Ipv4Addr,
-    port: u16,
-    ready: bool,
-    serving: bool,
-    terminating: bool,
-}
-
-/// The accessors of the Service spec that the typed view may keep in `extra`.
-fn spec_value(svc: &Service) -> serde_json::Value {
-    serde_json::to_value(&svc.spec).unwrap_or_default()
-}
-
-fn affinity_timeout(spec: &serde_json::Value) -> u32 {
-    spec.pointer("/sessionAffinityConfig/clientIP/timeoutSeconds")
-        .and_then(serde_json::Value::as_u64)
-        .and_then(|t| u32::try_from(t).ok())
-        .filter(|t| *t > 0)
-        .unwrap_or(DEFAULT_AFFINITY_TIMEOUT)
-}
-
-fn source_ranges(spec: &serde_json::Value) -> Vec<Ipv4Net> {
-    spec.get("loadBalancerSourceRanges")
-        .and_then(serde_json::Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str())
-                .filter_map(|s| s.trim().parse::<Ipv4Net>().ok())
-                .map(|n| n.trunc())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn parse_ip(s: &str) -> Option<Ipv4Addr> {
-    s.parse().ok()
-}
-
-/// A stable, non-zero id for a service port: its affinity key in conntrack marks. FNV-1a of
-/// the name, without the masquerade bit (external frontends add it to the id they map to).
-fn affinity_id(name: &str, taken: &BTreeSet<u32>) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in name.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    let clean = |x: u32| (x & !MASQ_MARK & 0x7fff_ffff).max(1);
-    let mut id = clean(h);
-    while taken.contains(&id) {
-        id = clean(id.wrapping_add(1));
-    }
-    id
-}
-
 /// Compiles the proxy state of `node` from every Service and EndpointSlice of the cluster.
-/// Pure: the same inputs give the same plan, whatever their order.
+/// Pure: the same inputs give the same plan, whatever their order. The agent keeps a
+/// [`Compiler`] instead and feeds it the changes.
 pub fn compile<'a>(
     node: &NodeView,
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
 ) -> ServicePlan {
-    let mut plan = ServicePlan {
-        cluster_cidr: Some(node.cluster_cidr),
-        service_cidr: node.service_cidr,
-        ..Default::default()
-    };
-    // Slices by namespace/service.
-    let mut by_service: BTreeMap<(String, String), Vec<&EndpointSlice>> = BTreeMap::new();
+    let mut c = Compiler::new(node.clone());
+    for s in services {
+        c.upsert_service(s);
+    }
     for s in slices {
-        let Some(svc) = s.metadata.labels.get(LABEL_SERVICE_NAME) else {
-            continue;
-        };
-        if s.address_type != "IPv4" {
-            continue;
-        }
-        let ns = s.metadata.namespace.clone().unwrap_or_default();
-        by_service.entry((ns, svc.clone())).or_default().push(s);
+        c.upsert_slice(s);
     }
-    let mut sorted: Vec<&Service> = services.into_iter().collect();
-    sorted.sort_by(|a, b| {
-        (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
-    });
-    let mut taken_ids = BTreeSet::new();
-    for svc in sorted {
-        let ns = svc.metadata.namespace.clone().unwrap_or_default();
-        let name = format!("{ns}/{}", svc.metadata.name);
-        if let Some(reason) = not_proxied(svc) {
-            plan.skipped.push((name, reason));
-            continue;
-        }
-        let spec = spec_value(svc);
-        let cluster_ip = svc.spec.cluster_ip.as_deref().and_then(parse_ip);
-        let Some(cluster_ip) = cluster_ip else {
-            plan.skipped
-                .push((name, "no clusterIP allocated yet".to_string()));
-            continue;
-        };
-        plan.cluster_ips.insert(cluster_ip);
-        let external_ips: Vec<Ipv4Addr> = svc
-            .spec
-            .external_ips
-            .iter()
-            .filter_map(|s| parse_ip(s))
-            .collect();
-        let lb_ips: Vec<Ipv4Addr> = if svc.spec.type_() == "LoadBalancer" {
-            svc.status
-                .as_ref()
-                .and_then(|s| s.load_balancer.as_ref())
-                .map(|lb| {
-                    lb.ingress
-                        .iter()
-                        .filter_map(|i| i.ip.as_deref().and_then(parse_ip))
-                        .collect()
-                })
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let node_ports = matches!(svc.spec.type_(), "NodePort" | "LoadBalancer");
-        let affinity = svc.spec.session_affinity() == "ClientIP";
-        let timeout = affinity.then(|| affinity_timeout(&spec));
-        let ranges = source_ranges(&spec);
-        let itp_local = svc.spec.internal_traffic_policy() == "Local";
-        let etp_local = svc.spec.external_traffic_policy() == "Local";
-        let svc_slices = by_service
-            .get(&(ns.clone(), svc.metadata.name.clone()))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        if !lb_ips.is_empty() {
-            let candidates = announce_candidates(node, svc_slices, etp_local);
-            for ip in &lb_ips {
-                if elect(*ip, &candidates) == Some(node.name.as_str()) {
-                    plan.announce.insert(*ip);
-                }
-            }
-        }
-        for port in &svc.spec.ports {
-            let Some(proto) = port.protocol().parse::<Proto>().ok() else {
-                continue;
-            };
-            let port_name = port.name.clone().unwrap_or_default();
-            let label = if port_name.is_empty() {
-                format!("{name}:{}", port.port)
-            } else {
-                format!("{name}:{port_name}")
-            };
-            let eps = endpoints_for(svc_slices, &port_name, proto, &node.name, svc);
-            let cluster: Vec<Ep> = usable(&eps, false);
-            let local: Vec<Ep> = usable(&eps, true);
-            // Slot order: the usable local endpoints first, then the other cluster ones.
-            let mut order: Vec<Backend> = local
-                .iter()
-                .map(|e| Backend {
-                    ip: e.ip,
-                    port: e.port,
-                })
-                .collect();
-            for e in &cluster {
-                let b = Backend {
-                    ip: e.ip,
-                    port: e.port,
-                };
-                if !order.contains(&b) {
-                    order.push(b);
-                }
-            }
-            let n = u32::try_from(cluster.len()).unwrap_or(u32::MAX);
-            let nl = u32::try_from(local.len()).unwrap_or(u32::MAX);
-            for e in eps.iter().filter(|e| e.local) {
-                plan.hairpin.insert(e.ip);
-            }
-            let id = timeout.map(|t| {
-                let id = affinity_id(&format!("{label}/{proto}"), &taken_ids);
-                taken_ids.insert(id);
-                plan.affinity_timeouts.insert(id, t);
-                plan.affinity_timeouts.insert(id | MASQ_MARK, t);
-                id
-            });
-            let mut frontends = Vec::new();
-            // ClusterIP: internal traffic policy.
-            let fe = Frontend {
-                ip: cluster_ip,
-                proto,
-                port: port.port,
-            };
-            let internal = if itp_local {
-                if n == 0 {
-                    Err(Refusal::Reject)
-                } else if nl == 0 {
-                    Err(Refusal::Drop)
-                } else {
-                    Ok(Target::Lb { n: nl, affinity })
-                }
-            } else if n == 0 {
-                Err(Refusal::Reject)
-            } else {
-                Ok(Target::Lb { n, affinity })
-            };
-            frontends.push((fe, internal, false));
-            // External frontends: externalIPs, LoadBalancer IPs, NodePorts.
-            let external = if n == 0 {
-                Err(Refusal::Reject)
-            } else if etp_local {
-                Ok(Target::ExtLocal {
-                    n,
-                    local: nl,
-                    affinity,
-                })
-            } else {
-                Ok(Target::Ext { n, affinity })
-            };
-            for ip in &external_ips {
-                frontends.push((
-                    Frontend {
-                        ip: *ip,
-                        proto,
-                        port: port.port,
-                    },
-                    external,
-                    true,
-                ));
-            }
-            for ip in &lb_ips {
-                let fe = Frontend {
-                    ip: *ip,
-                    proto,
-                    port: port.port,
-                };
-                if !ranges.is_empty() {
-                    plan.firewall.insert(fe, ranges.clone());
-                }
-                frontends.push((fe, external, true));
-            }
-            let node_port = port.node_port.filter(|p| node_ports && *p > 0);
-            for (ip, np) in node.addresses.iter().zip(std::iter::repeat(node_port)) {
-                if let Some(np) = np {
-                    frontends.push((
-                        Frontend {
-                            ip: *ip,
-                            proto,
-                            port: np,
-                        },
-                        external,
-                        true,
-                    ));
-                }
-            }
-            let mut placed = Vec::new();
-            for (fe, target, is_external) in frontends {
-                // The first Service (by namespace/name) to claim a frontend keeps it.
-                if plan.services.contains_key(&fe) || plan.no_endpoints.contains_key(&fe) {
-                    plan.skipped.push((
-                        label.clone(),
-                        format!("{fe} is already used by another service"),
-                    ));
-                    continue;
-                }
-                match target {
-                    Ok(t) => {
-                        plan.services.insert(fe, t);
-                        for (slot, b) in order.iter().enumerate() {
-                            let slot = u32::try_from(slot).unwrap_or(u32::MAX);
-                            plan.backends.insert((fe, slot), *b);
-                        }
-                        if let Some(id) = id {
-                            let masq = if is_external { MASQ_MARK } else { 0 };
-                            plan.affinity_ids.insert(fe, id | masq);
-                        }
-                    }
-                    Err(r) => {
-                        plan.no_endpoints.insert(fe, r);
-                    }
-                }
-                placed.push(fe);
-            }
-            plan.ports.push(ProxiedPort {
-                service: label,
-                proto,
-                frontends: placed,
-                endpoints: order,
-                local: nl,
-                affinity_timeout: timeout,
-            });
-        }
-    }
-    plan
-}
-
-/// Nodes that may announce a Service's LoadBalancer IPs: every node, or with
-/// `externalTrafficPolicy: Local` the nodes with a ready endpoint (all nodes when none has
-/// one), like MetalLB's layer-2 mode.
-fn announce_candidates(
-    node: &NodeView,
-    slices: &[&EndpointSlice],
-    local_only: bool,
-) -> Vec<String> {
-    let mut all: Vec<String> = node.nodes.clone();
-    if !all.contains(&node.name) {
-        all.push(node.name.clone());
-    }
-    if local_only {
-        let with_endpoints: BTreeSet<&str> = slices
-            .iter()
-            .flat_map(|s| s.endpoints.iter())
-            .filter(|e| e.conditions.ready != Some(false))
-            .filter_map(|e| e.node_name.as_deref())
-            .collect();
-        let some: Vec<String> = all
-            .iter()
-            .filter(|n| with_endpoints.contains(n.as_str()))
-            .cloned()
-            .collect();
-        if !some.is_empty() {
-            return some;
-        }
-    }
-    all
+    c.into_plan()
 }
 
 /// The node that announces `ip`: highest rendezvous hash of (ip, node), so every node
@@ -705,68 +404,6 @@ fn not_proxied(svc: &Service) -> Option<String> {
         return Some(format!("labelled {LABEL_PROXY_NAME}={p} (another proxy)"));
     }
     None
-}
-
-/// The endpoints of one service port, from every slice of the service.
-fn endpoints_for(
-    slices: &[&EndpointSlice],
-    port_name: &str,
-    proto: Proto,
-    node: &str,
-    svc: &Service,
-) -> Vec<Ep> {
-    let publish = svc.spec.publish_not_ready_addresses == Some(true);
-    let mut out = BTreeSet::new();
-    for s in slices {
-        let Some(p) = s.ports.iter().find(|p| {
-            p.name.as_deref().unwrap_or("") == port_name
-                && p.protocol.as_deref().unwrap_or("TCP").parse::<Proto>().ok() == Some(proto)
-        }) else {
-            continue;
-        };
-        let Some(port) = p.port.filter(|p| *p > 0) else {
-            continue;
-        };
-        for e in &s.endpoints {
-            let c = &e.conditions;
-            let ready = publish || c.ready != Some(false);
-            let serving = publish || c.serving.unwrap_or(ready);
-            let terminating = c.terminating == Some(true);
-            let local = e.node_name.as_deref() == Some(node);
-            for a in &e.addresses {
-                if let Some(ip) = parse_ip(a) {
-                    out.insert(Ep {
-                        local,
-                        ip,
-                        port,
-                        ready,
-                        serving,
-                        terminating,
-                    });
-                }
-            }
-        }
-    }
-    let mut v: Vec<Ep> = out.into_iter().collect();
-    v.sort_by(|a, b| (b.local, a.ip, a.port).cmp(&(a.local, b.ip, b.port)));
-    v
-}
-
-/// Ready endpoints (only local ones if `local_only`), or, when there is none, the serving
-/// terminating ones (kube-proxy's fallback).
-fn usable(eps: &[Ep], local_only: bool) -> Vec<Ep> {
-    let scope = || eps.iter().filter(move |e| !local_only || e.local);
-    let ready: Vec<Ep> = scope()
-        .filter(|e| e.ready && !e.terminating)
-        .copied()
-        .collect();
-    if !ready.is_empty() {
-        return ready;
-    }
-    scope()
-        .filter(|e| e.serving && e.terminating)
-        .copied()
-        .collect()
 }
 
 impl ServicePlan {
@@ -867,6 +504,7 @@ fn refusal_value(r: &Refusal) -> Value {
 }
 
 /// Diffs one map: deletes keys that left or changed value, then adds new or changed ones.
+#[cfg(test)]
 fn diff_map<K: Ord + Clone, V: PartialEq>(
     map: &'static str,
     old: &BTreeMap<K, V>,
@@ -891,6 +529,7 @@ fn diff_map<K: Ord + Clone, V: PartialEq>(
     }
 }
 
+#[cfg(test)]
 fn diff_set<K: Ord>(
     map: &'static str,
     old: &BTreeSet<K>,
@@ -910,9 +549,10 @@ fn diff_set<K: Ord>(
     }
 }
 
-/// The changes that turn the dataplane of `old` into that of `new`. Only elements that differ
-/// are touched, so its size follows the change, not the number of services.
-pub fn diff(old: &ServicePlan, new: &ServicePlan) -> ServiceDiff {
+/// The changes that turn the dataplane of `old` into that of `new`, from the two whole plans:
+/// the reference [`Compiler::take_diff`] is tested against.
+#[cfg(test)]
+pub(crate) fn diff(old: &ServicePlan, new: &ServicePlan) -> ServiceDiff {
     let mut d = ServiceDiff::default();
     let (oc, nc) = (old.dyn_chains(), new.dyn_chains());
     d.add_chains = nc.difference(&oc).copied().collect();
@@ -1028,15 +668,33 @@ pub fn diff(old: &ServicePlan, new: &ServicePlan) -> ServiceDiff {
 impl ServicePlan {
     /// Every element of the plan as additions (a full load, after flushing the maps).
     pub fn all_ops(&self) -> Vec<ElemOp> {
-        diff(
-            &ServicePlan {
-                cluster_cidr: self.cluster_cidr,
-                service_cidr: self.service_cidr,
-                ..Default::default()
-            },
-            self,
-        )
-        .ops
+        let mut ops = Vec::new();
+        let mut add = |map: &'static str, key: Key, value: Value| {
+            ops.push(ElemOp::Add { map, key, value });
+        };
+        for (fe, t) in &self.services {
+            add(maps::SERVICES, Key::Frontend(*fe), target_value(t));
+        }
+        for (fe, r) in &self.no_endpoints {
+            add(maps::NO_ENDPOINTS, Key::Frontend(*fe), refusal_value(r));
+        }
+        for ((fe, s), b) in &self.backends {
+            add(maps::BACKENDS, Key::Slot(*fe, *s), Value::Backend(*b));
+        }
+        for (fe, id) in &self.affinity_ids {
+            add(maps::AFFINITY_IDS, Key::Frontend(*fe), Value::Mark(*id));
+        }
+        for (id, t) in &self.affinity_timeouts {
+            let chain = DynChain::Record { timeout: *t }.name();
+            add(maps::AFFINITY_TIMEOUTS, Key::Id(*id), Value::Goto(chain));
+        }
+        for ip in &self.cluster_ips {
+            add(maps::CLUSTER_IPS, Key::Ip(*ip), Value::None);
+        }
+        for ip in &self.hairpin {
+            add(maps::HAIRPIN, Key::IpPair(*ip, *ip), Value::None);
+        }
+        ops
     }
 }
 

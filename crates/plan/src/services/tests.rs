@@ -44,7 +44,9 @@ fn slice_named(
         })
         .collect();
     serde_json::from_value(json!({
-        "metadata": {"name": format!("{service}-abcde"), "namespace": "default",
+        // Slice names are unique in a namespace, as in the store.
+        "metadata": {"name": format!("{service}-{}-{}", port_name.to_lowercase(), proto.to_lowercase()),
+                     "namespace": "default",
                      "labels": {"kubernetes.io/service-name": service}},
         "addressType": "IPv4",
         "endpoints": endpoints,
@@ -761,4 +763,176 @@ fn trace_names_the_service_the_chain_and_the_endpoints() {
     );
     let t = p3.trace(ext, false, "172.20.0.240".parse().unwrap(), Proto::Tcp, 80);
     assert!(matches!(&t.outcome, TraceOutcome::Dropped { .. }), "{t:?}");
+}
+
+/// A change to the cluster, for the incremental compiler's property test.
+#[derive(Debug, Clone)]
+enum Change {
+    /// Service `s<i>` in one of six shapes.
+    Service(u8, u8),
+    RemoveService(u8),
+    /// Slice of `s<i>`: endpoint count, ready, address salt.
+    Slice(u8, u8, bool, u8),
+    RemoveSlice(u8),
+    /// Which of n1..n3 hold leases.
+    Nodes(u8),
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        (0u8..5, 0u8..6).prop_map(|(i, f)| Change::Service(i, f)),
+        (0u8..5).prop_map(Change::RemoveService),
+        (0u8..5, 0u8..4, any::<bool>(), 0u8..3).prop_map(|(i, n, r, s)| Change::Slice(i, n, r, s)),
+        (0u8..5).prop_map(Change::RemoveSlice),
+        (0u8..8).prop_map(Change::Nodes),
+    ]
+}
+
+/// Service `s<i>` in shape `f`: plain, affinity, NodePort with Local policy, LoadBalancer with
+/// source ranges and Local policy, UDP, or one whose externalIP is s0's ClusterIP.
+fn shaped(i: u8, f: u8) -> Service {
+    let name = format!("s{i}");
+    let mut v = basic(&name, &format!("10.96.0.{}", i + 2));
+    match f {
+        1 => {
+            v.spec.session_affinity = Some("ClientIP".to_string());
+            v.spec.ports.push(v.spec.ports[0].clone());
+            v.spec.ports[1].name = Some("alt".to_string());
+            v.spec.ports[1].port = 81;
+        }
+        2 => {
+            v.spec.type_ = Some("NodePort".to_string());
+            v.spec.ports[0].node_port = Some(30000 + u16::from(i));
+            v.spec.external_traffic_policy = Some("Local".to_string());
+        }
+        3 => {
+            v = svc(json!({"metadata": {"name": name, "namespace": "default"},
+                "spec": {"type": "LoadBalancer", "clusterIP": format!("10.96.0.{}", i + 2),
+                         "selector": {"a": "b"}, "externalTrafficPolicy": "Local",
+                         "loadBalancerSourceRanges": ["172.20.0.0/28"],
+                         "ports": [{"name": "http", "port": 80, "nodePort": 31000 + u16::from(i)}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": format!("172.20.0.{}", 240 + i)}]}}}));
+        }
+        4 => v.spec.ports[0].protocol = Some("UDP".to_string()),
+        5 => v.spec.external_ips = vec!["10.96.0.2".to_string()],
+        _ => {}
+    }
+    v
+}
+
+fn endpoints_of(i: u8, n: u8, ready: bool, salt: u8) -> [EndpointSlice; 2] {
+    let ips: Vec<String> = (0..n)
+        .map(|j| format!("10.244.{i}.{}", j + 2 + salt))
+        .collect();
+    let eps: Vec<(&str, &str, bool, bool, bool)> = ips
+        .iter()
+        .enumerate()
+        .map(|(j, ip)| {
+            (
+                ip.as_str(),
+                ["n1", "n2"][j % 2],
+                ready,
+                true,
+                !ready && j == 0,
+            )
+        })
+        .collect();
+    let name = format!("s{i}");
+    [
+        slice(&name, 8080, &eps),
+        slice_named(&name, "http", "UDP", 5353, &eps),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    /// Fed any sequence of changes in batches, the incremental compiler holds exactly the plan
+    /// that compiling everything from scratch gives, and its diff of each batch is exactly the
+    /// diff of the two whole plans; applied to a model of the kernel's maps it never adds an
+    /// element that exists or deletes one that does not.
+    #[test]
+    fn incremental_compile_equals_compiling_from_scratch(
+        batches in proptest::collection::vec(proptest::collection::vec(change(), 1..5), 1..8),
+    ) {
+        let base = node("n1");
+        let mut c = Compiler::new(base.clone());
+        let mut services: BTreeMap<u8, Service> = BTreeMap::new();
+        let mut slices: BTreeMap<u8, [EndpointSlice; 2]> = BTreeMap::new();
+        let mut nodes = base.nodes.clone();
+        let mut prev = compile(&base, &[], &[]);
+        let mut kernel = BTreeMap::new();
+        for batch in batches {
+            for ch in batch {
+                match ch {
+                    Change::Service(i, f) => {
+                        let s = shaped(i, f);
+                        c.upsert_service(&s);
+                        services.insert(i, s);
+                    }
+                    Change::RemoveService(i) => {
+                        c.remove_service("default", &format!("s{i}"));
+                        services.remove(&i);
+                    }
+                    Change::Slice(i, n, ready, salt) => {
+                        let s = endpoints_of(i, n, ready, salt);
+                        for x in &s {
+                            c.upsert_slice(x);
+                        }
+                        slices.insert(i, s);
+                    }
+                    Change::RemoveSlice(i) => {
+                        if let Some(s) = slices.remove(&i) {
+                            for x in &s {
+                                c.remove_slice("default", &x.metadata.name);
+                            }
+                        }
+                    }
+                    Change::Nodes(mask) => {
+                        nodes = (0..3).filter(|k| mask & (1 << k) != 0).map(|k| format!("n{}", k + 1)).collect();
+                        c.set_nodes(nodes.clone());
+                    }
+                }
+            }
+            c.update();
+            let d = c.take_diff();
+            let view = NodeView { nodes: nodes.clone(), ..base.clone() };
+            let mut fresh = compile(&view, services.values(), slices.values().flatten());
+            fresh.ports.clear();
+            fresh.skipped.clear();
+            prop_assert_eq!(c.plan(), &fresh);
+            prop_assert_eq!(&d, &diff(&prev, &fresh));
+            apply(&mut kernel, &d.ops);
+            let mut expect = BTreeMap::new();
+            apply(&mut expect, &fresh.all_ops());
+            prop_assert_eq!(&kernel, &expect);
+            prop_assert_eq!(c.chains(), &fresh.dyn_chains());
+            prev = fresh;
+        }
+    }
+}
+
+#[test]
+fn one_endpoint_change_recompiles_one_service() {
+    let (svcs, mut slices) = many(1000, 0);
+    let mut c = Compiler::new(node("n1"));
+    for s in &svcs {
+        c.upsert_service(s);
+    }
+    for s in &slices {
+        c.upsert_slice(s);
+    }
+    assert_eq!(c.update(), 1000);
+    let full = c.take_diff();
+    assert_eq!(full.ops.len(), c.plan().all_ops().len());
+    slices[500].endpoints[1].addresses = vec!["10.250.0.1".to_string()];
+    c.upsert_slice(&slices[500]);
+    assert_eq!(c.update(), 1, "only the changed service is recompiled");
+    let d = c.take_diff();
+    // The backend slot, and the hairpin pair of the local endpoint it replaced.
+    assert_eq!(d.ops.len(), 4, "{}", render_ops(&d.ops));
+    assert!(d.add_chains.is_empty() && d.delete_chains.is_empty());
+    // The same slice again changes nothing.
+    c.upsert_slice(&slices[500]);
+    assert_eq!(c.update(), 0);
+    assert!(c.take_diff().is_empty());
 }
