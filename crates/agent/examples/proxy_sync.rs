@@ -167,24 +167,38 @@ impl Cluster {
         }
     }
 
-    /// Decodes every Service and EndpointSlice into `c`, as the agent takes a listing.
-    fn load(&self, c: &mut Compiler) -> Result<(), String> {
+    /// Decodes every Service and EndpointSlice into `c` from their stored JSON, as the agent
+    /// takes a listing. Returns the milliseconds spent decoding and taking (the JSON is made
+    /// outside that time).
+    fn load(&self, c: &mut Compiler) -> Result<f64, String> {
+        let mut spent = 0.0;
         for i in 0..self.ips.len() {
-            let s: Service = serde_json::from_value(common::service_json(i))
+            let bytes = json_bytes(&common::service_json(i))?;
+            let t = Instant::now();
+            let s: Service = serde_json::from_slice(&bytes)
                 .map_err(|e| format!("synthetic service {i}: {e}"))?;
             c.upsert_service(&s);
-            self.take_slice(c, i)?;
+            spent += ms(t);
+            spent += self.take_slice(c, i)?;
         }
-        Ok(())
+        Ok(spent)
     }
 
     /// Decodes the EndpointSlice of service `i` into `c`, as the agent takes a watch event.
-    fn take_slice(&self, c: &mut Compiler, i: usize) -> Result<(), String> {
-        let s: EndpointSlice = serde_json::from_value(common::slice_json(i, &self.ips[i]))
+    /// Returns the milliseconds spent.
+    fn take_slice(&self, c: &mut Compiler, i: usize) -> Result<f64, String> {
+        let bytes = json_bytes(&common::slice_json(i, &self.ips[i]))?;
+        let t = Instant::now();
+        let s: EndpointSlice = serde_json::from_slice(&bytes)
             .map_err(|e| format!("synthetic endpointslice {i}: {e}"))?;
         c.upsert_slice(&s);
-        Ok(())
+        Ok(ms(t))
     }
+}
+
+/// An object as the store holds it.
+fn json_bytes(v: &Value) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(v).map_err(|e| format!("encode synthetic object: {e}"))
 }
 
 /// Samples of one kind of change.
@@ -228,15 +242,17 @@ struct Bench {
 impl Bench {
     /// Loads every object into the (fresh) compiler and applies it: a full sync.
     fn sync(&mut self) -> Result<Value, String> {
-        let t = Instant::now();
-        self.cluster.load(&mut self.compiler)?;
-        let take_ms = ms(t);
+        let rss0 = rss_mib();
+        let take_ms = self.cluster.load(&mut self.compiler)?;
+        let rss_decoded = rss_mib();
         let t = Instant::now();
         self.compiler.update();
         let compile_ms = ms(t);
+        let rss_compiled = rss_mib();
         let t = Instant::now();
         let work = self.applier.prepare(&mut self.compiler);
         let diff_ms = ms(t);
+        let rss_prepared = rss_mib();
         let elements = work.element_ops();
         let (vmalloc0, slab0) = kernel_mem();
         let t = Instant::now();
@@ -244,6 +260,7 @@ impl Bench {
         self.applier.finish(&result);
         result?;
         let apply_ms = ms(t);
+        let rss_applied = rss_mib();
         let (vmalloc1, slab1) = kernel_mem();
         let mib = |kib: i64| (kib as f64 / 1024.0 * 10.0).round() / 10.0;
         Ok(json!({
@@ -253,14 +270,16 @@ impl Bench {
             "elements": elements, "apply_calls": self.dp.take(),
             "kernel_mem_delta_mib": {"VmallocUsed": mib(vmalloc1 - vmalloc0),
                                      "SUnreclaim": mib(slab1 - slab0)},
+            // This process's VmRSS before, after decoding the objects into the compiler,
+            // after compiling, after planning the kernel work, after applying it.
+            "rss_mib": {"before": rss0, "decoded": rss_decoded, "compiled": rss_compiled,
+                        "prepared": rss_prepared, "applied": rss_applied},
         }))
     }
 
     /// Takes the slice of service `i` and applies it as the agent would; records one sample.
     fn change(&mut self, i: usize, out: &mut Samples) -> Result<(), String> {
-        let t = Instant::now();
-        self.cluster.take_slice(&mut self.compiler, i)?;
-        let take_ms = ms(t);
+        let take_ms = self.cluster.take_slice(&mut self.compiler, i)?;
         let t = Instant::now();
         self.compiler.update();
         let compile_ms = ms(t);

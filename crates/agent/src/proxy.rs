@@ -230,10 +230,15 @@ impl Applier {
     /// Recompiles what changed in `c` and plans the kernel work that brings the kernel to its
     /// plan. Pure; hand the result to [`Work::run`] and its outcome to [`finish`](Self::finish).
     pub fn prepare(&mut self, c: &mut Compiler) -> Work {
-        c.update();
-        let d = c.take_diff();
         let full = !self.synced;
         self.synced = false;
+        let d = if full {
+            c.reload();
+            svc::ServiceDiff::default()
+        } else {
+            c.update();
+            c.take_diff()
+        };
         let plan = c.plan();
         let announce = self
             .announcer
@@ -441,10 +446,17 @@ impl<P: ProxyDataplane> Ctx<'_, P> {
     async fn apply_view(&mut self, view: &mut View) -> bool {
         let started = std::time::Instant::now();
         let work = self.applier.prepare(&mut view.compiler);
+        let whole = work.full;
         let dp = self.dp.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut d = dp.lock().unwrap_or_else(|p| p.into_inner());
-            work.run(&mut *d)
+            let r = work.run(&mut *d);
+            if whole {
+                // A whole load leaves its listing, element list and netlink batch freed but
+                // scattered over the allocator's arenas: hand the free pages back.
+                release_freed_memory();
+            }
+            r
         })
         .await
         .unwrap_or_else(|e| Err(format!("proxy worker: {e}")));
@@ -475,5 +487,16 @@ impl<P: ProxyDataplane> Ctx<'_, P> {
                 false
             }
         }
+    }
+}
+
+/// Returns free heap pages to the kernel (glibc keeps them otherwise, and the agent's RSS stays
+/// at its peak after a large load).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory the allocator holds free; it has no
+    // preconditions.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

@@ -210,6 +210,8 @@ type Claim = (SvcKey, u32, u32);
 /// Element values as they were before the current batch (None: absent).
 #[derive(Debug, Default)]
 struct Journal {
+    /// Not journalling: the plan is to be loaded whole (see [`Compiler::reload`]).
+    off: bool,
     services: BTreeMap<Frontend, Option<Target>>,
     no_endpoints: BTreeMap<Frontend, Option<Refusal>>,
     backends: BTreeMap<(Frontend, u32), Option<Backend>>,
@@ -222,9 +224,10 @@ struct Journal {
     announce: Option<BTreeSet<Ipv4Addr>>,
 }
 
+/// Sets (or with `None` removes) `k`, journalling its value before the batch unless `off`.
 fn put<K: Ord + Clone, V: Clone>(
     map: &mut BTreeMap<K, V>,
-    journal: &mut BTreeMap<K, Option<V>>,
+    (journal, off): (&mut BTreeMap<K, Option<V>>, bool),
     k: K,
     v: Option<V>,
 ) -> Option<V> {
@@ -232,7 +235,9 @@ fn put<K: Ord + Clone, V: Clone>(
         Some(v) => map.insert(k.clone(), v),
         None => map.remove(&k),
     };
-    journal.entry(k).or_insert_with(|| old.clone());
+    if !off {
+        journal.entry(k).or_insert_with(|| old.clone());
+    }
     old
 }
 
@@ -240,7 +245,7 @@ fn put<K: Ord + Clone, V: Clone>(
 fn count<K: Ord + Clone + std::hash::Hash + Eq>(
     refs: &mut HashMap<K, u32>,
     set: &mut BTreeSet<K>,
-    journal: &mut BTreeMap<K, bool>,
+    (journal, off): (&mut BTreeMap<K, bool>, bool),
     k: K,
     add: bool,
 ) {
@@ -261,7 +266,9 @@ fn count<K: Ord + Clone + std::hash::Hash + Eq>(
         } else {
             set.remove(&k);
         }
-        journal.entry(k).or_insert(before);
+        if !off {
+            journal.entry(k).or_insert(before);
+        }
     }
 }
 
@@ -274,7 +281,7 @@ pub struct Compiler {
     /// `(namespace, slice name)` -> slice.
     slices: HashMap<(String, String), SliceIn>,
     /// Service -> the slices that name it.
-    slices_of: HashMap<SvcKey, BTreeSet<(String, String)>>,
+    slices_of: HashMap<SvcKey, Vec<(String, String)>>,
     fragments: HashMap<SvcKey, Fragment>,
     claims: HashMap<Frontend, Vec<Claim>>,
     /// Affinity ports `(service, port index)` -> the name their id hashes.
@@ -384,7 +391,7 @@ impl Compiler {
             self.slices_of
                 .entry(svc.clone())
                 .or_default()
-                .insert(id.clone());
+                .push(id.clone());
             self.dirty.insert(svc.clone());
         }
         self.slices.insert(id, input);
@@ -397,7 +404,7 @@ impl Compiler {
         };
         if let Some(svc) = old.service {
             if let Some(set) = self.slices_of.get_mut(&svc) {
-                set.remove(&id);
+                set.retain(|x| *x != id);
                 if set.is_empty() {
                     self.slices_of.remove(&svc);
                 }
@@ -511,6 +518,18 @@ impl Compiler {
             self.write_frontend(*fe);
         }
         dirty.len()
+    }
+
+    /// As [`update`](Self::update), for a plan that is then loaded whole: keeps no journal
+    /// (which would hold every element) and forgets the one kept so far.
+    pub fn reload(&mut self) -> usize {
+        self.journal = Journal {
+            off: true,
+            ..Journal::default()
+        };
+        let n = self.update();
+        self.journal = Journal::default();
+        n
     }
 
     /// Compiles one Service on its own.
@@ -729,11 +748,12 @@ impl Compiler {
 
     fn refs(&mut self, f: &Fragment, add: bool) {
         let j = &mut self.journal;
+        let off = j.off;
         if let Some(ip) = f.cluster_ip {
             count(
                 &mut self.cluster_ip_refs,
                 &mut self.plan.cluster_ips,
-                &mut j.cluster_ips,
+                (&mut j.cluster_ips, off),
                 ip,
                 add,
             );
@@ -742,20 +762,19 @@ impl Compiler {
             count(
                 &mut self.hairpin_refs,
                 &mut self.plan.hairpin,
-                &mut j.hairpin,
+                (&mut j.hairpin, off),
                 *ip,
                 add,
             );
         }
-        if !f.announce.is_empty() && j.announce.is_none() {
+        if !f.announce.is_empty() && j.announce.is_none() && !off {
             j.announce = Some(self.plan.announce.clone());
         }
-        let mut scratch = BTreeMap::new();
         for ip in &f.announce {
             count(
                 &mut self.announce_refs,
                 &mut self.plan.announce,
-                &mut scratch,
+                (&mut BTreeMap::new(), true),
                 *ip,
                 add,
             );
@@ -800,9 +819,10 @@ impl Compiler {
     }
 
     fn set_timeout(&mut self, id: u32, t: Option<u32>) {
+        let j = &mut self.journal;
         let old = put(
             &mut self.plan.affinity_timeouts,
-            &mut self.journal.affinity_timeouts,
+            (&mut j.affinity_timeouts, j.off),
             id,
             t,
         );
@@ -815,10 +835,11 @@ impl Compiler {
     }
 
     fn chain_ref(&mut self, c: DynChain, add: bool) {
+        let j = &mut self.journal;
         count(
             &mut self.chain_refs,
             &mut self.chains,
-            &mut self.journal.chains,
+            (&mut j.chains, j.off),
             c,
             add,
         );
@@ -863,10 +884,11 @@ impl Compiler {
             }
         }
         let j = &mut self.journal;
-        let old = put(&mut self.plan.services, &mut j.services, fe, target);
+        let off = j.off;
+        let old = put(&mut self.plan.services, (&mut j.services, off), fe, target);
         put(
             &mut self.plan.no_endpoints,
-            &mut j.no_endpoints,
+            (&mut j.no_endpoints, off),
             fe,
             refusal,
         );
@@ -878,22 +900,37 @@ impl Compiler {
             .collect();
         for s in old_slots {
             if usize::try_from(s).is_ok_and(|s| s >= backends.len()) {
-                put(&mut self.plan.backends, &mut j.backends, (fe, s), None);
+                put(
+                    &mut self.plan.backends,
+                    (&mut j.backends, off),
+                    (fe, s),
+                    None,
+                );
             }
         }
         for (s, b) in backends.into_iter().enumerate() {
             let s = u32::try_from(s).unwrap_or(u32::MAX);
             if self.plan.backends.get(&(fe, s)) != Some(&b) {
-                put(&mut self.plan.backends, &mut j.backends, (fe, s), Some(b));
+                put(
+                    &mut self.plan.backends,
+                    (&mut j.backends, off),
+                    (fe, s),
+                    Some(b),
+                );
             }
         }
         put(
             &mut self.plan.affinity_ids,
-            &mut j.affinity_ids,
+            (&mut j.affinity_ids, off),
             fe,
             affinity_id,
         );
-        put(&mut self.plan.firewall, &mut j.firewall, fe, firewall);
+        put(
+            &mut self.plan.firewall,
+            (&mut j.firewall, off),
+            fe,
+            firewall,
+        );
         if old != target {
             for c in old.iter().flat_map(Target::chains) {
                 self.chain_ref(c, false);
@@ -1025,8 +1062,7 @@ impl Compiler {
 
     /// The whole plan, with `ports` and `skipped` filled for explanations.
     pub fn into_plan(mut self) -> ServicePlan {
-        self.update();
-        self.journal = Journal::default();
+        self.reload();
         let mut ports = Vec::new();
         let mut skipped = Vec::new();
         for key in self.services.keys() {
