@@ -15,9 +15,11 @@
 # backend on CPU 0 (the direct run: backend on CPU 1).
 #
 # usage: sudo bench/ingress/run.sh [config ...]   configs: direct nginx haproxy flatnet nginx-noupka
-#        (default: direct nginx haproxy flatnet)
+#        flatnet2 flatnet3 (default: direct nginx haproxy flatnet)
 # env:   REPS=3 (configs interleaved; summarize.py reports best and median)  SECS=15  CONNS=64
 #        NICE=-20  RESULTS=file (default ./ingress-results.tsv)  FLATNET=path (default: release build)
+#        FLATNET2=path FLATNET3=path: other flatnet binaries, for A/B runs in the same minutes
+#        FLATNET_ARGS / FLATNET2_ARGS / FLATNET3_ARGS: extra `flatnet ingress` arguments
 set -euo pipefail
 PRIO="nice -n ${NICE:--20}"
 D=$(cd "$(dirname "$0")" && pwd)
@@ -215,10 +217,13 @@ for cfg in "${configs[@]}"; do
       haproxy_conf; haproxy -c -q -f "$W/haproxy.cfg"
       $X $PRIO taskset -c $SRV_CPU haproxy -db -f "$W/haproxy.cfg" >"$W/haproxy.log" 2>&1 & PPID_=$!
       PORT=8080; wait_port 8080; check_routes;;
-    flatnet)
+    flatnet|flatnet2|flatnet3)
       [ -n "$EPID" ] || flatnet_store
-      $X $PRIO taskset -c $SRV_CPU "$FLATNET" ingress --etcd "$EP" --http 127.0.0.1:8080 --https off \
-        --workers 1 >"$W/flatnet.log" 2>&1 & PPID_=$!
+      binv=FLATNET${cfg#flatnet}; argv=${binv}_ARGS
+      [ -n "${!binv:-}" ] || { echo "$binv is not set" >&2; exit 1; }
+      # shellcheck disable=SC2086
+      $X $PRIO taskset -c $SRV_CPU "${!binv}" ingress --etcd "$EP" --http 127.0.0.1:8080 --https off \
+        --workers 1 ${!argv:-} >"$W/flatnet.log" 2>&1 & PPID_=$!
       PORT=8080; wait_port 8080
       for i in $(seq 1 50); do check_routes 2>/dev/null && break; sleep 0.1; done
       check_routes || { cat "$W/flatnet.log" >&2; exit 1; };;

@@ -32,10 +32,11 @@ for (cfg, c), rs in g.items():
           f"{med([us(r['p90']) for r in rs]):,.0f} | {med([us(r['p99']) for r in rs]):,.0f} | {med(cpu):.0f} | {med(eff):,.0f} | {'; '.join(errs)} |")
 print()
 for c in sorted({c for _, c in medians}, key=int, reverse=True):
-    if ("flatnet", c) not in medians:
-        continue
-    f_rps, f_eff = medians[("flatnet", c)]
-    for peer in ("nginx", "haproxy", "direct"):
-        if (peer, c) in medians:
-            p_rps, p_eff = medians[(peer, c)]
-            print(f"- {c} connection(s): flatnet / {peer} = {f_rps / p_rps:.2f}x req/s, {f_eff / p_eff:.2f}x req/s per CPU-second")
+    for f in ("flatnet", "flatnet2", "flatnet3"):
+        if (f, c) not in medians:
+            continue
+        f_rps, f_eff = medians[(f, c)]
+        for peer in ("nginx", "haproxy", "direct", "flatnet"):
+            if peer != f and (peer, c) in medians:
+                p_rps, p_eff = medians[(peer, c)]
+                print(f"- {c} connection(s): {f} / {peer} = {f_rps / p_rps:.2f}x req/s, {f_eff / p_eff:.2f}x req/s per CPU-second")

@@ -9,7 +9,9 @@
 //!   precedence, default backends, endpoint resolution, round-robin).
 //! - [`tls`] — certificates from Secrets -> [`CertTable`]; the rustls SNI resolver.
 //! - [`proxy`] — listeners, HTTP/1.1 + HTTP/2 serving, forwarding, forwarded-for headers.
-//! - [`pool`] — kept-alive HTTP/1.1 connections to the endpoints.
+//! - [`client`] — the backend HTTP/1.1 client, run in the request's task (httparse; bodies
+//!   by length, chunked or until close; retries on a pooled connection found closed).
+//! - [`pool`] — kept-alive backend connections per endpoint.
 //! - [`watch`] — list + watch, compile, publish, Ingress status (status writes are pure
 //!   functions tested without a store).
 //! - [`run`] — the process: proxy threads in the serving namespace, the store client in its
@@ -18,6 +20,7 @@
 //! This crate must not touch kernel networking state (routes, nftables, links): it only opens
 //! sockets.
 
+pub mod client;
 pub mod pool;
 pub mod proxy;
 pub mod routes;

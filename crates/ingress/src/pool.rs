@@ -1,23 +1,22 @@
-//! Keep-alive HTTP/1.1 connections to backend endpoints.
+//! Keep-alive HTTP/1.1 connections to backend endpoints: plain TCP streams with their read
+//! buffer, driven by [`crate::client`] from the request's own task.
 //!
 //! A connection is taken from the endpoint's idle list (or opened), carries one request, and
-//! goes back to the list when its response body has been read to the end; a body dropped
-//! early (the client went away) takes the connection with it. This is what hyper-util's
-//! legacy client does too, minus its per-request task spawn and URI-keyed lookups: the
-//! gateway's hot path is one lock, one `Vec::pop`, one request on an open connection.
+//! goes back to the list when its response has been read to the end with nothing left over; a
+//! body dropped early (the client went away) or a response the backend delimits by closing
+//! takes the connection with it. The hot path is one lock, one `Vec::pop`, one `Vec::push`.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 /// Idle connections kept per endpoint at most; more are closed when their response ends.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
@@ -27,15 +26,79 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often `put` looks for expired idle connections.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read buffer per connection; also the largest response head (and chunk-size or trailer
+/// line) accepted.
+pub const BUF_SIZE: usize = 16 * 1024;
 
-#[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    #[error("connect: {0}")]
-    Connect(std::io::Error),
-    #[error("connect: timed out after {0:?}")]
-    ConnectTimeout(Duration),
-    #[error("{0}")]
-    Http(#[from] hyper::Error),
+/// One backend connection: the stream, what was read from it and not yet consumed, and the
+/// timer for the response head (one per connection, moved forward per request: moving a
+/// registered tokio timer later is an atomic store, not a timer-wheel operation).
+pub struct Conn {
+    pub(crate) stream: TcpStream,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    pub(crate) timer: Pin<Box<Sleep>>,
+}
+
+impl Conn {
+    /// Wraps a connected stream (no delay set by the caller).
+    pub fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+        }
+    }
+
+    /// Bytes read and not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Marks the first `n` buffered bytes consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads more into the buffer; Ok(0) is end of stream. Fails when the buffer is full of
+    /// unconsumed bytes (a head or line longer than [`BUF_SIZE`]).
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.end == self.buf.len() {
+            if self.start == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("response head or line longer than {BUF_SIZE} bytes"),
+                )));
+            }
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
+        match Pin::new(&mut self.stream).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                self.end += n;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Whether an idle connection still looks usable: nothing to read (no FIN, no stray
+    /// bytes). One non-blocking `recv`.
+    fn looks_alive(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
 }
 
 /// Idle connections by endpoint, most recently used last.
@@ -44,7 +107,7 @@ pub struct Pool {
 }
 
 struct Idle {
-    by_endpoint: HashMap<SocketAddr, Vec<(SendRequest<Incoming>, Instant)>>,
+    by_endpoint: HashMap<SocketAddr, Vec<(Conn, Instant)>>,
     last_sweep: Instant,
 }
 
@@ -59,20 +122,32 @@ impl Default for Pool {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect: {0}")]
+    Io(io::Error),
+    #[error("connect: timed out after {0:?}")]
+    Timeout(Duration),
+}
+
 impl Pool {
-    fn take(&self, ep: SocketAddr) -> Option<SendRequest<Incoming>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let list = idle.by_endpoint.get_mut(&ep)?;
-        while let Some((s, _)) = list.pop() {
-            if !s.is_closed() {
-                return Some(s);
+    /// An idle connection to `ep`, most recently used first. With `probe`, each is checked
+    /// for a FIN from the backend first (for requests that must not be retried once sent).
+    pub fn take(&self, ep: SocketAddr, probe: bool) -> Option<Conn> {
+        loop {
+            let mut c = {
+                let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                idle.by_endpoint.get_mut(&ep)?.pop()?.0
+            };
+            if !probe || c.looks_alive() {
+                return Some(c);
             }
         }
-        None
     }
 
-    fn put(&self, ep: SocketAddr, s: SendRequest<Incoming>) {
-        if s.is_closed() {
+    /// Returns a connection whose response ended cleanly (nothing left in its buffer).
+    pub fn put(&self, ep: SocketAddr, c: Conn) {
+        if !c.buffered().is_empty() {
             return;
         }
         let now = Instant::now();
@@ -80,116 +155,29 @@ impl Pool {
         if now.duration_since(idle.last_sweep) >= SWEEP_EVERY {
             idle.last_sweep = now;
             idle.by_endpoint.retain(|_, list| {
-                list.retain(|(s, since)| {
-                    !s.is_closed() && now.duration_since(*since) < IDLE_TIMEOUT
-                });
+                list.retain(|(_, since)| now.duration_since(*since) < IDLE_TIMEOUT);
                 !list.is_empty()
             });
         }
         let list = idle.by_endpoint.entry(ep).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push((s, now));
+            list.push((c, now));
         }
     }
 
-    async fn connect(ep: SocketAddr) -> Result<SendRequest<Incoming>, PoolError> {
+    /// Number of idle connections to `ep`.
+    pub fn idle(&self, ep: SocketAddr) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.by_endpoint.get(&ep).map_or(0, Vec::len)
+    }
+
+    /// Opens a new connection to `ep` (`TCP_NODELAY` on).
+    pub async fn connect(ep: SocketAddr) -> Result<Conn, ConnectError> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ep))
             .await
-            .map_err(|_| PoolError::ConnectTimeout(CONNECT_TIMEOUT))?
-            .map_err(PoolError::Connect)?;
+            .map_err(|_| ConnectError::Timeout(CONNECT_TIMEOUT))?
+            .map_err(ConnectError::Io)?;
         let _ = stream.set_nodelay(true);
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(endpoint = %ep, error = %e, "backend connection ended");
-            }
-        });
-        Ok(send)
-    }
-
-    /// Sends `req` (origin-form URI, Host set) to `ep` on an idle connection or a new one. A
-    /// request that an idle connection closed under it without sending goes on a fresh one.
-    pub async fn send(
-        self: &Arc<Self>,
-        ep: SocketAddr,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<PooledBody>, PoolError> {
-        // Idle connections first; each may have been closed by the backend meanwhile.
-        while let Some(mut s) = self.take(ep) {
-            if s.ready().await.is_err() {
-                continue;
-            }
-            match s.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(ep, s, resp)),
-                Err(mut e) => match e.take_message() {
-                    // Not sent: try the next connection.
-                    Some(r) => req = r,
-                    None => return Err(PoolError::Http(e.into_error())),
-                },
-            }
-        }
-        let mut s = Self::connect(ep).await?;
-        s.ready().await?;
-        let resp = s.send_request(req).await?;
-        Ok(self.wrap(ep, s, resp))
-    }
-
-    fn wrap(
-        self: &Arc<Self>,
-        ep: SocketAddr,
-        s: SendRequest<Incoming>,
-        resp: Response<Incoming>,
-    ) -> Response<PooledBody> {
-        resp.map(|inner| {
-            let mut body = PooledBody {
-                inner,
-                back: Some((self.clone(), ep, s)),
-            };
-            if body.inner.is_end_stream() {
-                body.release();
-            }
-            body
-        })
-    }
-}
-
-/// A response body that returns its connection to the pool once read to the end.
-pub struct PooledBody {
-    inner: Incoming,
-    back: Option<(Arc<Pool>, SocketAddr, SendRequest<Incoming>)>,
-}
-
-impl PooledBody {
-    fn release(&mut self) {
-        if let Some((pool, ep, s)) = self.back.take() {
-            pool.put(ep, s);
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        Ok(Conn::new(stream))
     }
 }
