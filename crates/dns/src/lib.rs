@@ -15,6 +15,7 @@
 //! - `server` — request in, response out (hickory), UDP worker threads, the TCP handler, the
 //!   upstream forwarder
 //! - `udp` — the UDP worker loop, batched with recvmmsg/sendmmsg
+//! - `wire` — the short paths on raw queries (pure): plain queries, negative answers
 //! - `follow` — list + watch the store, re-index one owner per event
 //!
 //! This crate must not know about network namespaces or the lab: the caller binds the sockets
@@ -24,6 +25,7 @@ pub mod follow;
 pub mod records;
 pub mod server;
 mod udp;
+pub mod wire;
 pub mod zone;
 
 /// The hickory version this crate serves with (for callers that build the TCP server).

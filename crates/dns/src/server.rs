@@ -163,12 +163,102 @@ pub fn udp_max_size(request: &Request) -> u16 {
 }
 
 /// Sends queries for names outside the zone to the upstream servers over UDP and hands back
-/// their responses, under the client's query id.
+/// their responses, under the client's query id. A truncated (TC) response is asked again
+/// over TCP, as a resolver does; the TCP sockets are made in the network namespace of the UDP
+/// socket (see [`TcpMaker`]), so they reach the same upstreams after the process moved.
 pub struct Forwarder {
     socket: Arc<tokio::net::UdpSocket>,
     upstreams: Vec<SocketAddr>,
     pending: Arc<Mutex<HashMap<u16, oneshot::Sender<Vec<u8>>>>>,
     next_id: AtomicU16,
+    tcp: TcpMaker,
+}
+
+/// `ioctl(2)` on a socket: a file descriptor for the socket's network namespace (linux
+/// `SIOCGSKNS`, not in the libc crate).
+const SIOCGSKNS: libc::c_ulong = 0x894c;
+
+/// Where TCP sockets to the upstreams are made.
+enum TcpMaker {
+    /// A thread that joined the UDP socket's network namespace makes them.
+    Thread(Mutex<std::sync::mpsc::Sender<TcpOrder>>),
+    /// The calling thread makes them (the namespace could not be found or joined).
+    Here,
+}
+
+/// (IPv6?, where the new socket goes)
+type TcpOrder = (bool, oneshot::Sender<std::io::Result<std::os::fd::OwnedFd>>);
+
+/// A non-blocking TCP socket of the calling thread's network namespace.
+fn tcp_socket(v6: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: socket(2) with constant arguments; a non-negative result is a new descriptor
+    // that nothing else owns.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+impl TcpMaker {
+    /// A thread in the network namespace of the socket `udp`, or [`TcpMaker::Here`] when
+    /// that namespace cannot be had (then TCP goes from wherever the caller is).
+    fn for_socket(udp: &UdpSocket) -> Self {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: SIOCGSKNS takes no argument and returns a new descriptor or -1.
+        let ns = unsafe { libc::ioctl(udp.as_raw_fd(), SIOCGSKNS as _) };
+        if ns < 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "no namespace of the upstream socket; TCP retries go from the current one");
+            return Self::Here;
+        }
+        // SAFETY: a new descriptor that nobody else owns.
+        let ns = unsafe { OwnedFd::from_raw_fd(ns) };
+        let (tx, rx) = std::sync::mpsc::channel::<TcpOrder>();
+        let spawned = std::thread::Builder::new()
+            .name("dns-fwd-tcp".into())
+            .spawn(move || {
+                // SAFETY: setns(2) on a namespace descriptor, for this thread only.
+                let joined = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } == 0;
+                if !joined {
+                    tracing::warn!(error = %std::io::Error::last_os_error(), "cannot join the upstream socket's namespace; TCP retries go from the current one");
+                }
+                drop(ns);
+                while let Ok((v6, reply)) = rx.recv() {
+                    let _ = reply.send(tcp_socket(v6));
+                }
+            });
+        match spawned {
+            Ok(_) => Self::Thread(Mutex::new(tx)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the TCP socket thread");
+                Self::Here
+            }
+        }
+    }
+
+    async fn socket(&self, v6: bool) -> std::io::Result<std::os::fd::OwnedFd> {
+        let gone = || std::io::Error::other("the TCP socket thread is gone");
+        match self {
+            Self::Here => tcp_socket(v6),
+            Self::Thread(tx) => {
+                let (reply, rx) = oneshot::channel();
+                tx.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .send((v6, reply))
+                    .map_err(|_| gone())?;
+                rx.await.map_err(|_| gone())?
+            }
+        }
+    }
 }
 
 impl Forwarder {
@@ -176,6 +266,7 @@ impl Forwarder {
     /// bind it before the process moves to the store's). Call inside a tokio runtime.
     pub fn new(socket: UdpSocket, upstreams: Vec<SocketAddr>) -> std::io::Result<Arc<Self>> {
         socket.set_nonblocking(true)?;
+        let tcp = TcpMaker::for_socket(&socket);
         let socket = Arc::new(tokio::net::UdpSocket::from_std(socket)?);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -186,6 +277,7 @@ impl Forwarder {
             upstreams,
             pending: Arc::default(),
             next_id: AtomicU16::new(seed),
+            tcp,
         });
         let pending = fwd.pending.clone();
         let ups = fwd.upstreams.clone();
@@ -217,14 +309,17 @@ impl Forwarder {
     }
 
     /// The upstream's response to the raw query `raw`, with `raw`'s id; `None` when no
-    /// upstream answered within [`FORWARD_TIMEOUT`].
-    pub async fn forward(&self, raw: &[u8]) -> Option<Vec<u8>> {
+    /// upstream answered within [`FORWARD_TIMEOUT`]. A truncated response is asked again over
+    /// TCP; the whole answer is returned when it is at most `max_size` bytes, else the
+    /// truncated one (the client then asks again over TCP).
+    pub async fn forward(&self, raw: &[u8], max_size: usize) -> Option<Vec<u8>> {
         if raw.len() < 12 || self.upstreams.is_empty() {
             return None;
         }
         let client_id = [raw[0], raw[1]];
         let per_try = FORWARD_TIMEOUT / u32::try_from(self.upstreams.len()).unwrap_or(1);
         for up in &self.upstreams {
+            let started = tokio::time::Instant::now();
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             self.pending
@@ -249,11 +344,47 @@ impl Forwarder {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
             if let Some(mut resp) = got {
+                if resp[2] & 0x02 != 0 {
+                    let left = per_try.saturating_sub(started.elapsed());
+                    match tokio::time::timeout(left, self.over_tcp(*up, &q)).await {
+                        Ok(Ok(whole)) if whole.len() <= max_size => resp = whole,
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(upstream = %up, error = %e, "TCP retry of a truncated answer failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(upstream = %up, "TCP retry of a truncated answer timed out")
+                        }
+                    }
+                }
                 resp[..2].copy_from_slice(&client_id);
                 return Some(resp);
             }
         }
         None
+    }
+
+    /// One query over a new TCP connection to `up`: the response, with the query's id.
+    async fn over_tcp(&self, up: SocketAddr, q: &[u8]) -> std::io::Result<Vec<u8>> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let bad =
+            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+        let fd = self.tcp.socket(up.is_ipv6()).await?;
+        let sock = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+        let mut s = sock.connect(up).await?;
+        let len = u16::try_from(q.len()).map_err(|_| bad("query longer than 65535 bytes"))?;
+        let mut framed = Vec::with_capacity(q.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(q);
+        s.write_all(&framed).await?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).await?;
+        let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut body).await?;
+        if body.len() < 12 || body[..2] != q[..2] || body[2] & 0x80 == 0 {
+            return Err(bad("not a response to the query"));
+        }
+        Ok(body)
     }
 }
 
@@ -316,7 +447,9 @@ impl RequestHandler for Handler {
             Outcome::Drop => None,
             Outcome::Forward => {
                 let fwd = match &self.forwarder {
-                    Some(f) if f.has_upstreams() => f.forward(request.as_slice()).await,
+                    Some(f) if f.has_upstreams() => {
+                        f.forward(request.as_slice(), usize::from(max)).await
+                    }
                     _ => None,
                 };
                 match fwd {

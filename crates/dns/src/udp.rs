@@ -8,8 +8,9 @@
 //! option-less EDNS0 OPT) whose key is known gets the stored bytes with the client's id, its
 //! RD and CD bits and its own spelling of the question copied in, without parsing or encoding.
 //! A plain query whose answer is negative (most misses: the random names `ndots:5` search
-//! paths produce) is answered from the lookup without parsing or encoding the message: header,
-//! the question as sent, the zone's SOA encoded by hickory, a fixed OPT.
+//! paths produce) is answered by [`crate::wire::negative`] without parsing or encoding the
+//! message: one lookup of the question's lowercase wire form in the zone's index, then the
+//! header, the question as sent, the SOA encoded once per zone serial, a fixed OPT.
 //! Only authoritative NOERROR/NXDOMAIN responses of at most 512 bytes are kept (valid for any
 //! transport size); the store is emptied whenever the zone's serial changes, and when it holds
 //! [`CACHE_MAX`] entries.
@@ -23,17 +24,11 @@ use std::time::Duration;
 
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::ResponseCode;
-use hickory_server::proto::rr::{LowerName, RecordType};
-use hickory_server::proto::serialize::binary::{
-    BinDecodable, BinDecoder, BinEncodable, BinEncoder,
-};
 use hickory_server::server::Request;
 
-use crate::server::{
-    EDNS_PAYLOAD, Forwarder, Outcome, SharedZone, respond, servfail, udp_max_size,
-};
+use crate::server::{Forwarder, Outcome, SharedZone, respond, servfail, udp_max_size};
+use crate::wire::{QUESTION_MAX, lower_question, negative, plain_query};
 use crate::zone::FxHasher;
-use crate::zone::{Lookup, Zone};
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
@@ -45,44 +40,11 @@ const BUF: usize = 4096;
 /// Most responses a worker keeps.
 pub const CACHE_MAX: usize = 50_000;
 
-/// (lowercased question section, whether the query had EDNS)
-type CacheKey = (Box<[u8]>, bool);
-
-/// The stored responses of one worker.
+/// The stored responses of one worker, keyed by the lowercased question section followed by
+/// one byte: whether the query had EDNS (so a lookup borrows the key from a stack buffer).
 struct Cache {
     serial: u32,
-    map: HashMap<CacheKey, Box<[u8]>, BuildHasherDefault<FxHasher>>,
-}
-
-/// Where the question ends and whether an OPT record follows, for a query the cache may
-/// answer; `None` for anything else (the full path handles it).
-fn plain_query(raw: &[u8]) -> Option<(usize, bool)> {
-    if raw.len() < 17 || raw[2] & 0xf8 != 0 {
-        return None; // a response, or an opcode other than QUERY
-    }
-    let count = |i: usize| u16::from_be_bytes([raw[i], raw[i + 1]]);
-    if count(4) != 1 || count(6) != 0 || count(8) != 0 || count(10) > 1 {
-        return None;
-    }
-    let mut i = 12;
-    loop {
-        let len = usize::from(*raw.get(i)?);
-        if len == 0 {
-            break;
-        }
-        if len > 63 || i > 12 + 255 {
-            return None;
-        }
-        i += 1 + len;
-    }
-    let q_end = i + 5;
-    if count(10) == 0 {
-        return (raw.len() == q_end).then_some((q_end, false));
-    }
-    // An EDNS0 OPT: root owner, type 41, version 0, no options.
-    let opt = raw.get(q_end..)?;
-    (opt.len() == 11 && opt[0] == 0 && opt[1..3] == [0, 41] && opt[6] == 0 && opt[9..11] == [0, 0])
-        .then_some((q_end, true))
+    map: HashMap<Box<[u8]>, Box<[u8]>, BuildHasherDefault<FxHasher>>,
 }
 
 /// Buffers for one batch. The kernel structures point into the buffers; the pointers are
@@ -256,6 +218,7 @@ pub(crate) fn udp_loop(
 ) {
     let fd = sock.as_raw_fd();
     let mut b = Batch::new();
+    let mut key = [0u8; QUESTION_MAX];
     let mut cache = Cache {
         serial: 0,
         map: HashMap::default(),
@@ -280,12 +243,14 @@ pub(crate) fn udp_loop(
             out.clear();
             if let Some(src) = b.source(i).filter(|s| s.port() != 0) {
                 let raw = b.datagram(i);
-                let plain = plain_query(raw);
-                let key = plain.map(|(q_end, edns)| {
-                    (raw[12..q_end].to_ascii_lowercase().into_boxed_slice(), edns)
+                // (end of the question, EDNS, length of the lowercased question in `key`)
+                let plain = plain_query(raw).and_then(|(q_end, edns)| {
+                    let len = lower_question(raw, q_end, &mut key)?;
+                    key[len] = u8::from(edns);
+                    Some((q_end, edns, len))
                 });
-                if let (Some((q_end, _)), Some(stored)) =
-                    (plain, key.as_ref().and_then(|k| cache.map.get(k)))
+                if let Some((q_end, _, len)) = plain
+                    && let Some(stored) = cache.map.get(&key[..=len])
                 {
                     out.extend_from_slice(stored);
                     out[..2].copy_from_slice(&raw[..2]);
@@ -297,8 +262,8 @@ pub(crate) fn udp_loop(
                 }
                 // Not stored: most negative names are one-offs (search-path expansions), and
                 // this path costs little more than a stored answer.
-                if let Some((q_end, edns)) = plain
-                    && negative(&z, raw, q_end, edns, &mut out)
+                if let Some((q_end, edns, len)) = plain
+                    && negative(&z, raw, q_end, edns, &key[..len], &mut out)
                 {
                     b.outs[i] = out;
                     continue;
@@ -310,7 +275,7 @@ pub(crate) fn udp_loop(
                         match respond(&z, &request, max, &mut out) {
                             Outcome::Answered(code) => {
                                 let aa = out.get(2).is_some_and(|f| f & 0x04 != 0);
-                                if let Some(k) = key
+                                if let Some((_, _, len)) = plain
                                     && aa
                                     && out.len() <= 512
                                     && matches!(
@@ -318,7 +283,10 @@ pub(crate) fn udp_loop(
                                         ResponseCode::NoError | ResponseCode::NXDomain
                                     )
                                 {
-                                    cache.map.insert(k, out.clone().into_boxed_slice());
+                                    cache.map.insert(
+                                        Box::from(&key[..=len]),
+                                        out.clone().into_boxed_slice(),
+                                    );
                                 }
                             }
                             Outcome::Drop => out.clear(),
@@ -344,62 +312,6 @@ pub(crate) fn udp_loop(
     }
 }
 
-/// Answers a plain query whose answer is negative (NXDOMAIN or NODATA) without parsing the
-/// whole message: the question is copied as sent, hickory encodes the SOA, the OPT is fixed.
-/// Returns false (with `out` empty) for anything else.
-fn negative(z: &Zone, raw: &[u8], q_end: usize, edns: bool, out: &mut Vec<u8>) -> bool {
-    out.clear();
-    let qtype = RecordType::from(u16::from_be_bytes([raw[q_end - 4], raw[q_end - 3]]));
-    let qclass = u16::from_be_bytes([raw[q_end - 2], raw[q_end - 1]]);
-    if qclass != 1 || matches!(qtype, RecordType::AXFR | RecordType::IXFR | RecordType::OPT) {
-        return false;
-    }
-    let Ok(name) = LowerName::read(&mut BinDecoder::new(&raw[12..q_end - 4])) else {
-        return false;
-    };
-    let Lookup::Answer(a) = z.lookup(&name, qtype) else {
-        return false;
-    };
-    let rcode = match a.rcode {
-        ResponseCode::NXDomain => 3,
-        ResponseCode::NoError => 0,
-        _ => return false,
-    };
-    let [soa] = a.authority[..] else {
-        return false;
-    };
-    if !a.answers.is_empty() || !a.authoritative {
-        return false;
-    }
-    let mut enc = BinEncoder::new(out);
-    let header = [
-        raw[0],
-        raw[1],
-        0x84 | (raw[2] & 0x01),  // QR, AA, the client's RD
-        (raw[3] & 0x10) | rcode, // the client's CD
-        0,
-        1,
-        0,
-        0,
-        0,
-        1,
-        0,
-        u8::from(edns),
-    ];
-    let ok = enc.emit_vec(&header).is_ok()
-        && enc.emit_vec(&raw[12..q_end]).is_ok()
-        && soa.emit(&mut enc).is_ok()
-        && (!edns || {
-            let [hi, lo] = EDNS_PAYLOAD.to_be_bytes();
-            enc.emit_vec(&[0, 0, 41, hi, lo, 0, 0, 0, 0, 0, 0]).is_ok()
-        });
-    if !ok || out.len() > 512 {
-        out.clear();
-        return false;
-    }
-    true
-}
-
 fn forward(
     f: Arc<Forwarder>,
     sock: Arc<UdpSocket>,
@@ -410,7 +322,7 @@ fn forward(
 ) {
     rt.spawn(async move {
         let mut out = Vec::new();
-        match f.forward(request.as_slice()).await {
+        match f.forward(request.as_slice(), usize::from(max)).await {
             Some(resp) if resp.len() <= usize::from(max) => {
                 let _ = sock.send_to(&resp, src);
             }

@@ -7,6 +7,11 @@
 //! `_tcp.<svc>.<ns>.svc.<zone>`), has an entry whose `refs` counts the contributions at or
 //! below it. A missing entry is NXDOMAIN; an entry without records of the asked type is
 //! NODATA. Both cost one hash lookup, whatever the zone's size.
+//!
+//! The map is keyed by the name's lowercase wire form (length-prefixed labels and the root's
+//! 0), so a question can be looked up from the bytes of a query without building a hickory
+//! name ([`Zone::negative`]); the zone's SOA is kept encoded for the same reason
+//! ([`EncodedSoa`]).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -14,6 +19,7 @@ use std::net::IpAddr;
 
 use hickory_server::proto::op::ResponseCode;
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_server::proto::serialize::binary::{BinEncodable, BinEncoder};
 
 use crate::records::{self, Rr, ZoneConfig};
 
@@ -123,7 +129,12 @@ pub struct Zone {
     domain: LowerName,
     in_addr: LowerName,
     ip6: LowerName,
-    names: FxMap<LowerName, Node>,
+    /// Keyed by [`wire_key`].
+    names: FxMap<Box<[u8]>, Node>,
+    /// The cluster domain's [`wire_key`].
+    domain_wire: Box<[u8]>,
+    /// `soa` encoded, for [`Zone::negative`].
+    soa_wire: EncodedSoa,
     owners: HashMap<Owner, Contribution>,
     next_id: u64,
     serial: u32,
@@ -141,10 +152,13 @@ impl Zone {
     /// [`Zone::set_synced`] (as CoreDNS does before its first sync with the API).
     pub fn new(cfg: ZoneConfig) -> Self {
         let domain = LowerName::new(&cfg.domain);
+        let soa = cfg.soa(1);
         let mut zone = Self {
+            domain_wire: wire_key(&domain),
+            soa_wire: EncodedSoa::new(&soa),
             in_addr: LowerName::new(&Name::from_ascii("in-addr.arpa.").unwrap_or_default()),
             ip6: LowerName::new(&Name::from_ascii("ip6.arpa.").unwrap_or_default()),
-            soa: cfg.soa(1),
+            soa,
             soa4: cfg.reverse_soa(false, 1),
             soa6: cfg.reverse_soa(true, 1),
             domain,
@@ -236,11 +250,13 @@ impl Zone {
                 s.serial = self.serial;
             }
         }
+        self.soa_wire = EncodedSoa::new(&self.soa);
     }
 
-    /// The names from `name` up to the apex of its zone (or just `name` outside them).
-    fn lineage(&self, name: &LowerName) -> Vec<LowerName> {
-        let mut out = vec![name.clone()];
+    /// The names from `name` up to the apex of its zone (or just `name` outside them), as
+    /// [`wire_key`]s.
+    fn lineage(&self, name: &LowerName) -> Vec<Box<[u8]>> {
+        let mut out = vec![wire_key(name)];
         let mut cur = name.clone();
         let inside =
             self.domain.zone_of(&cur) || self.in_addr.zone_of(&cur) || self.ip6.zone_of(&cur);
@@ -249,7 +265,7 @@ impl Zone {
         }
         while cur != self.domain && cur != self.in_addr && cur != self.ip6 && cur.num_labels() > 1 {
             cur = cur.base_name();
-            out.push(cur.clone());
+            out.push(wire_key(&cur));
         }
         out
     }
@@ -259,7 +275,7 @@ impl Zone {
             self.names.entry(n).or_default().refs += 1;
         }
         if let Some(r) = &rr.record
-            && let Some(node) = self.names.get_mut(&rr.name)
+            && let Some(node) = self.names.get_mut(&*wire_key(&rr.name))
         {
             node.records.push((id, r.clone()));
         }
@@ -267,7 +283,7 @@ impl Zone {
 
     fn withdraw(&mut self, c: &Contribution) {
         for rr in &c.rrs {
-            if let Some(node) = self.names.get_mut(&rr.name) {
+            if let Some(node) = self.names.get_mut(&*wire_key(&rr.name)) {
                 node.records.retain(|(id, _)| *id != c.id);
             }
             for n in self.lineage(&rr.name) {
@@ -290,7 +306,7 @@ impl Zone {
             if zone.zone_of(name) {
                 let ours = reverse_addr(name)
                     .is_some_and(|ip| self.cfg.reverse_cidrs.iter().any(|c| c.contains(&ip)))
-                    || self.names.contains_key(name);
+                    || self.names.contains_key(&*wire_key(name));
                 return if ours {
                     Authority::Reverse { v6 }
                 } else {
@@ -314,7 +330,7 @@ impl Zone {
         }
         let mut ans = Answer::rcode(ResponseCode::NoError);
         ans.authoritative = true;
-        let Some(node) = self.names.get(name) else {
+        let Some(node) = self.names.get(&*wire_key(name)) else {
             ans.rcode = ResponseCode::NXDomain;
             ans.authority.push(soa);
             return Lookup::Answer(ans);
@@ -340,7 +356,7 @@ impl Zone {
                     break;
                 };
                 let target = LowerName::new(&target.0);
-                match self.names.get(&target) {
+                match self.names.get(&*wire_key(&target)) {
                     Some(next) if self.domain.zone_of(&target) => {
                         push_matching(&mut ans.answers, next, qtype);
                         cur = next;
@@ -365,7 +381,7 @@ impl Zone {
                 RData::NS(ns) => &ns.0,
                 _ => continue,
             };
-            if let Some(node) = self.names.get(&LowerName::new(target)) {
+            if let Some(node) = self.names.get(&*wire_key(target)) {
                 for (_, rec) in &node.records {
                     if matches!(rec.record_type(), RecordType::A | RecordType::AAAA)
                         && !ans.additional.contains(&rec)
@@ -376,6 +392,154 @@ impl Zone {
             }
         }
     }
+}
+
+/// A negative answer found from a question's wire form ([`Zone::negative`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Negative<'a> {
+    /// NXDOMAIN (true) or NODATA (false).
+    pub nxdomain: bool,
+    /// The zone's SOA, for the authority section.
+    pub soa: &'a EncodedSoa,
+}
+
+impl Zone {
+    /// The answer to a question for `qname` (its lowercase wire form, the root's 0 included)
+    /// and `qtype` of class IN, when it is negative (NXDOMAIN or NODATA) and inside the cluster
+    /// domain: what [`Zone::lookup`] answers then, without building a hickory name. `None`
+    /// for every other case, which the caller answers with [`Zone::lookup`]: names outside
+    /// the cluster domain (reverse and forwarded names), an unsynced zone, and any name whose
+    /// answer has records (an exact type match, a CNAME, the apex SOA).
+    pub fn negative(&self, qname: &[u8], qtype: RecordType) -> Option<Negative<'_>> {
+        if !self.synced || !self.in_domain(qname) {
+            return None;
+        }
+        let Some(node) = self.names.get(qname) else {
+            return Some(Negative {
+                nxdomain: true,
+                soa: &self.soa_wire,
+            });
+        };
+        let positive = match qtype {
+            RecordType::ANY => !node.records.is_empty() || *qname == *self.domain_wire,
+            RecordType::SOA if *qname == *self.domain_wire => true,
+            _ => node.records.iter().any(|(_, r)| {
+                let t = r.record_type();
+                t == qtype || t == RecordType::CNAME
+            }),
+        };
+        (!positive).then_some(Negative {
+            nxdomain: false,
+            soa: &self.soa_wire,
+        })
+    }
+
+    /// Whether the wire name `qname` (well formed: labels, then 0) is the cluster domain or
+    /// below it. The bytes must match and the suffix must start at a label.
+    fn in_domain(&self, qname: &[u8]) -> bool {
+        let d = &self.domain_wire;
+        let Some(start) = qname.len().checked_sub(d.len()) else {
+            return false;
+        };
+        if qname[start..] != **d {
+            return false;
+        }
+        let mut i = 0;
+        while i < start {
+            i += 1 + usize::from(qname[i]);
+        }
+        i == start
+    }
+}
+
+/// The lowercase wire form of `name` (each label's length and bytes, then the root's 0):
+/// the key of the zone's index.
+pub fn wire_key(name: &Name) -> Box<[u8]> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    for label in name.iter() {
+        out.push(label.len() as u8);
+        out.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    out.push(0);
+    out.into_boxed_slice()
+}
+
+/// A record encoded once by hickory at offset 0, ready to be copied to any offset of a
+/// message: the compression pointers inside it (into itself) are moved by the offset.
+/// Byte for byte what hickory's encoder writes for the record there when no earlier name of
+/// the message is a suffix of its names (true of the SOA after a question: hickory stores the
+/// question only as a whole, type and class included, so no name points into it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedSoa {
+    bytes: Vec<u8>,
+    /// Where the two-byte compression pointers are.
+    pointers: Vec<usize>,
+}
+
+impl EncodedSoa {
+    fn new(soa: &Record) -> Self {
+        let mut bytes = Vec::with_capacity(64);
+        let mut enc = BinEncoder::new(&mut bytes);
+        if let Err(e) = soa.emit(&mut enc) {
+            // Cannot happen for names that parsed; the short path is then off.
+            tracing::warn!(error = %e, "cannot encode the zone's SOA");
+            bytes.clear();
+        }
+        let pointers = soa_pointers(&bytes).unwrap_or_else(|| {
+            bytes.clear();
+            Vec::new()
+        });
+        Self { bytes, pointers }
+    }
+
+    /// Whether there is nothing to write (the SOA could not be encoded).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Appends the record to `out`, whose length is its offset in the message. False (and
+    /// `out` unchanged) when there is nothing to write or the pointers would not fit.
+    pub fn append_to(&self, out: &mut Vec<u8>) -> bool {
+        let base = out.len();
+        if self.bytes.is_empty() || base + self.bytes.len() > 0x3fff {
+            return false;
+        }
+        out.extend_from_slice(&self.bytes);
+        for &p in &self.pointers {
+            let target =
+                usize::from(u16::from_be_bytes([out[base + p], out[base + p + 1]]) & 0x3fff);
+            let moved = 0xc000 | (target + base) as u16;
+            out[base + p..base + p + 2].copy_from_slice(&moved.to_be_bytes());
+        }
+        true
+    }
+}
+
+/// The positions of the compression pointers in an encoded SOA record (owner, type, class,
+/// TTL, length, MNAME, RNAME, five numbers); `None` when it is not that shape.
+fn soa_pointers(b: &[u8]) -> Option<Vec<usize>> {
+    let mut ptrs = Vec::new();
+    let name_end = |mut i: usize, ptrs: &mut Vec<usize>| -> Option<usize> {
+        loop {
+            let len = *b.get(i)?;
+            match len {
+                0 => return Some(i + 1),
+                1..=63 => i += 1 + usize::from(len),
+                0xc0..=0xff => {
+                    b.get(i + 1)?;
+                    ptrs.push(i);
+                    return Some(i + 2);
+                }
+                _ => return None,
+            }
+        }
+    };
+    let i = name_end(0, &mut ptrs)?;
+    let rdlen = usize::from(u16::from_be_bytes([*b.get(i + 8)?, *b.get(i + 9)?]));
+    let rdata = i + 10;
+    let i = name_end(rdata, &mut ptrs)?;
+    let i = name_end(i, &mut ptrs)?;
+    (i + 20 == b.len() && rdata + rdlen == b.len()).then_some(ptrs)
 }
 
 fn push_matching<'a>(out: &mut Vec<&'a Record>, node: &'a Node, qtype: RecordType) {

@@ -312,3 +312,127 @@ fn negative_answers_of_the_short_path_equal_the_full_path() {
         );
     }
 }
+
+/// A fake upstream on loopback, UDP and TCP on one port: over UDP it answers every query
+/// with its question and TC set; over TCP with the question and `records` A records
+/// (192.0.2.N, each name a pointer to the question). Returns its address and a counter of
+/// the TCP queries it got.
+fn truncating_upstream(records: u8) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let udp = UdpSocket::bind(addr).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            buf[2] |= 0x82; // QR, TC
+            let _ = udp.send_to(&buf[..n], from);
+        }
+    });
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for mut s in tcp.incoming().flatten() {
+            let mut len = [0u8; 2];
+            if s.read_exact(&mut len).is_err() {
+                continue;
+            }
+            let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            if s.read_exact(&mut q).is_err() {
+                continue;
+            }
+            seen.fetch_add(1, Ordering::SeqCst);
+            // Question only (drop an OPT: the answer is about size, not EDNS).
+            let q_end = 12 + q[12..].iter().position(|&b| b == 0).unwrap() + 5;
+            let mut r = q[..q_end].to_vec();
+            r[2] |= 0x80;
+            r[6..8].copy_from_slice(&u16::from(records).to_be_bytes());
+            r[10..12].copy_from_slice(&[0, 0]);
+            for i in 0..records {
+                r.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, i]);
+            }
+            let mut framed = (r.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(&r);
+            let _ = s.write_all(&framed);
+        }
+    });
+    (addr, count)
+}
+
+#[test]
+fn truncated_upstream_answers_are_asked_again_over_tcp() {
+    use std::sync::atomic::Ordering;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // 3 records: 12 + 17 (question) + 3 × 16 bytes, fits 512.
+    let (up, tcp_queries) = truncating_upstream(3);
+    let fwd = rt
+        .block_on(async { Forwarder::new(UdpSocket::bind("127.0.0.1:0").unwrap(), vec![up]) })
+        .unwrap();
+    let addr = start_udp(&rt, zone(), Some(fwd));
+    let c = client();
+    let resp = ask(&c, addr, &query(77, "big.example"));
+    let m = Message::from_vec(&resp).unwrap();
+    assert_eq!(m.metadata.id, 77);
+    assert!(!m.metadata.truncation, "the whole answer from TCP: {m:?}");
+    let ips: Vec<String> = m
+        .answers
+        .iter()
+        .filter_map(|r| match r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ips, ["192.0.2.0", "192.0.2.1", "192.0.2.2"]);
+    assert_eq!(m.queries[0].name().to_string(), "big.example.");
+    assert_eq!(tcp_queries.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_tcp_answer_too_big_for_the_client_leaves_it_the_truncated_one() {
+    use std::sync::atomic::Ordering;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // 40 records: 12 + 17 + 640 bytes, more than the 512 a client without EDNS takes.
+    let (up, tcp_queries) = truncating_upstream(40);
+    let fwd = rt
+        .block_on(async { Forwarder::new(UdpSocket::bind("127.0.0.1:0").unwrap(), vec![up]) })
+        .unwrap();
+    let z = zone();
+    let addr = start_udp(&rt, z.clone(), Some(fwd.clone()));
+    let c = client();
+    let resp = ask(&c, addr, &query(78, "huge.example"));
+    let m = Message::from_vec(&resp).unwrap();
+    assert_eq!(m.metadata.id, 78);
+    assert!(m.metadata.truncation, "TC: ask again over TCP");
+    assert!(m.answers.is_empty());
+    assert_eq!(tcp_queries.load(Ordering::SeqCst), 1);
+    // Over TCP the client gets all of it.
+    let tcp_addr = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = listener.local_addr().unwrap();
+        let mut server = hickory_server::Server::new(Handler {
+            zone: z,
+            forwarder: Some(fwd),
+        });
+        server.register_listener(listener, Duration::from_secs(5), 16);
+        tokio::spawn(async move {
+            let _ = server.block_until_done().await;
+        });
+        a
+    });
+    let mut s = TcpStream::connect(tcp_addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let q = query(79, "huge.example");
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    s.write_all(&framed).unwrap();
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut body).unwrap();
+    let m = Message::from_vec(&body).unwrap();
+    assert_eq!(m.metadata.id, 79);
+    assert!(!m.metadata.truncation);
+    assert_eq!(m.answers.len(), 40);
+    assert_eq!(tcp_queries.load(Ordering::SeqCst), 2);
+}

@@ -766,3 +766,175 @@ fn outside_names_are_handed_to_the_forwarder_and_responses_are_dropped() {
     .unwrap();
     assert_eq!(respond(&z, &req, 512, &mut out), Outcome::Drop);
 }
+
+// ---- the short negative path (dns::wire) against the full path ----
+
+/// `name` with each letter's case flipped by a fixed pseudo-random sequence (0x20 bits).
+fn mixed_case(name: &str, seed: u64) -> String {
+    let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    name.chars()
+        .map(|c| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            if x >> 63 == 1 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// A raw query with RD as given, `qtype` and an optional option-less EDNS0 OPT (DO as given).
+fn raw_query_with(id: u16, name: &str, qtype: u16, rd: bool, edns: Option<bool>) -> Vec<u8> {
+    let mut q = raw_query(id, name, qtype);
+    q[2] = u8::from(rd);
+    q[3] = if id.is_multiple_of(3) { 0x10 } else { 0 }; // CD on some
+    if let Some(dnssec_ok) = edns {
+        q[11] = 1;
+        let flags = if dnssec_ok { 0x80 } else { 0 };
+        q.extend_from_slice(&[0, 0, 41, 0x04, 0xd0, 0, 0, flags, 0, 0, 0]);
+    }
+    q
+}
+
+/// Every name × type × case × EDNS: whenever the short path answers, its bytes equal the full
+/// path's; and it answers every negative question inside the cluster domain.
+#[test]
+fn short_negative_answers_equal_the_full_path_byte_for_byte() {
+    use dns::server::udp_max_size;
+    use dns::wire::negative_response;
+    let z = zone_of(&cluster());
+    let names = [
+        // NXDOMAIN inside the zone, at every depth, and search-path expansions
+        "nope.cluster.local",
+        "nope.svc.cluster.local",
+        "nope.default.svc.cluster.local",
+        "host7.example.com.default.svc.cluster.local",
+        "www.google.com.prod.svc.cluster.local",
+        "a.b.c.d.e.f.g.h.web.default.svc.cluster.local",
+        "_x._tcp.web.default.svc.cluster.local",
+        "nope.default.pod.cluster.local",
+        "10-244-1-99.default.pod.cluster.local",
+        "db-9.db.default.svc.cluster.local",
+        "empty.default.svc.cluster.local", // headless without ready endpoints
+        "nope.ns.dns.cluster.local",
+        "a-very-long-label-of-exactly-sixty-three-characters-for-the-tst.x.y.z.default.svc.cluster.local",
+        // existing names and empty non-terminals: NODATA for most types, answers for some
+        "cluster.local",
+        "svc.cluster.local",
+        "pod.cluster.local",
+        "default.svc.cluster.local",
+        "prod.pod.cluster.local",
+        "web.default.svc.cluster.local",
+        "_tcp.web.default.svc.cluster.local",
+        "_http._tcp.web.default.svc.cluster.local",
+        "_pg._tcp.db.default.svc.cluster.local",
+        "db-0.db.default.svc.cluster.local",
+        "10-244-1-9.default.pod.cluster.local",
+        "search.prod.svc.cluster.local", // CNAME out of the zone
+        "alias.prod.svc.cluster.local",  // CNAME into the zone
+        "dns-version.cluster.local",
+        "ns.dns.cluster.local",
+        "dns.cluster.local",
+        // not the cluster domain: the full path (reverse names, forwarded names)
+        "20.0.96.10.in-addr.arpa",
+        "99.0.96.10.in-addr.arpa",
+        "9.9.9.9.in-addr.arpa",
+        "example.com",
+        "local",
+        "xcluster.local",
+        "cluster.local.example.com",
+    ];
+    // A, NS, CNAME, SOA, PTR, MX, TXT, AAAA, SRV, CAA, ANY; and types the full path keeps
+    // (0, OPT, IXFR, AXFR, MAILA).
+    let types = [
+        1u16, 2, 5, 6, 12, 15, 16, 28, 33, 257, 255, 0, 41, 251, 252, 254,
+    ];
+    let (mut short, mut compared) = (0, 0);
+    for (n, name) in names.iter().enumerate() {
+        for &qtype in &types {
+            for (v, edns) in [None, Some(false), Some(true)].into_iter().enumerate() {
+                for spelling in [name.to_string(), mixed_case(name, (n * 7 + v) as u64)] {
+                    let id = (n * 100 + usize::from(qtype) + v) as u16;
+                    let q = raw_query_with(id, &spelling, qtype, n % 2 == 0, edns);
+                    let mut fast = Vec::new();
+                    let answered = negative_response(&z, &q, &mut fast);
+                    let req = Request::from_bytes(
+                        q.clone(),
+                        "10.244.1.9:5353".parse().unwrap(),
+                        Protocol::Udp,
+                    )
+                    .unwrap();
+                    let mut full = Vec::new();
+                    let outcome = respond(&z, &req, udp_max_size(&req), &mut full);
+                    let what = format!("{spelling} type {qtype} edns {edns:?}");
+                    compared += 1;
+                    if answered {
+                        short += 1;
+                        assert_eq!(
+                            outcome,
+                            Outcome::Answered(
+                                Message::from_vec(&fast).unwrap().metadata.response_code
+                            ),
+                            "{what}"
+                        );
+                        assert_eq!(fast, full, "{what}");
+                        continue;
+                    }
+                    assert!(fast.is_empty(), "{what}");
+                    // Not answered: then the full path's answer is not a negative one of the
+                    // cluster domain for a data type of class IN.
+                    let Outcome::Answered(code) = outcome else {
+                        continue;
+                    };
+                    let m = Message::from_vec(&full).unwrap();
+                    let negative = matches!(code, ResponseCode::NXDomain | ResponseCode::NoError)
+                        && m.answers.is_empty();
+                    let in_cluster = Name::from_str(name)
+                        .unwrap()
+                        .zone_of(&Name::from_str("cluster.local.").unwrap());
+                    let data_type = !matches!(qtype, 0 | 41 | 251 | 252 | 254);
+                    assert!(
+                        !(negative && in_cluster && data_type),
+                        "the short path left a negative answer to the full path: {what}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(short > 500, "short path answered {short} of {compared}");
+}
+
+#[test]
+fn short_negative_path_follows_the_serial_and_stays_off_until_synced() {
+    use dns::wire::negative_response;
+    let q = raw_query(1, "nope.default.svc.cluster.local", 1);
+    let mut out = Vec::new();
+    let unsynced = Zone::new(cfg());
+    assert!(
+        !negative_response(&unsynced, &q, &mut out),
+        "SERVFAIL comes from the full path"
+    );
+    assert!(out.is_empty());
+    let mut z = zone_of(&cluster());
+    let serial_of = |out: &[u8]| {
+        let m = Message::from_vec(out).unwrap();
+        match &m.authorities[0].data {
+            RData::SOA(soa) => soa.serial,
+            other => panic!("not an SOA: {other:?}"),
+        }
+    };
+    assert!(negative_response(&z, &q, &mut out));
+    assert_eq!(serial_of(&out), z.serial());
+    let before = z.serial();
+    z.remove(&Owner::Pod("default/client".into()));
+    assert_ne!(z.serial(), before);
+    assert!(negative_response(&z, &q, &mut out));
+    assert_eq!(serial_of(&out), z.serial());
+    // The pod's name is gone: NXDOMAIN from the short path too.
+    let pod_q = raw_query(2, "10-244-1-9.default.pod.cluster.local", 1);
+    assert!(negative_response(&z, &pod_q, &mut out));
+    assert_eq!(out[3] & 0x0f, 3);
+}

@@ -1,0 +1,138 @@
+//! The short paths on raw queries (pure): what the UDP workers answer without hickory
+//! parsing or encoding the message.
+//!
+//! - [`plain_query`] recognises a plain query: one question, no records but at most an
+//!   option-less EDNS0 OPT.
+//! - [`lower_question`] copies its question lowercased: the key of the stored responses and,
+//!   without type and class, the key of the zone's index.
+//! - [`negative`] answers it when the answer is negative (NXDOMAIN or NODATA inside the
+//!   cluster domain, what the random names of `ndots:5` search paths get): the header, the
+//!   question as sent, the zone's SOA as hickory encoded it once per serial
+//!   ([`crate::zone::EncodedSoa`]), and a fixed OPT when the query had one. Byte for byte
+//!   what the full path ([`crate::server::respond`]) sends; `tests/serve.rs` compares them.
+
+use hickory_server::proto::rr::RecordType;
+
+use crate::server::EDNS_PAYLOAD;
+use crate::zone::Zone;
+
+/// The longest question [`lower_question`] copies: a name of 255 bytes, type and class, and
+/// one byte more for the caller (the EDNS flag of the stored responses' key).
+pub const QUESTION_MAX: usize = 255 + 4 + 1;
+
+/// Where the question ends and whether an OPT record follows, for a plain query; `None` for
+/// anything else (the full path handles it).
+pub fn plain_query(raw: &[u8]) -> Option<(usize, bool)> {
+    if raw.len() < 17 || raw[2] & 0xf8 != 0 {
+        return None; // a response, or an opcode other than QUERY
+    }
+    let count = |i: usize| u16::from_be_bytes([raw[i], raw[i + 1]]);
+    if count(4) != 1 || count(6) != 0 || count(8) != 0 || count(10) > 1 {
+        return None;
+    }
+    let mut i = 12;
+    loop {
+        let len = usize::from(*raw.get(i)?);
+        if len == 0 {
+            break;
+        }
+        if len > 63 || i > 12 + 255 {
+            return None;
+        }
+        i += 1 + len;
+    }
+    let q_end = i + 5;
+    if count(10) == 0 {
+        return (raw.len() == q_end).then_some((q_end, false));
+    }
+    // An EDNS0 OPT: root owner, type 41, version 0, no options.
+    let opt = raw.get(q_end..)?;
+    (opt.len() == 11 && opt[0] == 0 && opt[1..3] == [0, 41] && opt[6] == 0 && opt[9..11] == [0, 0])
+        .then_some((q_end, true))
+}
+
+/// Copies the question `raw[12..q_end]` (of a [`plain_query`]) lowercased to the start of
+/// `buf` and returns its length; `None` when the name is longer than a name may be (the full
+/// path answers that).
+pub fn lower_question(raw: &[u8], q_end: usize, buf: &mut [u8; QUESTION_MAX]) -> Option<usize> {
+    let q = raw.get(12..q_end)?;
+    if q.len() > QUESTION_MAX - 1 {
+        return None;
+    }
+    for (d, s) in buf.iter_mut().zip(q) {
+        *d = s.to_ascii_lowercase();
+    }
+    Some(q.len())
+}
+
+/// Answers the [`plain_query`] `raw` (question ending at `q_end`, `edns`: it carries an OPT)
+/// into `out` when its answer is negative; `lower` is its question from [`lower_question`].
+/// Returns false, with `out` empty, for anything else: the full path answers it.
+pub fn negative(
+    z: &Zone,
+    raw: &[u8],
+    q_end: usize,
+    edns: bool,
+    lower: &[u8],
+    out: &mut Vec<u8>,
+) -> bool {
+    out.clear();
+    let Some(name_len) = lower.len().checked_sub(4).filter(|&n| n > 0) else {
+        return false;
+    };
+    if q_end < 16 || raw.len() < q_end || lower.len() != q_end - 12 {
+        return false;
+    }
+    let qtype = u16::from_be_bytes([raw[q_end - 4], raw[q_end - 3]]);
+    let qclass = u16::from_be_bytes([raw[q_end - 2], raw[q_end - 1]]);
+    // Class IN and data types (or ANY): meta types, zone transfers and OPT take the full path.
+    if qclass != 1 || qtype == 0 || (128..255).contains(&qtype) || qtype == 41 {
+        return false;
+    }
+    let Some(neg) = z.negative(&lower[..name_len], RecordType::from(qtype)) else {
+        return false;
+    };
+    let rcode = if neg.nxdomain { 3 } else { 0 };
+    out.extend_from_slice(&[
+        raw[0],
+        raw[1],
+        0x84 | (raw[2] & 0x01),  // QR, AA, the client's RD
+        (raw[3] & 0x10) | rcode, // the client's CD
+        0,
+        1,
+        0,
+        0,
+        0,
+        1,
+        0,
+        u8::from(edns),
+    ]);
+    out.extend_from_slice(&raw[12..q_end]);
+    if !neg.soa.append_to(out) {
+        out.clear();
+        return false;
+    }
+    if edns {
+        let [hi, lo] = EDNS_PAYLOAD.to_be_bytes();
+        out.extend_from_slice(&[0, 0, 41, hi, lo, 0, 0, 0, 0, 0, 0]);
+    }
+    if out.len() > 512 {
+        out.clear();
+        return false;
+    }
+    true
+}
+
+/// [`negative`] for a whole raw query: recognises it, lowercases its question and answers
+/// it when the answer is negative. False (with `out` empty) when the full path must answer.
+pub fn negative_response(z: &Zone, raw: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let mut buf = [0u8; QUESTION_MAX];
+    let Some((q_end, edns)) = plain_query(raw) else {
+        return false;
+    };
+    let Some(n) = lower_question(raw, q_end, &mut buf) else {
+        return false;
+    };
+    negative(z, raw, q_end, edns, &buf[..n], out)
+}
