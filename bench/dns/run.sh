@@ -7,9 +7,11 @@
 #
 # usage: sudo bench/dns/run.sh [server ...]
 #   servers: flatnet flatnet-hickory nsd knot unbound dnsmasq (default: all that are installed;
-#   flatnet-hickory is flatnet with hickory's own UDP server loop, for comparison)
+#   flatnet-hickory is flatnet with hickory's own UDP server loop, for comparison; flatnet-b
+#   is the binary FLATNET_B, for an A/B of two builds in the same interleaved run)
 # env: SECS=10 per run, REPS=1 (servers interleaved per rep), NICE=-20,
-#      FLATNET=target/release/flatnet, RESULTS=bench/dns/results.tsv (appended)
+#      FLATNET=target/release/flatnet, FLATNET_B (unset: no flatnet-b),
+#      RESULTS=bench/dns/results.tsv (appended)
 # Output: one TSV row per run (QPS, latency, lost, rcodes, server CPU, QPS per server
 # CPU-second) and a markdown table at the end (best and median of REPS, summarize.py).
 set -euo pipefail
@@ -37,14 +39,21 @@ python3 "$D/gen.py" "$W" >&2
 servers=("$@")
 if [ ${#servers[@]} -eq 0 ]; then
   servers=(flatnet flatnet-hickory)
+  [ -n "${FLATNET_B:-}" ] && servers+=(flatnet-b)
   command -v nsd >/dev/null && servers+=(nsd)
   command -v knotd >/dev/null && servers+=(knot)
   command -v unbound >/dev/null && servers+=(unbound)
   command -v dnsmasq >/dev/null && servers+=(dnsmasq)
 fi
 
-start_flatnet() {
-  $X $PRIO taskset -c "$SRV_CPU" "$FLATNET" dns --static-objects "$W/objects.json" \
+start_flatnet() { start_flatnet_bin "$FLATNET" "$@"; }
+start_flatnet-b() {
+  [ -x "${FLATNET_B:-}" ] || { echo "flatnet-b: set FLATNET_B to a flatnet binary" >&2; return 1; }
+  start_flatnet_bin "$FLATNET_B"
+}
+start_flatnet_bin() { # binary [args]
+  local bin=$1; shift
+  $X $PRIO taskset -c "$SRV_CPU" "$bin" dns --static-objects "$W/objects.json" \
     --listen 127.0.0.1:$PORT --service-cidr 10.96.0.0/12 --pod-cidr 10.244.0.0/16 \
     --udp-workers 1 "$@" >"$W/server.log" 2>&1 & SPID=$!
 }
