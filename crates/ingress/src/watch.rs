@@ -170,28 +170,9 @@ impl View {
     }
 }
 
-/// The addresses to publish: the LoadBalancer IPs of the gateway's Service, else every
-/// node's InternalIP; sorted (IPs compare numerically), no duplicates.
+/// The addresses to publish ([`model::published_addresses`]).
 pub fn desired_addresses(publish: Option<&Service>, nodes: &[&Node]) -> Vec<String> {
-    let lb: BTreeSet<std::net::IpAddr> = publish
-        .and_then(|s| s.status.as_ref())
-        .and_then(|s| s.load_balancer.as_ref())
-        .map(|lb| {
-            lb.ingress
-                .iter()
-                .filter_map(|i| i.ip.as_deref()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let ips = if lb.is_empty() {
-        nodes
-            .iter()
-            .filter_map(|n| n.status.address("InternalIP")?.parse().ok())
-            .collect()
-    } else {
-        lb
-    };
-    ips.into_iter().map(|ip| ip.to_string()).collect()
+    model::published_addresses(publish, nodes)
 }
 
 /// One status write: the Ingress's key, its new JSON, and the revision it was computed from.

@@ -234,10 +234,54 @@ pub async fn report(store: &impl Store) -> Result<Report, StoreError> {
     }
     let mut notes = Vec::new();
     controller_pending(store, &nodes, &pods, &mut out, &mut notes).await?;
+    ingress_pending(store, &nodes, &mut out).await?;
     Ok(Report {
         pending: out,
         notes,
     })
+}
+
+/// The lab's ingress gateway's part: every Ingress it serves (class `flatnet`, or no class)
+/// shows the addresses the gateway publishes. Nothing to wait for when the gateway's Service
+/// does not exist.
+async fn ingress_pending(
+    store: &impl Store,
+    nodes: &[store::KeyValue],
+    out: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    use crate::topology::{INGRESS_GATEWAY, INGRESS_GATEWAY_NAMESPACE};
+    let key = store::keys::object("services", Some(INGRESS_GATEWAY_NAMESPACE), INGRESS_GATEWAY);
+    let Some(gateway) = store
+        .get(&key)
+        .await?
+        .and_then(|kv| kv.decode::<Service>().ok())
+    else {
+        return Ok(());
+    };
+    let nodes: Vec<model::Node> = nodes.iter().filter_map(|kv| kv.decode().ok()).collect();
+    let node_refs: Vec<&model::Node> = nodes.iter().collect();
+    let want = model::published_addresses(Some(&gateway), &node_refs);
+    let (ingresses, _) = store
+        .list(&store::keys::object_kind_prefix("ingresses"))
+        .await?;
+    for kv in &ingresses {
+        let Ok(ing) = kv.decode::<model::Ingress>() else {
+            continue;
+        };
+        if !ing.served_by(model::INGRESS_CLASS, true) {
+            continue;
+        }
+        let shows = ing.status_ips();
+        if shows != want {
+            out.push(format!(
+                "ingress {} shows addresses [{}], the gateway publishes [{}]",
+                ing.key(),
+                shows.join(", "),
+                want.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The controller's part: EndpointSlices and LoadBalancer addresses.
@@ -453,6 +497,61 @@ mod tests {
             pending(&s).await.expect("pending"),
             vec!["service proxy on node2: nft: No such file or directory".to_string()]
         );
+    }
+
+    /// Pending lines about Ingresses.
+    async fn ingress_lines(s: &MemStore) -> Vec<String> {
+        pending(s)
+            .await
+            .expect("pending")
+            .into_iter()
+            .filter(|l| l.starts_with("ingress "))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn served_ingresses_must_show_the_gateways_addresses() {
+        let s = MemStore::new();
+        two_node_cluster(&s).await;
+        let ing = |name: &str, class: &str, ips: &[&str]| {
+            let list: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+            json!({"metadata": {"name": name, "namespace": "default"},
+                   "spec": {"ingressClassName": class, "defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}},
+                   "status": {"loadBalancer": {"ingress": list}}})
+        };
+        put(
+            &s,
+            "objects/ingresses/default/web",
+            ing("web", "flatnet", &[]),
+        )
+        .await;
+        put(
+            &s,
+            "objects/ingresses/default/other",
+            ing("other", "nginx", &[]),
+        )
+        .await;
+        // No gateway Service: nothing to wait for.
+        assert_eq!(ingress_lines(&s).await, Vec::<String>::new());
+        put(
+            &s,
+            "objects/services/kube-system/ingress-gateway",
+            json!({"metadata": {"name": "ingress-gateway", "namespace": "kube-system"},
+                   "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.50", "ports": [{"port": 80}]},
+                   "status": {"loadBalancer": {"ingress": [{"ip": "172.20.0.240"}]}}}),
+        )
+        .await;
+        assert_eq!(
+            ingress_lines(&s).await,
+            vec!["ingress default/web shows addresses [], the gateway publishes [172.20.0.240]"]
+        );
+        put(
+            &s,
+            "objects/ingresses/default/web",
+            ing("web", "flatnet", &["172.20.0.240"]),
+        )
+        .await;
+        assert_eq!(ingress_lines(&s).await, Vec::<String>::new());
     }
 
     async fn two_node_cluster(s: &MemStore) {

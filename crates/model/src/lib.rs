@@ -35,7 +35,7 @@ pub use error::ModelError;
 pub use ingress::{
     HttpIngressPath, HttpIngressRuleValue, INGRESS_CLASS, INGRESS_CONTROLLER, Ingress,
     IngressBackend, IngressRule, IngressServiceBackend, IngressSpec, IngressStatus, IngressTls,
-    LEGACY_CLASS_ANNOTATION, ServiceBackendPort, TLS_SECRET_TYPE,
+    LEGACY_CLASS_ANNOTATION, ServiceBackendPort, TLS_SECRET_TYPE, published_addresses,
 };
 pub use kind::Kind;
 pub use manifest::parse_manifests;
