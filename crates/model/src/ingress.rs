@@ -173,6 +173,31 @@ impl Ingress {
     }
 }
 
+/// The addresses an Ingress of the gateway shows in `status.loadBalancer`: the LoadBalancer IPs
+/// of the gateway's own Service (`publish`), else every node's InternalIP; sorted (IPs compare
+/// numerically), no duplicates. The gateway writes them; `wait --converged` waits for them.
+pub fn published_addresses(publish: Option<&Service>, nodes: &[&Node]) -> Vec<String> {
+    let lb: std::collections::BTreeSet<std::net::IpAddr> = publish
+        .and_then(|s| s.status.as_ref())
+        .and_then(|s| s.load_balancer.as_ref())
+        .map(|lb| {
+            lb.ingress
+                .iter()
+                .filter_map(|i| i.ip.as_deref()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let ips = if lb.is_empty() {
+        nodes
+            .iter()
+            .filter_map(|n| n.status.address("InternalIP")?.parse().ok())
+            .collect()
+    } else {
+        lb
+    };
+    ips.into_iter().map(|ip| ip.to_string()).collect()
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
@@ -227,29 +252,4 @@ mod tests {
         assert_eq!(i.status_ips(), vec!["172.20.0.240"]);
         assert_eq!(serde_json::to_value(&i).unwrap(), v);
     }
-}
-
-/// The addresses an Ingress of the gateway shows in `status.loadBalancer`: the LoadBalancer IPs
-/// of the gateway's own Service (`publish`), else every node's InternalIP; sorted (IPs compare
-/// numerically), no duplicates. The gateway writes them; `wait --converged` waits for them.
-pub fn published_addresses(publish: Option<&Service>, nodes: &[&Node]) -> Vec<String> {
-    let lb: std::collections::BTreeSet<std::net::IpAddr> = publish
-        .and_then(|s| s.status.as_ref())
-        .and_then(|s| s.load_balancer.as_ref())
-        .map(|lb| {
-            lb.ingress
-                .iter()
-                .filter_map(|i| i.ip.as_deref()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    let ips = if lb.is_empty() {
-        nodes
-            .iter()
-            .filter_map(|n| n.status.address("InternalIP")?.parse().ok())
-            .collect()
-    } else {
-        lb
-    };
-    ips.into_iter().map(|ip| ip.to_string()).collect()
 }
