@@ -318,6 +318,22 @@ fn ingress_gateway_serves_routes_tls_http2_and_status() {
     lab.ok(&["wait", "--converged", "--timeout", "90s"]);
     let gw = Gateway::find(&lab);
     let (ip, port) = (gw.node_ip.as_str(), gw.http_port.as_str());
+    // Converged includes the Ingress status: the gateway Service's LoadBalancer IP, at once.
+    let v = lab.get_json(&["ingress", "routes"]);
+    assert_eq!(
+        v["status"]["loadBalancer"]["ingress"][0]["ip"].as_str(),
+        Some(gw.lb_ip.as_str()),
+        "status right after wait --converged: {}",
+        v["status"]
+    );
+    // The lab's IngressClass: flatnet, the cluster's default class.
+    let classes = lab.ok(&["get", "ingressclass"]);
+    assert!(
+        classes
+            .lines()
+            .any(|l| l.starts_with("flatnet ") && l.contains("flatnet.io/ingress-gateway")),
+        "{classes}"
+    );
 
     // Routing by host and path, through node1's NodePort.
     let started = Instant::now();

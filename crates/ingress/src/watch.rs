@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use model::{EndpointSlice, Ingress, Node, Secret, Service};
+use model::{EndpointSlice, Ingress, IngressClass, Node, Secret, Service};
 use serde_json::{Value, json};
 use store::{KeyValue, Store, StoreError, WatchEvent};
 use tokio::sync::mpsc;
@@ -24,7 +24,8 @@ pub const SERVICES: &str = "objects/services/";
 pub const SLICES: &str = "objects/endpointslices/";
 pub const SECRETS: &str = "objects/secrets/";
 pub const NODES: &str = "objects/nodes/";
-const PREFIXES: [&str; 5] = [INGRESSES, SERVICES, SLICES, SECRETS, NODES];
+pub const CLASSES: &str = "objects/ingressclasses/";
+const PREFIXES: [&str; 6] = [INGRESSES, SERVICES, SLICES, SECRETS, NODES, CLASSES];
 
 /// How long to wait for more events before compiling a batch.
 const BATCH_WINDOW: Duration = Duration::from_millis(5);
@@ -55,6 +56,7 @@ pub struct View {
     pub slices: BTreeMap<String, EndpointSlice>,
     pub secrets: BTreeMap<String, Secret>,
     pub nodes: BTreeMap<String, Node>,
+    pub classes: BTreeMap<String, IngressClass>,
 }
 
 /// The namespace segment of `objects/<kind>/<ns>/<name>`: the key is the truth.
@@ -128,6 +130,15 @@ impl View {
                     self.secrets.remove(&key);
                 }
             }
+        } else if kv.key.starts_with(CLASSES) {
+            match decode::<IngressClass>(kv) {
+                Some(c) => {
+                    self.classes.insert(key, c);
+                }
+                None => {
+                    self.classes.remove(&key);
+                }
+            }
         } else if kv.key.starts_with(NODES) {
             match decode::<Node>(kv) {
                 Some(n) => {
@@ -148,6 +159,7 @@ impl View {
                 self.services.remove(key);
                 self.slices.remove(key);
                 self.secrets.remove(key);
+                self.classes.remove(key);
                 self.nodes.remove(key);
             }
         }
@@ -159,6 +171,24 @@ impl View {
             services: self.services.values().cloned().collect(),
             slices: self.slices.values().cloned().collect(),
             secrets: self.secrets.values().cloned().collect(),
+        }
+    }
+
+    /// The Ingresses to serve: those of our class, and those without a class when the stored
+    /// IngressClass of that name is the cluster's default (annotation
+    /// `ingressclass.kubernetes.io/is-default-class: "true"`). Without a stored IngressClass of
+    /// that name, `configured` says (`flatnet ingress --ignore-classless` turns it off).
+    pub fn class_filter(&self, configured: &ClassFilter) -> ClassFilter {
+        match self
+            .classes
+            .values()
+            .find(|c| c.metadata.name == configured.class)
+        {
+            Some(c) => ClassFilter {
+                class: configured.class.clone(),
+                serve_classless: c.is_default(),
+            },
+            None => configured.clone(),
         }
     }
 
@@ -247,7 +277,7 @@ pub async fn pass<S: Store>(
     shared: &Shared,
     cfg: &WatchConfig,
 ) -> PassReport {
-    let compiled = compile(&view.snapshot(), &cfg.filter);
+    let compiled = compile(&view.snapshot(), &view.class_filter(&cfg.filter));
     let served: BTreeSet<String> = compiled.served.iter().cloned().collect();
     let mut report = PassReport {
         served: compiled.served.clone(),
@@ -308,7 +338,7 @@ pub async fn run<S: Store>(store: S, shared: Arc<Shared>, cfg: WatchConfig) {
                 continue;
             }
         };
-        // One channel for all five watches, each from its own listing's revision onwards.
+        // One channel for all the watches, each from its own listing's revision onwards.
         let (tx, mut rx) = mpsc::channel::<Result<WatchEvent, StoreError>>(1024);
         let mut tasks = Vec::new();
         let mut failed = None;

@@ -216,3 +216,39 @@ async fn one_pass_publishes_routes_and_writes_status_to_the_store() {
     let report = pass(&store, &old, &shared, &cfg).await;
     assert_eq!(report.status_written, 0, "conditional write refused");
 }
+
+#[test]
+fn a_stored_ingress_class_decides_whether_classless_ingresses_are_served() {
+    let configured = ingress::ClassFilter::default();
+    let mut view = View::default();
+    // No IngressClass stored: the configured filter (flatnet serves classless ones).
+    assert!(view.class_filter(&configured).serve_classless);
+    let class = |default: &str| store::KeyValue {
+        key: "objects/ingressclasses/_/flatnet".into(),
+        value: serde_json::to_vec(&json!({
+            "metadata": {"name": "flatnet",
+                         "annotations": {"ingressclass.kubernetes.io/is-default-class": default}},
+            "spec": {"controller": "flatnet.io/ingress-gateway"}}))
+        .unwrap(),
+        mod_revision: 1,
+        create_revision: 1,
+        lease: 0,
+    };
+    view.take(&class("false"));
+    let f = view.class_filter(&configured);
+    assert_eq!(f.class, "flatnet");
+    assert!(
+        !f.serve_classless,
+        "not the default class: classless Ingresses are not ours"
+    );
+    view.take(&class("true"));
+    assert!(view.class_filter(&configured).serve_classless);
+    // Another class's object changes nothing for ours.
+    let mut other = class("true");
+    other.key = "objects/ingressclasses/_/nginx".into();
+    other.value = serde_json::to_vec(&json!({"metadata": {"name": "nginx"},
+        "spec": {"controller": "k8s.io/ingress-nginx"}}))
+    .unwrap();
+    view.take(&other);
+    assert!(view.class_filter(&configured).serve_classless);
+}

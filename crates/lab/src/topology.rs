@@ -217,7 +217,8 @@ async fn build(
 pub const INGRESS_GATEWAY_NAMESPACE: &str = "kube-system";
 pub const INGRESS_GATEWAY: &str = "ingress-gateway";
 
-/// The ingress gateway as the lab runs it: a one-replica Deployment whose container is
+/// The ingress gateway as the lab runs it: the IngressClass `flatnet` (the cluster's default
+/// class), a one-replica Deployment whose container is
 /// `flatnet ingress` (started by the kubelet in the pod's namespace; its store client moves to
 /// etcd's namespace, named by etcd's pid file, where etcd listens on loopback), and a LoadBalancer Service for ports
 /// 80 and 443 (a NodePort on every node and an address from the pool).
@@ -229,6 +230,12 @@ pub fn ingress_gateway_manifest(
     let (ns, name) = (INGRESS_GATEWAY_NAMESPACE, INGRESS_GATEWAY);
     let labels = json!({"app.kubernetes.io/name": name});
     let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {
+            "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": model::INGRESS_CLASS,
+                         "annotations": {model::DEFAULT_CLASS_ANNOTATION: "true"}},
+            "spec": {"controller": model::INGRESS_CONTROLLER},
+        },
         {
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": name, "namespace": ns, "labels": labels},
@@ -294,7 +301,8 @@ async fn apply_ingress_gateway(
         .await
         .map_err(|e| LabError::Other(format!("ingress gateway: {e}")))?;
     progress(&format!(
-        "ingress gateway applied ({INGRESS_GATEWAY_NAMESPACE}/{INGRESS_GATEWAY}: Deployment + LoadBalancer Service)"
+        "ingress gateway applied (IngressClass {}, {INGRESS_GATEWAY_NAMESPACE}/{INGRESS_GATEWAY}: Deployment + LoadBalancer Service)",
+        model::INGRESS_CLASS
     ));
     Ok(())
 }
@@ -413,26 +421,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ingress_gateway_manifest_is_a_valid_deployment_and_load_balancer() {
+    fn ingress_gateway_manifest_is_a_default_class_a_deployment_and_a_load_balancer() {
         let text = ingress_gateway_manifest(
             std::path::Path::new("/opt/flatnet/bin/flatnet"),
             "http://127.0.0.1:2379",
             std::path::Path::new("/run/flatnet/lab/etcd.pid"),
         );
         let objs = model::parse_manifests(&text, "gw").unwrap();
-        assert_eq!(objs.len(), 2);
-        assert_eq!(objs[0].kind, model::Kind::Deployment);
+        assert_eq!(objs.len(), 3);
+        assert_eq!(objs[0].kind, model::Kind::IngressClass);
+        assert_eq!(objs[0].key(), "objects/ingressclasses/_/flatnet");
+        let class: model::IngressClass = objs[0].typed().unwrap();
+        assert!(class.is_default());
+        assert_eq!(class.spec.controller, model::INGRESS_CONTROLLER);
+        assert_eq!(objs[1].kind, model::Kind::Deployment);
         assert_eq!(
-            objs[0].key(),
+            objs[1].key(),
             "objects/deployments/kube-system/ingress-gateway"
         );
-        let cmd = &objs[0].value["spec"]["template"]["spec"]["containers"][0]["command"];
+        let cmd = &objs[1].value["spec"]["template"]["spec"]["containers"][0]["command"];
         assert_eq!(cmd[0], "/opt/flatnet/bin/flatnet");
         assert_eq!(cmd[1], "ingress");
         assert_eq!(cmd[2], "--etcd=http://127.0.0.1:2379");
         assert_eq!(cmd[3], "--store-netns=/run/flatnet/lab/etcd.pid");
-        assert_eq!(objs[1].kind, model::Kind::Service);
-        assert_eq!(objs[1].value["spec"]["type"], "LoadBalancer");
-        assert_eq!(objs[1].value["spec"]["ports"][1]["port"], 443);
+        assert_eq!(objs[2].kind, model::Kind::Service);
+        assert_eq!(objs[2].value["spec"]["type"], "LoadBalancer");
+        assert_eq!(objs[2].value["spec"]["ports"][1]["port"], 443);
     }
 }

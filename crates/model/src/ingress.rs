@@ -13,8 +13,43 @@ pub const INGRESS_CLASS: &str = "flatnet";
 pub const INGRESS_CONTROLLER: &str = "flatnet.io/ingress-gateway";
 /// The deprecated class annotation, still honoured when `spec.ingressClassName` is absent.
 pub const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+/// The annotation that makes an IngressClass the cluster's default: Ingresses without a class
+/// belong to it.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 /// The Secret type holding a certificate and its key.
 pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
+/// A `networking.k8s.io/v1` IngressClass (cluster-scoped): which controller implements a class.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressClass {
+    pub metadata: ObjectMeta,
+    pub spec: IngressClassSpec,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// IngressClass `spec`.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct IngressClassSpec {
+    /// The controller that implements the class, e.g. [`INGRESS_CONTROLLER`].
+    pub controller: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl IngressClass {
+    /// Whether the class carries `ingressclass.kubernetes.io/is-default-class: "true"`.
+    pub fn is_default(&self) -> bool {
+        self.metadata
+            .annotations
+            .get(DEFAULT_CLASS_ANNOTATION)
+            .is_some_and(|v| v == "true")
+    }
+}
 
 /// A `networking.k8s.io/v1` Ingress.
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]

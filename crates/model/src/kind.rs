@@ -4,7 +4,7 @@ use std::fmt;
 
 /// A Kubernetes kind flatnet knows about.
 ///
-/// Seven of them can be applied from manifests ([`Kind::APPLY`]); `Node` and `EndpointSlice`
+/// Eight of them can be applied from manifests ([`Kind::APPLY`]); `Node` and `EndpointSlice`
 /// are written by flatnet itself (lab and controller).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -13,6 +13,7 @@ pub enum Kind {
     Service,
     NetworkPolicy,
     Ingress,
+    IngressClass,
     Secret,
     Deployment,
     Node,
@@ -21,12 +22,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in a stable order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
         Kind::NetworkPolicy,
         Kind::Ingress,
+        Kind::IngressClass,
         Kind::Secret,
         Kind::Deployment,
         Kind::Node,
@@ -34,12 +36,13 @@ impl Kind {
     ];
 
     /// The kinds `flatnet apply` accepts in manifests (design.md §3).
-    pub const APPLY: [Kind; 7] = [
+    pub const APPLY: [Kind; 8] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Service,
         Kind::NetworkPolicy,
         Kind::Ingress,
+        Kind::IngressClass,
         Kind::Secret,
         Kind::Deployment,
     ];
@@ -52,6 +55,7 @@ impl Kind {
             Kind::Service => "Service",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Ingress => "Ingress",
+            Kind::IngressClass => "IngressClass",
             Kind::Secret => "Secret",
             Kind::Deployment => "Deployment",
             Kind::Node => "Node",
@@ -67,6 +71,7 @@ impl Kind {
             Kind::Service => "services",
             Kind::NetworkPolicy => "networkpolicies",
             Kind::Ingress => "ingresses",
+            Kind::IngressClass => "ingressclasses",
             Kind::Secret => "secrets",
             Kind::Deployment => "deployments",
             Kind::Node => "nodes",
@@ -78,7 +83,7 @@ impl Kind {
     pub fn api_version(&self) -> &'static str {
         match self {
             Kind::Namespace | Kind::Pod | Kind::Service | Kind::Secret | Kind::Node => "v1",
-            Kind::NetworkPolicy | Kind::Ingress => "networking.k8s.io/v1",
+            Kind::NetworkPolicy | Kind::Ingress | Kind::IngressClass => "networking.k8s.io/v1",
             Kind::Deployment => "apps/v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
         }
@@ -86,7 +91,7 @@ impl Kind {
 
     /// Whether objects of this kind live in a namespace.
     pub fn namespaced(&self) -> bool {
-        !matches!(self, Kind::Namespace | Kind::Node)
+        !matches!(self, Kind::Namespace | Kind::Node | Kind::IngressClass)
     }
 
     /// Whether `flatnet apply` accepts this kind.
@@ -108,6 +113,7 @@ impl Kind {
             "service" | "services" | "svc" => Kind::Service,
             "networkpolicy" | "networkpolicies" | "netpol" => Kind::NetworkPolicy,
             "ingress" | "ingresses" | "ing" => Kind::Ingress,
+            "ingressclass" | "ingressclasses" => Kind::IngressClass,
             "secret" | "secrets" => Kind::Secret,
             "deployment" | "deployments" | "deploy" => Kind::Deployment,
             "node" | "nodes" | "no" => Kind::Node,
@@ -156,6 +162,8 @@ mod tests {
             ("namespaces", Kind::Namespace),
             ("ing", Kind::Ingress),
             ("ingresses", Kind::Ingress),
+            ("ingressclass", Kind::IngressClass),
+            ("ingressclasses.networking.k8s.io", Kind::IngressClass),
             ("secret", Kind::Secret),
             ("secrets", Kind::Secret),
             ("node", Kind::Node),

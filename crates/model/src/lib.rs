@@ -33,9 +33,10 @@ mod validate;
 pub use cluster::{Namespace, Node, NodeAddress, NodeSpec, NodeStatus};
 pub use error::ModelError;
 pub use ingress::{
-    HttpIngressPath, HttpIngressRuleValue, INGRESS_CLASS, INGRESS_CONTROLLER, Ingress,
-    IngressBackend, IngressRule, IngressServiceBackend, IngressSpec, IngressStatus, IngressTls,
-    LEGACY_CLASS_ANNOTATION, ServiceBackendPort, TLS_SECRET_TYPE, published_addresses,
+    DEFAULT_CLASS_ANNOTATION, HttpIngressPath, HttpIngressRuleValue, INGRESS_CLASS,
+    INGRESS_CONTROLLER, Ingress, IngressBackend, IngressClass, IngressClassSpec, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressStatus, IngressTls, LEGACY_CLASS_ANNOTATION,
+    ServiceBackendPort, TLS_SECRET_TYPE, published_addresses,
 };
 pub use kind::Kind;
 pub use manifest::parse_manifests;

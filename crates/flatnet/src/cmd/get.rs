@@ -209,6 +209,15 @@ fn row(kind: Kind, v: &Value, wide: bool) -> (Vec<&'static str>, Vec<String>) {
                 age(v),
             ],
         ),
+        Kind::IngressClass => (
+            vec!["NAME", "CONTROLLER", "PARAMETERS", "AGE"],
+            vec![
+                s(v, "/metadata/name").into(),
+                s(v, "/spec/controller").into(),
+                or_none(s(v, "/spec/parameters/name")),
+                age(v),
+            ],
+        ),
         _ => {
             let mut h = vec!["NAME", "AGE"];
             let mut c = vec![s(v, "/metadata/name").to_string(), age(v)];

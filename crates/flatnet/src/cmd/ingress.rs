@@ -42,6 +42,8 @@ pub struct Args {
     #[arg(long, default_value = model::INGRESS_CLASS)]
     class: String,
     /// Leave Ingresses without any class alone (by default flatnet is the default class).
+    /// A stored IngressClass of the served name overrides this: its
+    /// `ingressclass.kubernetes.io/is-default-class` annotation decides.
     #[arg(long)]
     ignore_classless: bool,
     /// `namespace/name` of the gateway's Service: its LoadBalancer IPs become the Ingresses'

@@ -76,6 +76,7 @@ pub(crate) fn check(obj: &Object) -> Vec<String> {
         Kind::EndpointSlice => service::check_endpoint_slice(&mut e, root),
         Kind::NetworkPolicy => network::check_network_policy(&mut e, root),
         Kind::Ingress => network::check_ingress(&mut e, root),
+        Kind::IngressClass => network::check_ingress_class(&mut e, root),
         Kind::Secret => simple::check_secret(&mut e, root),
         Kind::Node => simple::check_node(&mut e, root),
     }
@@ -90,6 +91,7 @@ pub(crate) fn check(obj: &Object) -> Vec<String> {
             Kind::Secret => obj.typed::<crate::Secret>().map(drop),
             Kind::Node => obj.typed::<crate::Node>().map(drop),
             Kind::Ingress => obj.typed::<crate::Ingress>().map(drop),
+            Kind::IngressClass => obj.typed::<crate::IngressClass>().map(drop),
             Kind::NetworkPolicy => Ok(()),
         };
         if let Err(err) = typed {

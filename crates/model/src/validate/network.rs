@@ -142,6 +142,31 @@ fn parse_cidr(e: &mut Errs, s: &str, p: &str) -> Option<IpNet> {
     }
 }
 
+/// `spec.controller` is required: a domain-prefixed path of at most 250 characters, as the
+/// API server checks it.
+pub(super) fn check_ingress_class(e: &mut Errs, root: &Map<String, Value>) {
+    let Some(spec_v) = field(root, "spec") else {
+        e.required("spec");
+        return;
+    };
+    let Some(spec) = e.object(spec_v, "spec") else {
+        return;
+    };
+    if let Some(c) = e.req_str(spec, "controller", "spec") {
+        let ok = c.len() <= 250
+            && c.split_once('/').is_some_and(|(domain, path)| {
+                names::dns1123_subdomain(domain).is_ok() && !path.is_empty()
+            });
+        if !ok {
+            e.invalid(
+                "spec.controller",
+                &spec["controller"],
+                "must be a domain-prefixed path of at most 250 characters (such as \"flatnet.io/ingress-gateway\")",
+            );
+        }
+    }
+}
+
 pub(super) fn check_ingress(e: &mut Errs, root: &Map<String, Value>) {
     let Some(spec_v) = field(root, "spec") else {
         e.required("spec");

@@ -37,6 +37,11 @@ fn ingress() -> Value {
             {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "svc", "port": {"number": 80}}}}]}}]}})
 }
 
+fn ingress_class() -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass", "metadata": {"name": "flatnet"},
+        "spec": {"controller": "flatnet.io/ingress-gateway"}})
+}
+
 fn secret() -> Value {
     json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tls"},
         "type": "kubernetes.io/tls", "data": {"tls.crt": "Zm9v", "tls.key": "YmFy"}})
@@ -139,7 +144,26 @@ fn cases() -> Vec<(Value, &'static str, Option<Value>, &'static str)> {
             pod(),
             "/kind",
             Some(json!("ConfigMap")),
-            "ConfigMap \"web\" is invalid: kind: Unsupported value: \"ConfigMap\": supported values: \"Namespace\", \"Pod\", \"Service\", \"NetworkPolicy\", \"Ingress\", \"Secret\", \"Deployment\"",
+            "ConfigMap \"web\" is invalid: kind: Unsupported value: \"ConfigMap\": supported values: \"Namespace\", \"Pod\", \"Service\", \"NetworkPolicy\", \"Ingress\", \"IngressClass\", \"Secret\", \"Deployment\"",
+        ),
+        // IngressClass
+        (
+            ingress_class(),
+            "/spec/controller",
+            None,
+            "IngressClass \"flatnet\" is invalid: spec.controller: Required value",
+        ),
+        (
+            ingress_class(),
+            "/spec/controller",
+            Some(json!("gateway")),
+            "spec.controller: Invalid value: \"gateway\": must be a domain-prefixed path",
+        ),
+        (
+            ingress_class(),
+            "/spec",
+            None,
+            "spec: Required value",
         ),
         (
             pod(),
