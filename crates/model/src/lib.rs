@@ -17,6 +17,7 @@
 //! get values out.
 
 mod cluster;
+mod de;
 mod error;
 mod ingress;
 mod kind;

@@ -8,8 +8,8 @@ use serde_json::{Map, Value};
 
 /// `metadata` of any object. Fields flatnet does not model (ownerReferences, finalizers,
 /// generation, ...) stay in `extra`.
-#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[derive(Serialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     /// Empty only in pod templates (and then not serialized).
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -29,6 +29,16 @@ pub struct ObjectMeta {
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
+
+crate::de::with_extra!(ObjectMeta {
+    "name" => name,
+    "namespace" => namespace,
+    "labels" => labels,
+    "annotations" => annotations,
+    "uid" => uid,
+    "creationTimestamp" => creation_timestamp,
+    "resourceVersion" => resource_version,
+});
 
 /// A label selector (`matchLabels` and `matchExpressions`), as in NetworkPolicy and Deployment.
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]

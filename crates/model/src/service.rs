@@ -234,8 +234,8 @@ pub struct LoadBalancerIngress {
 }
 
 /// A `discovery.k8s.io/v1` EndpointSlice, written by the controller.
-#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[derive(Serialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct EndpointSlice {
     pub metadata: ObjectMeta,
     /// `IPv4`, `IPv6` or `FQDN`.
@@ -248,8 +248,8 @@ pub struct EndpointSlice {
 }
 
 /// One endpoint (a pod) of an EndpointSlice.
-#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[derive(Serialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     pub addresses: Vec<String>,
     pub conditions: EndpointConditions,
@@ -267,8 +267,8 @@ pub struct Endpoint {
 }
 
 /// Endpoint `conditions`; absent means unknown, which consumers treat as ready.
-#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[derive(Serialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct EndpointConditions {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready: Option<bool>,
@@ -281,8 +281,8 @@ pub struct EndpointConditions {
 }
 
 /// One EndpointSlice port (the resolved target port of a Service port).
-#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[derive(Serialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct EndpointPort {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -296,9 +296,41 @@ pub struct EndpointPort {
     pub extra: Map<String, Value>,
 }
 
+crate::de::with_extra!(EndpointSlice {
+    "metadata" => metadata,
+    "addressType" => address_type,
+    "endpoints" => endpoints,
+    "ports" => ports,
+});
+crate::de::with_extra!(Endpoint {
+    "addresses" => addresses,
+    "conditions" => conditions,
+    "hostname" => hostname,
+    "nodeName" => node_name,
+    "targetRef" => target_ref,
+    "zone" => zone,
+});
+crate::de::with_extra!(EndpointConditions {
+    "ready" => ready,
+    "serving" => serving,
+    "terminating" => terminating,
+});
+crate::de::with_extra!(ObjectReference {
+    "kind" => kind,
+    "namespace" => namespace,
+    "name" => name,
+    "uid" => uid,
+});
+crate::de::with_extra!(EndpointPort {
+    "name" => name,
+    "protocol" => protocol,
+    "port" => port,
+    "appProtocol" => app_protocol,
+});
+
 /// A reference to another object (`targetRef`).
-#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
-#[serde(rename_all = "camelCase", default)]
+#[derive(Serialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct ObjectReference {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
