@@ -159,12 +159,7 @@ fn cases() -> Vec<(Value, &'static str, Option<Value>, &'static str)> {
             Some(json!("gateway")),
             "spec.controller: Invalid value: \"gateway\": must be a domain-prefixed path",
         ),
-        (
-            ingress_class(),
-            "/spec",
-            None,
-            "spec: Required value",
-        ),
+        (ingress_class(), "/spec", None, "spec: Required value"),
         (
             pod(),
             "/kind",
