@@ -15,7 +15,7 @@
 
 use std::future::poll_fn;
 use std::io::{self, Write as _};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -126,12 +126,13 @@ fn lists(value: &[u8], token: &str) -> bool {
 /// Writes the backend request head: origin-form target, HTTP/1.1, `Host` first (the client's,
 /// or made from the HTTP/2 `:authority`), the client's fields without hop-by-hop ones (and
 /// those its `Connection` names) and without `Expect` (hyper's server already answered it),
-/// `X-Forwarded-For` appended to, `X-Forwarded-Proto` and `X-Forwarded-Host` set.
+/// `X-Forwarded-For` appended to (`peer`: the client's address as text, formatted once per
+/// connection), `X-Forwarded-Proto` and `X-Forwarded-Host` set.
 pub fn encode_request(
     out: &mut Vec<u8>,
     parts: &Parts,
     host: Option<&[u8]>,
-    peer: IpAddr,
+    peer: &str,
     https: bool,
     body: RequestBody,
 ) {
@@ -177,14 +178,15 @@ pub fn encode_request(
                         out.extend_from_slice(b", ");
                     }
                 }
-                let _ = write!(out, "{}\r\n", peer.to_canonical());
+                out.extend_from_slice(peer.as_bytes());
+                out.extend_from_slice(b"\r\n");
             }
             continue;
         }
         field(out, n.as_bytes(), value.as_bytes());
     }
     if !forwarded_for {
-        let _ = write!(out, "x-forwarded-for: {}\r\n", peer.to_canonical());
+        field(out, b"x-forwarded-for", peer.as_bytes());
     }
     field(
         out,
@@ -339,11 +341,13 @@ impl From<ClientError> for Failure {
     }
 }
 
-/// A parsed response head: the response without body, its length in the buffer, its framing.
+/// A parsed response head: the response without body, its length in the buffer, its framing,
+/// and the body when it is whole in the buffer already (copied with the head, in one piece).
 struct Parsed {
     response: Response<()>,
     head_len: usize,
     info: HeadInfo,
+    whole_body: Option<Bytes>,
 }
 
 async fn exchange(
@@ -463,8 +467,12 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Parsed>, ClientError
     }
     let info =
         head_info(method, code, r.version.unwrap_or(1), r.headers).map_err(ClientError::Invalid)?;
-    // Field values are slices of one copy of the head.
-    let shared = Bytes::copy_from_slice(&buf[..head_len]);
+    // Field values (and a body already whole here) are slices of one copy.
+    let whole = match info.framing {
+        Framing::Length(n) if n <= (buf.len() - head_len) as u64 => Some(n as usize),
+        _ => None,
+    };
+    let shared = Bytes::copy_from_slice(&buf[..head_len + whole.unwrap_or(0)]);
     let base = buf.as_ptr() as usize;
     let connection: Vec<&[u8]> = r
         .headers
@@ -495,6 +503,7 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Parsed>, ClientError
         response,
         head_len,
         info,
+        whole_body: whole.map(|_| shared.slice(head_len..)),
     }))
 }
 
@@ -503,27 +512,25 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Parsed>, ClientError
 fn respond(pool: &Arc<Pool>, ep: SocketAddr, mut conn: Conn, p: Parsed) -> Response<ProxyBody> {
     conn.consume(p.head_len);
     let home = p.info.keep_alive.then(|| (pool.clone(), ep));
-    let body = match p.info.framing {
-        Framing::Length(n) if n as usize <= conn.buffered().len() => {
-            let n = n as usize;
-            let data = (n > 0).then(|| Bytes::copy_from_slice(&conn.buffered()[..n]));
-            conn.consume(n);
+    let body = match (p.whole_body, p.info.framing) {
+        (Some(data), _) => {
+            conn.consume(data.len());
             if let Some((pool, ep)) = home {
                 pool.put(ep, conn);
             }
-            ProxyBody::Full(data)
+            ProxyBody::full(data)
         }
-        Framing::Length(n) => ProxyBody::Backend(BackendBody {
+        (None, Framing::Length(n)) => ProxyBody::Backend(BackendBody {
             conn: Some(conn),
             home,
             state: State::Length(n),
         }),
-        Framing::Chunked => ProxyBody::Backend(BackendBody {
+        (None, Framing::Chunked) => ProxyBody::Backend(BackendBody {
             conn: Some(conn),
             home,
             state: State::Chunked(Chunked::Size),
         }),
-        Framing::Close => ProxyBody::Backend(BackendBody {
+        (None, Framing::Close) => ProxyBody::Backend(BackendBody {
             conn: Some(conn),
             home: None,
             state: State::Close,
@@ -917,7 +924,7 @@ mod tests {
             &mut out,
             &parts,
             Some(b"a.test"),
-            "::ffff:10.0.0.9".parse().unwrap(),
+            "10.0.0.9",
             true,
             RequestBody::Chunked,
         );

@@ -6,7 +6,6 @@
 //! that runs the proxy runtime, so it lives in that thread's network namespace: the pod's.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -71,11 +70,12 @@ impl Proxy {
         &self.pool
     }
 
-    /// Handles one request from `peer`; `https` tells the listener it came in on.
+    /// Handles one request from the client at `peer_ip` (as text, for `X-Forwarded-For`);
+    /// `https` tells the listener it came in on.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer_ip: &str,
         https: bool,
     ) -> Result<Response<ProxyBody>, Infallible> {
         if !self.shared.loaded.load(Ordering::Acquire) {
@@ -117,7 +117,7 @@ impl Proxy {
         };
         let kind = RequestBody::of(&parts.headers, &body);
         let mut head = Vec::with_capacity(512);
-        client::encode_request(&mut head, &parts, host, peer.ip(), https, kind);
+        client::encode_request(&mut head, &parts, host, peer_ip, https, kind);
         match client::send(&self.pool, ep, &parts.method, &head, body, kind).await {
             Ok(resp) => Ok(resp),
             Err(e) => {
@@ -178,9 +178,10 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, proxy: Arc<P
         let (proxy, tls, builder) = (proxy.clone(), tls.clone(), builder.clone());
         tokio::spawn(async move {
             let https = tls.is_some();
+            let ip: Arc<str> = peer.ip().to_canonical().to_string().into();
             let svc = hyper::service::service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { proxy.handle(req, peer, https).await }
+                let (proxy, ip) = (proxy.clone(), ip.clone());
+                async move { proxy.handle(req, &ip, https).await }
             });
             let result = match tls {
                 Some(acceptor) => match acceptor.accept(stream).await {
