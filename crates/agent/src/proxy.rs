@@ -204,9 +204,16 @@ pub struct ProxyConfig {
 pub struct Applier {
     /// Whether the kernel holds the plan as of the last apply (false: reload everything).
     synced: bool,
+    /// Per-count chains nothing points at any more but still in the kernel: deleted together
+    /// once there are [`UNUSED_CHAINS_KEPT`] of them (an `nft` run costs more than the chains),
+    /// and reused as they are when their count comes back.
+    unused: BTreeSet<DynChain>,
     /// The underlay device and the LoadBalancer pool, when LoadBalancer IPs are announced.
     pub announcer: Option<(String, Ipv4Net)>,
 }
+
+/// How many unused per-count chains stay in the kernel before they are deleted in one go.
+pub const UNUSED_CHAINS_KEPT: usize = 16;
 
 /// The kernel work of one apply, planned from the compiler by [`Applier::prepare`].
 #[derive(Debug, Default)]
@@ -245,9 +252,24 @@ impl Applier {
             .as_ref()
             .filter(|_| full || d.announce_changed)
             .map(|(dev, pool)| (dev.clone(), *pool, plan.announce.clone()));
-        let structure = (full || d.structure_changed || !d.add_chains.is_empty())
-            .then(|| svc::render_structure(plan, c.chains()));
+        // Chains the kernel still has (unused so far) are used again as they are.
+        let new_chains: Vec<DynChain> = d
+            .add_chains
+            .iter()
+            .filter(|ch| !self.unused.remove(*ch))
+            .copied()
+            .collect();
+        // The whole structure at a start or when the firewall changed; otherwise only the new
+        // per-count chains (they name no map, so `nft` need not load the maps' elements).
+        let structure = if full || d.structure_changed {
+            Some(svc::render_structure(plan, c.chains()))
+        } else {
+            (!new_chains.is_empty()).then(|| svc::render_chains(&new_chains))
+        };
+        self.unused.extend(d.delete_chains.iter().copied());
         if full {
+            // The whole load deletes every chain nothing points at.
+            self.unused.clear();
             return Work {
                 full,
                 structure,
@@ -261,7 +283,14 @@ impl Applier {
             full,
             structure,
             ops: d.ops,
-            delete_chains: d.delete_chains.iter().map(DynChain::name).collect(),
+            delete_chains: if self.unused.len() >= UNUSED_CHAINS_KEPT {
+                std::mem::take(&mut self.unused)
+                    .iter()
+                    .map(DynChain::name)
+                    .collect()
+            } else {
+                Vec::new()
+            },
             stale_udp: d.stale_udp,
             revived_udp: d.revived_udp,
             affinity_gc: d.affinity_gc,

@@ -133,7 +133,8 @@ async fn services_become_map_elements_and_changes_touch_only_their_elements() {
         // services element replaced (delete + add) and one backend added.
         assert_eq!(last, (3, false), "{:?}", d.nft.transactions);
         assert!(d.nft.chains.contains("lb-3"));
-        assert!(!d.nft.chains.contains("lb-2"), "unused chain deleted");
+        // lb-2 is unused now; it stays (deleted with others later, or used again as it is).
+        assert!(d.nft.chains.contains("lb-2"));
     }
     assert_eq!(
         element(&dp, "services", "10.96.0.20 . tcp . 80").as_deref(),
@@ -242,7 +243,7 @@ async fn a_failed_apply_is_reported_and_retried_as_a_full_reload() {
 }
 
 #[tokio::test]
-async fn chains_that_jump_are_deleted_before_their_targets() {
+async fn unused_chains_are_deleted_together_jumping_ones_first() {
     common::init_tracing();
     let dir = TempDir::new("proxy-chains");
     let store = MemStore::new();
@@ -265,17 +266,39 @@ async fn chains_that_jump_are_deleted_before_their_targets() {
         element(&dp, "services", "10.99.0.1 . tcp . 30080").as_deref() == Some("goto ext-2")
     })
     .await;
-    put_slice(&store, "web", &["10.244.1.5"]).await;
-    let rev = store.revision().await.unwrap();
-    let st = wait_status(&store, "n1", "applied", |s| s.proxy.applied_revision >= rev).await;
-    assert_eq!(st.proxy.last_error, None);
+    // Each new count leaves ext-N and lb-N of the old one unused; once UNUSED_CHAINS_KEPT are
+    // unused they go in one run, those that jump (ext-N) before their targets (lb-N): the
+    // fake, like the kernel, refuses to delete a chain that is still jumped to.
+    let steps = agent::proxy::UNUSED_CHAINS_KEPT / 2 + 1;
+    let ips: Vec<String> = (0..steps + 2)
+        .map(|i| format!("10.244.1.{}", i + 5))
+        .collect();
+    for n in 3..=steps + 2 {
+        let eps: Vec<&str> = ips[..n].iter().map(String::as_str).collect();
+        put_slice(&store, "web", &eps).await;
+        let rev = store.revision().await.unwrap();
+        let st = wait_status(&store, "n1", "applied", |s| s.proxy.applied_revision >= rev).await;
+        assert_eq!(st.proxy.last_error, None);
+    }
+    let last = steps + 2;
     let chains = dp.lock().unwrap().nft.chains.clone();
     assert!(
-        chains.contains("ext-1") && chains.contains("lb-1"),
+        chains.contains(&format!("ext-{last}")) && chains.contains(&format!("lb-{last}")),
         "{chains:?}"
     );
     assert!(
         !chains.contains("ext-2") && !chains.contains("lb-2"),
+        "unused chains deleted: {chains:?}"
+    );
+    // A count seen before comes back: its chain is made again.
+    put_slice(&store, "web", &["10.244.1.5", "10.244.1.6"]).await;
+    wait_until("ext-2 again", || {
+        element(&dp, "services", "10.99.0.1 . tcp . 30080").as_deref() == Some("goto ext-2")
+    })
+    .await;
+    let chains = dp.lock().unwrap().nft.chains.clone();
+    assert!(
+        chains.contains("ext-2") && chains.contains("lb-2"),
         "{chains:?}"
     );
     let _ = stop.send(());

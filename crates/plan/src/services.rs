@@ -61,6 +61,17 @@ pub mod maps {
     pub const FIREWALL: &str = "firewall";
 }
 
+/// Fixed chains the per-count chains go to.
+pub mod fixed {
+    /// DNAT to `backends[daddr . proto . dport . meta mark]` (the slot `lb-N` chose).
+    pub const BACKEND_DNAT: &str = "backend-dnat";
+    /// A known client keeps its endpoint (map `affinity`), else `backend-dnat`.
+    pub const AFFINITY_LOOKUP: &str = "affinity-lookup";
+    /// As `affinity-lookup` for external clients of a Local-policy frontend: clears the
+    /// masquerade bit the frontend's affinity id carries first.
+    pub const LOCAL_AFFINITY_LOOKUP: &str = "local-affinity-lookup";
+}
+
 /// IP protocol of a service port: the same type NetworkPolicy uses.
 pub use crate::policy::Protocol as Proto;
 
@@ -227,28 +238,20 @@ impl DynChain {
     /// The chain's rules, one per line, in nft syntax.
     pub fn rules(&self) -> Vec<String> {
         match *self {
+            // The slot, then the fixed chains that read the maps: a new endpoint count makes a
+            // chain that names no map, which `nft` adds without loading the maps' elements.
             DynChain::Lb { n } => vec![
                 format!("meta mark set numgen random mod {n}"),
-                format!(
-                    "dnat ip to ip daddr . meta l4proto . th dport . meta mark map @{}",
-                    maps::BACKENDS
-                ),
+                format!("goto {}", fixed::BACKEND_DNAT),
             ],
-            DynChain::Aff { n } | DynChain::LocalAff { n } => {
-                let mut v = vec![format!(
-                    "ct mark set ip daddr . meta l4proto . th dport map @{}",
-                    maps::AFFINITY_IDS
-                )];
-                if matches!(self, DynChain::LocalAff { .. }) {
-                    v.push(format!("ct mark set ct mark & {:#x}", !MASQ_MARK));
-                }
-                v.push(format!(
-                    "meta l4proto {{ tcp, udp, sctp }} dnat ip to ip saddr . ct mark map @{}",
-                    maps::AFFINITY
-                ));
-                v.push(format!("goto {}", lb_chain(n, false)));
-                v
-            }
+            DynChain::Aff { n } => vec![
+                format!("meta mark set numgen random mod {n}"),
+                format!("goto {}", fixed::AFFINITY_LOOKUP),
+            ],
+            DynChain::LocalAff { n } => vec![
+                format!("meta mark set numgen random mod {n}"),
+                format!("goto {}", fixed::LOCAL_AFFINITY_LOOKUP),
+            ],
             // With affinity the masquerade bit comes with the frontend's affinity id.
             DynChain::Ext { n, affinity: true } => vec![format!("goto {}", lb_chain(n, true))],
             DynChain::Ext { n, affinity: false } => vec![
@@ -802,18 +805,7 @@ pub fn render_structure(plan: &ServicePlan, chains: &BTreeSet<DynChain>) -> Stri
         );
     }
     let mut chain = |name: &str, hook: Option<&str>, rules: &[String]| {
-        match hook {
-            Some(h) => {
-                let _ = writeln!(s, "add chain {t} {name} {{ {h} }}");
-            }
-            None => {
-                let _ = writeln!(s, "add chain {t} {name}");
-            }
-        }
-        let _ = writeln!(s, "flush chain {t} {name}");
-        for r in rules {
-            let _ = writeln!(s, "add rule {t} {name} {r}");
-        }
+        write_chain(&mut s, name, hook, rules);
     };
     chain(
         "refuse",
@@ -903,16 +895,69 @@ pub fn render_structure(plan: &ServicePlan, chains: &BTreeSet<DynChain>) -> Stri
         Some("type filter hook output priority -99; policy accept;"),
         &record,
     );
-    // Dynamic chains, targets before the chains that point at them.
-    let mut ordered: Vec<&DynChain> = chains.iter().collect();
+    // The map readers the per-count chains go to.
+    let backend_dnat = format!(
+        "dnat ip to ip daddr . meta l4proto . th dport . meta mark map @{}",
+        maps::BACKENDS
+    );
+    chain(
+        fixed::BACKEND_DNAT,
+        None,
+        std::slice::from_ref(&backend_dnat),
+    );
+    for (name, local) in [
+        (fixed::AFFINITY_LOOKUP, false),
+        (fixed::LOCAL_AFFINITY_LOOKUP, true),
+    ] {
+        let mut rules = vec![format!(
+            "ct mark set ip daddr . meta l4proto . th dport map @{}",
+            maps::AFFINITY_IDS
+        )];
+        if local {
+            rules.push(format!("ct mark set ct mark & {:#x}", !MASQ_MARK));
+        }
+        rules.push(format!(
+            "meta l4proto {{ tcp, udp, sctp }} dnat ip to ip saddr . ct mark map @{}",
+            maps::AFFINITY
+        ));
+        rules.push(format!("goto {}", fixed::BACKEND_DNAT));
+        chain(name, None, &rules);
+    }
+    s.push_str(&render_chains(chains));
+    s
+}
+
+/// One chain as `nft` text: declared (with its hook, for base chains), flushed, refilled.
+fn write_chain(s: &mut String, name: &str, hook: Option<&str>, rules: &[String]) {
+    let t = format!("inet {TABLE}");
+    match hook {
+        Some(h) => {
+            let _ = writeln!(s, "add chain {t} {name} {{ {h} }}");
+        }
+        None => {
+            let _ = writeln!(s, "add chain {t} {name}");
+        }
+    }
+    let _ = writeln!(s, "flush chain {t} {name}");
+    for r in rules {
+        let _ = writeln!(s, "add rule {t} {name} {r}");
+    }
+}
+
+/// The per-count chains as `nft` text, targets before the chains that point at them. On a
+/// table that has the rest of [`render_structure`] this is all a new endpoint count needs:
+/// none of these chains names a large map, so `nft` adds them without loading elements.
+pub fn render_chains<'a>(chains: impl IntoIterator<Item = &'a DynChain>) -> String {
+    let mut ordered: Vec<&DynChain> = chains.into_iter().collect();
     ordered.sort_by_key(|c| match c {
         DynChain::Lb { .. } | DynChain::Record { .. } => 0,
         DynChain::Aff { .. } | DynChain::LocalAff { .. } => 1,
         DynChain::Ext { .. } => 2,
         DynChain::ExtLocal { .. } => 3,
     });
+    let mut s = String::new();
     for c in ordered {
-        chain(&c.name(), None, &c.rules());
+        write_chain(&mut s, &c.name(), None, &c.rules());
     }
     s
 }
