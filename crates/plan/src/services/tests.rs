@@ -780,7 +780,7 @@ enum Change {
 
 fn change() -> impl Strategy<Value = Change> {
     prop_oneof![
-        (0u8..5, 0u8..6).prop_map(|(i, f)| Change::Service(i, f)),
+        (0u8..5, 0u8..7).prop_map(|(i, f)| Change::Service(i, f)),
         (0u8..5).prop_map(Change::RemoveService),
         (0u8..5, 0u8..4, any::<bool>(), 0u8..3).prop_map(|(i, n, r, s)| Change::Slice(i, n, r, s)),
         (0u8..5).prop_map(Change::RemoveSlice),
@@ -789,7 +789,7 @@ fn change() -> impl Strategy<Value = Change> {
 }
 
 /// Service `s<i>` in shape `f`: plain, affinity, NodePort with Local policy, LoadBalancer with
-/// source ranges and Local policy, UDP, or one whose externalIP is s0's ClusterIP.
+/// source ranges and Local policy, UDP, one whose externalIP is s0's ClusterIP, or headless.
 fn shaped(i: u8, f: u8) -> Service {
     let name = format!("s{i}");
     let mut v = basic(&name, &format!("10.96.0.{}", i + 2));
@@ -815,6 +815,7 @@ fn shaped(i: u8, f: u8) -> Service {
         }
         4 => v.spec.ports[0].protocol = Some("UDP".to_string()),
         5 => v.spec.external_ips = vec!["10.96.0.2".to_string()],
+        6 => v.spec.cluster_ip = Some("None".to_string()),
         _ => {}
     }
     v
