@@ -179,16 +179,13 @@ impl View {
     /// `ingressclass.kubernetes.io/is-default-class: "true"`). Without a stored IngressClass of
     /// that name, `configured` says (`flatnet ingress --ignore-classless` turns it off).
     pub fn class_filter(&self, configured: &ClassFilter) -> ClassFilter {
-        match self
+        let stored = self
             .classes
             .values()
-            .find(|c| c.metadata.name == configured.class)
-        {
-            Some(c) => ClassFilter {
-                class: configured.class.clone(),
-                serve_classless: c.is_default(),
-            },
-            None => configured.clone(),
+            .find(|c| c.metadata.name == configured.class);
+        ClassFilter {
+            class: configured.class.clone(),
+            serve_classless: IngressClass::serves_classless(stored, configured.serve_classless),
         }
     }
 

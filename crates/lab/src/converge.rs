@@ -261,6 +261,10 @@ async fn ingress_pending(
     let nodes: Vec<model::Node> = nodes.iter().filter_map(|kv| kv.decode().ok()).collect();
     let node_refs: Vec<&model::Node> = nodes.iter().collect();
     let want = model::published_addresses(Some(&gateway), &node_refs);
+    let class_key = store::keys::object("ingressclasses", None, model::INGRESS_CLASS);
+    let class: Option<model::IngressClass> =
+        store.get(&class_key).await?.and_then(|kv| kv.decode().ok());
+    let classless = model::IngressClass::serves_classless(class.as_ref(), true);
     let (ingresses, _) = store
         .list(&store::keys::object_kind_prefix("ingresses"))
         .await?;
@@ -268,7 +272,7 @@ async fn ingress_pending(
         let Ok(ing) = kv.decode::<model::Ingress>() else {
             continue;
         };
-        if !ing.served_by(model::INGRESS_CLASS, true) {
+        if !ing.served_by(model::INGRESS_CLASS, classless) {
             continue;
         }
         let shows = ing.status_ips();
@@ -551,6 +555,21 @@ mod tests {
             ing("web", "flatnet", &["172.20.0.240"]),
         )
         .await;
+        assert_eq!(ingress_lines(&s).await, Vec::<String>::new());
+        // A classless Ingress is the default class's: waited for while the stored class
+        // `flatnet` is the default (or none is stored), not once it stops being it.
+        let classless = json!({"metadata": {"name": "plain", "namespace": "default"},
+            "spec": {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}}});
+        put(&s, "objects/ingresses/default/plain", classless).await;
+        assert_eq!(ingress_lines(&s).await.len(), 1);
+        let class = |default: &str| {
+            json!({"metadata": {"name": "flatnet",
+            "annotations": {"ingressclass.kubernetes.io/is-default-class": default}},
+            "spec": {"controller": "flatnet.io/ingress-gateway"}})
+        };
+        put(&s, "objects/ingressclasses/_/flatnet", class("true")).await;
+        assert_eq!(ingress_lines(&s).await.len(), 1);
+        put(&s, "objects/ingressclasses/_/flatnet", class("false")).await;
         assert_eq!(ingress_lines(&s).await, Vec::<String>::new());
     }
 

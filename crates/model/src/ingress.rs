@@ -49,6 +49,12 @@ impl IngressClass {
             .get(DEFAULT_CLASS_ANNOTATION)
             .is_some_and(|v| v == "true")
     }
+
+    /// Whether the controller of a class also serves Ingresses without a class: as the stored
+    /// IngressClass of that name says (its default annotation), else as configured.
+    pub fn serves_classless(stored: Option<&IngressClass>, configured: bool) -> bool {
+        stored.map_or(configured, IngressClass::is_default)
+    }
 }
 
 /// A `networking.k8s.io/v1` Ingress.
