@@ -927,21 +927,9 @@ pub fn render_structure(plan: &ServicePlan, chains: &BTreeSet<DynChain>) -> Stri
     s
 }
 
-/// One chain as `nft` text: declared (with its hook, for base chains), flushed, refilled.
+/// One chain of the proxy's table as `nft` text.
 fn write_chain(s: &mut String, name: &str, hook: Option<&str>, rules: &[String]) {
-    let t = format!("inet {TABLE}");
-    match hook {
-        Some(h) => {
-            let _ = writeln!(s, "add chain {t} {name} {{ {h} }}");
-        }
-        None => {
-            let _ = writeln!(s, "add chain {t} {name}");
-        }
-    }
-    let _ = writeln!(s, "flush chain {t} {name}");
-    for r in rules {
-        let _ = writeln!(s, "add rule {t} {name} {r}");
-    }
+    crate::nft_chain(s, &format!("inet {TABLE}"), name, hook, rules);
 }
 
 /// The per-count chains as `nft` text, targets before the chains that point at them. On a

@@ -508,18 +508,7 @@ pub fn render_structure() -> String {
         );
     }
     let mut chain = |name: &str, hook: Option<&str>, rules: &[String]| {
-        match hook {
-            Some(h) => {
-                let _ = writeln!(s, "add chain {t} {name} {{ {h} }}");
-            }
-            None => {
-                let _ = writeln!(s, "add chain {t} {name}");
-            }
-        }
-        let _ = writeln!(s, "flush chain {t} {name}");
-        for r in rules {
-            let _ = writeln!(s, "add rule {t} {name} {r}");
-        }
+        plan::nft_chain(&mut s, &t, name, hook, rules);
     };
     chain(
         "ingress",
