@@ -151,9 +151,9 @@ C
 
 run_perf() { # qfile
   local q=$1 out p0 p1 t0 t1 pcpu qps lat lost codes cpus
-  p0=$(python3 "$D/cpu.py" "$SPID"); t0=$(date +%s.%N)
+  p0=$(python3 "$D/../lib/proctree_cpu.py" "$SPID"); t0=$(date +%s.%N)
   out=$($X $PRIO taskset -c "$CLI_CPU" dnsperf -s 127.0.0.1 -p $PORT -d "$W/$q" -l "$SECS" -q 500 2>&1)
-  p1=$(python3 "$D/cpu.py" "$SPID"); t1=$(date +%s.%N)
+  p1=$(python3 "$D/../lib/proctree_cpu.py" "$SPID"); t1=$(date +%s.%N)
   cpus=$(awk -v a="$p0" -v b="$p1" 'BEGIN{printf "%.2f", b-a}')
   pcpu=$(awk -v a="$p0" -v b="$p1" -v x="$t0" -v y="$t1" 'BEGIN{printf "%.0f", 100*(b-a)/(y-x)}')
   qps=$(awk '/Queries per second:/{printf "%.0f", $4}' <<<"$out")

@@ -184,9 +184,9 @@ check_routes() { # exits non-zero unless all 6 routes and both 404s answer right
 run_wrk() { # label conns secs
   local c0 c1 out p0 p1 t0 t1 mp
   mp=${PPID_:-$BPID}
-  c0=$(cpu_snap); p0=$(python3 "$D/proctree_cpu.py" "$mp"); t0=$(date +%s.%N)
+  c0=$(cpu_snap); p0=$(python3 "$D/../lib/proctree_cpu.py" "$mp"); t0=$(date +%s.%N)
   out=$($X $PRIO taskset -c $CLI_CPU wrk -t1 -c "$2" -d "${3}s" --latency -s "$D/routes.lua" "http://127.0.0.1:$PORT/" 2>&1)
-  c1=$(cpu_snap); p1=$(python3 "$D/proctree_cpu.py" "$mp"); t1=$(date +%s.%N)
+  c1=$(cpu_snap); p1=$(python3 "$D/../lib/proctree_cpu.py" "$mp"); t1=$(date +%s.%N)
   local pcpu; pcpu=$(awk -v a="$p0" -v b="$p1" -v x="$t0" -v y="$t1" 'BEGIN{printf "%.0f", 100*(b-a)/(y-x)}')
   echo "$out" > "$W/wrk-$cfg-$2.txt"
   read -r ccli csrv <<<"$(busy "$c0" "$c1")"
