@@ -347,15 +347,6 @@ impl Compiler {
         self.services.len()
     }
 
-    /// Services left out, with the reason, by `namespace/name`.
-    pub fn skipped(&self) -> impl Iterator<Item = (String, &str)> + '_ {
-        self.services.iter().filter_map(|(k, s)| {
-            s.skip
-                .as_deref()
-                .map(|why| (format!("{}/{}", k.0, k.1), why))
-        })
-    }
-
     fn key(namespace: &str, name: &str) -> SvcKey {
         Arc::new((namespace.to_string(), name.to_string()))
     }
