@@ -608,20 +608,15 @@ impl Compiler {
                 external: false,
                 firewall: false,
             }];
-            for ip in &s.external_ips {
+            // externalIPs, then LoadBalancer IPs (which loadBalancerSourceRanges filter).
+            let external_ips = s.external_ips.iter().map(|ip| (ip, false));
+            let lb_ips = s.lb_ips.iter().map(|ip| (ip, !s.ranges.is_empty()));
+            for (ip, firewall) in external_ips.chain(lb_ips) {
                 frontends.push(FeOut {
                     fe: at(*ip, port.port),
                     verdict: external,
                     external: true,
-                    firewall: false,
-                });
-            }
-            for ip in &s.lb_ips {
-                frontends.push(FeOut {
-                    fe: at(*ip, port.port),
-                    verdict: external,
-                    external: true,
-                    firewall: !s.ranges.is_empty(),
+                    firewall,
                 });
             }
             if let Some(np) = port.node_port.filter(|p| s.node_ports && *p > 0) {
