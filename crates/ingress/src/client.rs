@@ -24,7 +24,6 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode};
 use tokio::io::AsyncWriteExt;
 
@@ -44,7 +43,7 @@ pub enum ClientError {
     #[error("send request: {0}")]
     Send(io::Error),
     #[error("read request body from the client: {0}")]
-    ClientBody(hyper::Error),
+    ClientBody(Box<dyn std::error::Error + Send + Sync>),
     #[error("read response head: {0}")]
     Recv(io::Error),
     #[error("connection closed before a response")]
@@ -97,107 +96,136 @@ pub fn idempotent(m: &Method) -> bool {
     )
 }
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Hop-by-hop fields (RFC 9110 §7.6.1) plus the legacy `Keep-Alive` and `Proxy-Connection`.
-fn hop_by_hop(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+/// Hop-by-hop fields (RFC 9110 §7.6.1) plus the legacy `Keep-Alive` and `Proxy-Connection`;
+/// `name` in any case.
+pub(crate) fn hop_by_hop(name: &str) -> bool {
+    const HOP: [&str; 8] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ];
+    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
 /// Whether a `Connection` field value lists `token`.
-fn lists(value: &[u8], token: &str) -> bool {
+pub(crate) fn lists(value: &[u8], token: &str) -> bool {
     value
         .split(|b| *b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// Writes the backend request head: origin-form target, HTTP/1.1, `Host` first (the client's,
-/// or made from the HTTP/2 `:authority`), the client's fields without hop-by-hop ones (and
-/// those its `Connection` names) and without `Expect` (hyper's server already answered it),
-/// `X-Forwarded-For` appended to (`peer`: the client's address as text, formatted once per
-/// connection), `X-Forwarded-Proto` and `X-Forwarded-Host` set.
-pub fn encode_request(
+/// Whether one of `fields`' `Connection` values names the field `name` (other than the
+/// tokens `close`, `keep-alive` and `upgrade`, which name no field).
+pub(crate) fn named_by_connection<'a>(
+    mut fields: impl Iterator<Item = (&'a str, &'a [u8])>,
+    name: &str,
+) -> bool {
+    fields.any(|(n, v)| n.eq_ignore_ascii_case("connection") && lists(v, name))
+}
+
+/// What the gateway adds to a forwarded request besides the client's fields.
+pub struct Forward<'a> {
+    /// The `Host` to send: the client's, or made from the HTTP/2 `:authority` or an
+    /// absolute-form target.
+    pub host: Option<&'a [u8]>,
+    /// The client's address as text (formatted once per connection).
+    pub peer: &'a str,
+    pub https: bool,
+    pub body: RequestBody,
+    /// The `Transfer-Encoding` value sent with a chunked body: `chunked` when the gateway
+    /// re-chunks, the client's own when its chunks are passed through.
+    pub transfer_encoding: &'a [u8],
+    /// The `Upgrade` value of a request that asks for a protocol switch (HTTP/1.1 only).
+    pub upgrade: Option<&'a [u8]>,
+}
+
+/// Writes the backend request head: origin-form `target`, HTTP/1.1, `Host` first, the
+/// client's `fields` without hop-by-hop ones (and those its `Connection` names) and without
+/// `Expect` (the gateway answers it), `X-Forwarded-For` appended to, `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` set, then the framing and upgrade fields of `fw`.
+pub fn encode_request<'a, I>(
     out: &mut Vec<u8>,
-    parts: &Parts,
-    host: Option<&[u8]>,
-    peer: &str,
-    https: bool,
-    body: RequestBody,
-) {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    method: &str,
+    target: &str,
+    fields: I,
+    fw: &Forward<'_>,
+) where
+    I: Iterator<Item = (&'a str, &'a [u8])> + Clone,
+{
+    out.extend_from_slice(method.as_bytes());
     out.push(b' ');
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(if target.is_empty() {
         b"/"
     } else {
         target.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(h) = host {
+    if let Some(h) = fw.host {
         field(out, b"host", h);
     }
-    let connection: Vec<&[u8]> = parts
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .map(HeaderValue::as_bytes)
-        .collect();
+    // Only a Connection value with a token beyond the usual ones names other fields.
+    let named = fields.clone().any(|(n, v)| {
+        n.eq_ignore_ascii_case("connection")
+            && v.split(|b| *b == b',').any(|t| {
+                let t = t.trim_ascii();
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"close")
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+                    && !t.eq_ignore_ascii_case(b"upgrade")
+            })
+    });
     let mut forwarded_for = false;
-    for (name, value) in &parts.headers {
-        let n = name.as_str();
+    for (n, value) in fields.clone() {
         if hop_by_hop(n)
-            || *name == header::HOST
-            || *name == header::EXPECT
-            || *name == X_FORWARDED_PROTO
-            || *name == X_FORWARDED_HOST
-            || connection.iter().any(|c| lists(c, n))
+            || n.eq_ignore_ascii_case("host")
+            || n.eq_ignore_ascii_case("expect")
+            || n.eq_ignore_ascii_case("x-forwarded-proto")
+            || n.eq_ignore_ascii_case("x-forwarded-host")
+            || (named && named_by_connection(fields.clone(), n))
         {
             continue;
         }
-        if *name == X_FORWARDED_FOR {
+        if n.eq_ignore_ascii_case("x-forwarded-for") {
             // Earlier proxies' addresses, in order, then the client's.
             if !forwarded_for {
                 forwarded_for = true;
                 out.extend_from_slice(b"x-forwarded-for: ");
-                for v in parts.headers.get_all(&X_FORWARDED_FOR) {
-                    let v = v.as_bytes().trim_ascii();
-                    if !v.is_empty() {
+                for (n, v) in fields.clone() {
+                    let v = v.trim_ascii();
+                    if n.eq_ignore_ascii_case("x-forwarded-for") && !v.is_empty() {
                         out.extend_from_slice(v);
                         out.extend_from_slice(b", ");
                     }
                 }
-                out.extend_from_slice(peer.as_bytes());
+                out.extend_from_slice(fw.peer.as_bytes());
                 out.extend_from_slice(b"\r\n");
             }
             continue;
         }
-        field(out, n.as_bytes(), value.as_bytes());
+        field(out, n.as_bytes(), value);
     }
     if !forwarded_for {
-        field(out, b"x-forwarded-for", peer.as_bytes());
+        field(out, b"x-forwarded-for", fw.peer.as_bytes());
     }
     field(
         out,
         b"x-forwarded-proto",
-        if https { b"https" } else { b"http" },
+        if fw.https { b"https" } else { b"http" },
     );
-    if let Some(h) = host {
+    if let Some(h) = fw.host {
         field(out, b"x-forwarded-host", h);
     }
-    if body == RequestBody::Chunked {
-        field(out, b"transfer-encoding", b"chunked");
+    if fw.body == RequestBody::Chunked {
+        field(out, b"transfer-encoding", fw.transfer_encoding);
+    }
+    if let Some(u) = fw.upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+        field(out, b"upgrade", u);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -226,6 +254,24 @@ pub struct HeadInfo {
     pub keep_alive: bool,
 }
 
+/// Adds one `Content-Length` field's value (`7`, or `7, 7`) to what earlier fields said: every
+/// value must be a decimal number and all must agree.
+pub(crate) fn content_length(value: &[u8], length: &mut Option<u64>) -> Result<(), String> {
+    for v in value.split(|b| *b == b',') {
+        let v = v.trim_ascii();
+        let n = std::str::from_utf8(v)
+            .ok()
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| format!("content-length {:?}", String::from_utf8_lossy(value)))?;
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting content-length fields".into());
+        }
+        *length = Some(n);
+    }
+    Ok(())
+}
+
 /// Reads framing and reuse from a parsed response head. `version` is httparse's minor
 /// version (0 or 1).
 pub fn head_info(
@@ -243,21 +289,7 @@ pub fn head_info(
             close |= lists(h.value, "close");
             keep_alive_token |= lists(h.value, "keep-alive");
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            // `7` or `7, 7`: every value must agree.
-            for v in h.value.split(|b| *b == b',') {
-                let v = v.trim_ascii();
-                let n = std::str::from_utf8(v)
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        format!("content-length {:?}", String::from_utf8_lossy(h.value))
-                    })?;
-                if length.is_some_and(|l| l != n) {
-                    return Err("conflicting content-length fields".into());
-                }
-                length = Some(n);
-            }
+            content_length(h.value, &mut length)?;
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             te = Some(h.value);
         }
@@ -292,7 +324,7 @@ pub fn head_info(
 }
 
 /// Sends the request (head already encoded) to `ep` on a pooled connection or a new one and
-/// returns the response with its body streaming from the backend.
+/// returns the response with its body streaming from the backend (the HTTP/2 side).
 pub async fn send(
     pool: &Arc<Pool>,
     ep: SocketAddr,
@@ -301,44 +333,76 @@ pub async fn send(
     body: Incoming,
     kind: RequestBody,
 ) -> Result<Response<ProxyBody>, ClientError> {
-    let retry_ok = idempotent(method);
     let mut body = (kind != RequestBody::None).then_some(body);
-    let mut body_read = false;
+    let retry_ok = idempotent(method) && body.is_none();
     loop {
-        // Requests that cannot be sent twice check the pooled connection for a FIN first.
-        let pooled = pool.take(ep, !retry_ok || body.is_some());
-        let reused = pooled.is_some();
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => Pool::connect(ep).await?,
-        };
-        match exchange(&mut conn, method, head, &mut body, kind, &mut body_read).await {
-            Ok(parsed) => return Ok(respond(pool, ep, conn, parsed)),
-            Err(f) if reused && (f.nothing_sent || (f.no_response && retry_ok && !body_read)) => {
-                tracing::debug!(endpoint = %ep, error = %f.error, "pooled connection closed, sending again");
+        let (mut conn, reused) = connection(pool, ep, !retry_ok).await?;
+        let attempt = async {
+            write_head(&mut conn, head).await?;
+            if let Some(b) = body.as_mut() {
+                send_body(&mut conn, b, kind).await?;
             }
-            Err(f) => return Err(f.error),
+            read_head(&mut conn, pool.response_timeout(), retry_ok, |buf| {
+                parse_head(buf, method)
+            })
+            .await
+        };
+        match attempt.await {
+            Ok(parsed) => return Ok(respond(pool, ep, conn, parsed)),
+            Err(f) => f.retry(reused, ep)?,
         }
     }
 }
 
+/// A pooled connection to `ep` (checked for a FIN first with `probe`: for requests that must
+/// not be sent twice), or a new one; and whether it was pooled.
+pub(crate) async fn connection(
+    pool: &Pool,
+    ep: SocketAddr,
+    probe: bool,
+) -> Result<(Conn, bool), ClientError> {
+    Ok(match pool.take(ep, probe) {
+        Some(c) => (c, true),
+        None => (Pool::connect(ep).await?, false),
+    })
+}
+
 /// Why an exchange failed, and whether it may be tried again on another connection.
-struct Failure {
-    error: ClientError,
-    /// Writing the head failed: the backend saw nothing.
-    nothing_sent: bool,
-    /// The connection ended before a single response byte.
-    no_response: bool,
+pub(crate) struct Failure {
+    pub(crate) error: ClientError,
+    /// The backend saw nothing, or the connection ended before a single response byte to a
+    /// request that may be sent twice.
+    pub(crate) retryable: bool,
+}
+
+impl Failure {
+    /// Ok when the request may be sent again on another connection: this one was pooled
+    /// (the backend closed it while idle) and the failure is retryable.
+    pub(crate) fn retry(self, reused: bool, ep: SocketAddr) -> Result<(), ClientError> {
+        if reused && self.retryable {
+            tracing::debug!(endpoint = %ep, error = %self.error, "pooled connection closed, sending again");
+            Ok(())
+        } else {
+            Err(self.error)
+        }
+    }
 }
 
 impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Self {
         Failure {
             error,
-            nothing_sent: false,
-            no_response: false,
+            retryable: false,
         }
     }
+}
+
+/// Writes the request head; a failure here means the backend saw nothing.
+pub(crate) async fn write_head(conn: &mut Conn, head: &[u8]) -> Result<(), Failure> {
+    conn.stream.write_all(head).await.map_err(|e| Failure {
+        error: ClientError::Send(e),
+        retryable: true,
+    })
 }
 
 /// A parsed response head: the response without body, its length in the buffer, its framing,
@@ -350,37 +414,36 @@ struct Parsed {
     whole_body: Option<Bytes>,
 }
 
-async fn exchange(
+/// A response head found by a `parse` function of [`read_head`].
+pub(crate) struct Head<T> {
+    pub(crate) len: usize,
+    /// 1xx other than 101: skipped, the final response follows.
+    pub(crate) informational: bool,
+    pub(crate) value: T,
+}
+
+/// Reads from `conn` until `parse` finds a final response head at the start of its buffer
+/// (informational responses are consumed and skipped), within `timeout` (the pool's). The head
+/// itself stays in the buffer. `timeout`: [`Pool::response_timeout`]. `retry_if_silent`: a connection that ends before any response
+/// byte gives a retryable failure.
+pub(crate) async fn read_head<T>(
     conn: &mut Conn,
-    method: &Method,
-    head: &[u8],
-    body: &mut Option<Incoming>,
-    kind: RequestBody,
-    body_read: &mut bool,
-) -> Result<Parsed, Failure> {
-    if let Err(e) = conn.stream.write_all(head).await {
-        return Err(Failure {
-            error: ClientError::Send(e),
-            nothing_sent: true,
-            no_response: true,
-        });
-    }
-    if let Some(b) = body.as_mut() {
-        *body_read = true;
-        send_body(conn, b, kind).await?;
-    }
+    timeout: Duration,
+    retry_if_silent: bool,
+    mut parse: impl FnMut(&[u8]) -> Result<Option<Head<T>>, ClientError>,
+) -> Result<T, Failure> {
     conn.timer
         .as_mut()
-        .reset(tokio::time::Instant::now() + RESPONSE_TIMEOUT);
+        .reset(tokio::time::Instant::now() + timeout);
     loop {
         if !conn.buffered().is_empty() {
-            match parse_head(conn.buffered(), method)? {
-                Some(p) if p.response.status().is_informational() => {
+            match parse(conn.buffered())? {
+                Some(h) if h.informational => {
                     // 100 Continue, 103 Early Hints: skip to the final response.
-                    conn.consume(p.head_len);
+                    conn.consume(h.len);
                     continue;
                 }
-                Some(p) => return Ok(p),
+                Some(h) => return Ok(h.value),
                 None => {}
             }
         }
@@ -388,7 +451,7 @@ async fn exchange(
         let n = poll_fn(|cx| match conn.poll_fill(cx) {
             Poll::Ready(r) => Poll::Ready(r.map_err(ClientError::Recv)),
             Poll::Pending => match conn.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(ClientError::Timeout(RESPONSE_TIMEOUT))),
+                Poll::Ready(()) => Poll::Ready(Err(ClientError::Timeout(timeout))),
                 Poll::Pending => Poll::Pending,
             },
         })
@@ -400,16 +463,14 @@ async fn exchange(
             Ok(0) => {
                 return Err(Failure {
                     error: ClientError::Closed,
-                    nothing_sent: false,
-                    no_response: true,
+                    retryable: retry_if_silent,
                 });
             }
             Ok(_) => {}
             Err(ClientError::Recv(e)) if !got_any && e.kind() == io::ErrorKind::ConnectionReset => {
                 return Err(Failure {
                     error: ClientError::Recv(e),
-                    nothing_sent: false,
-                    no_response: true,
+                    retryable: retry_if_silent,
                 });
             }
             Err(e) => return Err(e.into()),
@@ -421,7 +482,7 @@ async fn exchange(
 async fn send_body(conn: &mut Conn, body: &mut Incoming, kind: RequestBody) -> Result<(), Failure> {
     let mut chunk = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(ClientError::ClientBody)?;
+        let frame = frame.map_err(|e| ClientError::ClientBody(e.into()))?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers are not forwarded
         };
@@ -449,7 +510,7 @@ async fn send_body(conn: &mut Conn, body: &mut Incoming, kind: RequestBody) -> R
 }
 
 /// Parses a response head at the start of `buf`; None: incomplete.
-fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Parsed>, ClientError> {
+fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head<Parsed>>, ClientError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut r = httparse::Response::new(&mut fields);
     let head_len = match r.parse(buf) {
@@ -499,11 +560,15 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Parsed>, ClientError
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.headers_mut() = map;
-    Ok(Some(Parsed {
-        response,
-        head_len,
-        info,
-        whole_body: whole.map(|_| shared.slice(head_len..)),
+    Ok(Some(Head {
+        len: head_len,
+        informational: status.is_informational(),
+        value: Parsed {
+            response,
+            head_len,
+            info,
+            whole_body: whole.map(|_| shared.slice(head_len..)),
+        },
     }))
 }
 
@@ -919,15 +984,21 @@ mod tests {
             .body(())
             .unwrap();
         let (parts, ()) = req.into_parts();
+        let fields: Vec<(&str, &[u8])> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
         let mut out = Vec::new();
-        encode_request(
-            &mut out,
-            &parts,
-            Some(b"a.test"),
-            "10.0.0.9",
-            true,
-            RequestBody::Chunked,
-        );
+        let fw = Forward {
+            host: Some(b"a.test"),
+            peer: "10.0.0.9",
+            https: true,
+            body: RequestBody::Chunked,
+            transfer_encoding: b"chunked",
+            upgrade: None,
+        };
+        encode_request(&mut out, "POST", "/p?q=1", fields.iter().copied(), &fw);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "POST /p?q=1 HTTP/1.1\r\nhost: a.test\r\n\

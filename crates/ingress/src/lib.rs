@@ -8,7 +8,8 @@
 //! - [`routes`] — pure: snapshot of the store -> [`RouteTable`] (host and path matching,
 //!   precedence, default backends, endpoint resolution, round-robin).
 //! - [`tls`] — certificates from Secrets -> [`CertTable`]; the rustls SNI resolver.
-//! - [`proxy`] — listeners, HTTP/1.1 + HTTP/2 serving, forwarding, forwarded-for headers.
+//! - [`proxy`] — listeners, routing a request to an endpoint, the HTTP/2 server (hyper).
+//! - [`h1`] — the HTTP/1.x server: heads parsed in place, bodies passed through, upgrades.
 //! - [`client`] — the backend HTTP/1.1 client, run in the request's task (httparse; bodies
 //!   by length, chunked or until close; retries on a pooled connection found closed).
 //! - [`pool`] — kept-alive backend connections per endpoint.
@@ -21,6 +22,7 @@
 //! sockets.
 
 pub mod client;
+pub mod h1;
 pub mod pool;
 pub mod proxy;
 pub mod routes;

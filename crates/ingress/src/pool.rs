@@ -30,26 +30,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// line) accepted.
 pub const BUF_SIZE: usize = 16 * 1024;
 
-/// One backend connection: the stream, what was read from it and not yet consumed, and the
-/// timer for the response head (one per connection, moved forward per request: moving a
-/// registered tokio timer later is an atomic store, not a timer-wheel operation).
-pub struct Conn {
-    pub(crate) stream: TcpStream,
+/// A read buffer: bytes read from a stream and not yet consumed. Used for backend
+/// connections and for clients' HTTP/1.1 connections alike.
+pub struct Buffer {
     buf: Box<[u8]>,
     start: usize,
     end: usize,
-    pub(crate) timer: Pin<Box<Sleep>>,
 }
 
-impl Conn {
-    /// Wraps a connected stream (no delay set by the caller).
-    pub fn new(stream: TcpStream) -> Conn {
-        Conn {
-            stream,
-            buf: vec![0u8; BUF_SIZE].into_boxed_slice(),
+impl Buffer {
+    pub fn new(size: usize) -> Buffer {
+        Buffer {
+            buf: vec![0u8; size].into_boxed_slice(),
             start: 0,
             end: 0,
-            timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
         }
     }
 
@@ -67,14 +61,23 @@ impl Conn {
         }
     }
 
-    /// Reads more into the buffer; Ok(0) is end of stream. Fails when the buffer is full of
-    /// unconsumed bytes (a head or line longer than [`BUF_SIZE`]).
-    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// Whether no more bytes fit without consuming some.
+    pub fn is_full(&self) -> bool {
+        self.start == 0 && self.end == self.buf.len()
+    }
+
+    /// Reads more from `stream`; Ok(0) is end of stream. Fails when the buffer is full of
+    /// unconsumed bytes (a head or line longer than the buffer).
+    pub fn poll_fill<S: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
         if self.end == self.buf.len() {
             if self.start == 0 {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("response head or line longer than {BUF_SIZE} bytes"),
+                    format!("head or line longer than {} bytes", self.buf.len()),
                 )));
             }
             self.buf.copy_within(self.start..self.end, 0);
@@ -82,7 +85,7 @@ impl Conn {
             self.start = 0;
         }
         let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
-        match Pin::new(&mut self.stream).poll_read(cx, &mut rb) {
+        match Pin::new(stream).poll_read(cx, &mut rb) {
             Poll::Ready(Ok(())) => {
                 let n = rb.filled().len();
                 self.end += n;
@@ -91,6 +94,47 @@ impl Conn {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    /// [`Buffer::poll_fill`] as a future.
+    pub async fn fill<S: AsyncRead + Unpin>(&mut self, stream: &mut S) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_fill(stream, cx)).await
+    }
+}
+
+/// One backend connection: the stream, what was read from it and not yet consumed, and the
+/// timer for the response head (one per connection, moved forward per request: moving a
+/// registered tokio timer later is an atomic store, not a timer-wheel operation).
+pub struct Conn {
+    pub(crate) stream: TcpStream,
+    pub(crate) buf: Buffer,
+    pub(crate) timer: Pin<Box<Sleep>>,
+}
+
+impl Conn {
+    /// Wraps a connected stream (no delay set by the caller).
+    pub fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            buf: Buffer::new(BUF_SIZE),
+            timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+        }
+    }
+
+    /// Bytes read and not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        self.buf.buffered()
+    }
+
+    /// Marks the first `n` buffered bytes consumed.
+    pub fn consume(&mut self, n: usize) {
+        self.buf.consume(n);
+    }
+
+    /// Reads more into the buffer; Ok(0) is end of stream. Fails when the buffer is full of
+    /// unconsumed bytes (a head or line longer than [`BUF_SIZE`]).
+    pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.poll_fill(&mut self.stream, cx)
     }
 
     /// Whether an idle connection still looks usable: nothing to read (no FIN, no stray
@@ -104,6 +148,7 @@ impl Conn {
 /// Idle connections by endpoint, most recently used last.
 pub struct Pool {
     idle: Mutex<Idle>,
+    response_timeout: Duration,
 }
 
 struct Idle {
@@ -113,12 +158,7 @@ struct Idle {
 
 impl Default for Pool {
     fn default() -> Self {
-        Pool {
-            idle: Mutex::new(Idle {
-                by_endpoint: HashMap::new(),
-                last_sweep: Instant::now(),
-            }),
-        }
+        Pool::new(crate::client::RESPONSE_TIMEOUT)
     }
 }
 
@@ -131,6 +171,22 @@ pub enum ConnectError {
 }
 
 impl Pool {
+    /// An empty pool whose backends get `response_timeout` to start each response.
+    pub fn new(response_timeout: Duration) -> Pool {
+        Pool {
+            idle: Mutex::new(Idle {
+                by_endpoint: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
+            response_timeout,
+        }
+    }
+
+    /// How long a backend may take to start its response once the request is sent.
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
     /// An idle connection to `ep`, most recently used first. With `probe`, each is checked
     /// for a FIN from the backend first (for requests that must not be retried once sent).
     pub fn take(&self, ep: SocketAddr, probe: bool) -> Option<Conn> {

@@ -1,26 +1,33 @@
-//! The HTTP side: listeners (HTTP/1.1 with keep-alive and HTTP/2, cleartext and TLS with ALPN),
-//! routing through the current [`RouteTable`], and forwarding over pooled keep-alive HTTP/1.1
+//! The HTTP side: listeners (cleartext and TLS with ALPN), routing through the current
+//! [`RouteTable`], and the HTTP/2 server (hyper) forwarding over pooled keep-alive HTTP/1.1
 //! connections to the chosen endpoint ([`crate::client`], in the request's own task).
+//! HTTP/1.x connections are served by [`crate::h1`].
 //!
 //! Every socket this module opens (backend connections included) is created by the thread
 //! that runs the proxy runtime, so it lives in that thread's network namespace: the pod's.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http2;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::client::{self, ProxyBody, RequestBody};
-use crate::pool::Pool;
+use crate::client::{self, ClientError, ProxyBody, RequestBody};
+use crate::h1;
+use crate::pool::{BUF_SIZE, Buffer, Pool};
 use crate::routes::{Compiled, RouteTable};
 use crate::tls::CertTable;
 
@@ -59,9 +66,14 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(shared: Arc<Shared>) -> Proxy {
+        Proxy::with_pool(shared, Pool::default())
+    }
+
+    /// A proxy forwarding through `pool` (for a response timeout other than the default).
+    pub fn with_pool(shared: Arc<Shared>, pool: Pool) -> Proxy {
         Proxy {
             shared,
-            pool: Arc::new(Pool::default()),
+            pool: Arc::new(pool),
         }
     }
 
@@ -70,75 +82,122 @@ impl Proxy {
         &self.pool
     }
 
-    /// Handles one request from the client at `peer_ip` (as text, for `X-Forwarded-For`);
-    /// `https` tells the listener it came in on.
+    /// Where a request goes: the chosen endpoint, or the status and text to answer with.
+    pub fn pick(&self, method: &Method, host: &str, path: &str) -> Result<SocketAddr, Reject> {
+        if !self.shared.loaded.load(Ordering::Acquire) {
+            return Err(Reject::of(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ingress gateway: routes not loaded yet\n",
+            ));
+        }
+        if *method == Method::CONNECT {
+            return Err(Reject::of(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "405 method not allowed: CONNECT\n",
+            ));
+        }
+        let table = self.shared.routes.load();
+        let Some(route) = table.route(host, path) else {
+            return Err(Reject::of(StatusCode::NOT_FOUND, "404 page not found\n"));
+        };
+        route.backend.pick().ok_or_else(|| {
+            let why = route
+                .backend
+                .problem
+                .as_deref()
+                .unwrap_or("no ready endpoints");
+            Reject {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                text: format!("503 service unavailable: {}: {why}\n", route.backend.name).into(),
+            }
+        })
+    }
+
+    /// Handles one HTTP/2 request from the client at `peer_ip` (as text, for
+    /// `X-Forwarded-For`); `https` tells the listener it came in on.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         peer_ip: &str,
         https: bool,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        if !self.shared.loaded.load(Ordering::Acquire) {
-            return Ok(plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ingress gateway: routes not loaded yet\n",
-            ));
-        }
-        if req.method() == Method::CONNECT {
-            return Ok(plain(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "405 method not allowed: CONNECT\n",
-            ));
-        }
         let (parts, body) = req.into_parts();
-        // HTTP/1.1 sends Host; HTTP/2 sends :authority (in the URI).
+        // HTTP/2 sends :authority (in the URI); Host only from HTTP/1 translations.
         let host: Option<&[u8]> = match parts.headers.get(header::HOST) {
             Some(h) => Some(h.as_bytes()),
             None => parts.uri.authority().map(|a| a.as_str().as_bytes()),
         };
         let host_str = host.and_then(|h| std::str::from_utf8(h).ok()).unwrap_or("");
-        let ep = {
-            let table = self.shared.routes.load();
-            let Some(route) = table.route(host_str, parts.uri.path()) else {
-                return Ok(plain(StatusCode::NOT_FOUND, "404 page not found\n"));
-            };
-            let Some(ep) = route.backend.pick() else {
-                let why = route
-                    .backend
-                    .problem
-                    .as_deref()
-                    .unwrap_or("no ready endpoints");
-                return Ok(plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    &format!("503 service unavailable: {}: {why}\n", route.backend.name),
-                ));
-            };
-            ep
+        let ep = match self.pick(&parts.method, host_str, parts.uri.path()) {
+            Ok(ep) => ep,
+            Err(r) => return Ok(plain(r.status, &r.text)),
         };
         let kind = RequestBody::of(&parts.headers, &body);
         let mut head = Vec::with_capacity(512);
-        client::encode_request(&mut head, &parts, host, peer_ip, https, kind);
+        let fields: Vec<(&str, &[u8])> = parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let fw = client::Forward {
+            host,
+            peer: peer_ip,
+            https,
+            body: kind,
+            transfer_encoding: b"chunked",
+            upgrade: None,
+        };
+        client::encode_request(
+            &mut head,
+            parts.method.as_str(),
+            target,
+            fields.iter().copied(),
+            &fw,
+        );
         match client::send(&self.pool, ep, &parts.method, &head, body, kind).await {
             Ok(resp) => Ok(resp),
             Err(e) => {
-                let status = e.status();
-                tracing::warn!(
-                    endpoint = %ep,
-                    host = host_str,
-                    path = parts.uri.path(),
-                    error = %e,
-                    "backend request failed: {}",
-                    status.as_u16()
-                );
-                let what = status
-                    .canonical_reason()
-                    .unwrap_or("error")
-                    .to_ascii_lowercase();
-                Ok(plain(
-                    status,
-                    &format!("{} {what}: {ep}: {e}\n", status.as_u16()),
-                ))
+                let r = Reject::failed(ep, host_str, parts.uri.path(), &e);
+                Ok(plain(r.status, &r.text))
             }
+        }
+    }
+}
+
+/// A request the gateway answers itself: no route, no endpoint, a backend that failed.
+#[derive(Debug)]
+pub struct Reject {
+    pub status: StatusCode,
+    pub text: Cow<'static, str>,
+}
+
+impl Reject {
+    fn of(status: StatusCode, text: &'static str) -> Reject {
+        Reject {
+            status,
+            text: text.into(),
+        }
+    }
+
+    /// The answer to a request whose exchange with backend `ep` failed (logged here).
+    pub fn failed(ep: SocketAddr, host: &str, path: &str, e: &ClientError) -> Reject {
+        let status = e.status();
+        tracing::warn!(
+            endpoint = %ep,
+            host,
+            path,
+            error = %e,
+            "backend request failed: {}",
+            status.as_u16()
+        );
+        let what = status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase();
+        Reject {
+            status,
+            text: format!("{} {what}: {ep}: {e}\n", status.as_u16()).into(),
         }
     }
 }
@@ -153,17 +212,14 @@ fn plain(status: StatusCode, body: &str) -> Response<ProxyBody> {
     r
 }
 
-/// Accepts connections on `listener` forever (cleartext, or TLS when `tls` is given), each
-/// served by HTTP/1.1 or HTTP/2 as the client speaks (prior knowledge or ALPN).
+/// Accepts connections on `listener` forever (cleartext, or TLS when `tls` is given). A
+/// connection speaks HTTP/2 when TLS negotiated `h2` or a cleartext client opens with the
+/// HTTP/2 preface (prior knowledge; served by hyper); everything else is HTTP/1.x, served by
+/// [`crate::h1`].
 pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, proxy: Arc<Proxy>) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
-    let builder = Arc::new(builder);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new());
+    let h2 = Arc::new(h2);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -175,27 +231,102 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, proxy: Arc<P
             }
         };
         let _ = stream.set_nodelay(true);
-        let (proxy, tls, builder) = (proxy.clone(), tls.clone(), builder.clone());
+        let (proxy, tls, h2) = (proxy.clone(), tls.clone(), h2.clone());
         tokio::spawn(async move {
-            let https = tls.is_some();
             let ip: Arc<str> = peer.ip().to_canonical().to_string().into();
-            let svc = hyper::service::service_fn(move |req| {
-                let (proxy, ip) = (proxy.clone(), ip.clone());
-                async move { proxy.handle(req, &ip, https).await }
-            });
-            let result = match tls {
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(s) => builder.serve_connection(TokioIo::new(s), svc).await,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "tls handshake failed");
-                        return;
-                    }
-                },
-                None => builder.serve_connection(TokioIo::new(stream), svc).await,
+            let Some(acceptor) = tls else {
+                let buf = Buffer::new(BUF_SIZE);
+                if let Some((stream, pre)) = h1::serve(stream, buf, &proxy, &ip, false, true).await
+                {
+                    serve_h2(&h2, Rewind { pre, stream }, proxy, ip, false).await;
+                }
+                return;
             };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let stream = match acceptor.accept(stream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "tls handshake failed");
+                    return;
+                }
+            };
+            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_h2(&h2, stream, proxy, ip, true).await;
+            } else {
+                h1::serve(stream, Buffer::new(BUF_SIZE), &proxy, &ip, true, false).await;
             }
         });
+    }
+}
+
+/// Serves one HTTP/2 connection with hyper, each request through [`Proxy::handle`].
+async fn serve_h2<I>(
+    builder: &http2::Builder<TokioExecutor>,
+    io: I,
+    proxy: Arc<Proxy>,
+    ip: Arc<str>,
+    https: bool,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let (proxy, ip) = (proxy.clone(), ip.clone());
+        async move { proxy.handle(req, &ip, https).await }
+    });
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
+        tracing::debug!(error = %e, "http/2 connection ended with an error");
+    }
+}
+
+/// A stream whose first bytes were already read (into `pre`) and are read again first.
+struct Rewind<S> {
+    pre: Buffer,
+    stream: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let pre = this.pre.buffered();
+        if pre.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, out);
+        }
+        let n = pre.len().min(out.remaining());
+        out.put_slice(&pre[..n]);
+        this.pre.consume(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }

@@ -1,0 +1,779 @@
+//! The HTTP/1.x server side, written for the proxy's one job instead of hyper's general server:
+//! bytes in, bytes out, no header map.
+//!
+//! Per request: the head is parsed in place with `httparse`, routed, and the backend's request
+//! head encoded straight from the parsed fields ([`client::encode_request`]). The request body
+//! follows as it is: `Content-Length` bytes, or chunks passed through verbatim (the chunked
+//! decoder only finds where the body ends). The backend's response head is parsed the same way
+//! and the client's head written from it (hop-by-hop fields dropped); a response already whole
+//! in the backend buffer goes to the client in one write, a larger one streams. Chunked
+//! responses pass through verbatim too (de-chunked for an HTTP/1.0 client, which cannot read
+//! them). `Expect: 100-continue` is answered by the gateway; `Upgrade` requests (WebSocket)
+//! are forwarded, and after a `101` the two connections are joined byte for byte.
+//!
+//! Everything runs in the connection's task; the backend connection comes from the shared
+//! [`crate::pool`] and goes back after a complete keep-alive response.
+//!
+//! Errors: a malformed head gets 400 (431 when too large or with too many fields) and the
+//! connection closes; a request the gateway answers itself (no route, no endpoint, backend
+//! failed, see [`Reject`]) gets its status, and the connection stays open unless the request
+//! had a body the gateway did not read. A failure after the response head went out can only
+//! close the connection.
+
+use std::borrow::Cow;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::Sleep;
+
+use crate::client::{
+    self, ClientError, Failure, Forward, Framing, Head, HeadInfo, RequestBody, head_info,
+    hop_by_hop, lists, named_by_connection,
+};
+use crate::pool::{BUF_SIZE, Buffer, Conn};
+use crate::proxy::{Proxy, Reject};
+
+/// How long a client may take to send a request head, idle keep-alive time included.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Request header fields accepted at most (more: 431).
+const MAX_FIELDS: usize = 100;
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// The start of the HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLen {
+    None,
+    Length(u64),
+    /// Chunked, passed through as sent.
+    Chunked,
+}
+
+/// What is kept of a request once its head is consumed.
+#[derive(Debug)]
+pub struct Req {
+    pub method: Method,
+    /// HTTP/1.`minor`.
+    pub minor: u8,
+    /// Whether the client lets the connection carry another request.
+    pub keep_alive: bool,
+    pub body: BodyLen,
+    pub expect_continue: bool,
+    /// The request asks for a protocol switch (`Connection: upgrade` and `Upgrade`).
+    pub upgrade: bool,
+}
+
+/// The outcome of reading a request head from the start of a buffer.
+#[derive(Debug)]
+pub enum Parsed {
+    /// More bytes needed.
+    Partial,
+    /// Unreadable: answer this and close (the stream cannot be followed any further).
+    Bad(StatusCode, Cow<'static, str>),
+    /// A head of `len` bytes; `to` is the endpoint (the backend head was written to `out`) or
+    /// what to answer instead.
+    Request {
+        len: usize,
+        req: Req,
+        to: Result<SocketAddr, Reject>,
+    },
+}
+
+fn bad(status: StatusCode, text: impl Into<Cow<'static, str>>) -> Parsed {
+    Parsed::Bad(status, text.into())
+}
+
+/// Parses the request head at the start of `buf`, routes it with `proxy`, and on success
+/// writes the backend request head to `out`. Pure apart from reading the route table.
+pub fn prepare(proxy: &Proxy, buf: &[u8], peer: &str, https: bool, out: &mut Vec<u8>) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut r = httparse::Request::new(&mut fields);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => {
+            return bad(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("431 request header fields too large: more than {MAX_FIELDS} fields\n"),
+            );
+        }
+        Err(e) => return bad(StatusCode::BAD_REQUEST, format!("400 bad request: {e}\n")),
+    };
+    let (Some(m), Some(target), Some(minor)) = (r.method, r.path, r.version) else {
+        return bad(StatusCode::BAD_REQUEST, "400 bad request\n");
+    };
+    let Ok(method) = Method::from_bytes(m.as_bytes()) else {
+        return bad(StatusCode::BAD_REQUEST, "400 bad request: method\n");
+    };
+    let mut host: Option<&[u8]> = None;
+    let mut length: Option<u64> = None;
+    let mut te: Option<&[u8]> = None;
+    let (mut close, mut keep_alive_token, mut conn_upgrade) = (false, false, false);
+    let mut expect_continue = false;
+    let mut upgrade: Option<&[u8]> = None;
+    for h in r.headers.iter() {
+        let n = h.name;
+        if n.eq_ignore_ascii_case("host") {
+            if host.is_some() {
+                return bad(
+                    StatusCode::BAD_REQUEST,
+                    "400 bad request: two Host fields\n",
+                );
+            }
+            host = Some(h.value);
+        } else if n.eq_ignore_ascii_case("content-length") {
+            if let Err(e) = client::content_length(h.value, &mut length) {
+                return bad(StatusCode::BAD_REQUEST, format!("400 bad request: {e}\n"));
+            }
+        } else if n.eq_ignore_ascii_case("transfer-encoding") {
+            if te.is_some() {
+                return bad(
+                    StatusCode::BAD_REQUEST,
+                    "400 bad request: two Transfer-Encoding fields\n",
+                );
+            }
+            te = Some(h.value);
+        } else if n.eq_ignore_ascii_case("connection") {
+            close |= lists(h.value, "close");
+            keep_alive_token |= lists(h.value, "keep-alive");
+            conn_upgrade |= lists(h.value, "upgrade");
+        } else if n.eq_ignore_ascii_case("expect") {
+            expect_continue |= h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        } else if n.eq_ignore_ascii_case("upgrade") {
+            upgrade = Some(h.value);
+        }
+    }
+    let body = match (te, length) {
+        (Some(_), Some(_)) => {
+            // RFC 9112 §6.1: a request smuggling vector; refuse rather than guess.
+            return bad(
+                StatusCode::BAD_REQUEST,
+                "400 bad request: both Transfer-Encoding and Content-Length\n",
+            );
+        }
+        (Some(te), None) => {
+            let last = te.rsplit(|b| *b == b',').next().unwrap_or(b"").trim_ascii();
+            if minor == 0 || !last.eq_ignore_ascii_case(b"chunked") {
+                return bad(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "400 bad request: transfer-encoding {:?} (the last coding must be chunked, in HTTP/1.1)\n",
+                        String::from_utf8_lossy(te)
+                    ),
+                );
+            }
+            BodyLen::Chunked
+        }
+        (None, Some(0) | None) => BodyLen::None,
+        (None, Some(n)) => BodyLen::Length(n),
+    };
+    // Absolute-form (`GET http://a.test/p`): its authority is the host (RFC 9112 §3.2.2).
+    let mut origin: Cow<'_, str> = Cow::Borrowed(target);
+    if let Some(rest) = strip_scheme(target) {
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        host = Some(&rest.as_bytes()[..end]);
+        origin = match &rest[end..] {
+            "" => Cow::Borrowed("/"),
+            p if p.starts_with('?') => Cow::Owned(format!("/{p}")),
+            p => Cow::Borrowed(p),
+        };
+    }
+    if minor >= 1 && host.is_none() {
+        return bad(StatusCode::BAD_REQUEST, "400 bad request: no Host field\n");
+    }
+    let req = Req {
+        keep_alive: if minor >= 1 {
+            !close
+        } else {
+            keep_alive_token && !close
+        },
+        body,
+        expect_continue,
+        upgrade: minor >= 1 && conn_upgrade && upgrade.is_some(),
+        minor,
+        method,
+    };
+    let host_str = host.and_then(|h| std::str::from_utf8(h).ok()).unwrap_or("");
+    let path = origin.split('?').next().unwrap_or("");
+    let to = proxy.pick(&req.method, host_str, path);
+    if to.is_ok() {
+        let fw = Forward {
+            host,
+            peer,
+            https,
+            body: match body {
+                BodyLen::None => RequestBody::None,
+                BodyLen::Length(_) => RequestBody::Length,
+                BodyLen::Chunked => RequestBody::Chunked,
+            },
+            transfer_encoding: te.unwrap_or(b"chunked"),
+            upgrade: if req.upgrade { upgrade } else { None },
+        };
+        let fields = r.headers.iter().map(|h| (h.name, h.value));
+        client::encode_request(out, req.method.as_str(), &origin, fields, &fw);
+    }
+    Parsed::Request { len, req, to }
+}
+
+fn strip_scheme(target: &str) -> Option<&str> {
+    ["http://", "https://"].iter().find_map(|s| {
+        target
+            .get(..s.len())
+            .filter(|p| p.eq_ignore_ascii_case(s))
+            .map(|_| &target[s.len()..])
+    })
+}
+
+/// Serves HTTP/1.x requests on `io` until the client or an error ends the connection.
+/// `buf` may hold bytes already read. With `allow_h2`, a connection that opens with the
+/// HTTP/2 preface is handed back (with what was read) instead of being served.
+pub async fn serve<S>(
+    mut io: S,
+    mut buf: Buffer,
+    proxy: &Proxy,
+    peer: &str,
+    https: bool,
+    allow_h2: bool,
+) -> Option<(S, Buffer)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut head = Vec::with_capacity(1024);
+    let mut resp = Vec::with_capacity(1024);
+    let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(HEAD_TIMEOUT));
+    let mut first = allow_h2;
+    loop {
+        head.clear();
+        let parsed = loop {
+            let got = buf.buffered();
+            if first && !got.is_empty() {
+                let n = got.len().min(H2_PREFACE.len());
+                if got[..n] == H2_PREFACE[..n] {
+                    if n == H2_PREFACE.len() {
+                        return Some((io, buf));
+                    }
+                } else {
+                    first = false;
+                }
+            }
+            if !got.is_empty() && !first {
+                match prepare(proxy, got, peer, https, &mut head) {
+                    Parsed::Partial if buf.is_full() => {
+                        break bad(
+                            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            format!(
+                                "431 request header fields too large: head over {BUF_SIZE} bytes\n"
+                            ),
+                        );
+                    }
+                    Parsed::Partial => {}
+                    p => break p,
+                }
+            }
+            timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + HEAD_TIMEOUT);
+            let n = poll_fn(|cx| match buf.poll_fill(&mut io, cx) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                Poll::Pending => timer.as_mut().poll(cx).map(|()| None),
+            })
+            .await;
+            match n {
+                Some(Ok(n)) if n > 0 => {}
+                // EOF, an error, or no head in time: nothing to answer.
+                _ => return None,
+            }
+        };
+        let next = match parsed {
+            Parsed::Partial => return None,
+            Parsed::Bad(status, text) => {
+                plain(&mut resp, status, &text, false, 1, true);
+                let _ = write(&mut io, &resp).await;
+                return None;
+            }
+            Parsed::Request {
+                len,
+                req,
+                to: Err(r),
+            } => {
+                buf.consume(len);
+                // An unread body would be taken for the next request: close after.
+                let close = !req.keep_alive || req.body != BodyLen::None;
+                plain(
+                    &mut resp,
+                    r.status,
+                    &r.text,
+                    req.method == Method::HEAD,
+                    req.minor,
+                    close,
+                );
+                match write(&mut io, &resp).await {
+                    Ok(()) if !close => Next::KeepAlive,
+                    _ => Next::Close,
+                }
+            }
+            Parsed::Request {
+                len,
+                req,
+                to: Ok(ep),
+            } => {
+                buf.consume(len);
+                forward(proxy, ep, &mut io, &mut buf, &head, &req, &mut resp).await
+            }
+        };
+        if next == Next::Close {
+            let _ = io.shutdown().await;
+            return None;
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+async fn write<S: AsyncWrite + Unpin>(io: &mut S, data: &[u8]) -> io::Result<()> {
+    io.write_all(data).await?;
+    io.flush().await
+}
+
+/// A response the gateway makes itself: `text` as text/plain (no body for HEAD).
+fn plain(out: &mut Vec<u8>, status: StatusCode, text: &str, head: bool, minor: u8, close: bool) {
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+    out.extend_from_slice(text.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    connection_field(out, minor, close);
+    out.extend_from_slice(b"\r\n");
+    if !head {
+        out.extend_from_slice(text.as_bytes());
+    }
+}
+
+/// `Connection: close`, or `keep-alive` for an HTTP/1.0 client that keeps the connection.
+fn connection_field(out: &mut Vec<u8>, minor: u8, close: bool) {
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if minor == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+}
+
+/// The backend's response head as parsed for the client.
+struct Resp {
+    status: u16,
+    info: HeadInfo,
+    len: usize,
+    /// The client connection closes after this response.
+    close: bool,
+    /// Relay a chunked body as data only (the client speaks HTTP/1.0).
+    dechunk: bool,
+    /// Relay a body delimited by the backend's close as chunks (to an HTTP/1.1 client, whose
+    /// connection then stays open).
+    rechunk: bool,
+}
+
+/// Forwards one routed request to `ep` and relays the response.
+async fn forward<S>(
+    proxy: &Proxy,
+    ep: SocketAddr,
+    io: &mut S,
+    buf: &mut Buffer,
+    head: &[u8],
+    req: &Req,
+    resp: &mut Vec<u8>,
+) -> Next
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if req.expect_continue
+        && req.minor >= 1
+        && req.body != BodyLen::None
+        && buf.buffered().is_empty()
+        && write(io, CONTINUE).await.is_err()
+    {
+        return Next::Close;
+    }
+    let retry_ok = client::idempotent(&req.method) && req.body == BodyLen::None;
+    let exchanged = loop {
+        let (mut conn, reused) = match client::connection(proxy.pool(), ep, !retry_ok).await {
+            Ok(c) => c,
+            Err(e) => break Err(e),
+        };
+        let attempt = async {
+            client::write_head(&mut conn, head).await?;
+            send_body(&mut conn, io, buf, req.body).await?;
+            client::read_head(&mut conn, proxy.pool().response_timeout(), retry_ok, |b| {
+                response_head(b, req, resp)
+            })
+            .await
+        };
+        match attempt.await {
+            Ok(r) => break Ok((conn, r)),
+            Err(f) => {
+                if let Err(e) = f.retry(reused, ep) {
+                    break Err(e);
+                }
+            }
+        }
+    };
+    let (mut conn, r) = match exchanged {
+        Ok(x) => x,
+        Err(e) => {
+            let line = head.split(|b| *b == b'\r').next().unwrap_or(b"");
+            let line = String::from_utf8_lossy(line);
+            let r = Reject::failed(ep, "", &line, &e);
+            // A request body not read to its end cannot be skipped reliably: close.
+            let close = !req.keep_alive || req.body != BodyLen::None;
+            plain(
+                resp,
+                r.status,
+                &r.text,
+                req.method == Method::HEAD,
+                req.minor,
+                close,
+            );
+            return match write(io, resp).await {
+                Ok(()) if !close => Next::KeepAlive,
+                _ => Next::Close,
+            };
+        }
+    };
+    conn.consume(r.len);
+    if r.status == 101 {
+        return tunnel(io, buf, conn, resp).await;
+    }
+    let relayed = relay(io, &mut conn, &r, resp).await;
+    match relayed {
+        Ok(()) => {
+            if r.info.keep_alive {
+                proxy.pool().put(ep, conn);
+            }
+            if r.close {
+                Next::Close
+            } else {
+                Next::KeepAlive
+            }
+        }
+        Err(e) => {
+            tracing::debug!(endpoint = %ep, error = %e, "response relay ended early");
+            Next::Close
+        }
+    }
+}
+
+/// Copies the client's request body to the backend: `Content-Length` bytes, or chunks as sent
+/// up to and including the last chunk and trailers.
+async fn send_body<S>(
+    conn: &mut Conn,
+    io: &mut S,
+    buf: &mut Buffer,
+    body: BodyLen,
+) -> Result<(), Failure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let client_err = |e: io::Error| Failure::from(ClientError::ClientBody(e.into()));
+    match body {
+        BodyLen::None => Ok(()),
+        BodyLen::Length(n) => {
+            let mut left = n;
+            loop {
+                let got = buf.buffered();
+                let k = left.min(got.len() as u64) as usize;
+                if k > 0 {
+                    conn.stream
+                        .write_all(&got[..k])
+                        .await
+                        .map_err(ClientError::Send)?;
+                    buf.consume(k);
+                    left -= k as u64;
+                }
+                if left == 0 {
+                    return Ok(());
+                }
+                fill(buf, io).await.map_err(client_err)?;
+            }
+        }
+        BodyLen::Chunked => {
+            let mut state = client::Chunked::Size;
+            loop {
+                let got = buf.buffered();
+                let (k, done) = chunk_span(&mut state, got).map_err(|e| client_err(invalid(e)))?;
+                if k > 0 {
+                    conn.stream
+                        .write_all(&got[..k])
+                        .await
+                        .map_err(ClientError::Send)?;
+                    buf.consume(k);
+                }
+                if done {
+                    return Ok(());
+                }
+                fill(buf, io).await.map_err(client_err)?;
+            }
+        }
+    }
+}
+
+/// How many leading bytes of `got` the chunked decoder in `state` gets through (framing and
+/// data alike), and whether the body ends there.
+fn chunk_span(state: &mut client::Chunked, got: &[u8]) -> Result<(usize, bool), String> {
+    let mut k = 0;
+    loop {
+        match state.step(&got[k..])? {
+            client::Step::More => return Ok((k, false)),
+            client::Step::Skip(n) | client::Step::Data(n) => k += n,
+            client::Step::Done(n) => return Ok((k + n, true)),
+        }
+    }
+}
+
+fn invalid(why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why)
+}
+
+/// Reads more into `buf`; the end of the stream is an error (a body was cut short).
+async fn fill<R: AsyncRead + Unpin>(buf: &mut Buffer, r: &mut R) -> io::Result<()> {
+    match buf.fill(r).await? {
+        0 => Err(io::ErrorKind::UnexpectedEof.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Parses the backend's response head at the start of `buf` and writes the client's head to
+/// `out`: the status line, the backend's fields without hop-by-hop ones, then the framing and
+/// connection fields the gateway decides.
+fn response_head(
+    buf: &[u8],
+    req: &Req,
+    out: &mut Vec<u8>,
+) -> Result<Option<Head<Resp>>, ClientError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut r = httparse::Response::new(&mut fields);
+    let len = match r.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(ClientError::Invalid(e.to_string())),
+    };
+    let code = r.code.unwrap_or(0);
+    if !(100..=999).contains(&code) {
+        return Err(ClientError::Invalid(format!("status code {code}")));
+    }
+    if (100..200).contains(&code) && code != 101 {
+        return Ok(Some(Head {
+            len,
+            informational: true,
+            value: Resp {
+                status: code,
+                info: HeadInfo {
+                    framing: Framing::Length(0),
+                    keep_alive: true,
+                },
+                len,
+                close: false,
+                dechunk: false,
+                rechunk: false,
+            },
+        }));
+    }
+    if code == 101 && !req.upgrade {
+        return Err(ClientError::Invalid(
+            "101 switching protocols to a request that asked for no upgrade".into(),
+        ));
+    }
+    let version = r.version.unwrap_or(1);
+    let info = head_info(&req.method, code, version, r.headers).map_err(ClientError::Invalid)?;
+    let chunked = info.framing == Framing::Chunked;
+    let dechunk = chunked && req.minor == 0;
+    let rechunk = info.framing == Framing::Close && req.minor >= 1;
+    let close = !req.keep_alive || (info.framing == Framing::Close && !rechunk) || dechunk;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(code.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(r.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let fields = || r.headers.iter().map(|h| (h.name, h.value));
+    let mut te: &[u8] = b"chunked";
+    let mut upgrade: Option<&[u8]> = None;
+    for h in r.headers.iter() {
+        let n = h.name;
+        if n.eq_ignore_ascii_case("transfer-encoding") {
+            te = h.value;
+        }
+        if n.eq_ignore_ascii_case("upgrade") {
+            upgrade = Some(h.value);
+        }
+        if hop_by_hop(n)
+            || (chunked && n.eq_ignore_ascii_case("content-length"))
+            || named_by_connection(fields(), n)
+        {
+            continue;
+        }
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if code == 101 {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+        if let Some(u) = upgrade {
+            out.extend_from_slice(b"upgrade: ");
+            out.extend_from_slice(u);
+            out.extend_from_slice(b"\r\n");
+        }
+    } else {
+        if chunked && !dechunk {
+            out.extend_from_slice(b"transfer-encoding: ");
+            out.extend_from_slice(te);
+            out.extend_from_slice(b"\r\n");
+        } else if rechunk {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        connection_field(out, req.minor, close);
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(Head {
+        len,
+        informational: false,
+        value: Resp {
+            status: code,
+            info,
+            len,
+            close,
+            dechunk,
+            rechunk,
+        },
+    }))
+}
+
+/// Relays the response body after the head in `out` (already built): a body whole in the
+/// buffer goes with the head in one write; otherwise the head (with what is buffered) first,
+/// then the rest as it arrives.
+async fn relay<S>(io: &mut S, conn: &mut Conn, r: &Resp, out: &mut Vec<u8>) -> io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
+    match r.info.framing {
+        Framing::Length(n) => {
+            let mut left = n;
+            let got = conn.buffered();
+            let k = left.min(got.len() as u64) as usize;
+            out.extend_from_slice(&got[..k]);
+            conn.consume(k);
+            left -= k as u64;
+            io.write_all(out).await?;
+            while left > 0 {
+                fill(&mut conn.buf, &mut conn.stream).await?;
+                let got = conn.buffered();
+                let k = left.min(got.len() as u64) as usize;
+                io.write_all(&got[..k]).await?;
+                conn.consume(k);
+                left -= k as u64;
+            }
+        }
+        Framing::Chunked => {
+            let mut state = client::Chunked::Size;
+            io.write_all(out).await?;
+            loop {
+                let got = conn.buffered();
+                let done = if r.dechunk {
+                    dechunk(&mut state, io, conn).await?
+                } else {
+                    let (k, done) = chunk_span(&mut state, got).map_err(invalid)?;
+                    io.write_all(&got[..k]).await?;
+                    conn.consume(k);
+                    done
+                };
+                if done {
+                    break;
+                }
+                fill(&mut conn.buf, &mut conn.stream).await?;
+            }
+        }
+        Framing::Close => {
+            io.write_all(out).await?;
+            let mut frame = Vec::new();
+            loop {
+                let got = conn.buffered();
+                if !got.is_empty() {
+                    if r.rechunk {
+                        frame.clear();
+                        frame.extend_from_slice(format!("{:x}\r\n", got.len()).as_bytes());
+                        frame.extend_from_slice(got);
+                        frame.extend_from_slice(b"\r\n");
+                        io.write_all(&frame).await?;
+                    } else {
+                        io.write_all(got).await?;
+                    }
+                    let k = got.len();
+                    conn.consume(k);
+                }
+                if conn.buf.fill(&mut conn.stream).await? == 0 {
+                    break;
+                }
+            }
+            if r.rechunk {
+                io.write_all(b"0\r\n\r\n").await?;
+            }
+        }
+    }
+    io.flush().await
+}
+
+/// Writes the data of the buffered chunks to `io` (no framing); whether the body ended.
+async fn dechunk<S: AsyncWrite + Unpin>(
+    state: &mut client::Chunked,
+    io: &mut S,
+    conn: &mut Conn,
+) -> io::Result<bool> {
+    loop {
+        let got = conn.buffered();
+        match state.step(got).map_err(invalid)? {
+            client::Step::More => return Ok(false),
+            client::Step::Skip(n) => conn.consume(n),
+            client::Step::Data(n) => {
+                io.write_all(&got[..n]).await?;
+                conn.consume(n);
+            }
+            client::Step::Done(n) => {
+                conn.consume(n);
+                return Ok(true);
+            }
+        }
+    }
+}
+
+/// After a `101`: the head (in `out`) and whatever the backend sent after it go to the client,
+/// what the client sent after its request goes to the backend, then bytes flow both ways until
+/// either side closes. The backend connection is not reused.
+async fn tunnel<S>(io: &mut S, buf: &mut Buffer, mut conn: Conn, out: &mut Vec<u8>) -> Next
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    out.extend_from_slice(conn.buffered());
+    let early = buf.buffered().to_vec();
+    let joined = async {
+        write(io, out).await?;
+        conn.stream.write_all(&early).await?;
+        tokio::io::copy_bidirectional(io, &mut conn.stream).await
+    };
+    if let Err(e) = joined.await {
+        tracing::debug!(error = %e, "upgraded connection ended with an error");
+    }
+    Next::Close
+}
