@@ -7,158 +7,17 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::*;
+use common::scripted::*;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use ingress::routes::{ClassFilter, Snapshot, compile};
-use ingress::{Proxy, Shared};
-use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// What a scripted backend does with one request.
-struct Answer {
-    /// Written one after another, with a short pause between (to split reads).
-    pieces: Vec<Vec<u8>>,
-    /// Close the connection after writing.
-    close: bool,
-}
-
-fn answer(pieces: &[&[u8]], close: bool) -> Answer {
-    Answer {
-        pieces: pieces.iter().map(|p| p.to_vec()).collect(),
-        close,
-    }
-}
-
-/// A raw-TCP backend: reads each request (head and body), records it, and answers it with
-/// `script(connection number, request number on that connection, raw request)`.
-struct Backend {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-type Script = dyn Fn(usize, usize, &str) -> Answer + Send + Sync;
-
-async fn backend(script: Arc<Script>) -> Backend {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let requests = Arc::new(Mutex::new(Vec::new()));
-    let (acc, reqs) = (accepted.clone(), requests.clone());
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = l.accept().await.unwrap();
-            let conn_no = acc.fetch_add(1, Ordering::SeqCst);
-            let (script, reqs) = (script.clone(), reqs.clone());
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                for req_no in 0.. {
-                    let Some(raw) = read_request(&mut s, &mut buf).await else {
-                        return;
-                    };
-                    reqs.lock().unwrap().push(raw.clone());
-                    let a = script(conn_no, req_no, &raw);
-                    for (i, p) in a.pieces.iter().enumerate() {
-                        if i > 0 {
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                        if s.write_all(p).await.is_err() {
-                            return;
-                        }
-                    }
-                    if a.close {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    Backend {
-        addr,
-        accepted,
-        requests,
-    }
-}
-
-/// One request off the stream (head, then a Content-Length or chunked body); None at EOF.
-async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        fill(s, buf).await?;
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let len = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .map(|v| v.trim().parse::<usize>().unwrap());
-    let end = if let Some(n) = len {
-        while buf.len() < head_end + n {
-            fill(s, buf).await?;
-        }
-        head_end + n
-    } else if head.contains("transfer-encoding: chunked") {
-        loop {
-            if let Some(i) = buf[head_end..].windows(5).position(|w| w == b"0\r\n\r\n") {
-                break head_end + i + 5;
-            }
-            fill(s, buf).await?;
-        }
-    } else {
-        head_end
-    };
-    let raw = String::from_utf8_lossy(&buf[..end]).into_owned();
-    buf.drain(..end);
-    Some(raw)
-}
-
-async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
-    let mut chunk = [0u8; 4096];
-    match s.read(&mut chunk).await {
-        Ok(0) | Err(_) => None,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            Some(())
-        }
-    }
-}
-
-/// A gateway routing host `b.test` to `backend`; returns its address and the proxy.
-async fn gateway(backend: SocketAddr) -> (SocketAddr, Arc<Proxy>) {
-    let mut snap = Snapshot {
-        ingresses: vec![ingress(
-            "default",
-            "gw",
-            json!({"rules": [rule(Some("b.test"), vec![path("Prefix", "/", be("b", 80))])]}),
-        )],
-        ..Default::default()
-    };
-    snap.services.push(service("default", "b", 80, None));
-    snap.slices.push(slice(
-        "default",
-        "b",
-        None,
-        backend.port(),
-        &[("127.0.0.1", true)],
-    ));
-    let shared = Arc::new(Shared::default());
-    shared.publish(compile(&snap, &ClassFilter::default()));
-    let proxy = Arc::new(Proxy::new(shared));
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(ingress::proxy::serve(l, None, proxy.clone()));
-    (addr, proxy)
-}
+use tokio::net::TcpStream;
 
 async fn client<B>(gw: SocketAddr) -> SendRequest<B>
 where

@@ -1,6 +1,8 @@
 //! Builders for the objects the gateway compiles from.
 #![allow(dead_code, clippy::unwrap_used)] // shared by several test binaries; tests may unwrap
 
+pub mod scripted;
+
 use model::{EndpointSlice, Ingress, Secret, Service};
 use serde_json::{Value, json};
 

@@ -1,0 +1,346 @@
+//! Tier 0: the gateway's own HTTP/1.x server, driven by a raw TCP client — pipelined requests,
+//! `Expect: 100-continue`, an Upgrade tunnelled after 101, an HTTP/1.0 client of a chunked
+//! response, absolute-form targets, malformed and oversized heads (400/431, then close),
+//! requests the gateway answers itself (keep-alive unless a body was left unread, no body for
+//! HEAD) and a backend that does not answer in time (504).
+#![allow(clippy::unwrap_used)] // tests may unwrap
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::scripted::*;
+use ingress::pool::Pool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A raw client connection and what it read and did not consume yet.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One response as the client read it.
+#[derive(Debug)]
+struct Got {
+    status: u16,
+    /// The head, lowercased.
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(gw: SocketAddr) -> Raw {
+        Raw {
+            s: TcpStream::connect(gw).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, b: &[u8]) {
+        self.s.write_all(b).await.unwrap();
+    }
+
+    /// Reads one response: by Content-Length, chunked (decoded), none (HEAD, 1xx, 101), or
+    /// until the gateway closes.
+    async fn response(&mut self, head_request: bool) -> Got {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            fill(&mut self.s, &mut self.buf)
+                .await
+                .expect("connection ended before a response head");
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).to_ascii_lowercase();
+        self.buf.drain(..end);
+        let status: u16 = head[9..12].parse().unwrap();
+        let field = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
+        };
+        let mut body = Vec::new();
+        if head_request || status < 200 {
+        } else if let Some(n) = field("content-length") {
+            let n: usize = n.trim().parse().unwrap();
+            while self.buf.len() < n {
+                fill(&mut self.s, &mut self.buf)
+                    .await
+                    .expect("body cut short");
+            }
+            body = self.buf.drain(..n).collect();
+        } else if field("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    fill(&mut self.s, &mut self.buf)
+                        .await
+                        .expect("chunk cut short");
+                };
+                let size = std::str::from_utf8(&self.buf[..line_end]).unwrap();
+                let size = usize::from_str_radix(size.split(';').next().unwrap(), 16).unwrap();
+                while self.buf.len() < line_end + 2 + size + 2 {
+                    fill(&mut self.s, &mut self.buf)
+                        .await
+                        .expect("chunk cut short");
+                }
+                body.extend_from_slice(&self.buf[line_end + 2..line_end + 2 + size]);
+                self.buf.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            while fill(&mut self.s, &mut self.buf).await.is_some() {}
+            body = std::mem::take(&mut self.buf);
+        }
+        Got { status, head, body }
+    }
+
+    /// Whether the gateway closed the connection (nothing more to read within 2 s).
+    async fn closed(&mut self) -> bool {
+        let mut b = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), self.s.read(&mut b)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+}
+
+/// A backend answering every request with its request line as the body.
+async fn echo_line() -> Backend {
+    backend(Arc::new(|_, _, raw: &str| {
+        let line = raw.lines().next().unwrap().to_string();
+        Answer {
+            pieces: vec![
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{line}",
+                    line.len()
+                )
+                .into_bytes(),
+            ],
+            close: false,
+        }
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let b = echo_line().await;
+    let (gw, _) = gateway(b.addr).await;
+    let mut c = Raw::connect(gw).await;
+    c.send(b"GET /a HTTP/1.1\r\nHost: b.test\r\n\r\nGET /b HTTP/1.1\r\nHost: b.test\r\n\r\nHEAD /c HTTP/1.1\r\nHost: b.test\r\n\r\n")
+        .await;
+    assert_eq!(c.response(false).await.body, b"GET /a HTTP/1.1");
+    assert_eq!(c.response(false).await.body, b"GET /b HTTP/1.1");
+    let head = c.response(true).await;
+    assert_eq!(head.status, 200);
+    assert!(head.head.contains("content-length: 16"), "{}", head.head);
+    c.send(b"GET /d HTTP/1.1\r\nHost: b.test\r\n\r\n").await;
+    assert_eq!(c.response(false).await.body, b"GET /d HTTP/1.1");
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_before_the_body_is_sent() {
+    let b = echo_line().await;
+    let (gw, _) = gateway(b.addr).await;
+    let mut c = Raw::connect(gw).await;
+    c.send(
+        b"POST /up HTTP/1.1\r\nHost: b.test\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .await;
+    let cont = c.response(false).await;
+    assert_eq!(cont.status, 100);
+    c.send(b"hello").await;
+    let r = c.response(false).await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"POST /up HTTP/1.1"[..])
+    );
+    let seen = b.requests.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].ends_with("\r\n\r\nhello"), "{:?}", seen[0]);
+    assert!(
+        !seen[0].to_ascii_lowercase().contains("expect:"),
+        "{:?}",
+        seen[0]
+    );
+}
+
+#[tokio::test]
+async fn an_upgrade_is_tunnelled_after_101() {
+    // A backend that switches protocols when asked, then echoes every byte upper-cased.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let asked = Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = asked.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let raw = read_request(&mut s, &mut buf).await.unwrap();
+        *seen.lock().unwrap() = raw.to_ascii_lowercase();
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhi ")
+            .await
+            .unwrap();
+        s.write_all(&buf.to_ascii_uppercase()).await.unwrap();
+        let mut b = [0u8; 256];
+        loop {
+            let n = s.read(&mut b).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            s.write_all(&b[..n].to_ascii_uppercase()).await.unwrap();
+        }
+    });
+    let (gw, _) = gateway(addr).await;
+    let mut c = Raw::connect(gw).await;
+    // Bytes right after the head belong to the new protocol.
+    c.send(b"GET /ws HTTP/1.1\r\nHost: b.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nearly ")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 101);
+    assert!(r.head.contains("upgrade: websocket"), "{}", r.head);
+    assert!(r.head.contains("connection: upgrade"), "{}", r.head);
+    let asked = asked.lock().unwrap().clone();
+    assert!(asked.contains("connection: upgrade\r\n"), "{asked}");
+    assert!(asked.contains("upgrade: websocket\r\n"), "{asked}");
+    c.send(b"ping").await;
+    let want = b"hi EARLY PING";
+    while c.buf.len() < want.len() {
+        fill(&mut c.s, &mut c.buf).await.unwrap();
+    }
+    assert_eq!(&c.buf[..], &want[..]);
+}
+
+#[tokio::test]
+async fn an_http10_client_gets_a_chunked_response_as_data_then_close() {
+    let b = backend(Arc::new(|_, _, _: &str| {
+        answer(
+            &[
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWiki",
+                b"\r\n5\r\npedia\r\n0\r\n\r\n",
+            ],
+            false,
+        )
+    }))
+    .await;
+    let (gw, _) = gateway(b.addr).await;
+    let mut c = Raw::connect(gw).await;
+    c.send(b"GET / HTTP/1.0\r\nHost: b.test\r\nConnection: keep-alive\r\n\r\n")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 200);
+    assert!(!r.head.contains("transfer-encoding"), "{}", r.head);
+    assert!(r.head.contains("connection: close"), "{}", r.head);
+    assert_eq!(r.body, b"Wikipedia");
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_is_routed_by_its_authority() {
+    let b = echo_line().await;
+    let (gw, _) = gateway(b.addr).await;
+    let mut c = Raw::connect(gw).await;
+    c.send(b"GET http://B.test/x?y=1 HTTP/1.1\r\nHost: elsewhere.test\r\n\r\n")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"GET /x?y=1 HTTP/1.1"[..])
+    );
+    let seen = b.requests.lock().unwrap()[0].clone();
+    assert!(seen.contains("\r\nhost: B.test\r\n"), "{seen}");
+}
+
+#[tokio::test]
+async fn malformed_or_oversized_heads_get_400_or_431_and_close() {
+    let b = echo_line().await;
+    let (gw, _) = gateway(b.addr).await;
+    let many: String = (0..101).map(|i| format!("x-f{i}: v\r\n")).collect();
+    let long = "x".repeat(17 * 1024);
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (
+            b"POST / HTTP/1.1\r\nHost: b.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: b.test\r\nContent-Length: x\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: b.test\r\nHost: c.test\r\n\r\n".to_vec(),
+            400,
+        ),
+        (b"G\x01T / HTTP/1.1\r\nHost: b.test\r\n\r\n".to_vec(), 400),
+        (
+            format!("GET / HTTP/1.1\r\nHost: b.test\r\n{many}\r\n").into_bytes(),
+            431,
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: b.test\r\nx-long: {long}\r\n\r\n").into_bytes(),
+            431,
+        ),
+    ];
+    for (req, want) in cases {
+        let mut c = Raw::connect(gw).await;
+        c.send(&req).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, want, "{}", String::from_utf8_lossy(&req[..40]));
+        assert!(r.head.contains("connection: close"), "{}", r.head);
+        assert!(c.closed().await, "{}", String::from_utf8_lossy(&req[..40]));
+    }
+    assert!(b.requests.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn answers_of_the_gateway_keep_the_connection_unless_a_body_is_unread() {
+    let b = echo_line().await;
+    let (gw, _) = gateway(b.addr).await;
+    let mut c = Raw::connect(gw).await;
+    c.send(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body, b"404 page not found\n");
+    // HEAD: the same head, no body (the next response parses right after it).
+    c.send(
+        b"HEAD / HTTP/1.1\r\nHost: nowhere.test\r\n\r\nGET /next HTTP/1.1\r\nHost: b.test\r\n\r\n",
+    )
+    .await;
+    let r = c.response(true).await;
+    assert_eq!(r.status, 404);
+    assert!(r.head.contains("content-length: 19"), "{}", r.head);
+    assert_eq!(c.response(false).await.body, b"GET /next HTTP/1.1");
+    // A body the gateway did not read: answer, then close.
+    c.send(b"POST / HTTP/1.1\r\nHost: nowhere.test\r\nContent-Length: 4\r\n\r\nbody")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 404);
+    assert!(r.head.contains("connection: close"), "{}", r.head);
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn a_backend_that_does_not_answer_in_time_gives_504() {
+    let b = backend(Arc::new(|_, _, _: &str| answer(&[], false))).await;
+    let (gw, proxy) = gateway_with(b.addr, Pool::new(Duration::from_millis(300))).await;
+    let mut c = Raw::connect(gw).await;
+    c.send(b"GET /slow HTTP/1.1\r\nHost: b.test\r\n\r\n").await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 504);
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(text.starts_with("504 gateway timeout: "), "{text}");
+    // The silent connection is not pooled; the client's connection stays usable.
+    assert_eq!(proxy.pool().idle(b.addr), 0);
+    c.send(b"GET /again HTTP/1.1\r\nHost: b.test\r\n\r\n").await;
+    assert_eq!(c.response(false).await.status, 504);
+}
