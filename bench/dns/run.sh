@@ -10,6 +10,9 @@
 #   flatnet-hickory is flatnet with hickory's own UDP server loop, for comparison; flatnet-b
 #   is the binary FLATNET_B, for an A/B of two builds in the same interleaved run)
 # env: SECS=10 per run, REPS=1 (servers interleaved per rep), NICE=-20,
+#      RATE (unset: dnsperf as fast as it can, the default table; RATE=N: dnsperf -Q N, the same
+#      offered load for every server, so that the CPU per query is compared at one query rate
+#      and batch regime; the rows' queries column then reads q-exist@N),
 #      FLATNET=target/release/flatnet, FLATNET_B (unset: no flatnet-b),
 #      RESULTS=bench/dns/results.tsv (appended)
 # Output: one TSV row per run (QPS, latency, lost, rcodes, server CPU, QPS per server
@@ -149,10 +152,24 @@ C
   $X $PRIO taskset -c "$SRV_CPU" dnsmasq -k -C "$W/dnsmasq.conf" >"$W/server.log" 2>&1 & SPID=$!
 }
 
+tree_pids() { # pid: it and its descendants
+  local p c
+  for p in "$@"; do echo "$p"; for c in $(pgrep -P "$p"); do tree_pids "$c"; done; done
+}
+pin_tree() { # pid: every thread of the process tree on SRV_CPU, or fail
+  local p t bad=""
+  for p in $(tree_pids "$1"); do taskset -a -p -c "$SRV_CPU" "$p" >/dev/null; done
+  for p in $(tree_pids "$1"); do for t in /proc/"$p"/task/*; do
+    [ "$(awk '/^Cpus_allowed_list/{print $2}' "$t/status")" = "$SRV_CPU" ] || bad+=" $t"
+  done; done
+  [ -z "$bad" ] || { echo "threads not on CPU $SRV_CPU:$bad" >&2; exit 1; }
+}
+
 run_perf() { # qfile
-  local q=$1 out p0 p1 t0 t1 pcpu qps lat lost codes cpus
+  local q=$1 out p0 p1 t0 t1 pcpu qps lat lost codes cpus rate=() label=$1
+  if [ -n "${RATE:-}" ]; then rate=(-Q "$RATE"); label="${q%.txt}@$RATE"; fi
   p0=$(python3 "$D/../lib/proctree_cpu.py" "$SPID"); t0=$(date +%s.%N)
-  out=$($X $PRIO taskset -c "$CLI_CPU" dnsperf -s 127.0.0.1 -p $PORT -d "$W/$q" -l "$SECS" -q 500 2>&1)
+  out=$($X $PRIO taskset -c "$CLI_CPU" dnsperf -s 127.0.0.1 -p $PORT -d "$W/$q" -l "$SECS" -q 500 "${rate[@]}" 2>&1)
   p1=$(python3 "$D/../lib/proctree_cpu.py" "$SPID"); t1=$(date +%s.%N)
   cpus=$(awk -v a="$p0" -v b="$p1" 'BEGIN{printf "%.2f", b-a}')
   pcpu=$(awk -v a="$p0" -v b="$p1" -v x="$t0" -v y="$t1" 'BEGIN{printf "%.0f", 100*(b-a)/(y-x)}')
@@ -162,13 +179,13 @@ run_perf() { # qfile
   codes=$(awk '/Response codes:/{$1="";$2="";print}' <<<"$out" | sed 's/^ *//')
   local sent; sent=$(awk '/Queries completed:/{print $3}' <<<"$out")
   local per; per=$(awk -v n="$sent" -v c="$cpus" 'BEGIN{ if (c>0) printf "%.0f", n/c; else print "-" }')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$srv" "$q" "$rep" "$qps" "$lat" "$lost" "$codes" "$pcpu" "$per" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$srv" "$label" "$rep" "$qps" "$lat" "$lost" "$codes" "$pcpu" "$per" \
     "$(cut -d' ' -f1 /proc/loadavg)" | tee -a "$RESULTS"
 }
 
 [ -s "$RESULTS" ] || printf 'server\tqueries\trep\tqps\tavg_lat_us\tlost\trcodes\tsrv_cpu%%\tqps_per_srv_cpu_s\tloadavg1\n' > "$RESULTS"
 start_line=$(( $(wc -l < "$RESULTS") - 1 ))   # data rows before this run
-echo "# $(date -u +%FT%TZ) $(nproc) CPUs, $(uname -r), SECS=$SECS REPS=$REPS" >&2
+echo "# $(date -u +%FT%TZ) $(nproc) CPUs, $(uname -r), SECS=$SECS REPS=$REPS RATE=${RATE:-unlimited}" >&2
 for rep in $(seq 1 "$REPS"); do
 for srv in "${servers[@]}"; do
   echo "== $srv" >&2
@@ -177,6 +194,10 @@ for srv in "${servers[@]}"; do
     if $X dig +time=1 +tries=1 -p $PORT @127.0.0.1 svc-1.ns-2.svc.cluster.local A +short 2>/dev/null | grep -q 10.96.2.2; then break; fi
     sleep 0.1
   done
+  # taskset at exec is not enough: knotd pins its UDP worker i to CPU i itself (worker 0 landed
+  # on the client's CPU 0). Pin every thread of the server's process tree to SRV_CPU again now
+  # that it has started them, and check.
+  pin_tree "$SPID"
   a=$($X dig -p $PORT @127.0.0.1 svc-99.ns-99.svc.cluster.local A +short || true)
   s=$($X dig -p $PORT @127.0.0.1 _http._tcp.svc-3.ns-0.svc.cluster.local SRV +short || true)
   nx=$($X dig -p $PORT @127.0.0.1 host1.example.com.ns-1.svc.cluster.local A | awk '/status:/{print $6}' | tr -d , || true)
