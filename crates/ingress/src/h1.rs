@@ -41,6 +41,8 @@ use crate::proxy::{Proxy, Reject};
 
 /// How long a client may take to send a request head, idle keep-alive time included.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a backend that stopped reading a request body has to show its early answer.
+const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 /// Request header fields accepted at most (more: 431).
 const MAX_FIELDS: usize = 100;
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -57,7 +59,7 @@ pub enum BodyLen {
 }
 
 /// What is kept of a request once its head is consumed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Req {
     pub method: Method,
     /// HTTP/1.`minor`.
@@ -415,7 +417,12 @@ where
         };
         let attempt = async {
             client::write_head(&mut conn, head).await?;
-            send_body(&mut conn, io, buf, req.body).await?;
+            if let Err(f) = send_body(&mut conn, io, buf, req.body).await {
+                return match f.error {
+                    ClientError::Send(_) => early_answer(&mut conn, req, resp).await.ok_or(f),
+                    _ => Err(f),
+                };
+            }
             client::read_head(&mut conn, proxy.pool().response_timeout(), retry_ok, |b| {
                 response_head(b, req, resp)
             })
@@ -473,6 +480,24 @@ where
             Next::Close
         }
     }
+}
+
+/// A backend may answer before it has read the whole request body (413, 401, ...) and close:
+/// when writing the body failed, that answer, if it came within [`EARLY_ANSWER_WAIT`], is
+/// what the client gets; its connection then closes (the rest of its body is unread) and the
+/// backend connection is not reused.
+async fn early_answer(conn: &mut Conn, req: &Req, resp: &mut Vec<u8>) -> Option<Resp> {
+    let closing = Req {
+        keep_alive: false,
+        ..req.clone()
+    };
+    let mut r = client::read_head(conn, EARLY_ANSWER_WAIT, false, |b| {
+        response_head(b, &closing, resp)
+    })
+    .await
+    .ok()?;
+    r.info.keep_alive = false;
+    Some(r)
 }
 
 /// Copies the client's request body to the backend: `Content-Length` bytes, or chunks as sent

@@ -344,3 +344,49 @@ async fn a_backend_that_does_not_answer_in_time_gives_504() {
     c.send(b"GET /again HTTP/1.1\r\nHost: b.test\r\n\r\n").await;
     assert_eq!(c.response(false).await.status, 504);
 }
+
+#[tokio::test]
+async fn an_early_answer_during_an_upload_reaches_the_client() {
+    // A backend that refuses the upload after the head, without reading the body, and closes.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            fill(&mut s, &mut buf).await.unwrap();
+        }
+        s.write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large")
+            .await
+            .unwrap();
+    });
+    let (gw, proxy) = gateway(addr).await;
+    let c = Raw::connect(gw).await;
+    let (mut rd, mut wr) = c.s.into_split();
+    let size = 32 << 20;
+    let upload = tokio::spawn(async move {
+        wr.write_all(
+            format!("PUT /up HTTP/1.1\r\nHost: b.test\r\nContent-Length: {size}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut got)).await;
+    let got = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(
+        got.starts_with("http/1.1 413 content too large\r\n"),
+        "{got}"
+    );
+    assert!(got.contains("connection: close\r\n"), "{got}");
+    assert!(got.ends_with("\r\n\r\ntoo large"), "{got}");
+    upload.abort();
+    assert_eq!(proxy.pool().idle(addr), 0);
+}
