@@ -36,11 +36,15 @@ use crate::client::{
     self, ClientError, Failure, Forward, Framing, Head, HeadInfo, RequestBody, head_info,
     hop_by_hop, lists, named_by_connection,
 };
-use crate::pool::{BUF_SIZE, Buffer, Conn};
+use crate::pool::{BUF_SIZE, Buffer, Conn, within};
 use crate::proxy::{Proxy, Reject};
 
 /// How long a client may take to send a request head, idle keep-alive time included.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may leave a body or a response write without progress (nginx's
+/// `client_body_timeout` and `send_timeout`). Backend reads use the pool's response timeout,
+/// between any two reads (nginx's `proxy_read_timeout`), and so do writes to a backend.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a backend that stopped reading a request body has to show its early answer.
 const EARLY_ANSWER_WAIT: Duration = Duration::from_secs(1);
 /// Request header fields accepted at most (more: 431).
@@ -297,7 +301,7 @@ where
             Parsed::Partial => return None,
             Parsed::Bad(status, text) => {
                 plain(&mut resp, status, &text, false, 1, true);
-                let _ = write(&mut io, &resp).await;
+                let _ = write(&mut io, &mut timer, &resp).await;
                 return None;
             }
             Parsed::Request {
@@ -316,7 +320,7 @@ where
                     req.minor,
                     close,
                 );
-                match write(&mut io, &resp).await {
+                match write(&mut io, &mut timer, &resp).await {
                     Ok(()) if !close => Next::KeepAlive,
                     _ => Next::Close,
                 }
@@ -327,7 +331,12 @@ where
                 to: Ok(ep),
             } => {
                 buf.consume(len);
-                forward(proxy, ep, &mut io, &mut buf, &head, &req, &mut resp).await
+                let client = Side {
+                    io: &mut io,
+                    buf: &mut buf,
+                    timer: &mut timer,
+                };
+                forward(proxy, ep, client, &head, &req, &mut resp).await
             }
         };
         if next == Next::Close {
@@ -343,9 +352,18 @@ enum Next {
     Close,
 }
 
-async fn write<S: AsyncWrite + Unpin>(io: &mut S, data: &[u8]) -> io::Result<()> {
-    io.write_all(data).await?;
-    io.flush().await
+/// Writes `data` to the client and flushes it, giving up after [`IO_TIMEOUT`] without
+/// progress (a client that stopped reading).
+async fn write<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    timer: &mut Pin<Box<Sleep>>,
+    data: &[u8],
+) -> io::Result<()> {
+    within(timer, IO_TIMEOUT, async {
+        io.write_all(data).await?;
+        io.flush().await
+    })
+    .await
 }
 
 /// A response the gateway makes itself: `text` as text/plain (no body for HEAD).
@@ -387,13 +405,39 @@ struct Resp {
     /// connection then stays open).
     rechunk: bool,
 }
+/// The client's end of the connection, as forwarding uses it.
+struct Side<'a, S> {
+    io: &'a mut S,
+    buf: &'a mut Buffer,
+    timer: &'a mut Pin<Box<Sleep>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Side<'_, S> {
+    async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        write(self.io, self.timer, data).await
+    }
+
+    /// Reads more of a body; its end is an error, and so is [`IO_TIMEOUT`] without a byte.
+    async fn fill(&mut self) -> io::Result<()> {
+        within(self.timer, IO_TIMEOUT, fill(self.buf, self.io)).await
+    }
+}
+
+/// Writes to a backend, giving up after `limit` without progress.
+async fn backend_write(conn: &mut Conn, limit: Duration, data: &[u8]) -> io::Result<()> {
+    within(&mut conn.timer, limit, conn.stream.write_all(data)).await
+}
+
+/// Reads more from a backend (Ok(0): it closed), giving up after `limit` without a byte.
+async fn backend_fill(conn: &mut Conn, limit: Duration) -> io::Result<usize> {
+    within(&mut conn.timer, limit, conn.buf.fill(&mut conn.stream)).await
+}
 
 /// Forwards one routed request to `ep` and relays the response.
 async fn forward<S>(
     proxy: &Proxy,
     ep: SocketAddr,
-    io: &mut S,
-    buf: &mut Buffer,
+    mut client: Side<'_, S>,
     head: &[u8],
     req: &Req,
     resp: &mut Vec<u8>,
@@ -404,11 +448,12 @@ where
     if req.expect_continue
         && req.minor >= 1
         && req.body != BodyLen::None
-        && buf.buffered().is_empty()
-        && write(io, CONTINUE).await.is_err()
+        && client.buf.buffered().is_empty()
+        && client.write(CONTINUE).await.is_err()
     {
         return Next::Close;
     }
+    let limit = proxy.pool().response_timeout();
     let retry_ok = client::idempotent(&req.method) && req.body == BodyLen::None;
     let exchanged = loop {
         let (mut conn, reused) = match client::connection(proxy.pool(), ep, !retry_ok).await {
@@ -417,16 +462,13 @@ where
         };
         let attempt = async {
             client::write_head(&mut conn, head).await?;
-            if let Err(f) = send_body(&mut conn, io, buf, req.body).await {
+            if let Err(f) = send_body(&mut conn, limit, &mut client, req.body).await {
                 return match f.error {
                     ClientError::Send(_) => early_answer(&mut conn, req, resp).await.ok_or(f),
                     _ => Err(f),
                 };
             }
-            client::read_head(&mut conn, proxy.pool().response_timeout(), retry_ok, |b| {
-                response_head(b, req, resp)
-            })
-            .await
+            client::read_head(&mut conn, limit, retry_ok, |b| response_head(b, req, resp)).await
         };
         match attempt.await {
             Ok(r) => break Ok((conn, r)),
@@ -453,7 +495,7 @@ where
                 req.minor,
                 close,
             );
-            return match write(io, resp).await {
+            return match client.write(resp).await {
                 Ok(()) if !close => Next::KeepAlive,
                 _ => Next::Close,
             };
@@ -461,10 +503,9 @@ where
     };
     conn.consume(r.len);
     if r.status == 101 {
-        return tunnel(io, buf, conn, resp).await;
+        return tunnel(client, conn, resp).await;
     }
-    let relayed = relay(io, &mut conn, &r, resp).await;
-    match relayed {
+    match relay(&mut client, &mut conn, limit, &r, resp).await {
         Ok(()) => {
             if r.info.keep_alive {
                 proxy.pool().put(ep, conn);
@@ -499,58 +540,43 @@ async fn early_answer(conn: &mut Conn, req: &Req, resp: &mut Vec<u8>) -> Option<
     r.info.keep_alive = false;
     Some(r)
 }
-
 /// Copies the client's request body to the backend: `Content-Length` bytes, or chunks as sent
 /// up to and including the last chunk and trailers.
 async fn send_body<S>(
     conn: &mut Conn,
-    io: &mut S,
-    buf: &mut Buffer,
+    limit: Duration,
+    client: &mut Side<'_, S>,
     body: BodyLen,
 ) -> Result<(), Failure>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let client_err = |e: io::Error| Failure::from(ClientError::ClientBody(e.into()));
-    match body {
-        BodyLen::None => Ok(()),
-        BodyLen::Length(n) => {
-            let mut left = n;
-            loop {
-                let got = buf.buffered();
-                let k = left.min(got.len() as u64) as usize;
-                if k > 0 {
-                    conn.stream
-                        .write_all(&got[..k])
-                        .await
-                        .map_err(ClientError::Send)?;
-                    buf.consume(k);
-                    left -= k as u64;
-                }
-                if left == 0 {
-                    return Ok(());
-                }
-                fill(buf, io).await.map_err(client_err)?;
-            }
+    let mut left = match body {
+        BodyLen::None => return Ok(()),
+        BodyLen::Length(n) => n,
+        BodyLen::Chunked => u64::MAX,
+    };
+    let mut state = client::Chunked::Size;
+    loop {
+        let got = client.buf.buffered();
+        let (k, done) = if body == BodyLen::Chunked {
+            chunk_span(&mut state, got).map_err(|e| client_err(invalid(e)))?
+        } else {
+            let k = left.min(got.len() as u64);
+            left -= k;
+            (k as usize, left == 0)
+        };
+        if k > 0 {
+            backend_write(conn, limit, &got[..k])
+                .await
+                .map_err(ClientError::Send)?;
+            client.buf.consume(k);
         }
-        BodyLen::Chunked => {
-            let mut state = client::Chunked::Size;
-            loop {
-                let got = buf.buffered();
-                let (k, done) = chunk_span(&mut state, got).map_err(|e| client_err(invalid(e)))?;
-                if k > 0 {
-                    conn.stream
-                        .write_all(&got[..k])
-                        .await
-                        .map_err(ClientError::Send)?;
-                    buf.consume(k);
-                }
-                if done {
-                    return Ok(());
-                }
-                fill(buf, io).await.map_err(client_err)?;
-            }
+        if done {
+            return Ok(());
         }
+        client.fill().await.map_err(client_err)?;
     }
 }
 
@@ -578,7 +604,6 @@ async fn fill<R: AsyncRead + Unpin>(buf: &mut Buffer, r: &mut R) -> io::Result<(
         _ => Ok(()),
     }
 }
-
 /// Parses the backend's response head at the start of `buf` and writes the client's head to
 /// `out`: the status line, the backend's fields without hop-by-hop ones, then the framing and
 /// connection fields the gateway decides.
@@ -685,13 +710,18 @@ fn response_head(
         },
     }))
 }
-
 /// Relays the response body after the head in `out` (already built): a body whole in the
 /// buffer goes with the head in one write; otherwise the head (with what is buffered) first,
-/// then the rest as it arrives.
-async fn relay<S>(io: &mut S, conn: &mut Conn, r: &Resp, out: &mut Vec<u8>) -> io::Result<()>
+/// then the rest as it arrives. `limit`: the longest wait for the backend's next bytes.
+async fn relay<S>(
+    client: &mut Side<'_, S>,
+    conn: &mut Conn,
+    limit: Duration,
+    r: &Resp,
+    out: &mut Vec<u8>,
+) -> io::Result<()>
 where
-    S: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     match r.info.framing {
         Framing::Length(n) => {
@@ -701,37 +731,43 @@ where
             out.extend_from_slice(&got[..k]);
             conn.consume(k);
             left -= k as u64;
-            io.write_all(out).await?;
+            client.write(out).await?;
             while left > 0 {
-                fill(&mut conn.buf, &mut conn.stream).await?;
+                if backend_fill(conn, limit).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
                 let got = conn.buffered();
                 let k = left.min(got.len() as u64) as usize;
-                io.write_all(&got[..k]).await?;
+                client.write(&got[..k]).await?;
                 conn.consume(k);
                 left -= k as u64;
             }
         }
         Framing::Chunked => {
             let mut state = client::Chunked::Size;
-            io.write_all(out).await?;
+            client.write(out).await?;
             loop {
-                let got = conn.buffered();
                 let done = if r.dechunk {
-                    dechunk(&mut state, io, conn).await?
+                    dechunk(&mut state, client, conn).await?
                 } else {
+                    let got = conn.buffered();
                     let (k, done) = chunk_span(&mut state, got).map_err(invalid)?;
-                    io.write_all(&got[..k]).await?;
-                    conn.consume(k);
+                    if k > 0 {
+                        client.write(&got[..k]).await?;
+                        conn.consume(k);
+                    }
                     done
                 };
                 if done {
                     break;
                 }
-                fill(&mut conn.buf, &mut conn.stream).await?;
+                if backend_fill(conn, limit).await? == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
             }
         }
         Framing::Close => {
-            io.write_all(out).await?;
+            client.write(out).await?;
             let mut frame = Vec::new();
             loop {
                 let got = conn.buffered();
@@ -741,38 +777,41 @@ where
                         frame.extend_from_slice(format!("{:x}\r\n", got.len()).as_bytes());
                         frame.extend_from_slice(got);
                         frame.extend_from_slice(b"\r\n");
-                        io.write_all(&frame).await?;
+                        client.write(&frame).await?;
                     } else {
-                        io.write_all(got).await?;
+                        client.write(got).await?;
                     }
                     let k = got.len();
                     conn.consume(k);
                 }
-                if conn.buf.fill(&mut conn.stream).await? == 0 {
+                if backend_fill(conn, limit).await? == 0 {
                     break;
                 }
             }
             if r.rechunk {
-                io.write_all(b"0\r\n\r\n").await?;
+                client.write(b"0\r\n\r\n").await?;
             }
         }
     }
-    io.flush().await
+    Ok(())
 }
 
-/// Writes the data of the buffered chunks to `io` (no framing); whether the body ended.
-async fn dechunk<S: AsyncWrite + Unpin>(
+/// Writes the data of the buffered chunks to the client (no framing); whether the body ended.
+async fn dechunk<S>(
     state: &mut client::Chunked,
-    io: &mut S,
+    client: &mut Side<'_, S>,
     conn: &mut Conn,
-) -> io::Result<bool> {
+) -> io::Result<bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     loop {
         let got = conn.buffered();
         match state.step(got).map_err(invalid)? {
             client::Step::More => return Ok(false),
             client::Step::Skip(n) => conn.consume(n),
             client::Step::Data(n) => {
-                io.write_all(&got[..n]).await?;
+                client.write(&got[..n]).await?;
                 conn.consume(n);
             }
             client::Step::Done(n) => {
@@ -785,15 +824,18 @@ async fn dechunk<S: AsyncWrite + Unpin>(
 
 /// After a `101`: the head (in `out`) and whatever the backend sent after it go to the client,
 /// what the client sent after its request goes to the backend, then bytes flow both ways until
-/// either side closes. The backend connection is not reused.
-async fn tunnel<S>(io: &mut S, buf: &mut Buffer, mut conn: Conn, out: &mut Vec<u8>) -> Next
+/// either side closes (no timeout: an idle WebSocket is normal). The backend connection is not
+/// reused.
+async fn tunnel<S>(client: Side<'_, S>, mut conn: Conn, out: &mut Vec<u8>) -> Next
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     out.extend_from_slice(conn.buffered());
-    let early = buf.buffered().to_vec();
+    let early = client.buf.buffered().to_vec();
+    let io = client.io;
     let joined = async {
-        write(io, out).await?;
+        io.write_all(out).await?;
+        io.flush().await?;
         conn.stream.write_all(&early).await?;
         tokio::io::copy_bidirectional(io, &mut conn.stream).await
     };

@@ -102,6 +102,34 @@ impl Buffer {
     }
 }
 
+/// Runs the I/O future `f`; when it has to wait, for at most `limit` from its first wait
+/// (then `TimedOut`). `timer` is the connection's own, re-armed only when `f` blocks, so an
+/// operation that completes at once costs no timer work.
+pub async fn within<T>(
+    timer: &mut Pin<Box<Sleep>>,
+    limit: Duration,
+    f: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    let mut f = std::pin::pin!(f);
+    let mut armed = false;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(r) = f.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if !armed {
+            armed = true;
+            timer.as_mut().reset(tokio::time::Instant::now() + limit);
+        }
+        timer.as_mut().poll(cx).map(|()| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no progress in {limit:?}"),
+            ))
+        })
+    })
+    .await
+}
+
 /// One backend connection: the stream, what was read from it and not yet consumed, and the
 /// timer for the response head (one per connection, moved forward per request: moving a
 /// registered tokio timer later is an atomic store, not a timer-wheel operation).

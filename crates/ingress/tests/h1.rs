@@ -390,3 +390,28 @@ async fn an_early_answer_during_an_upload_reaches_the_client() {
     upload.abort();
     assert_eq!(proxy.pool().idle(addr), 0);
 }
+
+#[tokio::test]
+async fn a_backend_that_stalls_mid_body_is_given_up_after_the_timeout() {
+    // 10 of 100 promised bytes, then silence with the connection open.
+    let b = backend(Arc::new(|_, _, _: &str| {
+        answer(
+            &[b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"],
+            false,
+        )
+    }))
+    .await;
+    let (gw, proxy) = gateway_with(b.addr, Pool::new(Duration::from_millis(300))).await;
+    let mut c = Raw::connect(gw).await;
+    c.send(b"GET / HTTP/1.1\r\nHost: b.test\r\n\r\n").await;
+    // The head and the 10 bytes arrive, then the gateway closes instead of waiting forever.
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        while fill(&mut c.s, &mut c.buf).await.is_some() {}
+        String::from_utf8_lossy(&c.buf).into_owned()
+    })
+    .await
+    .expect("the gateway kept the stalled response open");
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.ends_with("\r\n\r\n0123456789"), "{got}");
+    assert_eq!(proxy.pool().idle(b.addr), 0);
+}
