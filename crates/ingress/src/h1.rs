@@ -405,6 +405,7 @@ struct Resp {
     /// connection then stays open).
     rechunk: bool,
 }
+
 /// The client's end of the connection, as forwarding uses it.
 struct Side<'a, S> {
     io: &'a mut S,
@@ -540,6 +541,7 @@ async fn early_answer(conn: &mut Conn, req: &Req, resp: &mut Vec<u8>) -> Option<
     r.info.keep_alive = false;
     Some(r)
 }
+
 /// Copies the client's request body to the backend: `Content-Length` bytes, or chunks as sent
 /// up to and including the last chunk and trailers.
 async fn send_body<S>(
@@ -604,6 +606,7 @@ async fn fill<R: AsyncRead + Unpin>(buf: &mut Buffer, r: &mut R) -> io::Result<(
         _ => Ok(()),
     }
 }
+
 /// Parses the backend's response head at the start of `buf` and writes the client's head to
 /// `out`: the status line, the backend's fields without hop-by-hop ones, then the framing and
 /// connection fields the gateway decides.
@@ -710,6 +713,7 @@ fn response_head(
         },
     }))
 }
+
 /// Relays the response body after the head in `out` (already built): a body whole in the
 /// buffer goes with the head in one write; otherwise the head (with what is buffered) first,
 /// then the rest as it arrives. `limit`: the longest wait for the backend's next bytes.
