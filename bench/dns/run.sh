@@ -3,7 +3,9 @@
 # unbound and dnsmasq serving the same 10,000-service cluster.local zone, measured with dnsperf
 # over UDP in the same run. Everything runs on the loopback of a private network namespace made
 # here (flt-dnsbench-<pid>, removed at exit); the server is pinned to one core (SRV_CPU, default
-# 1) and dnsperf to the other (CLI_CPU, default 0). Nothing touches the root namespace.
+# 1: every thread of its process tree, again once it answers, since knotd sets its workers'
+# affinity itself) and dnsperf to the other (CLI_CPU, default 0). Nothing touches the root
+# namespace.
 #
 # usage: sudo bench/dns/run.sh [server ...]
 #   servers: flatnet flatnet-hickory nsd knot unbound dnsmasq (default: all that are installed;
