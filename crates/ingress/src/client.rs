@@ -119,8 +119,26 @@ pub(crate) fn lists(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
-/// Whether one of `fields`' `Connection` values names the field `name` (other than the
-/// tokens `close`, `keep-alive` and `upgrade`, which name no field).
+/// Whether any `Connection` value of `fields` lists a token other than `close`, `keep-alive`
+/// and `upgrade`, which name no field: only then can [`named_by_connection`] be true, so the
+/// usual head skips that per-field scan.
+pub(crate) fn connection_names_fields<'a>(
+    mut fields: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> bool {
+    fields.any(|(n, v)| {
+        n.eq_ignore_ascii_case("connection")
+            && v.split(|b| *b == b',').any(|t| {
+                let t = t.trim_ascii();
+                !t.is_empty()
+                    && !t.eq_ignore_ascii_case(b"close")
+                    && !t.eq_ignore_ascii_case(b"keep-alive")
+                    && !t.eq_ignore_ascii_case(b"upgrade")
+            })
+    })
+}
+
+/// Whether one of `fields`' `Connection` values names the field `name` (a hop-by-hop field
+/// by the sender's choice, RFC 9110 §7.6.1).
 pub(crate) fn named_by_connection<'a>(
     mut fields: impl Iterator<Item = (&'a str, &'a [u8])>,
     name: &str,
@@ -168,17 +186,7 @@ pub fn encode_request<'a, I>(
     if let Some(h) = fw.host {
         field(out, b"host", h);
     }
-    // Only a Connection value with a token beyond the usual ones names other fields.
-    let named = fields.clone().any(|(n, v)| {
-        n.eq_ignore_ascii_case("connection")
-            && v.split(|b| *b == b',').any(|t| {
-                let t = t.trim_ascii();
-                !t.is_empty()
-                    && !t.eq_ignore_ascii_case(b"close")
-                    && !t.eq_ignore_ascii_case(b"keep-alive")
-                    && !t.eq_ignore_ascii_case(b"upgrade")
-            })
-    });
+    let named = connection_names_fields(fields.clone());
     let mut forwarded_for = false;
     for (n, value) in fields.clone() {
         if hop_by_hop(n)
@@ -348,7 +356,7 @@ pub async fn send(
             .await
         };
         match attempt.await {
-            Ok(parsed) => return Ok(respond(pool, ep, conn, parsed)),
+            Ok(head) => return Ok(respond(pool, ep, conn, head.len, head.value)),
             Err(f) => f.retry(reused, ep)?,
         }
     }
@@ -405,11 +413,10 @@ pub(crate) async fn write_head(conn: &mut Conn, head: &[u8]) -> Result<(), Failu
     })
 }
 
-/// A parsed response head: the response without body, its length in the buffer, its framing,
-/// and the body when it is whole in the buffer already (copied with the head, in one piece).
+/// A parsed response head: the response without body, its framing, and the body when it is
+/// whole in the buffer already (copied with the head, in one piece).
 struct Parsed {
     response: Response<()>,
-    head_len: usize,
     info: HeadInfo,
     whole_body: Option<Bytes>,
 }
@@ -423,15 +430,16 @@ pub(crate) struct Head<T> {
 }
 
 /// Reads from `conn` until `parse` finds a final response head at the start of its buffer
-/// (informational responses are consumed and skipped), within `timeout` (the pool's). The head
-/// itself stays in the buffer. `timeout`: [`Pool::response_timeout`]. `retry_if_silent`: a connection that ends before any response
-/// byte gives a retryable failure.
+/// (informational responses are consumed and skipped), within `timeout` (the pool's
+/// [`Pool::response_timeout`]). The head itself stays in the buffer, `len` bytes long.
+/// `retry_if_silent`: a connection that ends before any response byte gives a retryable
+/// failure.
 pub(crate) async fn read_head<T>(
     conn: &mut Conn,
     timeout: Duration,
     retry_if_silent: bool,
     mut parse: impl FnMut(&[u8]) -> Result<Option<Head<T>>, ClientError>,
-) -> Result<T, Failure> {
+) -> Result<Head<T>, Failure> {
     conn.timer
         .as_mut()
         .reset(tokio::time::Instant::now() + timeout);
@@ -443,7 +451,7 @@ pub(crate) async fn read_head<T>(
                     conn.consume(h.len);
                     continue;
                 }
-                Some(h) => return Ok(h.value),
+                Some(h) => return Ok(h),
                 None => {}
             }
         }
@@ -535,19 +543,15 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head<Parsed>>, Clien
     };
     let shared = Bytes::copy_from_slice(&buf[..head_len + whole.unwrap_or(0)]);
     let base = buf.as_ptr() as usize;
-    let connection: Vec<&[u8]> = r
-        .headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .map(|h| h.value)
-        .collect();
+    let fields = || r.headers.iter().map(|h| (h.name, h.value));
+    let named = connection_names_fields(fields());
     let mut map = HeaderMap::with_capacity(r.headers.len());
     for h in r.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| ClientError::Invalid(format!("field name {:?}", h.name)))?;
         let n = name.as_str();
         if hop_by_hop(n)
-            || connection.iter().any(|c| lists(c, n))
+            || (named && named_by_connection(fields(), n))
             || (info.framing == Framing::Chunked && name == header::CONTENT_LENGTH)
         {
             continue;
@@ -565,7 +569,6 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head<Parsed>>, Clien
         informational: status.is_informational(),
         value: Parsed {
             response,
-            head_len,
             info,
             whole_body: whole.map(|_| shared.slice(head_len..)),
         },
@@ -574,8 +577,14 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head<Parsed>>, Clien
 
 /// The response to hand to hyper: a body already whole in the buffer goes as one `Bytes` and
 /// the connection back to the pool now; otherwise the body streams from the connection.
-fn respond(pool: &Arc<Pool>, ep: SocketAddr, mut conn: Conn, p: Parsed) -> Response<ProxyBody> {
-    conn.consume(p.head_len);
+fn respond(
+    pool: &Arc<Pool>,
+    ep: SocketAddr,
+    mut conn: Conn,
+    head_len: usize,
+    p: Parsed,
+) -> Response<ProxyBody> {
+    conn.consume(head_len);
     let home = p.info.keep_alive.then(|| (pool.clone(), ep));
     let body = match (p.whole_body, p.info.framing) {
         (Some(data), _) => {

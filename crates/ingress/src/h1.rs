@@ -33,8 +33,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Sleep;
 
 use crate::client::{
-    self, ClientError, Failure, Forward, Framing, Head, HeadInfo, RequestBody, head_info,
-    hop_by_hop, lists, named_by_connection,
+    self, ClientError, Failure, Forward, Framing, Head, HeadInfo, RequestBody,
+    connection_names_fields, head_info, hop_by_hop, lists, named_by_connection,
 };
 use crate::pool::{BUF_SIZE, Buffer, Conn, within};
 use crate::proxy::{Proxy, Reject};
@@ -310,20 +310,12 @@ where
                 to: Err(r),
             } => {
                 buf.consume(len);
-                // An unread body would be taken for the next request: close after.
-                let close = !req.keep_alive || req.body != BodyLen::None;
-                plain(
-                    &mut resp,
-                    r.status,
-                    &r.text,
-                    req.method == Method::HEAD,
-                    req.minor,
-                    close,
-                );
-                match write(&mut io, &mut timer, &resp).await {
-                    Ok(()) if !close => Next::KeepAlive,
-                    _ => Next::Close,
-                }
+                let mut client = Side {
+                    io: &mut io,
+                    buf: &mut buf,
+                    timer: &mut timer,
+                };
+                answer(&mut client, &req, &r, &mut resp).await
             }
             Parsed::Request {
                 len,
@@ -366,6 +358,22 @@ async fn write<S: AsyncWrite + Unpin>(
     .await
 }
 
+/// Answers `req` with the gateway's own response `r`. The connection stays open unless the
+/// client asked to close or sent a body: a body not read to its end would be taken for the
+/// next request.
+async fn answer<S>(client: &mut Side<'_, S>, req: &Req, r: &Reject, out: &mut Vec<u8>) -> Next
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let close = !req.keep_alive || req.body != BodyLen::None;
+    let head = req.method == Method::HEAD;
+    plain(out, r.status, &r.text, head, req.minor, close);
+    match client.write(out).await {
+        Ok(()) if !close => Next::KeepAlive,
+        _ => Next::Close,
+    }
+}
+
 /// A response the gateway makes itself: `text` as text/plain (no body for HEAD).
 fn plain(out: &mut Vec<u8>, status: StatusCode, text: &str, head: bool, minor: u8, close: bool) {
     out.clear();
@@ -396,7 +404,6 @@ fn connection_field(out: &mut Vec<u8>, minor: u8, close: bool) {
 struct Resp {
     status: u16,
     info: HeadInfo,
-    len: usize,
     /// The client connection closes after this response.
     close: bool,
     /// Relay a chunked body as data only (the client speaks HTTP/1.0).
@@ -480,29 +487,16 @@ where
             }
         }
     };
-    let (mut conn, r) = match exchanged {
+    let (mut conn, Head { len, value: r, .. }) = match exchanged {
         Ok(x) => x,
         Err(e) => {
             let line = head.split(|b| *b == b'\r').next().unwrap_or(b"");
             let line = String::from_utf8_lossy(line);
             let r = Reject::failed(ep, "", &line, &e);
-            // A request body not read to its end cannot be skipped reliably: close.
-            let close = !req.keep_alive || req.body != BodyLen::None;
-            plain(
-                resp,
-                r.status,
-                &r.text,
-                req.method == Method::HEAD,
-                req.minor,
-                close,
-            );
-            return match client.write(resp).await {
-                Ok(()) if !close => Next::KeepAlive,
-                _ => Next::Close,
-            };
+            return answer(&mut client, req, &r, resp).await;
         }
     };
-    conn.consume(r.len);
+    conn.consume(len);
     if r.status == 101 {
         return tunnel(client, conn, resp).await;
     }
@@ -528,7 +522,7 @@ where
 /// when writing the body failed, that answer, if it came within [`EARLY_ANSWER_WAIT`], is
 /// what the client gets; its connection then closes (the rest of its body is unread) and the
 /// backend connection is not reused.
-async fn early_answer(conn: &mut Conn, req: &Req, resp: &mut Vec<u8>) -> Option<Resp> {
+async fn early_answer(conn: &mut Conn, req: &Req, resp: &mut Vec<u8>) -> Option<Head<Resp>> {
     let closing = Req {
         keep_alive: false,
         ..req.clone()
@@ -538,7 +532,7 @@ async fn early_answer(conn: &mut Conn, req: &Req, resp: &mut Vec<u8>) -> Option<
     })
     .await
     .ok()?;
-    r.info.keep_alive = false;
+    r.value.info.keep_alive = false;
     Some(r)
 }
 
@@ -636,7 +630,6 @@ fn response_head(
                     framing: Framing::Length(0),
                     keep_alive: true,
                 },
-                len,
                 close: false,
                 dechunk: false,
                 rechunk: false,
@@ -666,6 +659,7 @@ fn response_head(
     out.extend_from_slice(r.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let fields = || r.headers.iter().map(|h| (h.name, h.value));
+    let named = connection_names_fields(fields());
     let mut te: &[u8] = b"chunked";
     let mut upgrade: Option<&[u8]> = None;
     for h in r.headers.iter() {
@@ -678,7 +672,7 @@ fn response_head(
         }
         if hop_by_hop(n)
             || (chunked && n.eq_ignore_ascii_case("content-length"))
-            || named_by_connection(fields(), n)
+            || (named && named_by_connection(fields(), n))
         {
             continue;
         }
@@ -711,7 +705,6 @@ fn response_head(
         value: Resp {
             status: code,
             info,
-            len,
             close,
             dechunk,
             rechunk,
