@@ -26,12 +26,18 @@ use model::{EndpointSlice, Service};
 use serde::Serialize;
 
 mod compiler;
+pub mod health;
 pub use compiler::{Compiler, SvcKey};
+pub use health::ServiceHealth;
 
 /// The table every node's service proxy owns.
 pub const TABLE: &str = "flatnet";
 /// Packet mark bit: masquerade this packet in postrouting (as kube-proxy's 0x4000).
 pub const MASQ_MARK: u32 = 0x4000;
+/// Packet (`meta mark`) value that carries "masquerade this" past the affinity map's DNAT,
+/// which ends the chain, to the chain that records the client (`affinity-<timeout>`). Larger
+/// than any slot `numgen` writes to the packet mark (a slot is below the endpoint count).
+pub const MASQ_CARRY_MARK: u32 = 0x4000_0000;
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds`.
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
 
@@ -44,7 +50,8 @@ pub mod maps {
     /// frontend -> `goto reject` (no endpoints at all) or `drop` (a Local policy and no local
     /// endpoint).
     pub const NO_ENDPOINTS: &str = "no-endpoints";
-    /// frontend -> affinity id (a conntrack mark shared by every frontend of one service port).
+    /// frontend -> affinity id (a conntrack mark shared by every frontend of one service port,
+    /// without the masquerade bit: a client keeps its endpoint through all of them).
     pub const AFFINITY_IDS: &str = "affinity-ids";
     /// affinity id -> `goto affinity-<timeout>`, which records the client's endpoint.
     pub const AFFINITY_TIMEOUTS: &str = "affinity-timeouts";
@@ -67,9 +74,11 @@ pub mod fixed {
     pub const BACKEND_DNAT: &str = "backend-dnat";
     /// A known client keeps its endpoint (map `affinity`), else `backend-dnat`.
     pub const AFFINITY_LOOKUP: &str = "affinity-lookup";
-    /// As `affinity-lookup` for external clients of a Local-policy frontend: clears the
-    /// masquerade bit the frontend's affinity id carries first.
-    pub const LOCAL_AFFINITY_LOOKUP: &str = "local-affinity-lookup";
+    /// As `affinity-lookup` for external frontends that masquerade (`ext-aff-N` jumps here
+    /// and picks a slot itself when the client is unknown): a known client is DNATed with
+    /// [`MASQ_CARRY_MARK`](super::MASQ_CARRY_MARK) on the packet, which the record chain turns
+    /// into the masquerade bit.
+    pub const EXT_AFFINITY_LOOKUP: &str = "ext-affinity-lookup";
 }
 
 /// IP protocol of a service port: the same type NetworkPolicy uses.
@@ -132,20 +141,15 @@ impl Target {
     fn chains(&self) -> Vec<DynChain> {
         match *self {
             Target::Lb { n, affinity } => lb_chains(n, affinity),
-            Target::Ext { n, affinity } => {
-                let mut v = vec![DynChain::Ext { n, affinity }];
-                v.extend(lb_chains(n, affinity));
-                v
-            }
+            Target::Ext { n, affinity } => vec![DynChain::Ext { n, affinity }, DynChain::Lb { n }],
             Target::ExtLocal { n, local, affinity } => {
-                let mut v = vec![DynChain::ExtLocal { n, local, affinity }];
-                v.push(DynChain::Ext { n, affinity });
-                v.extend(lb_chains(n, affinity));
+                let mut v = vec![
+                    DynChain::ExtLocal { n, local, affinity },
+                    DynChain::Ext { n, affinity },
+                    DynChain::Lb { n },
+                ];
                 if local > 0 {
-                    v.push(DynChain::Lb { n: local });
-                    if affinity {
-                        v.push(DynChain::LocalAff { n: local });
-                    }
+                    v.extend(lb_chains(local, affinity));
                 }
                 v
             }
@@ -162,15 +166,6 @@ fn lb_chain(n: u32, affinity: bool) -> String {
         format!("aff-{n}")
     } else {
         format!("lb-{n}")
-    }
-}
-
-/// The chain external clients of a Local-policy frontend go to.
-fn local_chain(n: u32, affinity: bool) -> String {
-    if affinity {
-        format!("laff-{n}")
-    } else {
-        lb_chain(n, false)
     }
 }
 
@@ -201,11 +196,6 @@ pub enum DynChain {
     Aff {
         n: u32,
     },
-    /// As `Aff`, for external clients of an `externalTrafficPolicy: Local` frontend: clears
-    /// the masquerade bit that the frontend's affinity id carries.
-    LocalAff {
-        n: u32,
-    },
     Ext {
         n: u32,
         affinity: bool,
@@ -226,7 +216,6 @@ impl DynChain {
         match *self {
             DynChain::Lb { n } => lb_chain(n, false),
             DynChain::Aff { n } => lb_chain(n, true),
-            DynChain::LocalAff { n } => local_chain(n, true),
             DynChain::Ext { n, affinity } => Target::Ext { n, affinity }.chain(),
             DynChain::ExtLocal { n, local, affinity } => {
                 Target::ExtLocal { n, local, affinity }.chain()
@@ -248,12 +237,13 @@ impl DynChain {
                 format!("meta mark set numgen random mod {n}"),
                 format!("goto {}", fixed::AFFINITY_LOOKUP),
             ],
-            DynChain::LocalAff { n } => vec![
-                format!("meta mark set numgen random mod {n}"),
-                format!("goto {}", fixed::LOCAL_AFFINITY_LOOKUP),
+            // A known client is DNATed inside the lookup (which ends here); an unknown one gets
+            // the masquerade bit and a slot.
+            DynChain::Ext { n, affinity: true } => vec![
+                format!("jump {}", fixed::EXT_AFFINITY_LOOKUP),
+                format!("ct mark set ct mark | {MASQ_MARK:#x}"),
+                format!("goto {}", lb_chain(n, false)),
             ],
-            // With affinity the masquerade bit comes with the frontend's affinity id.
-            DynChain::Ext { n, affinity: true } => vec![format!("goto {}", lb_chain(n, true))],
             DynChain::Ext { n, affinity: false } => vec![
                 format!("ct mark set ct mark | {MASQ_MARK:#x}"),
                 format!("goto {}", lb_chain(n, false)),
@@ -265,16 +255,27 @@ impl DynChain {
                     format!("fib saddr type local goto {ext}"),
                 ];
                 if local > 0 {
-                    v.push(format!("goto {}", local_chain(local, affinity)));
+                    v.push(format!("goto {}", lb_chain(local, affinity)));
                 } else {
                     v.push("drop".to_string());
                 }
                 v
             }
-            DynChain::Record { timeout } => vec![format!(
-                "update @{} {{ ip saddr . ct mark timeout {timeout}s : ip daddr . th dport }}",
-                maps::AFFINITY
-            )],
+            // The key is the affinity id without the masquerade bit, whichever frontend the
+            // client came through: the bit is parked in the packet mark while the record is
+            // written, then put back (nft 1.0.6 cannot list `ct mark & x` inside a
+            // concatenation so that it loads again).
+            DynChain::Record { timeout } => vec![
+                format!(
+                    "ct mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} meta mark set {MASQ_CARRY_MARK:#x} ct mark set ct mark & {:#x}",
+                    !MASQ_MARK
+                ),
+                format!(
+                    "update @{} {{ ip saddr . ct mark timeout {timeout}s : ip daddr . th dport }}",
+                    maps::AFFINITY
+                ),
+                format!("meta mark {MASQ_CARRY_MARK:#x} ct mark set ct mark | {MASQ_MARK:#x}"),
+            ],
         }
     }
 }
@@ -332,6 +333,13 @@ pub struct ServicePlan {
     pub service_cidr: Option<Ipv4Net>,
     /// LoadBalancer IPs this node answers ARP for on the underlay (one node per IP).
     pub announce: BTreeSet<Ipv4Addr>,
+    /// `healthCheckNodePort` -> the service it reports on (LoadBalancer services with
+    /// `externalTrafficPolicy: Local`), served by the agent on every node address.
+    pub health_checks: BTreeMap<u16, ServiceHealth>,
+    /// UDP frontends -> the addresses of the endpoints that serve (ready, or serving while
+    /// terminating), used or not: conntrack entries of an address that leaves this are stale.
+    #[serde(skip)]
+    pub udp_serving: BTreeMap<Frontend, Vec<Ipv4Addr>>,
     /// Not part of the dataplane: what was proxied and why, for explanations.
     #[serde(skip)]
     pub ports: Vec<ProxiedPort>,
@@ -480,6 +488,8 @@ pub struct ServiceDiff {
     pub affinity_gc: Vec<(u32, Vec<Backend>)>,
     /// The LoadBalancer IPs this node announces changed.
     pub announce_changed: bool,
+    /// [`ServicePlan::health_checks`] changed (a port, or a local endpoint count).
+    pub health_changed: bool,
 }
 
 impl ServiceDiff {
@@ -492,6 +502,7 @@ impl ServiceDiff {
             && !self.structure_changed
             && self.affinity_gc.is_empty()
             && !self.announce_changed
+            && !self.health_changed
     }
 }
 
@@ -622,24 +633,15 @@ pub(crate) fn diff(old: &ServicePlan, new: &ServicePlan) -> ServiceDiff {
     d.structure_changed = old.firewall != new.firewall
         || old.cluster_cidr != new.cluster_cidr
         || old.service_cidr != new.service_cidr;
-    // Conntrack: UDP backends that went away from a frontend, and UDP frontends revived.
-    let backends_of = |p: &ServicePlan, fe: &Frontend| -> BTreeSet<Ipv4Addr> {
-        p.backends
-            .range((*fe, 0)..=(*fe, u32::MAX))
-            .map(|(_, b)| b.ip)
-            .collect()
-    };
-    let mut udp_frontends: BTreeSet<Frontend> = old
-        .services
-        .keys()
-        .filter(|f| f.proto == Proto::Udp)
-        .copied()
-        .collect();
-    udp_frontends.extend(old.no_endpoints.keys().filter(|f| f.proto == Proto::Udp));
-    for fe in &udp_frontends {
-        let before = backends_of(old, fe);
-        let after = backends_of(new, fe);
-        for ip in before.difference(&after) {
+    d.health_changed = old.health_checks != new.health_checks;
+    // Conntrack: UDP endpoints that stopped serving a frontend, and UDP frontends revived.
+    for (fe, before) in &old.udp_serving {
+        let after = new
+            .udp_serving
+            .get(fe)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for ip in before.iter().filter(|ip| !after.contains(ip)) {
             d.stale_udp.push((*fe, *ip));
         }
     }
@@ -905,22 +907,24 @@ pub fn render_structure(plan: &ServicePlan, chains: &BTreeSet<DynChain>) -> Stri
         None,
         std::slice::from_ref(&backend_dnat),
     );
-    for (name, local) in [
+    for (name, ext) in [
         (fixed::AFFINITY_LOOKUP, false),
-        (fixed::LOCAL_AFFINITY_LOOKUP, true),
+        (fixed::EXT_AFFINITY_LOOKUP, true),
     ] {
         let mut rules = vec![format!(
             "ct mark set ip daddr . meta l4proto . th dport map @{}",
             maps::AFFINITY_IDS
         )];
-        if local {
-            rules.push(format!("ct mark set ct mark & {:#x}", !MASQ_MARK));
+        if ext {
+            rules.push(format!("meta mark set {MASQ_CARRY_MARK:#x}"));
         }
         rules.push(format!(
             "meta l4proto {{ tcp, udp, sctp }} dnat ip to ip saddr . ct mark map @{}",
             maps::AFFINITY
         ));
-        rules.push(format!("goto {}", fixed::BACKEND_DNAT));
+        if !ext {
+            rules.push(format!("goto {}", fixed::BACKEND_DNAT));
+        }
         chain(name, None, &rules);
     }
     s.push_str(&render_chains(chains));
@@ -939,7 +943,7 @@ pub fn render_chains<'a>(chains: impl IntoIterator<Item = &'a DynChain>) -> Stri
     let mut ordered: Vec<&DynChain> = chains.into_iter().collect();
     ordered.sort_by_key(|c| match c {
         DynChain::Lb { .. } | DynChain::Record { .. } => 0,
-        DynChain::Aff { .. } | DynChain::LocalAff { .. } => 1,
+        DynChain::Aff { .. } => 1,
         DynChain::Ext { .. } => 2,
         DynChain::ExtLocal { .. } => 3,
     });
@@ -952,6 +956,8 @@ pub fn render_chains<'a>(chains: impl IntoIterator<Item = &'a DynChain>) -> Stri
 
 /// Whether `name` is one of the chains made per distinct endpoint count (`lb-3`, `ext-aff-2`,
 /// `extl-4-1`, `affinity-60`, ...), which the proxy deletes when nothing points at them.
+/// `laff-N` is no longer made (Local-policy clients use `aff-N`) but still recognised, so a
+/// whole load deletes those an older agent left.
 pub fn is_dyn_chain_name(name: &str) -> bool {
     let prefixes = [
         "lb-",

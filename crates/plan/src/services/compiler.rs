@@ -21,8 +21,8 @@ use model::{EndpointSlice, Service};
 
 use super::{
     Backend, DEFAULT_AFFINITY_TIMEOUT, DynChain, ElemOp, Frontend, Key, LABEL_SERVICE_NAME,
-    MASQ_MARK, NodeView, Proto, ProxiedPort, Refusal, ServiceDiff, ServicePlan, Target, Value,
-    elect, maps, not_proxied, refusal_value, target_value,
+    MASQ_MARK, NodeView, Proto, ProxiedPort, Refusal, ServiceDiff, ServiceHealth, ServicePlan,
+    Target, Value, elect, maps, not_proxied, refusal_value, target_value,
 };
 
 /// A Service's identity, `(namespace, name)`; its order decides who keeps a shared frontend.
@@ -51,6 +51,8 @@ struct SvcIn {
     itp_local: bool,
     etp_local: bool,
     publish: bool,
+    /// `healthCheckNodePort` of a LoadBalancer with `externalTrafficPolicy: Local`.
+    health_port: Option<u16>,
     ports: Vec<PortIn>,
 }
 
@@ -72,6 +74,9 @@ impl SvcIn {
             itp_local: spec.internal_traffic_policy() == "Local",
             etp_local: spec.external_traffic_policy() == "Local",
             publish: spec.publish_not_ready_addresses == Some(true),
+            health_port: spec
+                .health_check_node_port
+                .filter(|p| *p > 0 && spec.needs_health_check_node_port()),
             ports: Vec::new(),
         };
         if s.skip.is_some() {
@@ -191,6 +196,8 @@ struct PortOut {
     local: u32,
     timeout: Option<u32>,
     frontends: Vec<FeOut>,
+    /// Addresses of the endpoints that serve, used or not (UDP conntrack cleanup).
+    serving: Vec<Ipv4Addr>,
 }
 
 /// What one Service contributes to the plan, before frontend conflicts are settled.
@@ -202,6 +209,8 @@ struct Fragment {
     announce: Vec<Ipv4Addr>,
     ranges: Vec<Ipv4Net>,
     ports: Vec<PortOut>,
+    /// Health-check node port and the number of ready local endpoint addresses.
+    health: Option<(u16, u32)>,
 }
 
 /// Who claims a frontend: service, port index, frontend index (the smallest keeps it).
@@ -220,6 +229,8 @@ struct Journal {
     cluster_ips: BTreeMap<Ipv4Addr, bool>,
     hairpin: BTreeMap<Ipv4Addr, bool>,
     firewall: BTreeMap<Frontend, Option<Vec<Ipv4Net>>>,
+    udp_serving: BTreeMap<Frontend, Option<Vec<Ipv4Addr>>>,
+    health_checks: BTreeMap<u16, Option<ServiceHealth>>,
     chains: BTreeMap<DynChain, bool>,
     announce: Option<BTreeSet<Ipv4Addr>>,
 }
@@ -284,6 +295,8 @@ pub struct Compiler {
     slices_of: HashMap<SvcKey, Vec<(String, String)>>,
     fragments: HashMap<SvcKey, Fragment>,
     claims: HashMap<Frontend, Vec<Claim>>,
+    /// Health-check node port -> the services that have it (the smallest keeps it).
+    health_claims: BTreeMap<u16, Vec<SvcKey>>,
     /// Affinity ports `(service, port index)` -> the name their id hashes.
     affinity_ports: BTreeMap<(SvcKey, u32), (String, u32)>,
     affinity_ids: HashMap<(SvcKey, u32), u32>,
@@ -315,6 +328,7 @@ impl Compiler {
             slices_of: HashMap::new(),
             fragments: HashMap::new(),
             claims: HashMap::new(),
+            health_claims: BTreeMap::new(),
             affinity_ports: BTreeMap::new(),
             affinity_ids: HashMap::new(),
             cluster_ip_refs: HashMap::new(),
@@ -474,6 +488,7 @@ impl Compiler {
     pub fn update(&mut self) -> usize {
         let dirty = std::mem::take(&mut self.dirty);
         let mut touched: BTreeSet<Frontend> = BTreeSet::new();
+        let mut health_touched: BTreeSet<u16> = BTreeSet::new();
         let mut affinity_changed = false;
         for key in &dirty {
             let new = self.services.get(key).map(|s| self.fragment(key, s));
@@ -496,9 +511,24 @@ impl Compiler {
             }
             if let Some(old) = &old {
                 self.unlink(key, old, &mut touched);
+                if let Some((port, _)) = old.health {
+                    if let Some(c) = self.health_claims.get_mut(&port) {
+                        c.retain(|k| k != key);
+                        if c.is_empty() {
+                            self.health_claims.remove(&port);
+                        }
+                    }
+                    health_touched.insert(port);
+                }
             }
             if let Some(new) = new {
                 self.link(key, &new, &mut touched);
+                if let Some((port, _)) = new.health {
+                    let c = self.health_claims.entry(port).or_default();
+                    let at = c.partition_point(|k| k < key);
+                    c.insert(at, key.clone());
+                    health_touched.insert(port);
+                }
                 self.fragments.insert(key.clone(), new);
             }
         }
@@ -507,6 +537,9 @@ impl Compiler {
         }
         for fe in &touched {
             self.write_frontend(*fe);
+        }
+        for port in health_touched {
+            self.write_health(port);
         }
         dirty.len()
     }
@@ -551,6 +584,7 @@ impl Compiler {
         }
         let name = format!("{}/{}", key.0, key.1);
         let mut hairpin = BTreeSet::new();
+        let mut local_ready = BTreeSet::new();
         for port in &s.ports {
             let label = if port.name.is_empty() {
                 format!("{name}:{}", port.port)
@@ -579,6 +613,11 @@ impl Compiler {
             let n = u32::try_from(cluster.len()).unwrap_or(u32::MAX);
             let nl = u32::try_from(local.len()).unwrap_or(u32::MAX);
             hairpin.extend(eps.iter().filter(|e| e.local).map(|e| e.ip));
+            local_ready.extend(eps.iter().filter(|e| e.local && e.ready).map(|e| e.ip));
+            let mut serving: Vec<Ipv4Addr> =
+                eps.iter().filter(|e| e.serving).map(|e| e.ip).collect();
+            serving.sort_unstable();
+            serving.dedup();
             let affinity = s.affinity_timeout.is_some();
             let internal = if n == 0 {
                 Err(Refusal::Reject)
@@ -636,9 +675,13 @@ impl Compiler {
                 local: nl,
                 timeout: s.affinity_timeout,
                 frontends,
+                serving,
             });
         }
         f.hairpin = hairpin.into_iter().collect();
+        f.health = s
+            .health_port
+            .map(|p| (p, u32::try_from(local_ready.len()).unwrap_or(u32::MAX)));
         f
     }
 
@@ -850,20 +893,22 @@ impl Compiler {
         let mut backends: Vec<Backend> = Vec::new();
         let mut affinity_id = None;
         let mut firewall = None;
+        let mut udp_serving = None;
         if let Some((claim, p, o)) = self.winner(fe) {
             match o.verdict {
                 Ok(t) => {
                     target = Some(t);
                     backends.clone_from(&p.order);
                     if p.timeout.is_some() {
-                        let masq = if o.external { MASQ_MARK } else { 0 };
-                        affinity_id = self
-                            .affinity_ids
-                            .get(&(claim.0.clone(), claim.1))
-                            .map(|id| id | masq);
+                        // One id for every frontend of the port: a client keeps its endpoint
+                        // whichever of them it comes through.
+                        affinity_id = self.affinity_ids.get(&(claim.0.clone(), claim.1)).copied();
                     }
                 }
                 Err(r) => refusal = Some(r),
+            }
+            if fe.proto == Proto::Udp && !p.serving.is_empty() {
+                udp_serving = Some(p.serving.clone());
             }
             if o.firewall {
                 firewall = self.fragments.get(&claim.0).map(|f| f.ranges.clone());
@@ -917,6 +962,14 @@ impl Compiler {
             fe,
             firewall,
         );
+        if fe.proto == Proto::Udp {
+            put(
+                &mut self.plan.udp_serving,
+                (&mut j.udp_serving, off),
+                fe,
+                udp_serving,
+            );
+        }
         if old != target {
             for c in old.iter().flat_map(Target::chains) {
                 self.chain_ref(c, false);
@@ -924,6 +977,31 @@ impl Compiler {
             for c in target.iter().flat_map(Target::chains) {
                 self.chain_ref(c, true);
             }
+        }
+    }
+
+    /// Rewrites the health check of `port` from the service that keeps it.
+    fn write_health(&mut self, port: u16) {
+        let value = self
+            .health_claims
+            .get(&port)
+            .and_then(|c| c.first())
+            .and_then(|key| {
+                let (_, n) = self.fragments.get(key)?.health?;
+                Some(ServiceHealth {
+                    namespace: key.0.clone(),
+                    name: key.1.clone(),
+                    local_endpoints: n,
+                })
+            });
+        let j = &mut self.journal;
+        if self.plan.health_checks.get(&port) != value.as_ref() {
+            put(
+                &mut self.plan.health_checks,
+                (&mut j.health_checks, j.off),
+                port,
+                value,
+            );
         }
     }
 
@@ -1017,12 +1095,6 @@ impl Compiler {
                 .map(|(_, b)| *b)
                 .collect();
             gone.retain(|b| !now.contains(b));
-            if fe.proto == Proto::Udp {
-                let now_ips: BTreeSet<Ipv4Addr> = now.iter().map(|b| b.ip).collect();
-                for b in gone.iter().filter(|b| !now_ips.contains(&b.ip)) {
-                    stale_udp.insert((*fe, b.ip));
-                }
-            }
             let id = match j.affinity_ids.get(fe) {
                 Some(old) => *old,
                 None => p.affinity_ids.get(fe).copied(),
@@ -1034,7 +1106,19 @@ impl Compiler {
                 d.affinity_gc.push((id, gone.iter().copied().collect()));
             }
         }
+        // UDP flows of an endpoint go when it stops serving (kube-proxy's rule): one that
+        // terminates but still serves keeps them, though it takes no new ones.
+        for (fe, old) in &j.udp_serving {
+            let now = p.udp_serving.get(fe).map(Vec::as_slice).unwrap_or_default();
+            for ip in old.iter().flatten().filter(|ip| !now.contains(ip)) {
+                stale_udp.insert((*fe, *ip));
+            }
+        }
         d.stale_udp = stale_udp.into_iter().collect();
+        d.health_changed = j
+            .health_checks
+            .iter()
+            .any(|(port, old)| old.as_ref() != p.health_checks.get(port));
         d.revived_udp = j
             .services
             .iter()
@@ -1177,10 +1261,9 @@ fn journal_set_ops<K: Ord>(
 /// terminating ones (kube-proxy's fallback).
 fn usable(eps: &[Ep], local_only: bool) -> Vec<Ep> {
     let scope = || eps.iter().filter(move |e| !local_only || e.local);
-    let ready: Vec<Ep> = scope()
-        .filter(|e| e.ready && !e.terminating)
-        .copied()
-        .collect();
+    // kube-proxy's IsReady() is the ready condition alone (a terminating pod is not ready,
+    // unless publishNotReadyAddresses keeps it so).
+    let ready: Vec<Ep> = scope().filter(|e| e.ready).copied().collect();
     if !ready.is_empty() {
         return ready;
     }
@@ -1191,7 +1274,7 @@ fn usable(eps: &[Ep], local_only: bool) -> Vec<Ep> {
 }
 
 /// A stable, non-zero id for a service port: its affinity key in conntrack marks. FNV-1a of
-/// the name, without the masquerade bit (external frontends add it to the id they map to).
+/// the name, without the masquerade bit (which shares the conntrack mark).
 fn affinity_id(name: &str, taken: &BTreeSet<u32>) -> u32 {
     let mut h: u32 = 0x811c_9dc5;
     for b in name.bytes() {

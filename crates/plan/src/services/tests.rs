@@ -327,21 +327,9 @@ fn affinity_shares_one_id_across_a_ports_frontends() {
         fe("172.20.0.11", Proto::Tcp, 30080),
     ]
     .iter()
-    .map(|f| p.affinity_ids[f] & !MASQ_MARK)
+    .map(|f| p.affinity_ids[f])
     .collect();
-    assert_eq!(
-        http.len(),
-        1,
-        "one id, with the masquerade bit on external frontends"
-    );
-    assert_eq!(
-        p.affinity_ids[&fe("172.20.0.11", Proto::Tcp, 30080)] & MASQ_MARK,
-        MASQ_MARK
-    );
-    assert_eq!(
-        p.affinity_ids[&fe("10.96.0.40", Proto::Tcp, 80)] & MASQ_MARK,
-        0
-    );
+    assert_eq!(http.len(), 1, "one id for the port's frontends");
     let dns = p.affinity_ids[&fe("10.96.0.40", Proto::Udp, 53)];
     assert!(!http.contains(&dns), "each service port has its own id");
     assert_eq!(p.affinity_timeouts.get(&dns), Some(&60));
@@ -580,7 +568,6 @@ fn every_dynamic_chain_name_is_recognised_and_fixed_ones_are_not() {
     let all = [
         DynChain::Lb { n: 3 },
         DynChain::Aff { n: 2 },
-        DynChain::LocalAff { n: 1 },
         DynChain::Ext {
             n: 4,
             affinity: false,
@@ -771,8 +758,9 @@ enum Change {
     /// Service `s<i>` in one of six shapes.
     Service(u8, u8),
     RemoveService(u8),
-    /// Slice of `s<i>`: endpoint count, ready, address salt.
-    Slice(u8, u8, bool, u8),
+    /// Slice of `s<i>`: endpoint count, conditions (two bits per endpoint, see
+    /// [`endpoints_of`]), address salt.
+    Slice(u8, u8, u8, u8),
     RemoveSlice(u8),
     /// Which of n1..n3 hold leases.
     Nodes(u8),
@@ -782,7 +770,7 @@ fn change() -> impl Strategy<Value = Change> {
     prop_oneof![
         (0u8..5, 0u8..7).prop_map(|(i, f)| Change::Service(i, f)),
         (0u8..5).prop_map(Change::RemoveService),
-        (0u8..5, 0u8..4, any::<bool>(), 0u8..3).prop_map(|(i, n, r, s)| Change::Slice(i, n, r, s)),
+        (0u8..5, 0u8..4, any::<u8>(), 0u8..3).prop_map(|(i, n, c, s)| Change::Slice(i, n, c, s)),
         (0u8..5).prop_map(Change::RemoveSlice),
         (0u8..8).prop_map(Change::Nodes),
     ]
@@ -810,6 +798,8 @@ fn shaped(i: u8, f: u8) -> Service {
                 "spec": {"type": "LoadBalancer", "clusterIP": format!("10.96.0.{}", i + 2),
                          "selector": {"a": "b"}, "externalTrafficPolicy": "Local",
                          "loadBalancerSourceRanges": ["172.20.0.0/28"],
+                         // Two services may claim one port (the API server would not allow it).
+                         "healthCheckNodePort": 32000 + u16::from(i % 2),
                          "ports": [{"name": "http", "port": 80, "nodePort": 31000 + u16::from(i)}]},
                 "status": {"loadBalancer": {"ingress": [{"ip": format!("172.20.0.{}", 240 + i)}]}}}));
         }
@@ -821,7 +811,9 @@ fn shaped(i: u8, f: u8) -> Service {
     v
 }
 
-fn endpoints_of(i: u8, n: u8, ready: bool, salt: u8) -> [EndpointSlice; 2] {
+/// The slices of `s<i>` with `n` endpoints; endpoint `j` has the conditions
+/// `(conds >> 2j) & 3`: ready; terminating and serving; terminating, not serving; not ready.
+fn endpoints_of(i: u8, n: u8, conds: u8, salt: u8) -> [EndpointSlice; 2] {
     let ips: Vec<String> = (0..n)
         .map(|j| format!("10.244.{i}.{}", j + 2 + salt))
         .collect();
@@ -829,12 +821,18 @@ fn endpoints_of(i: u8, n: u8, ready: bool, salt: u8) -> [EndpointSlice; 2] {
         .iter()
         .enumerate()
         .map(|(j, ip)| {
+            let (ready, serving, terminating) = match (conds >> (2 * j)) & 3 {
+                0 => (true, true, false),
+                1 => (false, true, true),
+                2 => (false, false, true),
+                _ => (false, false, false),
+            };
             (
                 ip.as_str(),
                 ["n1", "n2"][j % 2],
                 ready,
-                true,
-                !ready && j == 0,
+                serving,
+                terminating,
             )
         })
         .collect();
@@ -874,8 +872,8 @@ proptest! {
                         c.remove_service("default", &format!("s{i}"));
                         services.remove(&i);
                     }
-                    Change::Slice(i, n, ready, salt) => {
-                        let s = endpoints_of(i, n, ready, salt);
+                    Change::Slice(i, n, conds, salt) => {
+                        let s = endpoints_of(i, n, conds, salt);
                         for x in &s {
                             c.upsert_slice(x);
                         }
@@ -936,4 +934,268 @@ fn one_endpoint_change_recompiles_one_service() {
     c.upsert_slice(&slices[500]);
     assert_eq!(c.update(), 0);
     assert!(c.take_diff().is_empty());
+}
+
+/// A UDP service `u` (10.96.0.70:53) with `eps`, compiled incrementally: the compiler after
+/// taking the slice, and the diff of that batch.
+fn udp_batch(c: &mut Compiler, eps: &[(&str, &str, bool, bool, bool)]) -> ServiceDiff {
+    c.upsert_slice(&slice_named("u", "dns", "UDP", 53, eps));
+    c.update();
+    c.take_diff()
+}
+
+fn udp_service() -> Service {
+    svc(json!({"metadata": {"name": "u", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.70", "selector": {"a": "b"},
+                 "ports": [{"name": "dns", "protocol": "UDP", "port": 53}]}}))
+}
+
+#[test]
+fn a_udp_endpoint_keeps_its_flows_while_it_terminates_and_loses_them_when_removed() {
+    let f = fe("10.96.0.70", Proto::Udp, 53);
+    let (e1, e2): (Ipv4Addr, Ipv4Addr) =
+        ("10.244.1.5".parse().unwrap(), "10.244.1.6".parse().unwrap());
+    let mut c = Compiler::new(node("n1"));
+    c.upsert_service(&udp_service());
+    udp_batch(
+        &mut c,
+        &[
+            ("10.244.1.5", "n2", R, R, false),
+            ("10.244.1.6", "n2", R, R, false),
+        ],
+    );
+    // e1 starts terminating but still serves: no new flows, existing ones keep going
+    // (kube-proxy deletes UDP conntrack entries only of endpoints that stopped serving).
+    let d = udp_batch(
+        &mut c,
+        &[
+            ("10.244.1.5", "n2", false, R, R),
+            ("10.244.1.6", "n2", R, R, false),
+        ],
+    );
+    assert_eq!(backends_of(c.plan(), f), vec!["10.244.1.6:53"]);
+    assert_eq!(d.stale_udp, vec![], "a serving endpoint keeps its flows");
+    // Then it stops serving: now its flows go.
+    let d = udp_batch(
+        &mut c,
+        &[
+            ("10.244.1.5", "n2", false, false, R),
+            ("10.244.1.6", "n2", R, R, false),
+        ],
+    );
+    assert_eq!(d.stale_udp, vec![(f, e1)]);
+    // An endpoint removed while it was serving (terminating, unused) loses its flows too.
+    udp_batch(
+        &mut c,
+        &[
+            ("10.244.1.5", "n2", R, R, false),
+            ("10.244.1.6", "n2", false, R, R),
+        ],
+    );
+    let d = udp_batch(&mut c, &[("10.244.1.5", "n2", R, R, false)]);
+    assert_eq!(d.stale_udp, vec![(f, e2)]);
+}
+
+#[test]
+fn ready_terminating_endpoints_are_ready_as_in_kube_proxy() {
+    // publishNotReadyAddresses: the endpoints controller keeps `ready: true` on terminating
+    // pods, and kube-proxy's IsReady() is the ready condition alone.
+    let mut s = basic("web", "10.96.0.20");
+    s.spec.publish_not_ready_addresses = Some(true);
+    let p = compile(
+        &node("n1"),
+        &[s],
+        &[slice(
+            "web",
+            8080,
+            &[
+                ("10.244.1.5", "n2", R, R, R),
+                ("10.244.1.6", "n2", R, R, false),
+            ],
+        )],
+    );
+    assert_eq!(
+        backends_of(&p, fe("10.96.0.20", Proto::Tcp, 80)),
+        vec!["10.244.1.5:8080", "10.244.1.6:8080"]
+    );
+}
+
+#[test]
+fn local_policy_falls_back_to_local_serving_terminating_endpoints() {
+    let s = svc(json!({"metadata": {"name": "lb", "namespace": "default"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.0.41", "selector": {"a": "b"},
+                 "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Local",
+                 "ports": [{"name": "http", "port": 80, "nodePort": 30081}]}}));
+    let eps = [
+        // Local, terminating and serving; local, terminating, not serving; remote, ready.
+        ("10.244.0.5", "n1", false, R, R),
+        ("10.244.0.6", "n1", false, false, R),
+        ("10.244.1.5", "n2", R, R, false),
+    ];
+    let p = compile(
+        &node("n1"),
+        std::slice::from_ref(&s),
+        &[slice("lb", 8080, &eps)],
+    );
+    let np = fe("172.20.0.11", Proto::Tcp, 30081);
+    // Cluster-wide there is a ready endpoint, so pods and the node use only it; external
+    // clients use the local serving terminating one.
+    assert_eq!(
+        p.services.get(&np),
+        Some(&Target::ExtLocal {
+            n: 1,
+            local: 1,
+            affinity: false
+        })
+    );
+    assert_eq!(
+        backends_of(&p, np),
+        vec!["10.244.0.5:8080", "10.244.1.5:8080"]
+    );
+    // internalTrafficPolicy Local: the local set is the fallback one.
+    let cip = fe("10.96.0.41", Proto::Tcp, 80);
+    assert_eq!(
+        p.services.get(&cip),
+        Some(&Target::Lb {
+            n: 1,
+            affinity: false
+        })
+    );
+    assert_eq!(backends_of(&p, cip)[0], "10.244.0.5:8080");
+    // A ready local endpoint wins over the terminating one.
+    let mut more = eps.to_vec();
+    more.push(("10.244.0.7", "n1", R, R, false));
+    let p = compile(&node("n1"), &[s], &[slice("lb", 8080, &more)]);
+    assert_eq!(
+        p.services.get(&np),
+        Some(&Target::ExtLocal {
+            n: 2,
+            local: 1,
+            affinity: false
+        })
+    );
+    assert_eq!(backends_of(&p, np)[0], "10.244.0.7:8080");
+}
+
+#[test]
+fn affinity_key_is_the_same_for_the_cluster_ip_and_external_frontends() {
+    let s = svc(json!({"metadata": {"name": "np", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.40", "selector": {"a": "b"},
+                 "sessionAffinity": "ClientIP",
+                 "ports": [{"name": "http", "port": 80, "nodePort": 30080}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "172.20.0.240"}]}}}));
+    let p = compile(
+        &node("n1"),
+        &[s],
+        &[slice("np", 8080, &[("10.244.1.5", "n2", R, R, false)])],
+    );
+    let ids: BTreeSet<u32> = [
+        fe("10.96.0.40", Proto::Tcp, 80),
+        fe("172.20.0.240", Proto::Tcp, 80),
+        fe("172.20.0.11", Proto::Tcp, 30080),
+    ]
+    .iter()
+    .map(|f| p.affinity_ids[f])
+    .collect();
+    assert_eq!(ids.len(), 1, "one id for every frontend: {ids:x?}");
+    let id = *ids.first().unwrap();
+    assert_eq!(
+        id & MASQ_MARK,
+        0,
+        "the masquerade bit is not part of the key"
+    );
+    // The record chain keys the map on the id alone, also for flows that carry the
+    // masquerade bit (external frontends, affinity miss), and puts the bit back after.
+    let rules = DynChain::Record { timeout: 10_800 }.rules();
+    let update = rules.iter().position(|r| r.starts_with("update")).unwrap();
+    assert!(
+        rules[..update]
+            .iter()
+            .any(|r| r.contains("ct mark set ct mark & 0xffffbfff")),
+        "{rules:?}"
+    );
+    assert!(
+        rules[update + 1..]
+            .iter()
+            .any(|r| r.contains("ct mark set ct mark | 0x4000")),
+        "{rules:?}"
+    );
+    assert_eq!(p.affinity_timeouts.get(&(id | MASQ_MARK)), Some(&10_800));
+}
+
+fn lb_local(health_port: u16) -> Service {
+    svc(json!({"metadata": {"name": "lb", "namespace": "shop"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.41", "selector": {"a": "b"},
+                 "externalTrafficPolicy": "Local", "healthCheckNodePort": health_port,
+                 "ports": [{"name": "http", "port": 80, "nodePort": 30081},
+                           {"name": "alt", "port": 81, "nodePort": 30082}]},
+        "status": {"loadBalancer": {"ingress": [{"ip": "172.20.0.240"}]}}}))
+}
+
+fn lb_slices(eps: &[(&str, &str, bool, bool, bool)]) -> [EndpointSlice; 2] {
+    let mut a = slice_named("lb", "http", "TCP", 8080, eps);
+    let mut b = slice_named("lb", "alt", "TCP", 8081, eps);
+    for s in [&mut a, &mut b] {
+        s.metadata.namespace = Some("shop".into());
+    }
+    [a, b]
+}
+
+#[test]
+fn health_check_node_port_reports_the_ready_local_endpoint_addresses() {
+    let mut c = Compiler::new(node("n1"));
+    c.upsert_service(&lb_local(32100));
+    let eps = [
+        ("10.244.0.5", "n1", R, R, false),
+        ("10.244.0.6", "n1", false, R, R),
+        ("10.244.1.5", "n2", R, R, false),
+    ];
+    for s in &lb_slices(&eps) {
+        c.upsert_slice(s);
+    }
+    c.update();
+    let d = c.take_diff();
+    assert!(d.health_changed);
+    // One ready local address, counted once although it backs two ports; the terminating
+    // one does not count (a node left with only those fails the check).
+    assert_eq!(
+        c.plan().health_checks.get(&32100),
+        Some(&ServiceHealth {
+            namespace: "shop".into(),
+            name: "lb".into(),
+            local_endpoints: 1
+        })
+    );
+    // The port is not a frontend: nothing in the maps matches or refuses it.
+    let on_node = |p: &ServicePlan| {
+        p.services
+            .keys()
+            .chain(p.no_endpoints.keys())
+            .any(|f| f.port == 32100)
+    };
+    assert!(!on_node(c.plan()));
+    // The last ready local endpoint starts terminating: the count drops to 0.
+    let eps = [
+        ("10.244.0.5", "n1", false, R, R),
+        ("10.244.1.5", "n2", R, R, false),
+    ];
+    for s in &lb_slices(&eps) {
+        c.upsert_slice(s);
+    }
+    c.update();
+    assert!(c.take_diff().health_changed);
+    assert_eq!(c.plan().health_checks[&32100].local_endpoints, 0);
+    // Unchanged counts are no change.
+    for s in &lb_slices(&eps) {
+        c.upsert_slice(s);
+    }
+    c.update();
+    assert!(!c.take_diff().health_changed);
+    // Policy Cluster: no health check; the port is gone.
+    let mut s = lb_local(32100);
+    s.spec.external_traffic_policy = Some("Cluster".into());
+    c.upsert_service(&s);
+    c.update();
+    assert!(c.take_diff().health_changed);
+    assert!(c.plan().health_checks.is_empty());
 }
