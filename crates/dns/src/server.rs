@@ -1,6 +1,16 @@
-//! Serving: hickory parses every request and encodes every response (truncation included);
-//! the answer comes from the indexed [`Zone`].
+//! Serving: hickory parses every request and encodes each record; [`respond`] puts the
+//! response together from the indexed [`Zone`]: the header, the question as asked, the
+//! sections RRset by RRset within the transport's size, and the OPT.
 //!
+//! - EDNS (RFC 6891): version 0 only. A query asking for a higher version gets BADVERS with our
+//!   version and no answer (§6.1.3), before anything else, so also for names we would forward
+//!   (as CoreDNS, nsd and knot). A query with an OPT gets ours (payload [`EDNS_PAYLOAD`]).
+//! - Size: UDP takes the client's EDNS payload size (less than 512 counts as 512; 512 without
+//!   EDNS), capped at ours; TCP 65535. The OPT's room is kept before any record goes in, so a
+//!   truncated response still carries it (§7). An answer or authority RRset that does not fit
+//!   whole is left out with everything after it and TC is set; additional records that do not
+//!   fit are left out without TC (RFC 2181 §9). nsd 4.6 and knot 3.2 do the same: a big RRset
+//!   gets TC and no answer records at all.
 //! - UDP: `udp_workers` threads each loop on `recvmmsg` → [`respond`] → `sendmmsg` over the
 //!   shared socket (`crate::udp`), holding the zone's read lock while answering a batch. (hickory's own UDP
 //!   server spawns a task and passes every response through a channel; measured in
@@ -9,7 +19,8 @@
 //! - TCP: hickory's `Server` with [`Handler`], our `RequestHandler`.
 //! - Names outside the zone go to the upstreams through [`Forwarder`]; with none configured
 //!   they get SERVFAIL at once (what CoreDNS' `kubernetes` plugin answers when no `forward`
-//!   follows it).
+//!   follows it). An upstream answer larger than the client's size is sent as a truncated
+//!   response of ours ([`relayed`]).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -19,8 +30,9 @@ use std::time::Duration;
 
 use hickory_server::net::runtime::Time;
 use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::ProtoError;
 use hickory_server::proto::op::{
-    Edns, Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
+    Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
 };
 use hickory_server::proto::rr::{DNSClass, Record, RecordType};
 use hickory_server::proto::serialize::binary::{BinEncodable, BinEncoder};
@@ -28,10 +40,13 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::sync::oneshot;
 
+use crate::wire::{OPT_LEN, opt_record};
 use crate::zone::{Lookup, Zone};
 
 /// The EDNS payload size we advertise (the DNS flag day 2020 value).
 pub const EDNS_PAYLOAD: u16 = 1232;
+/// The highest EDNS version we implement.
+pub const EDNS_VERSION: u8 = 0;
 /// How long a forwarded query may take in all before the client gets SERVFAIL.
 pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -50,22 +65,43 @@ pub enum Outcome {
 }
 
 /// Answers `request` from `zone` into `out` (cleared first). `max_size`: the largest
-/// response the transport takes (UDP: the client's EDNS size or 512; TCP: 65535); a larger
-/// answer is truncated and flagged TC, so the client retries over TCP.
+/// response the transport takes (UDP: [`udp_max_size`]; TCP: 65535); what does not fit is
+/// left out as the module doc says, with TC when the client should ask again over TCP.
 pub fn respond(zone: &Zone, request: &Request, max_size: u16, out: &mut Vec<u8>) -> Outcome {
+    answer(zone, request, max_size, out).0
+}
+
+/// [`respond`], and whether the response holds every record of the answer. Only such a
+/// response is the same for every client whatever its size (at least 512), so only it may be
+/// given to others (the UDP workers' stored responses).
+pub(crate) fn answer(
+    zone: &Zone,
+    request: &Request,
+    max_size: u16,
+    out: &mut Vec<u8>,
+) -> (Outcome, bool) {
     out.clear();
     let meta = &request.metadata;
     if meta.message_type == MessageType::Response {
-        return Outcome::Drop;
+        return (Outcome::Drop, false);
     }
-    let edns = request.edns.as_ref().map(|_| our_edns());
+    let edns = request.edns.is_some();
     let base = Metadata::response_from_request(meta);
     let fail = |code: ResponseCode, out: &mut Vec<u8>| {
         let mut m = base;
         m.response_code = code;
-        encode(request, m, edns.as_ref(), &[], &[], &[], max_size, out)
-            .map_or(Outcome::Drop, |()| Outcome::Answered(code))
+        match encode(request, m, edns, [&[], &[], &[]], max_size, out) {
+            Ok(whole) => (Outcome::Answered(code), whole),
+            Err(()) => (Outcome::Drop, false),
+        }
     };
+    if request
+        .edns
+        .as_ref()
+        .is_some_and(|e| e.version() > EDNS_VERSION)
+    {
+        return fail(ResponseCode::BADVERS, out);
+    }
     if meta.op_code != OpCode::Query {
         return fail(ResponseCode::NotImp, out);
     }
@@ -79,22 +115,14 @@ pub fn respond(zone: &Zone, request: &Request, max_size: u16, out: &mut Vec<u8>)
         return fail(ResponseCode::Refused, out);
     }
     match zone.lookup(query.name(), query.query_type()) {
-        Lookup::Forward => Outcome::Forward,
+        Lookup::Forward => (Outcome::Forward, false),
         Lookup::Answer(a) => {
             let mut rmeta = base;
             rmeta.authoritative = a.authoritative;
             rmeta.response_code = a.rcode;
-            match encode(
-                request,
-                rmeta,
-                edns.as_ref(),
-                &a.answers,
-                &a.authority,
-                &a.additional,
-                max_size,
-                out,
-            ) {
-                Ok(()) => Outcome::Answered(a.rcode),
+            let sections = [&a.answers[..], &a.authority[..], &a.additional[..]];
+            match encode(request, rmeta, edns, sections, max_size, out) {
+                Ok(whole) => (Outcome::Answered(a.rcode), whole),
                 Err(()) => fail(ResponseCode::ServFail, out),
             }
         }
@@ -103,61 +131,167 @@ pub fn respond(zone: &Zone, request: &Request, max_size: u16, out: &mut Vec<u8>)
 
 /// SERVFAIL for `request` (no upstream, or the upstreams did not answer in time).
 pub fn servfail(request: &Request, max_size: u16, out: &mut Vec<u8>) -> bool {
-    out.clear();
     let mut m = Metadata::response_from_request(&request.metadata);
     m.response_code = ResponseCode::ServFail;
-    let edns = request.edns.as_ref().map(|_| our_edns());
-    encode(request, m, edns.as_ref(), &[], &[], &[], max_size, out).is_ok()
+    encode(
+        request,
+        m,
+        request.edns.is_some(),
+        [&[], &[], &[]],
+        max_size,
+        out,
+    )
+    .is_ok()
 }
 
-fn our_edns() -> Edns {
-    let mut e = Edns::new();
-    e.set_max_payload(EDNS_PAYLOAD);
-    e
+/// What the client gets of the upstream response `resp` to `request`: `resp` when it fits
+/// `max_size`, else a truncated response of ours (TC, the question, our OPT when the query had
+/// one, the upstream's RCODE, AA and RA), so the client asks again over TCP. `None` when even
+/// that cannot be encoded.
+pub fn relayed(request: &Request, resp: Vec<u8>, max_size: u16) -> Option<Vec<u8>> {
+    if resp.len() <= usize::from(max_size) {
+        return Some(resp);
+    }
+    let mut m = Metadata::response_from_request(&request.metadata);
+    m.truncation = true;
+    if let [_, _, flags, codes, ..] = resp[..] {
+        m.authoritative = flags & 0x04 != 0;
+        m.recursion_available = codes & 0x80 != 0;
+        m.response_code = ResponseCode::from_low(codes & 0x0f);
+    }
+    let mut out = Vec::new();
+    let edns = request.edns.is_some();
+    encode(request, m, edns, [&[], &[], &[]], max_size, &mut out)
+        .ok()
+        .map(|_| out)
 }
 
-#[allow(clippy::too_many_arguments)] // the sections of one message
+/// Encodes a response into `out` (cleared first), at most `max_size` bytes: the header, the
+/// question as the client sent it, the answer, authority and additional sections (`sections`)
+/// RRset by RRset as far as they fit, then our OPT when `edns` (the query had one), whose room
+/// is kept from the start (RFC 6891 §7). Returns whether every record went in. On an encoding
+/// error (not a full buffer) `out` is left empty.
 fn encode(
     request: &Request,
     meta: Metadata,
-    edns: Option<&Edns>,
-    answers: &[&Record],
-    authority: &[&Record],
-    additional: &[&Record],
+    edns: bool,
+    sections: [&[&Record]; 3],
     max_size: u16,
     out: &mut Vec<u8>,
-) -> Result<(), ()> {
-    let mut builder = MessageResponseBuilder::from_message_request(request);
-    if let Some(e) = edns {
-        builder.edns(e);
-    }
-    let resp = builder.build(
-        meta,
-        answers.iter().copied(),
-        std::iter::empty(),
-        authority.iter().copied(),
-        additional.iter().copied(),
-    );
-    let mut enc = BinEncoder::new(out);
-    enc.set_max_size(max_size);
-    match resp.destructive_emit(&mut enc) {
-        Ok(_) => Ok(()),
+) -> Result<bool, ()> {
+    out.clear();
+    let room = if edns {
+        max_size.saturating_sub(OPT_LEN as u16)
+    } else {
+        max_size
+    };
+    match encode_sections(request, meta, edns, sections, room, out) {
+        Ok(whole) => {
+            if edns {
+                out.extend_from_slice(&opt_record(meta.response_code.high()));
+            }
+            Ok(whole)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "cannot encode a response");
             out.clear();
-            let mut m = Metadata::new(meta.id, MessageType::Response, meta.op_code);
-            m.response_code = ResponseCode::ServFail;
-            let header = Header {
-                metadata: m,
-                counts: HeaderCounts::default(),
-            };
-            let mut enc = BinEncoder::new(out);
-            header.emit(&mut enc).map_err(|_| ())
+            Err(())
         }
     }
 }
 
-/// The largest UDP response `request` accepts.
+/// The header, the question and the sections of [`encode`], within `room` bytes; the
+/// header's additional count includes the OPT that follows when `edns`.
+fn encode_sections(
+    request: &Request,
+    meta: Metadata,
+    edns: bool,
+    sections: [&[&Record]; 3],
+    room: u16,
+    out: &mut Vec<u8>,
+) -> Result<bool, ProtoError> {
+    let mut enc = BinEncoder::new(out);
+    enc.set_max_size(room);
+    let place = enc.place::<Header>()?;
+    // The question byte for byte (DNS 0x20 clients compare it), remembered for compression as
+    // hickory does: as a whole, type and class included, so no later name points into it
+    // (`zone::EncodedSoa` and `wire::negative` rely on that).
+    let question = request.queries.as_bytes();
+    let start = enc.offset();
+    enc.emit_vec(question)?;
+    if !request.queries.is_empty() {
+        enc.store_label_pointer(start, start + question.len());
+    }
+    let mut counts = [0u16; 3];
+    let mut truncated = meta.truncation;
+    let mut whole = true;
+    for (i, records) in sections.into_iter().enumerate() {
+        let (n, all) = emit_rrsets(&mut enc, records)?;
+        counts[i] = n;
+        if !all {
+            whole = false;
+            // RFC 2181 §9: TC when the answer or authority section lost an RRset, not for
+            // additional information.
+            truncated |= i < 2;
+            break;
+        }
+    }
+    let queries = u16::try_from(request.queries.len())
+        .map_err(|_| ProtoError::Message("too many queries to fit in header count"))?;
+    let mut metadata = meta;
+    metadata.truncation = truncated;
+    let header = Header {
+        metadata,
+        counts: HeaderCounts {
+            queries,
+            answers: counts[0],
+            authorities: counts[1],
+            additionals: counts[2] + u16::from(edns),
+        },
+    };
+    place.replace(&mut enc, header)?;
+    Ok(whole)
+}
+
+/// Emits `records` RRset by RRset: the records of one name, type and class together, in the
+/// order of each RRset's first record. An RRset that does not fit whole is taken out again
+/// and ends the section. Returns how many records went in and whether all did.
+fn emit_rrsets(enc: &mut BinEncoder<'_>, records: &[&Record]) -> Result<(u16, bool), ProtoError> {
+    let same_rrset = |a: &Record, b: &Record| {
+        a.record_type() == b.record_type() && a.dns_class == b.dns_class && a.name == b.name
+    };
+    let mut taken = vec![false; records.len()];
+    let mut count = 0u16;
+    for i in 0..records.len() {
+        if taken[i] {
+            continue;
+        }
+        let mark = enc.offset();
+        let mut n = 0u16;
+        for j in i..records.len() {
+            if taken[j] || !same_rrset(records[i], records[j]) {
+                continue;
+            }
+            taken[j] = true;
+            match records[j].emit(enc) {
+                Ok(()) => n += 1,
+                Err(ProtoError::MaxBufferSizeExceeded(_)) => {
+                    // Back to before the RRset: its bytes and the names it left for
+                    // compression.
+                    enc.set_offset(mark);
+                    enc.trim();
+                    return Ok((count, false));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        count += n;
+    }
+    Ok((count, true))
+}
+
+/// The largest UDP response `request` accepts: its EDNS payload size (512 when less, or
+/// without EDNS; RFC 6891 §6.2.5, RFC 1035 §4.2.1), at most ours.
 pub fn udp_max_size(request: &Request) -> u16 {
     request.max_payload().min(EDNS_PAYLOAD.max(512))
 }
@@ -447,9 +581,10 @@ impl RequestHandler for Handler {
             Outcome::Drop => None,
             Outcome::Forward => {
                 let fwd = match &self.forwarder {
-                    Some(f) if f.has_upstreams() => {
-                        f.forward(request.as_slice(), usize::from(max)).await
-                    }
+                    Some(f) if f.has_upstreams() => f
+                        .forward(request.as_slice(), usize::from(max))
+                        .await
+                        .and_then(|r| relayed(request, r, max)),
                     _ => None,
                 };
                 match fwd {

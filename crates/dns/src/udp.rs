@@ -11,9 +11,11 @@
 //! paths produce) is answered by [`crate::wire::negative`] without parsing or encoding the
 //! message: one lookup of the question's lowercase wire form in the zone's index, then the
 //! header, the question as sent, the SOA encoded once per zone serial, a fixed OPT.
-//! Only authoritative NOERROR/NXDOMAIN responses of at most 512 bytes are kept (valid for any
-//! transport size); the store is emptied whenever the zone's serial changes, and when it holds
-//! [`CACHE_MAX`] entries.
+//! Only authoritative NOERROR/NXDOMAIN responses of at most 512 bytes that hold every record
+//! of their answer are kept: those are what any client gets, whatever its size (at least 512),
+//! so the key needs no size. A response that left something out for the asker's size (an
+//! RRset with TC, or additional records) is that asker's only. The store is emptied whenever
+//! the zone's serial changes, and when it holds [`CACHE_MAX`] entries.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -26,7 +28,7 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::ResponseCode;
 use hickory_server::server::Request;
 
-use crate::server::{Forwarder, Outcome, SharedZone, respond, servfail, udp_max_size};
+use crate::server::{Forwarder, Outcome, SharedZone, answer, relayed, servfail, udp_max_size};
 use crate::wire::{QUESTION_MAX, lower_question, negative, plain_query};
 use crate::zone::FxHasher;
 use std::collections::HashMap;
@@ -272,11 +274,12 @@ pub(crate) fn udp_loop(
                     Err(_) => formerr(raw, &mut out),
                     Ok(request) => {
                         let max = udp_max_size(&request);
-                        match respond(&z, &request, max, &mut out) {
-                            Outcome::Answered(code) => {
+                        match answer(&z, &request, max, &mut out) {
+                            (Outcome::Answered(code), whole) => {
                                 let aa = out.get(2).is_some_and(|f| f & 0x04 != 0);
                                 if let Some((_, _, len)) = plain
                                     && aa
+                                    && whole
                                     && out.len() <= 512
                                     && matches!(
                                         code,
@@ -289,8 +292,8 @@ pub(crate) fn udp_loop(
                                     );
                                 }
                             }
-                            Outcome::Drop => out.clear(),
-                            Outcome::Forward => match fwd.filter(|f| f.has_upstreams()) {
+                            (Outcome::Drop, _) => out.clear(),
+                            (Outcome::Forward, _) => match fwd.filter(|f| f.has_upstreams()) {
                                 None => {
                                     if !servfail(&request, max, &mut out) {
                                         out.clear();
@@ -322,11 +325,12 @@ fn forward(
 ) {
     rt.spawn(async move {
         let mut out = Vec::new();
-        match f.forward(request.as_slice(), usize::from(max)).await {
-            Some(resp) if resp.len() <= usize::from(max) => {
+        let resp = f.forward(request.as_slice(), usize::from(max)).await;
+        match resp.and_then(|r| relayed(&request, r, max)) {
+            Some(resp) => {
                 let _ = sock.send_to(&resp, src);
             }
-            _ => {
+            None => {
                 if servfail(&request, max, &mut out) {
                     let _ = sock.send_to(&out, src);
                 }

@@ -20,6 +20,17 @@ use crate::zone::Zone;
 /// one byte more for the caller (the EDNS flag of the stored responses' key).
 pub const QUESTION_MAX: usize = 255 + 4 + 1;
 
+/// The length of [`opt_record`].
+pub const OPT_LEN: usize = 11;
+
+/// Our OPT record (RFC 6891 §6.1.2): root owner, type 41, our payload size as its class,
+/// `rcode_high` (the upper 8 bits of the response's extended RCODE), version 0, no flags, no
+/// options.
+pub fn opt_record(rcode_high: u8) -> [u8; OPT_LEN] {
+    let [hi, lo] = EDNS_PAYLOAD.to_be_bytes();
+    [0, 0, 41, hi, lo, rcode_high, 0, 0, 0, 0, 0]
+}
+
 /// Where the question ends and whether an OPT record follows, for a plain query; `None` for
 /// anything else (the full path handles it).
 pub fn plain_query(raw: &[u8]) -> Option<(usize, bool)> {
@@ -45,7 +56,8 @@ pub fn plain_query(raw: &[u8]) -> Option<(usize, bool)> {
     if count(10) == 0 {
         return (raw.len() == q_end).then_some((q_end, false));
     }
-    // An EDNS0 OPT: root owner, type 41, version 0, no options.
+    // An EDNS0 OPT: root owner, type 41, version 0, no options. (Another version takes the
+    // full path, which answers BADVERS.)
     let opt = raw.get(q_end..)?;
     (opt.len() == 11 && opt[0] == 0 && opt[1..3] == [0, 41] && opt[6] == 0 && opt[9..11] == [0, 0])
         .then_some((q_end, true))
@@ -113,8 +125,7 @@ pub fn negative(
         return false;
     }
     if edns {
-        let [hi, lo] = EDNS_PAYLOAD.to_be_bytes();
-        out.extend_from_slice(&[0, 0, 41, hi, lo, 0, 0, 0, 0, 0, 0]);
+        out.extend_from_slice(&opt_record(0));
     }
     if out.len() > 512 {
         out.clear();
