@@ -1,5 +1,6 @@
 //! Tier 2: the CLI contract of design.md §3 beyond the basics: label, delete -f, get formats,
-//! Deployments (spread, scale, replacement), lab exec on nodes and the external host.
+//! Deployments (spread, scale, replacement), lab exec on nodes and the external host, delete -f
+//! of identity-only stubs.
 
 mod common;
 
@@ -167,6 +168,84 @@ fn label_delete_file_and_get_formats() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("ghost"));
     assert!(lab.run(&["get", "pod", "a"]).status.code() != Some(0));
     assert!(lab.run(&["get", "pod", "b"]).status.code() != Some(0));
+}
+
+/// `delete -f` reads only apiVersion, kind, metadata.name and metadata.namespace, as kubectl
+/// does: a file of stubs (one of them in a `List`) deletes full objects, a name that does not
+/// exist is reported while the others still go, and the exit code stays 0.
+#[test]
+fn delete_file_of_identity_stubs_deletes_and_reports_the_missing() {
+    if !can_run("delete_file_of_identity_stubs_deletes_and_reports_the_missing") {
+        return;
+    }
+    let lab = Lab::up("e2edelid", &["--nodes", "1"]);
+    lab.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n");
+    lab.apply(DEPLOY);
+    lab.apply(concat!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: solo, namespace: shop}\nspec:\n  containers: [{name: c, command: [sleep, infinity]}]\n",
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}]\n",
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: shop}\nspec: {podSelector: {}}\n",
+        "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: shop}\nspec:\n  defaultBackend: {service: {name: web, port: {number: 80}}}\n",
+    ));
+    // Stubs: no spec at all, and a Service whose spec apply would refuse.
+    let stubs = concat!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: solo}\n",
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {ports: outdated}\n",
+        "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\n",
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {name: ghost, namespace: shop}\n",
+        "---\nkind: List\napiVersion: v1\nitems:\n",
+        "- {apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: deny, namespace: shop}}\n",
+        "- {apiVersion: networking.k8s.io/v1, kind: Ingress, metadata: {name: web, namespace: shop}}\n",
+    );
+    let path = std::env::temp_dir().join(format!("flatnet-e2edelid-{}.yaml", std::process::id()));
+    std::fs::write(&path, stubs).expect("write");
+    let out = lab.run(&["delete", "-n", "shop", "-f", path.to_str().expect("path")]);
+    let _ = std::fs::remove_file(&path);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stderr.contains("ghost") && stderr.contains("not found"),
+        "{stderr}"
+    );
+    for (kind, name) in [
+        ("pod", "solo"),
+        ("service", "web"),
+        ("deployment", "web"),
+        ("networkpolicy", "deny"),
+        ("ingress", "web"),
+    ] {
+        assert!(
+            stdout.contains(&format!("{kind}/{name} deleted")),
+            "{kind}/{name}: {stdout}"
+        );
+        let get = lab.run(&["get", kind, name, "-n", "shop"]);
+        assert!(!get.status.success(), "{kind}/{name} still exists");
+    }
+    // The Deployment's pods go with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !pods(&lab, "shop").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the Deployment's pods were not deleted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A document that names nothing is refused before anything is deleted.
+    lab.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: keep, namespace: shop}\nspec:\n  containers: [{name: c, command: [sleep, infinity]}]\n");
+    std::fs::write(&path, "apiVersion: v1\nkind: Pod\nmetadata: {name: keep, namespace: shop}\n---\napiVersion: v1\nkind: Pod\nmetadata: {namespace: shop}\n").expect("write");
+    let out = lab.run(&["delete", "-f", path.to_str().expect("path")]);
+    let _ = std::fs::remove_file(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("metadata.name: Required value"),
+        "{stderr}"
+    );
+    assert!(
+        lab.run(&["get", "pod", "keep", "-n", "shop"])
+            .status
+            .success()
+    );
 }
 
 #[test]

@@ -666,3 +666,171 @@ fn pods_reach_the_outside_as_their_node_and_each_other_unnated() {
         "pod to pod keeps the pod address: {seen:?}"
     );
 }
+
+/// A line-echo server on TCP 9000 that prefixes each answer with its pod's name.
+const ECHO_PY: &str = "import os,socketserver\nN=os.environ['POD_NAME'].encode()\nclass H(socketserver.StreamRequestHandler):\n    def handle(self):\n        for line in self.rfile:\n            self.wfile.write(N+b' '+line); self.wfile.flush()\nsocketserver.ThreadingTCPServer.allow_reuse_address=True\nsocketserver.ThreadingTCPServer(('',9000),H).serve_forever()\n";
+
+/// An echo pod of service `echo`; `spec` and `container` are appended to its spec and its
+/// container (indented YAML lines).
+fn echo_pod(name: &str, spec: &str, container: &str) -> String {
+    let script = serde_json::to_string(ECHO_PY).unwrap();
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, labels: {{app: echo}}}}\nspec:\n  nodeName: node1\n{spec}  containers:\n  - name: s\n    command: [/usr/bin/python3, -c, {script}]\n    ports: [{{containerPort: 9000}}]\n{container}---\n"
+    )
+}
+
+/// Asks the echo service once on a new connection; the answering pod's name.
+fn who(lab: &Lab, ip: &str) -> String {
+    let py = format!(
+        "import socket\ns=socket.create_connection(('{ip}',80),timeout=2)\ns.sendall(b'who\\n')\nprint(s.recv(100).decode().split()[0])\n"
+    );
+    let out = lab.exec("default", "client", &["/usr/bin/python3", "-c", &py]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn endpoint_conditions(lab: &Lab, pod: &str) -> Option<serde_json::Value> {
+    let slices = lab.get_json(&["endpointslices"]);
+    slices["items"].as_array()?.iter().find_map(|s| {
+        s["endpoints"]
+            .as_array()?
+            .iter()
+            .find_map(|e| (e["targetRef"]["name"] == pod).then(|| e["conditions"].clone()))
+    })
+}
+
+/// Upstream's "should keep existing connections when pod is terminating", "should fallback to
+/// terminating endpoints when there are no ready endpoints" and kubectl's grace-period flags,
+/// with a kubelet that deletes gracefully: deletionTimestamp, the preStop hook, SIGTERM, then
+/// SIGKILL at the end of the grace period.
+#[test]
+fn graceful_delete_keeps_connections_and_falls_back_to_terminating_endpoints() {
+    if !can_run("graceful_delete_keeps_connections_and_falls_back_to_terminating_endpoints") {
+        return;
+    }
+    let lab = Lab::up("e2egrace", &["--nodes", "1"]);
+    // `a` stays up 30 s after its delete (preStop sleep), then stops on SIGTERM.
+    lab.apply(&(echo_pod(
+        "a",
+        "  terminationGracePeriodSeconds: 60\n",
+        "    lifecycle: {preStop: {sleep: {seconds: 30}}}\n",
+    ) + "apiVersion: v1\nkind: Service\nmetadata: {name: echo}\nspec:\n  selector: {app: echo}\n  ports: [{port: 80, targetPort: 9000}]\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: client}\nspec:\n  nodeName: node1\n  containers: [{name: c, command: [sleep, infinity]}]\n"));
+    lab.wait_ready("default", "a", WAIT);
+    lab.wait_ready("default", "client", WAIT);
+    lab.ok(&["wait", "--converged", "--timeout", "30s"]);
+    let ip = cluster_ip(&lab, "echo");
+    assert_eq!(who(&lab, &ip), "a");
+
+    // An established connection through the ClusterIP: one answer before the delete, one
+    // while `a` terminates.
+    let py = format!(
+        "import socket,sys,time\ns=socket.create_connection(('{ip}',80),timeout=5)\ns.sendall(b'one\\n'); print(s.recv(100).decode().strip(), flush=True)\nsys.stdin.readline()\ns.sendall(b'two\\n'); print(s.recv(100).decode().strip(), flush=True)\n"
+    );
+    let mut conn = lab
+        .cmd(&["exec", "client", "--", "/usr/bin/python3", "-c", &py])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(conn.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "a one");
+
+    let started = Instant::now();
+    let deleted = lab.ok(&["delete", "pod", "a", "--wait=false"]);
+    assert!(deleted.contains("pod/a deleted"), "{deleted}");
+    let a = lab.get_json(&["pod", "a"]);
+    assert!(a["metadata"]["deletionTimestamp"].is_string(), "{a}");
+    assert_eq!(a["metadata"]["deletionGracePeriodSeconds"], 60);
+    assert!(lab.ok(&["get", "pods"]).contains("Terminating"));
+    // The endpoints controller marks it terminating and still serving.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = endpoint_conditions(&lab, "a");
+        if c.as_ref().is_some_and(|c| c["terminating"] == true) {
+            let c = c.unwrap();
+            assert_eq!(
+                (c["ready"].clone(), c["serving"].clone()),
+                (false.into(), true.into()),
+                "{c}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a never became terminating: {c:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    lab.ok(&["wait", "--converged", "--timeout", "30s"]);
+    {
+        use std::io::Write;
+        conn.stdin.as_mut().unwrap().write_all(b"\n").unwrap();
+    }
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "a two",
+        "the established connection survives the delete"
+    );
+    assert!(conn.wait().unwrap().success());
+    // No ready endpoint is left: new connections fall back to the terminating one.
+    assert_eq!(
+        who(&lab, &ip),
+        "a",
+        "fallback to a serving, terminating endpoint"
+    );
+
+    // Once a ready endpoint exists, new connections go there only.
+    lab.apply(&echo_pod("b", "", ""));
+    lab.wait_ready("default", "b", WAIT);
+    lab.ok(&["wait", "--converged", "--timeout", "30s"]);
+    for _ in 0..6 {
+        assert_eq!(
+            who(&lab, &ip),
+            "b",
+            "a terminating endpoint gets no new connection"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the checks above must run inside a's preStop sleep; took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        lab.run(&["get", "pod", "a"]).status.success(),
+        "a is still terminating"
+    );
+
+    // --grace-period=0 --force removes it at once; the kubelet cuts the termination short.
+    lab.ok(&["delete", "pod", "a", "--grace-period=0", "--force"]);
+    assert!(!lab.run(&["get", "pod", "a"]).status.success());
+    let netns = lab::Lab::new("e2egrace").unwrap().pod_netns("default", "a");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::lab_namespaces("e2egrace").contains(&netns) {
+        assert!(
+            Instant::now() < deadline,
+            "a's sandbox outlived its forced delete"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A process that ignores SIGTERM is killed when --grace-period runs out; delete waits.
+    lab.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: stubborn}\nspec:\n  nodeName: node1\n  containers: [{name: c, command: [sh, -c, \"trap '' TERM; while :; do sleep 0.2; done\"]}]\n",
+    );
+    lab.wait_ready("default", "stubborn", WAIT);
+    let t = Instant::now();
+    lab.ok(&["delete", "pod", "stubborn", "--grace-period=2"]);
+    let took = t.elapsed();
+    assert!(!lab.run(&["get", "pod", "stubborn"]).status.success());
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(15),
+        "SIGKILL after the 2 s grace period, delete waiting for it: {took:?}"
+    );
+    // A pod that stops on SIGTERM is gone long before its 30 s default.
+    let t = Instant::now();
+    lab.ok(&["delete", "pod", "client"]);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}

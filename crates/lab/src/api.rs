@@ -476,7 +476,7 @@ pub async fn reconcile_deployment(store: &EtcdStore, ns: &str, name: &str) -> Re
         // Gone: its pods go too (the garbage collector's part), also those a reconcile that
         // raced with the deletion made.
         for (pod, _) in owned_pods(store, ns, name).await? {
-            store.delete(&kind_key(Kind::Pod, Some(ns), &pod)).await?;
+            delete_pod_ignoring_missing(store, ns, &pod).await?;
         }
         return Ok(());
     };
@@ -520,13 +520,14 @@ pub async fn reconcile_deployment(store: &EtcdStore, ns: &str, name: &str) -> Re
         // Newest first, as the ReplicaSet controller prefers to remove young pods.
         owned.sort_by(|a, b| b.1.cmp(&a.1));
         for (pod, _) in owned.into_iter().take(excess) {
-            store.delete(&kind_key(Kind::Pod, Some(ns), &pod)).await?;
+            delete_pod_ignoring_missing(store, ns, &pod).await?;
         }
     }
     Ok(())
 }
 
-/// (name, creationTimestamp) of the pods a Deployment owns.
+/// (name, creationTimestamp) of the pods a Deployment owns, those being deleted left out
+/// (the ReplicaSet controller replaces a terminating pod at once).
 async fn owned_pods(
     store: &EtcdStore,
     ns: &str,
@@ -541,7 +542,7 @@ async fn owned_pods(
     Ok(pods
         .iter()
         .filter_map(|kv| kv.decode::<Value>().ok())
-        .filter(|p| owned_by_deployment(p, deployment))
+        .filter(|p| owned_by_deployment(p, deployment) && !is_terminating(p))
         .map(|p| {
             (
                 p.pointer("/metadata/name")
@@ -557,18 +558,35 @@ async fn owned_pods(
         .collect())
 }
 
-/// Deletes one object; a Namespace takes everything in it along, a Deployment its pods.
+/// How to delete (`DeleteOptions` of the Kubernetes API).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    /// Seconds a pod gets between SIGTERM and SIGKILL; `None`: its
+    /// `terminationGracePeriodSeconds` (default 30); 0 removes the object at once, without
+    /// waiting for its kubelet (kubectl's `--force`). Only pods use it.
+    pub grace_period: Option<i64>,
+}
+
+/// Deletes one object; a Namespace takes everything in it along at once, a Deployment its
+/// pods gracefully. A bound Pod is deleted gracefully as the API server does: it gets
+/// `deletionTimestamp` (now + grace period) and `deletionGracePeriodSeconds`, its kubelet runs
+/// the preStop hooks, sends SIGTERM, SIGKILL at the deadline, and removes the object when the
+/// pod is gone. Grace period 0, or a pod no node runs, removes it at once.
 pub async fn delete(
     store: &EtcdStore,
     kind: Kind,
     namespace: Option<&str>,
     name: &str,
+    opts: DeleteOptions,
 ) -> Result<(), ApiError> {
     let ns = if kind.namespaced() {
         Some(namespace.unwrap_or("default"))
     } else {
         None
     };
+    if kind == Kind::Pod {
+        return delete_pod(store, ns.unwrap_or("default"), name, opts).await;
+    }
     let key = kind_key(kind, ns, name);
     if !store.delete(&key).await? {
         return Err(ApiError::not_found(kind, namespace, name));
@@ -591,13 +609,85 @@ pub async fn delete(
             release_allocations(store, |o| o == owner).await?;
         }
         Kind::Deployment => {
+            // The garbage collector's part: the pods go gracefully.
             for (pod, _) in owned_pods(store, ns.unwrap_or("default"), name).await? {
-                store.delete(&kind_key(Kind::Pod, ns, &pod)).await?;
+                delete_pod_ignoring_missing(store, ns.unwrap_or("default"), &pod).await?;
             }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// A graceful pod delete (see [`delete`]). A second delete may shorten the grace period,
+/// never lengthen it.
+async fn delete_pod(
+    store: &EtcdStore,
+    ns: &str,
+    name: &str,
+    opts: DeleteOptions,
+) -> Result<(), ApiError> {
+    let key = kind_key(Kind::Pod, Some(ns), name);
+    let mut found = false;
+    let mut at_once = false;
+    update(store, &key, |cur| {
+        found = !cur.is_null();
+        if !found {
+            return false;
+        }
+        let bound = cur
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some();
+        let grace = opts
+            .grace_period
+            .unwrap_or_else(|| {
+                cur.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(model::PodSpec::DEFAULT_GRACE_PERIOD_SECONDS)
+            })
+            .max(0);
+        at_once = !bound || grace == 0;
+        if at_once {
+            return false;
+        }
+        let deadline = unix_now().saturating_add(grace);
+        let current = cur
+            .pointer("/metadata/deletionTimestamp")
+            .and_then(Value::as_str)
+            .and_then(crate::parse_rfc3339);
+        if current.is_some_and(|c| c <= deadline) {
+            return false;
+        }
+        cur["metadata"]["deletionTimestamp"] = json!(crate::rfc3339(deadline));
+        cur["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        true
+    })
+    .await?;
+    if !found {
+        return Err(ApiError::not_found(Kind::Pod, Some(ns), name));
+    }
+    if at_once {
+        store.delete(&key).await?;
+    }
+    Ok(())
+}
+
+async fn delete_pod_ignoring_missing(
+    store: &EtcdStore,
+    ns: &str,
+    name: &str,
+) -> Result<(), ApiError> {
+    match delete_pod(store, ns, name, DeleteOptions::default()).await {
+        Err(ApiError::NotFound { .. }) | Ok(()) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the object is being deleted gracefully (has a `deletionTimestamp`).
+pub fn is_terminating(v: &Value) -> bool {
+    v.pointer("/metadata/deletionTimestamp")
+        .is_some_and(|t| !t.is_null())
 }
 
 /// Owners first, so the controller does not replace the pods of a Deployment being deleted.

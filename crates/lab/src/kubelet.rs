@@ -2,6 +2,13 @@
 //! and for each pod creates a network namespace, runs the CNI plugin chain exactly as a
 //! runtime would, starts the containers inside the namespace, and writes the pod's IP and
 //! readiness back to the store. Deleted pods are stopped and their network torn down (CNI DEL).
+//!
+//! A pod deleted gracefully (it has a `deletionTimestamp`) is terminated as a kubelet does, in
+//! a task of its own so other pods are served meanwhile: the containers' preStop hooks run
+//! (exec, httpGet, sleep), then SIGTERM, then SIGKILL once `deletionGracePeriodSeconds` have
+//! passed since the kubelet began (a shorter grace period from a later delete cuts it short);
+//! readiness keeps being probed until the end (the endpoint stays `serving`); then CNI DEL,
+//! and the object is removed from the store if it is still that pod (same uid).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -36,6 +43,15 @@ struct RunningPod {
     result: Option<Value>,
     /// Re-evaluates readiness for as long as the pod runs; aborted when it stops.
     prober: Option<tokio::task::JoinHandle<()>>,
+    /// Set once a graceful delete began.
+    termination: Option<Termination>,
+}
+
+/// A graceful termination in progress: its SIGKILL deadline (lowered by a later delete with a
+/// shorter grace period) and the task doing it.
+struct Termination {
+    deadline: tokio::sync::watch::Sender<Instant>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 /// Sent by the threads that wait for container processes.
@@ -89,7 +105,12 @@ pub async fn run(cfg: KubeletConfig) -> Result<(), LabError> {
             }
         }
         for (k, pod) in desired {
-            if !pods.contains_key(&k) {
+            if pods.contains_key(&k) {
+                begin_termination(&cfg, &store, &k, &pod, &mut pods);
+            } else if deletion_grace(&pod).is_some() {
+                // Deleted before it ever ran here: nothing to stop.
+                finalize(&store, &k, &uid(&pod)).await;
+            } else {
                 start_pod(&cfg, &store, &k, pod, &exit_tx, &mut pods).await;
             }
         }
@@ -108,10 +129,16 @@ pub async fn run(cfg: KubeletConfig) -> Result<(), LabError> {
                         let want = mine(&cfg, &kv.value);
                         let have_uid = pods.get(&kv.key).map(|p| p.uid.clone());
                         match (want, have_uid) {
-                            (Some(p), Some(u)) if uid(&p) == u => {}
+                            (Some(p), Some(u)) if uid(&p) == u => {
+                                begin_termination(&cfg, &store, &kv.key, &p, &mut pods);
+                            }
                             (Some(p), _) => {
                                 if let Some(rp) = pods.remove(&kv.key) { stop_pod(&cfg, &kv.key, rp).await; }
-                                start_pod(&cfg, &store, &kv.key, p, &exit_tx, &mut pods).await;
+                                if deletion_grace(&p).is_some() {
+                                    finalize(&store, &kv.key, &uid(&p)).await;
+                                } else {
+                                    start_pod(&cfg, &store, &kv.key, p, &exit_tx, &mut pods).await;
+                                }
                             }
                             (None, Some(_)) => {
                                 if let Some(rp) = pods.remove(&kv.key) { stop_pod(&cfg, &kv.key, rp).await; }
@@ -313,6 +340,7 @@ async fn start_pod(
                     pids: vec![],
                     result: None,
                     prober: None,
+                    termination: None,
                 },
             );
             return;
@@ -365,6 +393,7 @@ async fn start_pod(
             pids,
             result: Some(result),
             prober: None,
+            termination: None,
         },
     );
     if failure.is_some() {
@@ -719,7 +748,15 @@ fn probe_ok(c: &Container, ns: &datapath::NetNs, ip: Ipv4Addr, netns: &str) -> b
     true
 }
 
+/// Stops a pod at once: SIGTERM, SIGKILL after 2 s, CNI DEL. A graceful termination in
+/// progress is cut short (its deadline set to now) and awaited, so that a new sandbox of the
+/// same name never races its teardown.
 async fn stop_pod(cfg: &KubeletConfig, key: &str, mut rp: RunningPod) {
+    if let Some(t) = rp.termination.take() {
+        t.deadline.send_replace(Instant::now());
+        let _ = t.task.await;
+        return;
+    }
     if let Some(p) = rp.prober.take() {
         p.abort();
     }
@@ -744,6 +781,246 @@ async fn stop_pod(cfg: &KubeletConfig, key: &str, mut rp: RunningPod) {
         teardown_network(&cfg, &rp.uid, &rp.netns, rp.result.as_ref());
     })
     .await;
+}
+
+/// `deletionGracePeriodSeconds` of a pod being deleted gracefully (0 when it has only a
+/// `deletionTimestamp`); `None` when it is not being deleted.
+fn deletion_grace(pod: &Pod) -> Option<Duration> {
+    let meta = &pod.metadata.extra;
+    meta.get("deletionTimestamp").filter(|t| !t.is_null())?;
+    let secs = meta
+        .get("deletionGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    Some(Duration::from_secs(secs.max(0).unsigned_abs()))
+}
+
+/// Starts the graceful termination of a running pod that has a `deletionTimestamp`, or
+/// lowers the deadline of one in progress when the grace period was shortened.
+fn begin_termination(
+    cfg: &KubeletConfig,
+    store: &EtcdStore,
+    key: &str,
+    pod: &Pod,
+    pods: &mut HashMap<String, RunningPod>,
+) {
+    let (Some(grace), Some(rp)) = (deletion_grace(pod), pods.get_mut(key)) else {
+        return;
+    };
+    let deadline = Instant::now() + grace;
+    if let Some(t) = &rp.termination {
+        t.deadline.send_if_modified(|d| {
+            let sooner = deadline < *d;
+            if sooner {
+                *d = deadline;
+            }
+            sooner
+        });
+        return;
+    }
+    tracing::info!(pod = key, grace = ?grace, "terminating gracefully");
+    let (tx, rx) = tokio::sync::watch::channel(deadline);
+    let job = Terminate {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        key: key.to_string(),
+        pod: pod.clone(),
+        uid: rp.uid.clone(),
+        pids: rp.pids.clone(),
+        netns: rp.netns.clone(),
+        result: rp.result.clone(),
+        prober: rp.prober.take(),
+    };
+    rp.termination = Some(Termination {
+        deadline: tx,
+        task: tokio::spawn(job.run(rx)),
+    });
+}
+
+/// What a graceful termination needs of its pod.
+struct Terminate {
+    cfg: KubeletConfig,
+    store: EtcdStore,
+    key: String,
+    pod: Pod,
+    uid: String,
+    pids: Vec<u32>,
+    netns: String,
+    result: Option<Value>,
+    prober: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Terminate {
+    async fn run(self, mut deadline: tokio::sync::watch::Receiver<Instant>) {
+        let ip = self.result.as_ref().and_then(runtime::result_ip);
+        let mut hooks = tokio::task::JoinSet::new();
+        for c in &self.pod.spec.containers {
+            if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()) {
+                let (c, netns) = (c.clone(), self.netns.clone());
+                hooks.spawn(pre_stop(hook, c, netns, ip));
+            }
+        }
+        until(&mut deadline, async {
+            while hooks.join_next().await.is_some() {}
+        })
+        .await;
+        hooks.abort_all();
+        for pid in &self.pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let pids = self.pids.clone();
+        until(&mut deadline, async move {
+            while pids
+                .iter()
+                .any(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if let Some(p) = &self.prober {
+            p.abort();
+        }
+        let (cfg, uid, netns, result) = (
+            self.cfg.clone(),
+            self.uid.clone(),
+            self.netns.clone(),
+            self.result.clone(),
+        );
+        let _ = tokio::task::spawn_blocking(move || {
+            teardown_network(&cfg, &uid, &netns, result.as_ref())
+        })
+        .await;
+        tracing::info!(pod = self.key, "terminated");
+        finalize(&self.store, &self.key, &self.uid).await;
+    }
+}
+
+/// Runs `fut` until it ends or the (possibly lowered) deadline passes.
+async fn until(
+    deadline: &mut tokio::sync::watch::Receiver<Instant>,
+    fut: impl Future<Output = ()>,
+) {
+    tokio::pin!(fut);
+    let mut open = true;
+    loop {
+        let d = *deadline.borrow_and_update();
+        tokio::select! {
+            () = &mut fut => return,
+            () = tokio::time::sleep_until(d.into()) => return,
+            r = deadline.changed(), if open => open = r.is_ok(),
+        }
+    }
+}
+
+/// One container's preStop hook: exec (in the pod's network namespace, from the host
+/// filesystem, as the container's command runs), httpGet to the pod's IP, or sleep.
+/// `tcpSocket` is accepted and does nothing, as in the kubelet.
+async fn pre_stop(
+    hook: model::LifecycleHandler,
+    c: Container,
+    netns: String,
+    ip: Option<Ipv4Addr>,
+) {
+    if let Some(sleep) = &hook.sleep {
+        tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0).unsigned_abs())).await;
+    } else if let Some(exec) = hook.exec {
+        let Some((prog, args)) = exec.command.split_first() else {
+            return;
+        };
+        let mut std_cmd = std::process::Command::new(prog);
+        // The open namespace file must outlive the spawn.
+        let _ns = match shell::in_netns(&mut std_cmd, &shell::netns_path(&netns)) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(container = c.name, "preStop: {e}");
+                return;
+            }
+        };
+        let mut cmd = tokio::process::Command::from(std_cmd);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        match cmd.status().await {
+            Ok(st) if !st.success() => {
+                tracing::warn!(container = c.name, "preStop hook exited with {st}")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(container = c.name, "preStop hook: {e}"),
+        }
+    } else if let (Some(get), Some(ip)) = (hook.http_get, ip) {
+        let port = match &get.port {
+            model::IntOrString::Int(n) => u16::try_from(*n).ok(),
+            model::IntOrString::String(name) => c
+                .ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some(name))
+                .map(|p| p.container_port),
+        };
+        let (Some(port), path) = (port, get.path.unwrap_or_else(|| "/".into())) else {
+            return;
+        };
+        let _ = tokio::task::spawn_blocking(move || {
+            let Ok(ns) = datapath::NetNs::open(shell::netns_path(&netns)) else {
+                return;
+            };
+            let _ = ns.run(|| {
+                use std::io::{Read, Write};
+                let addr = SocketAddr::from((ip, port));
+                let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+                    return;
+                };
+                let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+                let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n");
+                let _ = s.read(&mut [0u8; 512]);
+            });
+        })
+        .await;
+    }
+}
+
+/// Removes a pod's object once its kubelet is done with it, only if it is still the pod with
+/// `uid` (a new pod of the same name is left alone). Retried while the store is unreachable.
+async fn finalize(store: &EtcdStore, key: &str, uid: &str) {
+    let deadline = Instant::now() + STATUS_RETRY_FOR;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let r = match store.get(key).await {
+            Ok(Some(kv)) => {
+                let same = kv.decode::<Value>().ok().is_some_and(|v| {
+                    v.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid)
+                });
+                if !same {
+                    return;
+                }
+                store.delete_if(key, kv.mod_revision).await.map(|_| ())
+            }
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => return,
+            // Written meanwhile (a status update): read again.
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                tracing::warn!(
+                    pod = key,
+                    "cannot remove the pod yet: {e}; retrying in {backoff:?}"
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::warn!(pod = key, "cannot remove the pod: {e}");
+                return;
+            }
+        }
+    }
 }
 
 /// Kills whatever still runs in the pod's namespace, runs CNI DEL, removes the namespace.
@@ -851,6 +1128,7 @@ async fn recover(cfg: &KubeletConfig, store: &EtcdStore) -> HashMap<String, Runn
                     pids,
                     result: rec.result,
                     prober,
+                    termination: None,
                 },
             );
         } else {

@@ -40,12 +40,13 @@ pub use ingress::{
     ServiceBackendPort, TLS_SECRET_TYPE, published_addresses,
 };
 pub use kind::Kind;
-pub use manifest::parse_manifests;
+pub use manifest::{ObjectRef, parse_manifests, parse_object_refs};
 pub use meta::{Condition, IntOrString, LabelSelector, LabelSelectorRequirement, ObjectMeta};
 pub use object::{Object, list_json, object_key, to_yaml};
 pub use pod::{
-    Container, ContainerPort, Deployment, DeploymentSpec, ExecAction, HttpGetAction, Pod, PodIp,
-    PodSpec, PodStatus, PodTemplate, Probe, TcpSocketAction,
+    Container, ContainerPort, Deployment, DeploymentSpec, ExecAction, HttpGetAction, Lifecycle,
+    LifecycleHandler, Pod, PodIp, PodSpec, PodStatus, PodTemplate, Probe, SleepAction,
+    TcpSocketAction,
 };
 pub use policy::{
     IpBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,

@@ -57,32 +57,108 @@ fn list_items(v: &Value) -> Option<&Vec<Value>> {
     None
 }
 
-/// Checks kind and apiVersion, applies create-time defaults, validates.
-fn to_object(mut value: Value) -> Result<Object, String> {
-    let Value::Object(root) = &mut value else {
+/// The identity of an object in a manifest: what `kubectl delete -f` needs of a document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectRef {
+    /// The document's `kind`.
+    pub kind: Kind,
+    /// `metadata.namespace` of a namespaced kind, `None` when the document does not say
+    /// (the caller's namespace applies); always `None` for cluster-scoped kinds.
+    pub namespace: Option<String>,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+/// Reads only `apiVersion`, `kind`, `metadata.name` and `metadata.namespace` of each document
+/// (and of each item of a `List`), as `kubectl delete -f` does: a stub, or an object whose
+/// spec is outdated or invalid, still names what to delete. Any kind flatnet knows is accepted.
+pub fn parse_object_refs(text: &str, source: &str) -> Result<Vec<ObjectRef>, ModelError> {
+    let mut out = Vec::new();
+    for doc in documents(text, source)? {
+        let invalid = |msg: String| ModelError::Invalid {
+            source_name: source.to_string(),
+            doc: doc.index,
+            msg,
+        };
+        match list_items(&doc.value) {
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    out.push(
+                        object_ref(item).map_err(|msg| invalid(format!("items[{i}]: {msg}")))?,
+                    );
+                }
+            }
+            None => out.push(object_ref(&doc.value).map_err(invalid)?),
+        }
+    }
+    Ok(out)
+}
+
+fn object_ref(value: &Value) -> Result<ObjectRef, String> {
+    let (kind, root) = kind_and_version(value, |_| true)?;
+    let meta = root.get("metadata");
+    let field = |f: &str| meta.and_then(|m| m.get(f));
+    let fail = |err: String| describe(kind.as_str(), None, &[err]);
+    let name = match field("name") {
+        Some(Value::String(n)) if !n.is_empty() => n.clone(),
+        None | Some(Value::Null) => return Err(fail("metadata.name: Required value".into())),
+        Some(Value::String(_)) => return Err(fail("metadata.name: Required value".into())),
+        Some(v) => {
+            return Err(fail(format!(
+                "metadata.name: Invalid value: {}: must be a string",
+                crate::validate::show(v)
+            )));
+        }
+    };
+    let namespace = match field("namespace") {
+        _ if !kind.namespaced() => None,
+        None | Some(Value::Null) => None,
+        Some(Value::String(n)) if n.is_empty() => None,
+        Some(Value::String(n)) => Some(n.clone()),
+        Some(v) => {
+            return Err(describe(
+                kind.as_str(),
+                Some(&name),
+                &[format!(
+                    "metadata.namespace: Invalid value: {}: must be a string",
+                    crate::validate::show(v)
+                )],
+            ));
+        }
+    };
+    Ok(ObjectRef {
+        kind,
+        namespace,
+        name,
+    })
+}
+
+/// Checks that a document is a mapping whose `kind` is known (and passes `accept`) and whose
+/// `apiVersion` is that kind's.
+fn kind_and_version(
+    value: &Value,
+    accept: fn(&Kind) -> bool,
+) -> Result<(Kind, &Map<String, Value>), String> {
+    let Value::Object(root) = value else {
         return Err(format!(
             "a document must be a mapping with apiVersion, kind and metadata, not {}",
-            crate::validate::show(&value)
+            crate::validate::show(value)
         ));
     };
     let name = root
         .get("metadata")
         .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let kind_name = root
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or("object")
-        .to_string();
-    let fail = |err: String| describe(&kind_name, name.as_deref(), &[err]);
+        .and_then(Value::as_str);
+    let kind_name = root.get("kind").and_then(Value::as_str).unwrap_or("object");
+    let fail = |err: String| describe(kind_name, name, &[err]);
     let kind = match root.get("kind") {
         None | Some(Value::Null) => return Err(fail("kind: Required value".into())),
-        Some(Value::String(k)) => match Kind::from_kind_field(k).filter(Kind::appliable) {
+        Some(Value::String(k)) => match Kind::from_kind_field(k).filter(accept) {
             Some(kind) => kind,
             None => {
-                let accepted: Vec<String> = Kind::APPLY
+                let accepted: Vec<String> = Kind::ALL
                     .iter()
+                    .filter(|k| accept(k))
                     .map(|k| format!("{:?}", k.as_str()))
                     .collect();
                 return Err(fail(format!(
@@ -99,16 +175,19 @@ fn to_object(mut value: Value) -> Result<Object, String> {
         }
     };
     match root.get("apiVersion") {
-        Some(Value::String(v)) if v == kind.api_version() => {}
-        None | Some(Value::Null) => return Err(fail("apiVersion: Required value".into())),
-        Some(v) => {
-            return Err(fail(format!(
-                "apiVersion: Unsupported value: {}: supported values: {:?}",
-                crate::validate::show(v),
-                kind.api_version()
-            )));
-        }
+        Some(Value::String(v)) if v == kind.api_version() => Ok((kind, root)),
+        None | Some(Value::Null) => Err(fail("apiVersion: Required value".into())),
+        Some(v) => Err(fail(format!(
+            "apiVersion: Unsupported value: {}: supported values: {:?}",
+            crate::validate::show(v),
+            kind.api_version()
+        ))),
     }
+}
+
+/// Checks kind and apiVersion, applies create-time defaults, validates.
+fn to_object(mut value: Value) -> Result<Object, String> {
+    let (kind, _) = kind_and_version(&value, Kind::appliable)?;
     strip_nulls(&mut value);
     if let Value::Object(root) = &mut value {
         apply_create_defaults(kind, root);

@@ -30,8 +30,23 @@ pub struct PodSpec {
     pub hostname: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subdomain: Option<String>,
+    /// Seconds between SIGTERM (after the preStop hooks) and SIGKILL on a graceful delete;
+    /// see [`PodSpec::termination_grace_period`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<i64>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+impl PodSpec {
+    /// The API server's default grace period for a pod.
+    pub const DEFAULT_GRACE_PERIOD_SECONDS: i64 = 30;
+
+    /// `terminationGracePeriodSeconds` with the API server's default (30) applied.
+    pub fn termination_grace_period(&self) -> i64 {
+        self.termination_grace_period_seconds
+            .unwrap_or(Self::DEFAULT_GRACE_PERIOD_SECONDS)
+    }
 }
 
 /// One container. In the lab, `command` + `args` run from the host filesystem; without a
@@ -50,6 +65,42 @@ pub struct Container {
     pub ports: Vec<ContainerPort>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub readiness_probe: Option<Probe>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<Lifecycle>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `lifecycle` of a container; flatnet runs `preStop` on a graceful delete.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Lifecycle {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_stop: Option<LifecycleHandler>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A lifecycle hook; exactly one of `exec`, `http_get`, `tcp_socket`, `sleep` is set in a
+/// valid object (`tcpSocket` is accepted and ignored, as the kubelet does).
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct LifecycleHandler {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecAction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_get: Option<HttpGetAction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sleep: Option<SleepAction>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `sleep`: the hook waits this long.
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SleepAction {
+    pub seconds: i64,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

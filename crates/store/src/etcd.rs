@@ -343,6 +343,26 @@ impl Store for EtcdStore {
         Ok(resp.deleted() > 0)
     }
 
+    async fn delete_if(&self, key: &str, expected_mod_revision: i64) -> Result<i64, StoreError> {
+        require_key("delete_if", key)?;
+        let full = self.full(key);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                full.clone(),
+                CompareOp::Equal,
+                expected_mod_revision,
+            )])
+            .and_then([TxnOp::delete(full, None)]);
+        let mut kv = self.client.kv_client();
+        let resp = call("delete_if", key, kv.txn(txn)).await?;
+        if !resp.succeeded() || expected_mod_revision == 0 {
+            return Err(StoreError::Conflict {
+                key: key.to_owned(),
+            });
+        }
+        revision_of(resp.header(), "delete_if", key)
+    }
+
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
         let (start, end) = self.range(prefix);
         let options = DeleteOptions::new().with_range(end);

@@ -127,6 +127,15 @@ pub trait Store: Send + Sync + Clone + 'static {
     /// Ok(true) if the key existed.
     fn delete(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Delete only if the key's mod_revision equals `expected_mod_revision` (the value the
+    /// caller read is still the stored one); [`StoreError::Conflict`] otherwise, also when the
+    /// key is gone. Returns the new revision.
+    fn delete_if(
+        &self,
+        key: &str,
+        expected_mod_revision: i64,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
     /// Number of keys deleted.
     fn delete_prefix(&self, prefix: &str) -> impl Future<Output = Result<u64, StoreError>> + Send;
 

@@ -356,6 +356,23 @@ impl Store for MemStore {
         Ok(deleted)
     }
 
+    async fn delete_if(&self, key: &str, expected_mod_revision: i64) -> Result<i64, StoreError> {
+        require_key("delete_if", key)?;
+        let mut st = self.inner.lock_available("delete_if", key)?;
+        match st.kvs.get(key) {
+            Some(kv) if kv.mod_revision == expected_mod_revision => {}
+            _ => {
+                return Err(StoreError::Conflict {
+                    key: key.to_owned(),
+                });
+            }
+        }
+        st.delete_keys(vec![key.to_owned()]);
+        let rev = st.revision;
+        self.inner.notify(&st);
+        Ok(rev)
+    }
+
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
         let mut st = self.inner.lock_available("delete_prefix", prefix)?;
         let keys = st

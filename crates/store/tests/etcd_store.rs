@@ -52,6 +52,7 @@ store_suite!(etcd;
     create_is_if_absent,
     concurrent_creates_exactly_one_wins,
     put_if_compares_mod_revision,
+    delete_if_compares_mod_revision,
     revisions_count_writes,
     list_is_sorted_and_limited_to_the_prefix,
     list_pages_through_many_keys,

@@ -99,7 +99,12 @@ fn row(kind: Kind, v: &Value, wide: bool) -> (Vec<&'static str>, Vec<String>) {
             let mut c = vec![
                 s(v, "/metadata/name").into(),
                 format!("{r}/{n}"),
-                s(v, "/status/phase").into(),
+                // As kubectl prints a pod being deleted gracefully.
+                if lab::api::is_terminating(v) {
+                    "Terminating".into()
+                } else {
+                    s(v, "/status/phase").into()
+                },
                 or_none(s(v, "/status/podIP")),
                 or_none(s(v, "/spec/nodeName")),
                 age(v),

@@ -170,7 +170,7 @@ fn reapply_keeps_allocations_and_delete_releases_them() {
         assert_eq!(v["spec"]["ports"][0]["nodePort"], np);
         assert_eq!(v["status"]["loadBalancer"]["ingress"][0]["ip"], "172.20.0.240");
         // delete releases: another service may ask for both at once
-        delete(&s, Kind::Service, Some("default"), "web").await.expect("delete");
+        delete(&s, Kind::Service, Some("default"), "web", Default::default()).await.expect("delete");
         let (index, _) = read_index(&s).await.expect("index");
         assert_eq!(index, allocator::Index::default());
         let other = service(
@@ -181,7 +181,7 @@ fn reapply_keeps_allocations_and_delete_releases_them() {
         // a namespace delete releases its services' allocations
         apply(&s, parse("apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")).await.expect("ns");
         apply(&s, parse("apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: x}\nspec:\n  ports: [{port: 1}]\n")).await.expect("svc");
-        delete(&s, Kind::Namespace, None, "x").await.expect("delete ns");
+        delete(&s, Kind::Namespace, None, "x", Default::default()).await.expect("delete ns");
         let (index, _) = read_index(&s).await.expect("index");
         assert!(index.cluster_ips.values().all(|h| h.service == "default/other"), "{index:?}");
     });

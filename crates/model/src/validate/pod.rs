@@ -102,6 +102,9 @@ pub(super) fn check_pod_spec(e: &mut Errs, spec: &Value, p: &str) {
         e.invalid(&at(p, "nodeName"), &spec["nodeName"], detail);
     }
     e.opt_bool(spec, "hostNetwork", p);
+    if let Some(v) = field(spec, "terminationGracePeriodSeconds") {
+        non_negative(e, v, &at(p, "terminationGracePeriodSeconds"));
+    }
     for f in ["hostname", "subdomain"] {
         if let Some(s) = e.opt_str(spec, f, p)
             && let Err(detail) = names::dns1123_label(s)
@@ -199,12 +202,43 @@ fn check_container<'a>(
             check_probe(e, v, &at(p, probe));
         }
     }
+    if let Some(v) = field(c, "lifecycle") {
+        check_lifecycle(e, v, &at(p, "lifecycle"));
+    }
 }
 
 fn check_probe(e: &mut Errs, v: &Value, p: &str) {
     let Some(probe) = e.object(v, p) else { return };
-    let handlers: Vec<&str> = ["exec", "httpGet", "tcpSocket", "grpc"]
-        .into_iter()
+    check_handler(e, probe, p, &["exec", "httpGet", "tcpSocket", "grpc"]);
+    for f in [
+        "periodSeconds",
+        "initialDelaySeconds",
+        "timeoutSeconds",
+        "successThreshold",
+        "failureThreshold",
+    ] {
+        e.opt_int32_min(probe, f, p, 0);
+    }
+}
+
+/// `lifecycle.preStop` (and `postStart`): one handler of exec, httpGet, tcpSocket, sleep.
+fn check_lifecycle(e: &mut Errs, v: &Value, p: &str) {
+    let Some(lc) = e.object(v, p) else { return };
+    for hook in ["preStop", "postStart"] {
+        if let Some(h) = field(lc, hook) {
+            let hp = at(p, hook);
+            if let Some(h) = e.object(h, &hp) {
+                check_handler(e, h, &hp, &["exec", "httpGet", "tcpSocket", "sleep"]);
+            }
+        }
+    }
+}
+
+/// One handler of `kinds` (a probe's or a hook's), and the fields of the one given.
+fn check_handler(e: &mut Errs, probe: &Map<String, Value>, p: &str, kinds: &[&str]) {
+    let handlers: Vec<&str> = kinds
+        .iter()
+        .copied()
         .filter(|h| field(probe, h).is_some())
         .collect();
     match handlers.len() {
@@ -242,14 +276,21 @@ fn check_probe(e: &mut Errs, v: &Value, p: &str) {
         check_probe_port(e, tcp, &tp);
         e.opt_str(tcp, "host", &tp);
     }
-    for f in [
-        "periodSeconds",
-        "initialDelaySeconds",
-        "timeoutSeconds",
-        "successThreshold",
-        "failureThreshold",
-    ] {
-        e.opt_int32_min(probe, f, p, 0);
+    if kinds.contains(&"sleep")
+        && let Some(sleep) = e.opt_object(probe, "sleep", p)
+    {
+        let sp = at(p, "sleep");
+        match field(sleep, "seconds") {
+            None => e.required(&at(&sp, "seconds")),
+            Some(v) => non_negative(e, v, &at(&sp, "seconds")),
+        }
+    }
+}
+
+/// An int64 count of seconds, at least 0.
+fn non_negative(e: &mut Errs, v: &Value, p: &str) {
+    if e.int(v, p).is_some_and(|i| i < 0) {
+        e.invalid(p, v, "must be greater than or equal to 0");
     }
 }
 

@@ -80,7 +80,8 @@ fn typed_views_read_every_parsed_object() {
         pod.spec.containers[1].command.as_deref(),
         Some(&["/bin/sleep".to_string(), "infinity".to_string()][..])
     );
-    assert_eq!(pod.spec.extra["terminationGracePeriodSeconds"], 5);
+    assert_eq!(pod.spec.termination_grace_period_seconds, Some(5));
+    assert_eq!(pod.spec.termination_grace_period(), 5);
 
     let svc: Service = objs[2].typed().expect("service");
     assert_eq!(svc.spec.type_(), "LoadBalancer");
@@ -391,4 +392,93 @@ fn null_fields_count_as_absent() {
     );
     let pod: Pod = objs[0].typed().expect("typed");
     assert!(pod.metadata.labels.is_empty());
+}
+
+fn refs(text: &str) -> Vec<(Kind, Option<String>, String)> {
+    match model::parse_object_refs(text, "del.yaml") {
+        Ok(r) => r
+            .into_iter()
+            .map(|r| (r.kind, r.namespace, r.name))
+            .collect(),
+        Err(e) => panic!("expected success, got: {e}"),
+    }
+}
+
+#[test]
+fn object_refs_need_only_identity_fields() {
+    // Stubs without spec, and a Service whose spec is invalid: delete -f reads names only.
+    let text = "\
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: nonsense}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: d, namespace: ''}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: ing}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, namespace: ignored}
+";
+    assert_eq!(
+        refs(text),
+        [
+            (Kind::Pod, None, "web".to_string()),
+            (Kind::Service, Some("shop".to_string()), "web".to_string()),
+            (Kind::Deployment, None, "d".to_string()),
+            (Kind::NetworkPolicy, None, "deny".to_string()),
+            (Kind::Ingress, None, "ing".to_string()),
+            (Kind::Namespace, None, "shop".to_string()),
+        ]
+    );
+    // The same file is refused by apply: its stubs are no valid objects.
+    let e = parse_err(text);
+    assert!(
+        e.contains("Pod \"default/web\" is invalid: spec: Required value"),
+        "{e}"
+    );
+}
+
+#[test]
+fn object_refs_read_list_items_and_name_bad_documents() {
+    let list = "kind: List\napiVersion: v1\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: a}}\n- {apiVersion: v1, kind: Secret, metadata: {name: s, namespace: x}}\n";
+    assert_eq!(
+        refs(list),
+        [
+            (Kind::Pod, None, "a".to_string()),
+            (Kind::Secret, Some("x".to_string()), "s".to_string()),
+        ]
+    );
+    let err = |text: &str| match model::parse_object_refs(text, "del.yaml") {
+        Ok(r) => panic!("expected an error, got {r:?}"),
+        Err(e) => e.to_string(),
+    };
+    let e = err("apiVersion: v1\nkind: Pod\nmetadata: {}\n");
+    assert!(
+        e.contains("del.yaml") && e.contains("metadata.name: Required value"),
+        "{e}"
+    );
+    let e = err("apiVersion: v1\nkind: Pod\nmetadata: {name: 7}\n");
+    assert!(e.contains("metadata.name: Invalid value: 7"), "{e}");
+    let e = err("apiVersion: v1\nkind: Gadget\nmetadata: {name: g}\n");
+    assert!(e.contains("kind: Unsupported value: \"Gadget\""), "{e}");
+    let e = err("apiVersion: v2\nkind: Pod\nmetadata: {name: p}\n");
+    assert!(e.contains("apiVersion: Unsupported value"), "{e}");
+    let e = err(
+        "kind: List\napiVersion: v1\nitems:\n- {apiVersion: v1, kind: Pod, metadata: {name: a}}\n- {apiVersion: v1, kind: Pod}\n",
+    );
+    assert!(e.contains("items[1]") && e.contains("metadata.name"), "{e}");
 }

@@ -417,6 +417,42 @@ fn cases() -> Vec<(Value, &'static str, Option<Value>, &'static str)> {
         ),
         (
             pod(),
+            "/spec/terminationGracePeriodSeconds",
+            Some(json!(-1)),
+            "spec.terminationGracePeriodSeconds: Invalid value: -1: must be greater than or equal to 0",
+        ),
+        (
+            pod(),
+            "/spec/containers/0/lifecycle",
+            Some(json!({"preStop": {}})),
+            "spec.containers[0].lifecycle.preStop: Required value: must specify a handler type",
+        ),
+        (
+            pod(),
+            "/spec/containers/0/lifecycle",
+            Some(json!({"preStop": {"sleep": {"seconds": 1}, "exec": {"command": ["true"]}}})),
+            "spec.containers[0].lifecycle.preStop.sleep: Forbidden: may not specify more than 1 handler type",
+        ),
+        (
+            pod(),
+            "/spec/containers/0/lifecycle",
+            Some(json!({"preStop": {"sleep": {"seconds": -3}}})),
+            "spec.containers[0].lifecycle.preStop.sleep.seconds: Invalid value: -3: must be greater than or equal to 0",
+        ),
+        (
+            pod(),
+            "/spec/containers/0/lifecycle",
+            Some(json!({"preStop": {"sleep": {}}})),
+            "spec.containers[0].lifecycle.preStop.sleep.seconds: Required value",
+        ),
+        (
+            pod(),
+            "/spec/containers/0/lifecycle",
+            Some(json!({"preStop": {"exec": {"command": []}}})),
+            "spec.containers[0].lifecycle.preStop.exec.command: Required value",
+        ),
+        (
+            pod(),
             "/spec/containers/0/readinessProbe",
             Some(json!({"periodSeconds": 1})),
             "spec.containers[0].readinessProbe: Required value: must specify a handler type",

@@ -125,6 +125,38 @@ pub async fn put_if_compares_mod_revision<H: Harness>(h: &H) {
     );
 }
 
+pub async fn delete_if_compares_mod_revision<H: Harness>(h: &H) {
+    let s = h.store();
+    let r1 = s.put("pod", b"v1".to_vec()).await.unwrap();
+    let r2 = s.put("pod", b"v2".to_vec()).await.unwrap();
+    let conflict = Err(StoreError::Conflict { key: "pod".into() });
+    assert_eq!(
+        s.delete_if("pod", r1).await,
+        conflict,
+        "a stale read deletes nothing"
+    );
+    assert_eq!(
+        s.delete_if("pod", 0).await,
+        conflict,
+        "0 never matches a present key"
+    );
+    assert!(s.get("pod").await.unwrap().is_some());
+    let r3 = s.delete_if("pod", r2).await.unwrap();
+    assert!(r3 > r2);
+    assert!(s.get("pod").await.unwrap().is_none());
+    assert_eq!(
+        s.delete_if("pod", r2).await,
+        conflict,
+        "a missing key is a conflict"
+    );
+    assert_eq!(
+        s.delete_if("never", 0).await,
+        Err(StoreError::Conflict {
+            key: "never".into()
+        })
+    );
+}
+
 pub async fn revisions_count_writes<H: Harness>(h: &H) {
     let s = h.store();
     let r0 = s.revision().await.unwrap();
