@@ -40,7 +40,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::sync::oneshot;
 
-use crate::wire::{OPT_LEN, opt_record};
+use crate::wire::{OPT_LEN, QueryOpt, opt_record};
 use crate::zone::{Lookup, Zone};
 
 /// The EDNS payload size we advertise (the DNS flag day 2020 value).
@@ -85,7 +85,7 @@ pub(crate) fn answer(
     if meta.message_type == MessageType::Response {
         return (Outcome::Drop, false);
     }
-    let edns = request.edns.is_some();
+    let edns = query_opt(request);
     let base = Metadata::response_from_request(meta);
     let fail = |code: ResponseCode, out: &mut Vec<u8>| {
         let mut m = base;
@@ -136,7 +136,7 @@ pub fn servfail(request: &Request, max_size: u16, out: &mut Vec<u8>) -> bool {
     encode(
         request,
         m,
-        request.edns.is_some(),
+        query_opt(request),
         [&[], &[], &[]],
         max_size,
         out,
@@ -160,35 +160,41 @@ pub fn relayed(request: &Request, resp: Vec<u8>, max_size: u16) -> Option<Vec<u8
         m.response_code = ResponseCode::from_low(codes & 0x0f);
     }
     let mut out = Vec::new();
-    let edns = request.edns.is_some();
+    let edns = query_opt(request);
     encode(request, m, edns, [&[], &[], &[]], max_size, &mut out)
         .ok()
         .map(|_| out)
 }
 
+/// The query's OPT as our responses answer it: none, or one with the query's DO bit.
+fn query_opt(request: &Request) -> QueryOpt {
+    request.edns.as_ref().map(|e| e.flags().dnssec_ok)
+}
+
 /// Encodes a response into `out` (cleared first), at most `max_size` bytes: the header, the
 /// question as the client sent it, the answer, authority and additional sections (`sections`)
-/// RRset by RRset as far as they fit, then our OPT when `edns` (the query had one), whose room
+/// RRset by RRset as far as they fit, then our OPT when `edns` (the query had one; with its DO
+/// bit), whose room
 /// is kept from the start (RFC 6891 §7). Returns whether every record went in. On an encoding
 /// error (not a full buffer) `out` is left empty.
 fn encode(
     request: &Request,
     meta: Metadata,
-    edns: bool,
+    edns: QueryOpt,
     sections: [&[&Record]; 3],
     max_size: u16,
     out: &mut Vec<u8>,
 ) -> Result<bool, ()> {
     out.clear();
-    let room = if edns {
+    let room = if edns.is_some() {
         max_size.saturating_sub(OPT_LEN as u16)
     } else {
         max_size
     };
-    match encode_sections(request, meta, edns, sections, room, out) {
+    match encode_sections(request, meta, edns.is_some(), sections, room, out) {
         Ok(whole) => {
-            if edns {
-                out.extend_from_slice(&opt_record(meta.response_code.high()));
+            if let Some(dnssec_ok) = edns {
+                out.extend_from_slice(&opt_record(meta.response_code.high(), dnssec_ok));
             }
             Ok(whole)
         }

@@ -4,13 +4,13 @@
 //! per query by the batch size; an idle server still answers each query at once.
 //!
 //! Each worker also keeps the responses it encoded, keyed by the lowercased question and
-//! whether the query carried EDNS: a plain query (one question, no records but at most an
+//! the query's OPT (none, EDNS0, EDNS0 with DO): a plain query (one question, no records but at most an
 //! option-less EDNS0 OPT) whose key is known gets the stored bytes with the client's id, its
 //! RD and CD bits and its own spelling of the question copied in, without parsing or encoding.
 //! A plain query whose answer is negative (most misses: the random names `ndots:5` search
 //! paths produce) is answered by [`crate::wire::negative`] without parsing or encoding the
 //! message: one lookup of the question's lowercase wire form in the zone's index, then the
-//! header, the question as sent, the SOA encoded once per zone serial, a fixed OPT.
+//! header, the question as sent, the SOA encoded once per zone serial, our OPT.
 //! Only authoritative NOERROR/NXDOMAIN responses of at most 512 bytes that hold every record
 //! of their answer are kept: those are what any client gets, whatever its size (at least 512),
 //! so the key needs no size. A response that left something out for the asker's size (an
@@ -29,7 +29,7 @@ use hickory_server::proto::op::ResponseCode;
 use hickory_server::server::Request;
 
 use crate::server::{Forwarder, Outcome, SharedZone, answer, relayed, servfail, udp_max_size};
-use crate::wire::{QUESTION_MAX, lower_question, negative, plain_query};
+use crate::wire::{QUESTION_MAX, lower_question, negative, opt_key, plain_query};
 use crate::zone::FxHasher;
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
@@ -43,7 +43,8 @@ const BUF: usize = 4096;
 pub const CACHE_MAX: usize = 50_000;
 
 /// The stored responses of one worker, keyed by the lowercased question section followed by
-/// one byte: whether the query had EDNS (so a lookup borrows the key from a stack buffer).
+/// one byte: the query's OPT ([`crate::wire::opt_key`]; so a lookup borrows the key from a
+/// stack buffer).
 struct Cache {
     serial: u32,
     map: HashMap<Box<[u8]>, Box<[u8]>, BuildHasherDefault<FxHasher>>,
@@ -245,11 +246,11 @@ pub(crate) fn udp_loop(
             out.clear();
             if let Some(src) = b.source(i).filter(|s| s.port() != 0) {
                 let raw = b.datagram(i);
-                // (end of the question, EDNS, length of the lowercased question in `key`)
-                let plain = plain_query(raw).and_then(|(q_end, edns)| {
+                // (end of the question, its OPT, length of the lowercased question in `key`)
+                let plain = plain_query(raw).and_then(|(q_end, opt)| {
                     let len = lower_question(raw, q_end, &mut key)?;
-                    key[len] = u8::from(edns);
-                    Some((q_end, edns, len))
+                    key[len] = opt_key(opt);
+                    Some((q_end, opt, len))
                 });
                 if let Some((q_end, _, len)) = plain
                     && let Some(stored) = cache.map.get(&key[..=len])
@@ -264,8 +265,8 @@ pub(crate) fn udp_loop(
                 }
                 // Not stored: most negative names are one-offs (search-path expansions), and
                 // this path costs little more than a stored answer.
-                if let Some((q_end, edns, len)) = plain
-                    && negative(&z, raw, q_end, edns, &key[..len], &mut out)
+                if let Some((q_end, opt, len)) = plain
+                    && negative(&z, raw, q_end, opt, &key[..len], &mut out)
                 {
                     b.outs[i] = out;
                     continue;

@@ -13,6 +13,7 @@
 //!   first answer RRset does not fit). Additional records that do not fit are left out without
 //!   TC. Each query is truncated for its own size: a small-buffer asker does not decide what
 //!   the next one gets (the UDP workers' stored responses).
+//! - RFC 3225 §3: the DO bit of the query is copied into the response's OPT.
 //!
 //! Every case runs on the UDP workers (stored responses, short negative path, full path), on
 //! hickory's UDP server with our handler (`--udp-server hickory`), and over TCP, on loopback.
@@ -114,6 +115,8 @@ struct Resp {
     ar: Vec<u16>,
     /// (payload size, extended RCODE, version) of the OPT.
     opt: Option<(u16, u8, u8)>,
+    /// The OPT's DO bit.
+    dnssec_ok: bool,
     question: Vec<u8>,
     /// Bytes after the records the counts announce.
     trailing: usize,
@@ -141,6 +144,7 @@ fn parse(r: &[u8]) -> Resp {
     let question = r[12..i].to_vec();
     let mut sections: [Vec<u16>; 3] = Default::default();
     let mut opt = None;
+    let mut dnssec_ok = false;
     for (s, &count) in counts.iter().enumerate() {
         for _ in 0..count {
             i = skip_name(i);
@@ -153,6 +157,7 @@ fn parse(r: &[u8]) -> Resp {
                 assert_eq!(s, 2, "OPT only in the additional section");
                 assert!(opt.is_none(), "one OPT");
                 opt = Some((class, (ttl >> 24) as u8, (ttl >> 16) as u8));
+                dnssec_ok = ttl & 0x8000 != 0;
             }
             sections[s].push(t);
             i += 10 + usize::from(u16_at(i + 8));
@@ -170,6 +175,7 @@ fn parse(r: &[u8]) -> Resp {
         ns,
         ar,
         opt,
+        dnssec_ok,
         question,
         trailing: r.len() - i,
     }
@@ -534,6 +540,31 @@ fn an_upstream_answer_too_big_for_the_client_is_sent_truncated_with_the_opt() {
             let r = check_size(via, "many.example", A, edns, 100);
             assert_eq!(r.tc, via.udp(), "{via:?} {edns:?}: {r:?}");
             assert_eq!(r.question, query(0, "many.example", A, None)[12..]);
+        }
+    }
+}
+
+/// RFC 3225 §3: "The DO bit of the query MUST be copied in the response." (nsd and knot do.)
+/// Whether a query had it does not decide what the next one gets: stored responses, the short
+/// negative path, the full path, and the other servers.
+#[test]
+fn the_do_bit_is_copied_from_each_query() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let z = zone();
+    for via in servers(&rt, &z, None) {
+        for name in [
+            "web.default.svc.cluster.local",  // stored after the first answer
+            "nope.default.svc.cluster.local", // the short negative path
+            "big.default.svc.cluster.local",  // truncated at 512
+        ] {
+            for dnssec_ok in [false, true, true, false, true] {
+                let mut q = query(5, name, A, Some((0, 512)));
+                let n = q.len();
+                q[n - 4] = if dnssec_ok { 0x80 } else { 0 };
+                let r = parse(&via.ask(&q));
+                assert!(r.opt.is_some(), "{via:?} {name}: {r:?}");
+                assert_eq!(r.dnssec_ok, dnssec_ok, "{via:?} {name}: {r:?}");
+            }
         }
     }
 }
