@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use crate::config::{NetworkConfig, render_conflist, write_atomic};
 use crate::dataplane::{Dataplane, DataplaneError};
+use crate::health::{HealthConfig, ProxyHealth};
 use crate::lease::{self, HeldLease, LeaseError, LeaseRequest, key_cidr};
 use crate::plan::{
     Backend, Change, Lease, LeaseAttrs, UnderlayInfo, check_remote, compile, diff, pod_mtu,
@@ -91,9 +92,25 @@ pub async fn run_with<S: Store, D: Dataplane + ProxyDataplane + PolicyDataplane>
     cfg: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    run_with_health(store, dp, cfg, HealthConfig::disabled(), shutdown).await
+}
+
+/// [`run_with`], also serving the proxy's health ports of `health` in the node's namespace
+/// (`run` serves kube-proxy's defaults; `run_with` none, as tests run several agents in one
+/// namespace).
+pub async fn run_with_health<S: Store, D: Dataplane + ProxyDataplane + PolicyDataplane>(
+    store: S,
+    dp: Shared<D>,
+    cfg: AgentConfig,
+    health: HealthConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let span = tracing::info_span!("agent", node = %cfg.node);
     let body = async move {
         let mut agent = Agent::start(store, dp, cfg).await?;
+        let proxy_health = ProxyHealth::default();
+        let health_servers =
+            crate::health::serve(health, agent.cfg.netns.clone(), proxy_health.clone());
         let proxy = crate::proxy::run(
             agent.store.clone(),
             agent.dp.clone(),
@@ -106,6 +123,7 @@ pub async fn run_with<S: Store, D: Dataplane + ProxyDataplane + PolicyDataplane>
                 lb_pool: agent.net.load_balancer_pool,
             },
             agent.report.clone(),
+            proxy_health,
         );
         let policy = crate::policy::run(
             agent.store.clone(),
@@ -117,6 +135,7 @@ pub async fn run_with<S: Store, D: Dataplane + ProxyDataplane + PolicyDataplane>
             r = agent.run() => r,
             () = proxy => Ok(()),
             () = policy => Ok(()),
+            () = health_servers => Ok(()),
         }
     };
     tokio::select! {

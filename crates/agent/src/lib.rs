@@ -12,6 +12,8 @@
 //! - `agent`: the loop ([`run_with`]): list + watch, renew, reconcile, status.
 //! - [`proxy`]: the service proxy: Services + EndpointSlices -> `inet flatnet` map elements,
 //!   applied incrementally (compiled by `plan::services`).
+//! - [`health`]: the proxy's health servers (kube-proxy's `/healthz` on 10256 and the
+//!   health-check node ports of `externalTrafficPolicy: Local` LoadBalancers).
 //! - [`policy`]: NetworkPolicy enforcement: Namespaces + Pods + NetworkPolicies -> the sets of
 //!   the `inet flatnet-policy` table for this node's pods, applied incrementally (compiled by
 //!   `plan::policy`).
@@ -27,6 +29,7 @@ mod agent;
 mod batch;
 pub mod config;
 pub mod dataplane;
+pub mod health;
 mod kernel;
 pub mod lease;
 pub mod plan;
@@ -38,9 +41,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use agent::{AgentStatus, BACKOFF_MAX, BACKOFF_MIN, Shared, run_with};
+pub use agent::{AgentStatus, BACKOFF_MAX, BACKOFF_MIN, Shared, run_with, run_with_health};
 pub use config::NetworkConfig;
 pub use dataplane::{Dataplane, DataplaneError, MemDataplane, MemPolicy};
+pub use health::HealthConfig;
 pub use kernel::NetnsDataplane;
 pub use lease::LeaseError;
 pub use plan::{Backend, Change, Lease, LeaseAttrs, Mac, NodePlan, UnderlayInfo, compile, diff};
@@ -83,13 +87,18 @@ pub enum AgentError {
     Lease(#[from] LeaseError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error("proxy health settings: {reason}")]
+    Health { reason: String },
 }
 
 /// Runs the agent for `cfg.node` until `shutdown` completes (then `Ok(())`), against etcd and
-/// the namespace `cfg.netns`. Waits (with backoff) while etcd is unreachable or the `config`
-/// key is missing; fails on an invalid config, a missing underlay device or address, an
-/// exhausted pod CIDR, or a subnet taken over by another node.
+/// the namespace `cfg.netns`, with the proxy's health servers of [`HealthConfig::from_env`]
+/// (kube-proxy's defaults: `/healthz` on 0.0.0.0:10256 and the health-check node ports).
+/// Waits (with backoff) while etcd is unreachable or the `config` key is missing; fails on an
+/// invalid config or health settings, a missing underlay device or address, an exhausted pod
+/// CIDR, or a subnet taken over by another node.
 pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let health = HealthConfig::from_env().map_err(|reason| AgentError::Health { reason })?;
     let dp = NetnsDataplane::open(cfg.netns.as_deref())?;
     let dp: Shared<NetnsDataplane> = Arc::new(Mutex::new(dp));
     let span = tracing::info_span!("agent", node = %cfg.node);
@@ -112,5 +121,5 @@ pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result
         r = connect => r?,
         () = &mut shutdown => return Ok(()),
     };
-    run_with(store, dp, cfg, shutdown).await
+    run_with_health(store, dp, cfg, health, shutdown).await
 }

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio::time::sleep;
 
 use crate::agent::{BACKOFF_MAX, BACKOFF_MIN};
+use crate::health::ProxyHealth;
 
 /// Store prefixes the proxy follows.
 pub const SERVICES_PREFIX: &str = "objects/services/";
@@ -97,14 +98,17 @@ struct View {
     nodes: BTreeMap<String, String>,
     /// Newest revision seen in a listing or an event.
     revision: i64,
+    /// Told of every event (kube-proxy's `QueuedUpdate`) and of every apply.
+    health: ProxyHealth,
 }
 
 impl View {
-    fn new(node: &NodeView) -> View {
+    fn new(node: &NodeView, health: &ProxyHealth) -> View {
         View {
             compiler: Compiler::new(node.clone()),
             nodes: BTreeMap::new(),
             revision: 0,
+            health: health.clone(),
         }
     }
 
@@ -154,6 +158,7 @@ impl View {
 
     fn take_event(&mut self, ev: &WatchEvent) {
         self.revision = self.revision.max(ev.mod_revision());
+        self.health.queued();
         match ev {
             WatchEvent::Put(kv) => self.take(kv),
             WatchEvent::Delete { key, .. } => {
@@ -231,6 +236,8 @@ pub struct Work {
     affinity_gc: Vec<(u32, Vec<Backend>)>,
     /// Device, pool and the LoadBalancer IPs to hold, when they may have changed.
     announce: Option<(String, Ipv4Net, BTreeSet<Ipv4Addr>)>,
+    /// The plan's health checks may have changed (ports, local endpoint counts).
+    pub health_changed: bool,
 }
 
 impl Applier {
@@ -276,6 +283,7 @@ impl Applier {
                 ops: plan.all_ops(),
                 wanted: c.chains().iter().map(DynChain::name).collect(),
                 announce,
+                health_changed: true,
                 ..Work::default()
             };
         }
@@ -295,6 +303,7 @@ impl Applier {
             revived_udp: d.revived_udp,
             affinity_gc: d.affinity_gc,
             announce,
+            health_changed: d.health_changed,
             ..Work::default()
         }
     }
@@ -366,7 +375,7 @@ async fn list_all<S: Store>(
     view: &mut View,
     node: &NodeView,
 ) -> Result<i64, StoreError> {
-    *view = View::new(node);
+    *view = View::new(node, &view.health);
     let mut revision = None;
     // One prefix at a time, each decoded and dropped before the next is listed.
     for prefix in [SERVICES_PREFIX, SLICES_PREFIX, LEASES_PREFIX] {
@@ -381,11 +390,13 @@ async fn list_all<S: Store>(
 }
 
 /// Runs the proxy until the future is dropped. Store outages keep the dataplane as it is.
+/// `health` learns when changes arrive and are applied, and the applied health checks.
 pub async fn run<S: Store, P: ProxyDataplane>(
     store: S,
     dp: Arc<Mutex<P>>,
     cfg: ProxyConfig,
     report: ProxyReport,
+    health: ProxyHealth,
 ) {
     let node = NodeView {
         name: cfg.node.clone(),
@@ -401,7 +412,7 @@ pub async fn run<S: Store, P: ProxyDataplane>(
     };
     let mut backoff = BACKOFF_MIN;
     loop {
-        let mut view = View::new(&node);
+        let mut view = View::new(&node, &health);
         let first = match list_all(&store, &mut view, &node).await {
             Ok(r) => r,
             Err(e) => {
@@ -476,6 +487,7 @@ impl<P: ProxyDataplane> Ctx<'_, P> {
         let started = std::time::Instant::now();
         let work = self.applier.prepare(&mut view.compiler);
         let whole = work.full;
+        let health_changed = work.health_changed;
         let dp = self.dp.clone();
         let result = tokio::task::spawn_blocking(move || {
             let mut d = dp.lock().unwrap_or_else(|p| p.into_inner());
@@ -501,6 +513,10 @@ impl<P: ProxyDataplane> Ctx<'_, P> {
         match result {
             Ok(()) => {
                 tracing::debug!(revision, elapsed = ?started.elapsed(), services, "services applied");
+                if health_changed {
+                    view.health.set_services(&plan.health_checks);
+                }
+                view.health.updated();
                 self.report.set(|s| {
                     s.applied_revision = s.applied_revision.max(revision);
                     s.services = services;

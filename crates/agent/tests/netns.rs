@@ -669,3 +669,378 @@ fn service_maps_dnat_real_connections_and_survive_a_restart() {
         s.store(true, Ordering::Relaxed);
     }
 }
+
+/// `GET path` from `ns` to `addr`; (status, headers and body as text), or the error kind.
+fn http_get(ns: &Ns, addr: &str, path: &str) -> Result<(u16, String), std::io::ErrorKind> {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let mut s = ns
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .map_err(|e| e.kind())?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .map_err(|e| e.kind())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.kind())?;
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, out))
+}
+
+/// Polls `f` every 20 ms until it holds; panics naming `what` after 5 s.
+fn within(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+fn lb_local_service(
+    health_port: u16,
+    endpoints: &[(&str, bool)],
+) -> (model::Service, model::EndpointSlice) {
+    let svc = serde_json::json!({"metadata": {"name": "shop", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.30", "selector": {"app": "shop"},
+                 "externalTrafficPolicy": "Local", "healthCheckNodePort": health_port,
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}});
+    let eps: Vec<Value> = endpoints
+        .iter()
+        .map(|(ip, ready)| {
+            serde_json::json!({"addresses": [ip], "nodeName": "a",
+            "conditions": {"ready": ready, "serving": true, "terminating": !ready}})
+        })
+        .collect();
+    let slice = serde_json::json!({"metadata": {"name": "shop-x", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "shop"}},
+        "addressType": "IPv4", "endpoints": eps,
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]});
+    (
+        serde_json::from_value(svc).unwrap(),
+        serde_json::from_value(slice).unwrap(),
+    )
+}
+
+/// The health servers in a node namespace, probed from the other node over the underlay with
+/// the service table loaded (nothing in it intercepts the ports): the health-check node port
+/// answers 200 with the local endpoint count, 503 once the node's last endpoint terminates,
+/// closes when the service goes; `/healthz` answers 200 while synced and 503 when an update
+/// waits too long.
+#[test]
+fn health_ports_answer_over_real_sockets() {
+    use agent::health::{HealthConfig, ProxyHealth};
+    use agent::proxy::Applier;
+    use plan::services::{Compiler, NodeView};
+    let Some(nodes) = two_nodes(72) else { return };
+    let (node, probe) = (&nodes.a, &nodes.b);
+    let view = NodeView {
+        name: "a".into(),
+        addresses: vec![Ipv4Addr::new(10, 99, 72, 1)],
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        service_cidr: Some("10.96.0.0/16".parse().unwrap()),
+        nodes: vec!["a".into()],
+    };
+    let mut dp = NetnsDataplane::open(Some(&node.path())).unwrap();
+    let mut applier = Applier::default();
+    let mut c = Compiler::new(view);
+    let health = ProxyHealth::default();
+    let mut sync =
+        |c: &mut Compiler, svc: Option<&model::Service>, slice: &model::EndpointSlice| {
+            match svc {
+                Some(s) => c.upsert_service(s),
+                None => c.remove_service("default", "shop"),
+            }
+            c.upsert_slice(slice);
+            health.queued();
+            applier.apply(&mut dp, c).unwrap();
+            health.set_services(&c.plan().health_checks);
+            health.updated();
+        };
+    let (svc, slice) = lb_local_service(32100, &[("10.244.0.6", true), ("10.244.0.7", true)]);
+    sync(&mut c, Some(&svc), &slice);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = HealthConfig {
+        healthz_bind: Some("0.0.0.0:10256".parse().unwrap()),
+        node_ports: true,
+        timeout: Duration::from_millis(300),
+    };
+    let server = rt.spawn(agent::health::serve(cfg, Some(node.path()), health.clone()));
+
+    let port = "10.99.72.1:32100";
+    within(
+        "the health check node port to open",
+        Duration::from_secs(5),
+        || http_get(probe, port, "/").is_ok(),
+    );
+    let (status, text) = http_get(probe, port, "/").unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("\r\nContent-Type: application/json\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\r\nX-Content-Type-Options: nosniff\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\r\nX-Load-Balancing-Endpoint-Weight: 2\r\n"),
+        "{text}"
+    );
+    let body: Value = serde_json::from_str(text.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"service": {"namespace": "default", "name": "shop"},
+            "localEndpoints": 2, "serviceProxyHealthy": true})
+    );
+
+    // Both local endpoints start terminating: the node fails the check at once.
+    let (svc, slice) = lb_local_service(32100, &[("10.244.0.6", false), ("10.244.0.7", false)]);
+    sync(&mut c, Some(&svc), &slice);
+    let took = within(
+        "503 after the last ready endpoint went",
+        Duration::from_secs(1),
+        || {
+            http_get(probe, port, "/")
+                .is_ok_and(|(s, t)| s == 503 && t.contains("\"localEndpoints\": 0"))
+        },
+    );
+    eprintln!("health check followed the change in {took:?}");
+
+    // The node health server: synced, then an update that waits longer than the timeout.
+    let healthz = "10.99.72.1:10256";
+    within("/healthz to open", Duration::from_secs(5), || {
+        http_get(probe, healthz, "/healthz").is_ok()
+    });
+    let (status, text) = http_get(probe, healthz, "/healthz").unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("\"nodeEligible\": true}"), "{text}");
+    assert_eq!(http_get(probe, healthz, "/livez").unwrap().0, 200);
+    assert_eq!(http_get(probe, healthz, "/other").unwrap().0, 404);
+    health.queued();
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(http_get(probe, healthz, "/healthz").unwrap().0, 503);
+    assert_eq!(
+        http_get(probe, port, "/").unwrap().0,
+        503,
+        "an unhealthy proxy fails every check"
+    );
+    health.updated();
+    assert_eq!(http_get(probe, healthz, "/healthz").unwrap().0, 200);
+
+    // The service goes: its port closes.
+    sync(&mut c, None, &slice);
+    within(
+        "the health check node port to close",
+        Duration::from_secs(1),
+        || http_get(probe, port, "/") == Err(std::io::ErrorKind::ConnectionRefused),
+    );
+    server.abort();
+    drop(rt);
+}
+
+/// Session affinity through a real kernel: a client that first reached endpoint E through the
+/// ClusterIP gets E through the NodePort, and one that first came through the NodePort (the
+/// masqueraded path) keeps its endpoint through the ClusterIP. The ruleset lists back as JSON
+/// and as text that `nft` loads again.
+#[test]
+fn session_affinity_is_shared_by_the_cluster_ip_and_the_node_port() {
+    use agent::proxy::Applier;
+    use plan::services::{Compiler, NodeView};
+    let Some(nodes) = two_nodes(73) else { return };
+    let (node, outside) = (&nodes.a, &nodes.b);
+    assert!(node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]));
+    // The outside client reaches ClusterIPs through node a.
+    outside.ip(&["route", "add", "10.96.0.0/16", "via", "10.99.73.1"]);
+    outside.ip(&["route", "add", "10.244.0.0/16", "via", "10.99.73.1"]);
+    let client = pod(node, "10.244.0.5", "vc");
+    let s1 = pod(node, "10.244.0.6", "vs1");
+    let s2 = pod(node, "10.244.0.7", "vs2");
+    let stops = [name_server(&s1, 8080, "s1"), name_server(&s2, 8080, "s2")];
+    let svc = serde_json::json!({"metadata": {"name": "sticky", "namespace": "default"},
+        "spec": {"type": "NodePort", "clusterIP": "10.96.0.30", "selector": {"app": "sticky"},
+                 "sessionAffinity": "ClientIP",
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}});
+    let slice = serde_json::json!({"metadata": {"name": "sticky-x", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "sticky"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.244.0.6"], "nodeName": "a", "conditions": {"ready": true}},
+                      {"addresses": ["10.244.0.7"], "nodeName": "a", "conditions": {"ready": true}}],
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]});
+    let mut c = Compiler::new(NodeView {
+        name: "a".into(),
+        addresses: vec![Ipv4Addr::new(10, 99, 73, 1)],
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        service_cidr: Some("10.96.0.0/16".parse().unwrap()),
+        nodes: vec!["a".into()],
+    });
+    c.upsert_service(&serde_json::from_value(svc).unwrap());
+    c.upsert_slice(&serde_json::from_value(slice).unwrap());
+    let mut dp = NetnsDataplane::open(Some(&node.path())).unwrap();
+    Applier::default().apply(&mut dp, &mut c).unwrap();
+
+    let (cluster_ip, node_port) = ("10.96.0.30:80", "10.99.73.1:30080");
+    // The outside client: ClusterIP first (kept address), then the NodePort (masqueraded).
+    let outside_first = ask(outside, cluster_ip).unwrap();
+    for _ in 0..12 {
+        assert_eq!(
+            ask(outside, node_port).unwrap(),
+            outside_first,
+            "NodePort after ClusterIP"
+        );
+        assert_eq!(ask(outside, cluster_ip).unwrap(), outside_first);
+    }
+    // The pod client: NodePort first (the record is written with the masquerade bit set on
+    // the flow), then the ClusterIP.
+    let first = ask(&client, node_port).unwrap();
+    for _ in 0..12 {
+        assert_eq!(
+            ask(&client, cluster_ip).unwrap(),
+            first,
+            "ClusterIP after NodePort"
+        );
+        assert_eq!(ask(&client, node_port).unwrap(), first);
+    }
+    // One record per client, keyed by the bare affinity id.
+    let nft = |args: &[&str]| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", node.path().display()))
+            .arg("nft")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "nft {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let records = nft(&["list", "map", "inet", "flatnet", "affinity"]);
+    assert_eq!(records.matches("10.99.73.2 . ").count(), 1, "{records}");
+    assert_eq!(records.matches("10.244.0.5 . ").count(), 1, "{records}");
+    let id = c.plan().affinity_ids.values().next().copied().unwrap();
+    assert!(
+        records.contains(&format!("{id:#010x}")),
+        "{id:#x} in {records}"
+    );
+    // Lists back: JSON that parses, text that nft loads again (checked, not applied).
+    let json: Value = serde_json::from_str(&nft(&["-j", "list", "ruleset"])).unwrap();
+    assert!(json["nftables"].as_array().is_some_and(|a| !a.is_empty()));
+    let dir = TempDir::new("affinity-ruleset");
+    let file = dir.path().join("ruleset.nft");
+    std::fs::write(&file, nft(&["list", "ruleset"])).unwrap();
+    nft(&["-c", "-f", file.to_str().unwrap()]);
+    // A restarted agent reloads over this table (reading its chains back) and the records
+    // still hold.
+    Applier::default().apply(&mut dp, &mut c).unwrap();
+    assert_eq!(ask(outside, node_port).unwrap(), outside_first);
+    for s in stops {
+        s.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The whole agent (in-memory store and dataplane) with its health servers in a namespace of
+/// its own: a LoadBalancer with externalTrafficPolicy Local put in the store opens its
+/// health-check node port, a scale change shows in the answer within a second, `/healthz`
+/// answers on the configured address, and deleting the service closes the port.
+#[test]
+fn the_agent_serves_health_ports_as_services_change() {
+    use agent::{HealthConfig, MemDataplane, UnderlayInfo};
+    use store::MemStore;
+    let Some(ns) = netns::Ns::new("health") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = TempDir::new("agent-health");
+    let store = MemStore::new();
+    let put = |key: String, v: Value| {
+        let store = store.clone();
+        rt.block_on(async move { store.put(&key, serde_json::to_vec(&v).unwrap()).await })
+            .unwrap();
+    };
+    rt.block_on(common::put_config(&store, "10.244.0.0/16", 24, "host-gw"));
+    let svc = |etp: &str| {
+        serde_json::json!({"metadata": {"name": "shop", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.30", "selector": {"app": "shop"},
+                 "externalTrafficPolicy": etp, "healthCheckNodePort": 32200,
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "nodePort": 30080}]}})
+    };
+    let slice = |ips: &[&str]| {
+        let eps: Vec<Value> = ips
+            .iter()
+            .map(|ip| serde_json::json!({"addresses": [ip], "nodeName": "n1", "conditions": {"ready": true}}))
+            .collect();
+        serde_json::json!({"metadata": {"name": "shop-x", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "shop"}},
+        "addressType": "IPv4", "endpoints": eps,
+        "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]})
+    };
+    put("objects/services/default/shop".into(), svc("Local"));
+    put(
+        "objects/endpointslices/default/shop-x".into(),
+        slice(&["10.244.0.6", "10.244.0.7"]),
+    );
+    let dp = Arc::new(Mutex::new(MemDataplane::new(UnderlayInfo {
+        dev: "eth0".into(),
+        ip: Ipv4Addr::new(10, 99, 0, 1),
+        mtu: 1500,
+    })));
+    let mut cfg = common::agent_config("n1", dir.path(), Duration::from_secs(3));
+    cfg.netns = Some(ns.path());
+    let health = HealthConfig {
+        healthz_bind: Some("127.0.0.1:10266".parse().unwrap()),
+        ..HealthConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = rt.spawn(agent::run_with_health(
+        store.clone(),
+        dp,
+        cfg,
+        health,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let count = |want: &str| {
+        http_get(&ns, "127.0.0.1:32200", "/healthz").is_ok_and(|(_, t)| t.contains(want))
+    };
+    within(
+        "the port to answer 2 endpoints",
+        Duration::from_secs(10),
+        || count("\"localEndpoints\": 2"),
+    );
+    assert_eq!(http_get(&ns, "127.0.0.1:32200", "/").unwrap().0, 200);
+    put(
+        "objects/endpointslices/default/shop-x".into(),
+        slice(&["10.244.0.6", "10.244.0.7", "10.244.0.8"]),
+    );
+    let took = within("the scale-up to show", Duration::from_secs(1), || {
+        count("\"localEndpoints\": 3")
+    });
+    eprintln!("scale change answered after {took:?}");
+    put("objects/endpointslices/default/shop-x".into(), slice(&[]));
+    within("503 without endpoints", Duration::from_secs(1), || {
+        http_get(&ns, "127.0.0.1:32200", "/").is_ok_and(|(s, _)| s == 503)
+    });
+    let (status, text) = http_get(&ns, "127.0.0.1:10266", "/healthz").unwrap();
+    assert_eq!(status, 200, "{text}");
+    // externalTrafficPolicy Cluster needs no health check: the port closes.
+    put("objects/services/default/shop".into(), svc("Cluster"));
+    within("the port to close", Duration::from_secs(1), || {
+        http_get(&ns, "127.0.0.1:32200", "/") == Err(std::io::ErrorKind::ConnectionRefused)
+    });
+    let _ = stop.send(());
+    rt.block_on(task).unwrap().unwrap();
+}
