@@ -70,21 +70,25 @@ impl ClientError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestBody {
     None,
-    /// As many bytes as the forwarded `Content-Length` says.
-    Length,
+    /// This many bytes; the gateway writes the one `Content-Length` field itself.
+    Length(u64),
     Chunked,
 }
 
 impl RequestBody {
-    /// From the client's request: its `Content-Length` if any, else chunked when a body follows.
-    pub fn of(headers: &HeaderMap, body: &Incoming) -> RequestBody {
-        if body.is_end_stream() {
-            RequestBody::None
-        } else if headers.contains_key(header::CONTENT_LENGTH) {
-            RequestBody::Length
-        } else {
-            RequestBody::Chunked
+    /// From the client's request: its `Content-Length` (all fields' values read into one with
+    /// [`content_length`]) if any, else chunked when a body follows.
+    pub fn of(length: Option<u64>, body: &Incoming) -> RequestBody {
+        match length {
+            Some(n) => RequestBody::Length(n),
+            None if body.is_end_stream() => RequestBody::None,
+            None => RequestBody::Chunked,
         }
+    }
+
+    /// Whether body bytes follow the head.
+    pub fn has_bytes(self) -> bool {
+        !matches!(self, RequestBody::None | RequestBody::Length(0))
     }
 }
 
@@ -165,7 +169,10 @@ pub struct Forward<'a> {
 /// Writes the backend request head: origin-form `target`, HTTP/1.1, `Host` first, the
 /// client's `fields` without hop-by-hop ones (and those its `Connection` names) and without
 /// `Expect` (the gateway answers it), `X-Forwarded-For` appended to, `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` set, then the framing and upgrade fields of `fw`.
+/// `X-Forwarded-Host` set, then the framing and upgrade fields of `fw`. The framing fields
+/// (`Content-Length`, `Transfer-Encoding`) are always the gateway's own, one each at most,
+/// never the client's as sent: a backend must read the body's end where the gateway does
+/// (RFC 9110 §8.6: a list of equal `Content-Length` values is forwarded as one).
 pub fn encode_request<'a, I>(
     out: &mut Vec<u8>,
     method: &str,
@@ -183,14 +190,14 @@ pub fn encode_request<'a, I>(
         target.as_bytes()
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(h) = fw.host {
-        field(out, b"host", h);
-    }
+    // HTTP/1.1 requires a Host; empty when the client (HTTP/1.0) gave none (RFC 9112 §3.2).
+    field(out, b"host", fw.host.unwrap_or(b""));
     let named = connection_names_fields(fields.clone());
     let mut forwarded_for = false;
     for (n, value) in fields.clone() {
         if hop_by_hop(n)
             || n.eq_ignore_ascii_case("host")
+            || n.eq_ignore_ascii_case("content-length")
             || n.eq_ignore_ascii_case("expect")
             || n.eq_ignore_ascii_case("x-forwarded-proto")
             || n.eq_ignore_ascii_case("x-forwarded-host")
@@ -228,14 +235,54 @@ pub fn encode_request<'a, I>(
     if let Some(h) = fw.host {
         field(out, b"x-forwarded-host", h);
     }
-    if fw.body == RequestBody::Chunked {
-        field(out, b"transfer-encoding", fw.transfer_encoding);
+    match fw.body {
+        RequestBody::None => {}
+        RequestBody::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        RequestBody::Chunked => {
+            out.extend_from_slice(b"transfer-encoding: ");
+            codings(out, out.len(), fw.transfer_encoding);
+            out.extend_from_slice(b"\r\n");
+        }
     }
     if let Some(u) = fw.upgrade {
         out.extend_from_slice(b"connection: upgrade\r\n");
         field(out, b"upgrade", u);
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes `n` in decimal, without a formatter.
+pub(crate) fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends the elements of a `Transfer-Encoding` list checked by [`transfer_coding`] to the
+/// field value begun at `out[start..]`, as `a, b`: without empty elements or odd whitespace.
+pub(crate) fn codings(out: &mut Vec<u8>, start: usize, list: &[u8]) {
+    for c in list.split(|b| *b == b',') {
+        let c = c.trim_ascii();
+        if c.is_empty() {
+            continue;
+        }
+        if out.len() > start {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(c);
+    }
 }
 
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -260,11 +307,15 @@ pub struct HeadInfo {
     pub framing: Framing,
     /// Whether the connection may carry another request after this response.
     pub keep_alive: bool,
+    /// The `Content-Length` to give the client (its fields are never copied): the body's
+    /// length, or for HEAD and 304 the length the backend announced; None with
+    /// `Transfer-Encoding`, for 1xx and 204, and when the backend sent none.
+    pub length: Option<u64>,
 }
 
 /// Adds one `Content-Length` field's value (`7`, or `7, 7`) to what earlier fields said: every
-/// value must be a decimal number and all must agree.
-pub(crate) fn content_length(value: &[u8], length: &mut Option<u64>) -> Result<(), String> {
+/// value must be a decimal number and all must agree (RFC 9110 §8.6).
+pub fn content_length(value: &[u8], length: &mut Option<u64>) -> Result<(), String> {
     for v in value.split(|b| *b == b',') {
         let v = v.trim_ascii();
         let n = std::str::from_utf8(v)
@@ -280,6 +331,50 @@ pub(crate) fn content_length(value: &[u8], length: &mut Option<u64>) -> Result<(
     Ok(())
 }
 
+/// What the `Transfer-Encoding` fields of a message say, read in order with
+/// [`transfer_coding`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Codings {
+    /// At least one field was present.
+    pub present: bool,
+    /// `chunked` is the last coding applied (so the body is chunked).
+    pub chunked_last: bool,
+    /// `chunked` was seen.
+    chunked: bool,
+}
+
+/// Adds one `Transfer-Encoding` field's value to what earlier fields said (RFC 9112 §6.1,
+/// RFC 9110 §5.6.1): a list of transfer codings, each a token (no parameters; empty elements
+/// are skipped), `chunked` at most once. Anything else is an error: a message whose body's
+/// end could be read two ways.
+pub fn transfer_coding(value: &[u8], te: &mut Codings) -> Result<(), String> {
+    te.present = true;
+    for c in value.split(|b| *b == b',') {
+        let c = c.trim_ascii();
+        if c.is_empty() {
+            continue;
+        }
+        if !c.iter().all(|b| tchar(*b)) {
+            return Err(format!(
+                "transfer-encoding {:?}",
+                String::from_utf8_lossy(value)
+            ));
+        }
+        let chunked = c.eq_ignore_ascii_case(b"chunked");
+        if chunked && te.chunked {
+            return Err("transfer-encoding: chunked twice".into());
+        }
+        te.chunked |= chunked;
+        te.chunked_last = chunked;
+    }
+    Ok(())
+}
+
+/// A token character (RFC 9110 §5.6.2).
+pub(crate) fn tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Reads framing and reuse from a parsed response head. `version` is httparse's minor
 /// version (0 or 1).
 pub fn head_info(
@@ -291,7 +386,7 @@ pub fn head_info(
     let mut close = false;
     let mut keep_alive_token = false;
     let mut length: Option<u64> = None;
-    let mut te: Option<&[u8]> = None;
+    let mut te = Codings::default();
     for h in headers {
         if h.name.eq_ignore_ascii_case("connection") {
             close |= lists(h.value, "close");
@@ -299,7 +394,7 @@ pub fn head_info(
         } else if h.name.eq_ignore_ascii_case("content-length") {
             content_length(h.value, &mut length)?;
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            te = Some(h.value);
+            transfer_coding(h.value, &mut te)?;
         }
     }
     let mut keep_alive = if version >= 1 {
@@ -311,9 +406,8 @@ pub fn head_info(
         *request == Method::HEAD || (100..200).contains(&status) || status == 204 || status == 304;
     let framing = if no_body {
         Framing::Length(0)
-    } else if let Some(te) = te {
-        let last = te.rsplit(|b| *b == b',').next().unwrap_or(b"").trim_ascii();
-        if version >= 1 && last.eq_ignore_ascii_case(b"chunked") {
+    } else if te.present {
+        if version >= 1 && te.chunked_last {
             Framing::Chunked
         } else {
             keep_alive = false;
@@ -325,9 +419,17 @@ pub fn head_info(
         keep_alive = false;
         Framing::Close
     };
+    // RFC 9110 §8.6: none in 1xx and 204 responses; with Transfer-Encoding, none either.
+    let length = match framing {
+        _ if (100..200).contains(&status) || status == 204 => None,
+        Framing::Length(_) if no_body => length.filter(|_| !te.present),
+        Framing::Length(n) => Some(n),
+        Framing::Chunked | Framing::Close => None,
+    };
     Ok(HeadInfo {
         framing,
         keep_alive,
+        length,
     })
 }
 
@@ -341,7 +443,7 @@ pub async fn send(
     body: Incoming,
     kind: RequestBody,
 ) -> Result<Response<ProxyBody>, ClientError> {
-    let mut body = (kind != RequestBody::None).then_some(body);
+    let mut body = kind.has_bytes().then_some(body);
     let retry_ok = idempotent(method) && body.is_none();
     loop {
         let (mut conn, reused) = connection(pool, ep, !retry_ok).await?;
@@ -551,8 +653,8 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head<Parsed>>, Clien
             .map_err(|_| ClientError::Invalid(format!("field name {:?}", h.name)))?;
         let n = name.as_str();
         if hop_by_hop(n)
+            || name == header::CONTENT_LENGTH
             || (named && named_by_connection(fields(), n))
-            || (info.framing == Framing::Chunked && name == header::CONTENT_LENGTH)
         {
             continue;
         }
@@ -560,6 +662,9 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head<Parsed>>, Clien
         let value = HeaderValue::from_maybe_shared(shared.slice(off..off + h.value.len()))
             .map_err(|_| ClientError::Invalid(format!("value of field {n}")))?;
         map.append(name, value);
+    }
+    if let Some(n) = info.length {
+        map.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
     let mut response = Response::new(());
     *response.status_mut() = status;
@@ -707,20 +812,22 @@ pub enum Step {
 }
 
 impl Chunked {
-    /// Advances over `buf` by one step.
+    /// Advances over `buf` by one step. The grammar is RFC 9112 §7.1's, strictly: chunks pass
+    /// through verbatim, so a backend or client must find every chunk's end where the gateway
+    /// does. No bare CR or LF, no whitespace other than around a `;` or `=` of an extension,
+    /// chunk sizes of one to sixteen significant hex digits.
     pub fn step(&mut self, buf: &[u8]) -> Result<Step, String> {
         match *self {
-            Chunked::Size => match httparse::parse_chunk_size(buf) {
-                Ok(httparse::Status::Complete((used, 0))) => {
+            Chunked::Size => match chunk_size_line(buf)? {
+                Some((used, 0)) => {
                     *self = Chunked::Trailers;
                     Ok(Step::Skip(used))
                 }
-                Ok(httparse::Status::Complete((used, size))) => {
+                Some((used, size)) => {
                     *self = Chunked::Data(size);
                     Ok(Step::Skip(used))
                 }
-                Ok(httparse::Status::Partial) => Ok(Step::More),
-                Err(_) => Err("invalid chunk size line".into()),
+                None => Ok(Step::More),
             },
             Chunked::Data(left) => {
                 if buf.is_empty() {
@@ -742,13 +849,122 @@ impl Chunked {
                 [] | [b'\r'] => Ok(Step::More),
                 _ => Err("chunk data not followed by CRLF".into()),
             },
-            Chunked::Trailers => match buf.windows(2).position(|w| w == b"\r\n") {
-                Some(0) => Ok(Step::Done(2)),
-                Some(i) => Ok(Step::Skip(i + 2)),
-                None => Ok(Step::More),
+            Chunked::Trailers => match buf {
+                [b'\r', b'\n', ..] => Ok(Step::Done(2)),
+                [] | [b'\r'] => Ok(Step::More),
+                _ => Ok(trailer_line(buf)?.map_or(Step::More, Step::Skip)),
             },
         }
     }
+}
+
+/// Where a chunk-size line is (see [`chunk_size_line`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Line {
+    Size,
+    /// Whitespace after the size or an extension, before a `;`.
+    SpaceBeforeSemi,
+    /// After `;`, before the extension's name.
+    BeforeName,
+    Name,
+    /// Whitespace after a name: `=` or `;` next.
+    AfterName,
+    /// After `=`, before the value.
+    BeforeValue,
+    Token,
+    Quoted,
+    /// After a `\` in a quoted string.
+    Escape,
+    /// After a quoted string's closing quote.
+    AfterQuoted,
+}
+
+/// Parses a chunk-size line at the start of `buf` (RFC 9112 §7.1.1):
+/// `1*HEXDIG *( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] ) CRLF`.
+/// Ok(None): valid so far, incomplete; else the line's length and the chunk size.
+fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, String> {
+    let bad = |why: &str| Err(format!("invalid chunk size line: {why}"));
+    let mut size: u64 = 0;
+    let mut digits = 0;
+    let mut at = Line::Size;
+    for (i, &b) in buf.iter().enumerate() {
+        at = match (at, b) {
+            (Line::Size, _) if b.is_ascii_hexdigit() => {
+                let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                size = match size.checked_mul(16).and_then(|s| s.checked_add(d)) {
+                    Some(s) => s,
+                    None => return bad("size too large"),
+                };
+                digits += 1;
+                Line::Size
+            }
+            (Line::Size, _) if digits == 0 => return bad("no size"),
+            (Line::Quoted, b'"') => Line::AfterQuoted,
+            (Line::Quoted, b'\\') => Line::Escape,
+            (Line::Quoted, b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff) => Line::Quoted,
+            (Line::Escape, b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff) => Line::Quoted,
+            (Line::Quoted | Line::Escape, _) => return bad("quoted string"),
+            (Line::Size | Line::Name | Line::Token | Line::AfterQuoted, b'\r') => {
+                return match buf.get(i + 1) {
+                    None => Ok(None),
+                    Some(b'\n') => Ok(Some((i + 2, size))),
+                    Some(_) => bad("CR without LF"),
+                };
+            }
+            (
+                Line::Size
+                | Line::SpaceBeforeSemi
+                | Line::Name
+                | Line::AfterName
+                | Line::Token
+                | Line::AfterQuoted,
+                b';',
+            ) => Line::BeforeName,
+            (
+                Line::Size | Line::Token | Line::AfterQuoted | Line::SpaceBeforeSemi,
+                b' ' | b'\t',
+            ) => Line::SpaceBeforeSemi,
+            (Line::BeforeName, b' ' | b'\t') => Line::BeforeName,
+            (Line::BeforeName | Line::Name, _) if tchar(b) => Line::Name,
+            (Line::Name | Line::AfterName, b' ' | b'\t') => Line::AfterName,
+            (Line::Name | Line::AfterName, b'=') => Line::BeforeValue,
+            (Line::BeforeValue, b' ' | b'\t') => Line::BeforeValue,
+            (Line::BeforeValue, b'"') => Line::Quoted,
+            (Line::BeforeValue | Line::Token, _) if tchar(b) => Line::Token,
+            _ => return bad("unexpected byte"),
+        };
+    }
+    Ok(None)
+}
+
+/// Checks one trailer field line at the start of `buf` (RFC 9112 §7.1.2, §5: `field-name ":"
+/// OWS field-value OWS CRLF`; no obs-fold, no bare CR or LF, no control characters). Ok(None):
+/// valid so far, incomplete; else the line's length with its CRLF.
+fn trailer_line(buf: &[u8]) -> Result<Option<usize>, String> {
+    let bad = || Err("invalid trailer field line".to_string());
+    let mut in_name = true;
+    for (i, &b) in buf.iter().enumerate() {
+        if in_name {
+            match b {
+                b':' if i > 0 => in_name = false,
+                _ if tchar(b) => {}
+                _ => return bad(),
+            }
+            continue;
+        }
+        match b {
+            b'\r' => {
+                return match buf.get(i + 1) {
+                    None => Ok(None),
+                    Some(b'\n') => Ok(Some(i + 2)),
+                    Some(_) => bad(),
+                };
+            }
+            b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => {}
+            _ => return bad(),
+        }
+    }
+    Ok(None)
 }
 
 impl BackendBody {
@@ -862,7 +1078,8 @@ mod tests {
             info(&get, 200, 1, &[h("Content-Length", "7")]),
             HeadInfo {
                 framing: Framing::Length(7),
-                keep_alive: true
+                keep_alive: true,
+                length: Some(7),
             }
         );
         assert_eq!(
@@ -885,14 +1102,16 @@ mod tests {
             ),
             HeadInfo {
                 framing: Framing::Chunked,
-                keep_alive: true
+                keep_alive: true,
+                length: None,
             }
         );
         assert_eq!(
             info(&get, 200, 1, &[h("transfer-encoding", "gzip")]),
             HeadInfo {
                 framing: Framing::Close,
-                keep_alive: false
+                keep_alive: false,
+                length: None,
             }
         );
         // Neither: until close.
@@ -900,7 +1119,8 @@ mod tests {
             info(&get, 200, 1, &[]),
             HeadInfo {
                 framing: Framing::Close,
-                keep_alive: false
+                keep_alive: false,
+                length: None,
             }
         );
         // No body whatever the fields say.
@@ -974,6 +1194,103 @@ mod tests {
         assert!(dechunk(b"4\r\nWikiXX0\r\n\r\n", 64).is_err());
         assert!(dechunk(b"zz\r\n", 64).is_err());
         assert!(dechunk(b"4\r\nWi", 64).is_err());
+    }
+
+    #[test]
+    fn chunk_framing_follows_rfc_9112_strictly() {
+        // Accepted: the body, in any pieces.
+        for (wire, body) in [
+            (&b"5\r\nhello\r\n0\r\n\r\n"[..], &b"hello"[..]),
+            (b"5;a\r\nhello\r\n0\r\n\r\n", b"hello"),
+            (
+                b"5 ;a=b\t; c = \"x\\\"y;\"\r\nhello\r\n000;z\r\n\r\n",
+                b"hello",
+            ),
+            (
+                b"00005\r\nhello\r\n0\r\nA: 1\r\nB:\r\nC: x\ty \x80\r\n\r\n",
+                b"hello",
+            ),
+            (b"fFfFfFfFfFfFfFfF\r\n", b""),
+        ] {
+            for piece in [1, 2, wire.len()] {
+                match dechunk(wire, piece) {
+                    Ok((got, _)) => assert_eq!(got, body, "{:?}", String::from_utf8_lossy(wire)),
+                    // Only the huge chunk is cut short.
+                    Err(e) => assert_eq!(e, "incomplete", "{:?}", String::from_utf8_lossy(wire)),
+                }
+            }
+        }
+        // Refused, whatever the pieces.
+        for wire in [
+            &b"\r\n\r\n"[..],
+            b";a\r\n\r\n",
+            b" 5\r\nhello\r\n0\r\n\r\n",
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            b"5\n",
+            b"5\r5",
+            b"5;a\nb\r\n",
+            b"5;a b\r\n",
+            b"5;a=\r\n",
+            b"5;=b\r\n",
+            b"5;a =b c\r\n",
+            b"5;a=\"b\r\n",
+            b"5;a=\"b\x7f\"\r\n",
+            b"5;a=b\"c\"\r\n",
+            b"5;a\x00\r\n",
+            b"0x5\r\n",
+            b"+5\r\n",
+            b"-0\r\n",
+            b"5g\r\n",
+            b"10000000000000000\r\n",
+            b"5\r\nhelloX\r\n",
+            b"5\r\nhello\n0\r\n\r\n",
+            b"0\r\nA: 1\nB: 2\r\n\r\n",
+            b"0\r\nA: 1\r\n folded\r\n\r\n",
+            b"0\r\nno colon\r\n\r\n",
+            b"0\r\n: v\r\n\r\n",
+            b"0\r\nA : v\r\n\r\n",
+            b"0\r\nA: \x00\r\n\r\n",
+            b"0\r\nA: 1\rB\r\n\r\n",
+            b"0\r\n\rX",
+        ] {
+            for piece in [1, 3, wire.len()] {
+                let r = dechunk(wire, piece);
+                assert!(
+                    r.as_ref().is_err_and(|e| e != "incomplete"),
+                    "{:?} in pieces of {piece}: {r:?}",
+                    String::from_utf8_lossy(wire)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn transfer_codings_are_tokens_with_chunked_once() {
+        let read = |fields: &[&str]| {
+            let mut te = Codings::default();
+            for f in fields {
+                transfer_coding(f.as_bytes(), &mut te)?;
+            }
+            Ok::<_, String>(te.chunked_last)
+        };
+        assert_eq!(read(&["chunked"]), Ok(true));
+        assert_eq!(read(&["gzip, Chunked"]), Ok(true));
+        assert_eq!(read(&["gzip", "chunked"]), Ok(true));
+        assert_eq!(read(&[", chunked ,"]), Ok(true));
+        assert_eq!(read(&["chunked, gzip"]), Ok(false));
+        assert_eq!(read(&["gzip"]), Ok(false));
+        for bad in [
+            &["chunked, chunked"][..],
+            &["chunked", "chunked"],
+            &["chunked;q=1"],
+            &["\"chunked\""],
+            &["chun ked"],
+        ] {
+            assert!(read(bad).is_err(), "{bad:?}");
+        }
+        let mut out = b"x".to_vec();
+        codings(&mut out, 1, b" ,gzip ,\tchunked, ");
+        assert_eq!(out, b"xgzip, chunked");
     }
 
     #[test]

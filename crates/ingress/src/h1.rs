@@ -2,14 +2,17 @@
 //! bytes in, bytes out, no header map.
 //!
 //! Per request: the head is parsed in place with `httparse`, routed, and the backend's request
-//! head encoded straight from the parsed fields ([`client::encode_request`]). The request body
+//! head encoded straight from the parsed fields ([`client::encode_request`]), its framing
+//! fields (`Content-Length`, `Transfer-Encoding`) always the gateway's own. The request body
 //! follows as it is: `Content-Length` bytes, or chunks passed through verbatim (the chunked
-//! decoder only finds where the body ends). The backend's response head is parsed the same way
-//! and the client's head written from it (hop-by-hop fields dropped); a response already whole
-//! in the backend buffer goes to the client in one write, a larger one streams. Chunked
-//! responses pass through verbatim too (de-chunked for an HTTP/1.0 client, which cannot read
-//! them). `Expect: 100-continue` is answered by the gateway; `Upgrade` requests (WebSocket)
-//! are forwarded, and after a `101` the two connections are joined byte for byte.
+//! decoder finds where the body ends and refuses all but RFC 9112's grammar, so a backend
+//! cannot read the chunks another way). The backend's response head is parsed the same way and
+//! the client's head written from it (hop-by-hop fields dropped, framing fields the gateway's);
+//! a response already whole in the backend buffer goes to the client in one write, a larger
+//! one streams. Chunked responses pass through verbatim too (de-chunked for an HTTP/1.0
+//! client, which cannot read them). `Expect: 100-continue` is answered by the gateway;
+//! `Upgrade` requests (WebSocket) are forwarded, and after a `101` the two connections are
+//! joined byte for byte.
 //!
 //! Everything runs in the connection's task; the backend connection comes from the shared
 //! [`crate::pool`] and goes back after a complete keep-alive response.
@@ -99,6 +102,26 @@ fn bad(status: StatusCode, text: impl Into<Cow<'static, str>>) -> Parsed {
 /// Parses the request head at the start of `buf`, routes it with `proxy`, and on success
 /// writes the backend request head to `out`. Pure apart from reading the route table.
 pub fn prepare(proxy: &Proxy, buf: &[u8], peer: &str, https: bool, out: &mut Vec<u8>) -> Parsed {
+    prepare_with(buf, peer, https, out, |m, host, path| {
+        proxy.pick(m, host, path)
+    })
+}
+
+/// [`prepare`] with every request routed to one endpoint: the head parser and the backend
+/// head encoder alone, for fuzzing and tests. `out` gets the head the backend would see.
+pub fn parse_request(buf: &[u8], out: &mut Vec<u8>) -> Parsed {
+    let ep = SocketAddr::from(([127, 0, 0, 1], 80));
+    prepare_with(buf, "192.0.2.1", false, out, |_, _, _| Ok(ep))
+}
+
+/// [`prepare`] with the routing decision `pick(method, host, path)`.
+fn prepare_with(
+    buf: &[u8],
+    peer: &str,
+    https: bool,
+    out: &mut Vec<u8>,
+    pick: impl FnOnce(&Method, &str, &str) -> Result<SocketAddr, Reject>,
+) -> Parsed {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut r = httparse::Request::new(&mut fields);
     let len = match r.parse(buf) {
@@ -121,6 +144,7 @@ pub fn prepare(proxy: &Proxy, buf: &[u8], peer: &str, https: bool, out: &mut Vec
     let mut host: Option<&[u8]> = None;
     let mut length: Option<u64> = None;
     let mut te: Option<&[u8]> = None;
+    let mut codings = client::Codings::default();
     let (mut close, mut keep_alive_token, mut conn_upgrade) = (false, false, false);
     let mut expect_continue = false;
     let mut upgrade: Option<&[u8]> = None;
@@ -131,6 +155,15 @@ pub fn prepare(proxy: &Proxy, buf: &[u8], peer: &str, https: bool, out: &mut Vec
                 return bad(
                     StatusCode::BAD_REQUEST,
                     "400 bad request: two Host fields\n",
+                );
+            }
+            if !valid_host(h.value) {
+                return bad(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "400 bad request: host {:?}\n",
+                        String::from_utf8_lossy(h.value)
+                    ),
                 );
             }
             host = Some(h.value);
@@ -144,6 +177,9 @@ pub fn prepare(proxy: &Proxy, buf: &[u8], peer: &str, https: bool, out: &mut Vec
                     StatusCode::BAD_REQUEST,
                     "400 bad request: two Transfer-Encoding fields\n",
                 );
+            }
+            if let Err(e) = client::transfer_coding(h.value, &mut codings) {
+                return bad(StatusCode::BAD_REQUEST, format!("400 bad request: {e}\n"));
             }
             te = Some(h.value);
         } else if n.eq_ignore_ascii_case("connection") {
@@ -165,8 +201,7 @@ pub fn prepare(proxy: &Proxy, buf: &[u8], peer: &str, https: bool, out: &mut Vec
             );
         }
         (Some(te), None) => {
-            let last = te.rsplit(|b| *b == b',').next().unwrap_or(b"").trim_ascii();
-            if minor == 0 || !last.eq_ignore_ascii_case(b"chunked") {
+            if minor == 0 || !codings.chunked_last {
                 return bad(
                     StatusCode::BAD_REQUEST,
                     format!(
@@ -184,7 +219,15 @@ pub fn prepare(proxy: &Proxy, buf: &[u8], peer: &str, https: bool, out: &mut Vec
     let mut origin: Cow<'_, str> = Cow::Borrowed(target);
     if let Some(rest) = strip_scheme(target) {
         let end = rest.find(['/', '?']).unwrap_or(rest.len());
-        host = Some(&rest.as_bytes()[..end]);
+        let authority = &rest.as_bytes()[..end];
+        // RFC 9110 §4.2.4: userinfo (`user@host`) is an error; so is any other bad authority.
+        if authority.is_empty() || !valid_host(authority) {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                format!("400 bad request: authority {:?}\n", &rest[..end]),
+            );
+        }
+        host = Some(authority);
         origin = match &rest[end..] {
             "" => Cow::Borrowed("/"),
             p if p.starts_with('?') => Cow::Owned(format!("/{p}")),
@@ -208,16 +251,18 @@ pub fn prepare(proxy: &Proxy, buf: &[u8], peer: &str, https: bool, out: &mut Vec
     };
     let host_str = host.and_then(|h| std::str::from_utf8(h).ok()).unwrap_or("");
     let path = origin.split('?').next().unwrap_or("");
-    let to = proxy.pick(&req.method, host_str, path);
+    let to = pick(&req.method, host_str, path);
     if to.is_ok() {
         let fw = Forward {
             host,
             peer,
             https,
-            body: match body {
-                BodyLen::None => RequestBody::None,
-                BodyLen::Length(_) => RequestBody::Length,
-                BodyLen::Chunked => RequestBody::Chunked,
+            // The framing fields are the gateway's: one Content-Length (also a 0 the client
+            // sent), or Transfer-Encoding.
+            body: match (body, length) {
+                (BodyLen::Chunked, _) => RequestBody::Chunked,
+                (_, Some(n)) => RequestBody::Length(n),
+                (_, None) => RequestBody::None,
             },
             transfer_encoding: te.unwrap_or(b"chunked"),
             upgrade: if req.upgrade { upgrade } else { None },
@@ -226,6 +271,60 @@ pub fn prepare(proxy: &Proxy, buf: &[u8], peer: &str, https: bool, out: &mut Vec
         client::encode_request(out, req.method.as_str(), &origin, fields, &fw);
     }
     Parsed::Request { len, req, to }
+}
+
+/// Whether `v` is a valid `Host` value (RFC 9112 §3.2, RFC 3986 §3.2.2): `uri-host [ ":"
+/// port ]`, the host an IP literal in brackets or a reg-name (unreserved, sub-delims and
+/// percent-encoded octets), the port digits. Empty is valid (a target without authority).
+pub(crate) fn valid_host(v: &[u8]) -> bool {
+    let (host, port) = match v.first() {
+        Some(b'[') => match v.iter().position(|b| *b == b']') {
+            Some(end) => {
+                let inside = &v[1..end];
+                let ok = !inside.is_empty()
+                    && inside
+                        .iter()
+                        .all(|b| unreserved(*b) || sub_delim(*b) || *b == b':');
+                if !ok {
+                    return false;
+                }
+                (&b""[..], &v[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match v.iter().position(|b| *b == b':') {
+            Some(i) => (&v[..i], &v[i..]),
+            None => (v, &b""[..]),
+        },
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' => {
+                let hex = host.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b if unreserved(b) || sub_delim(b) => i += 1,
+            _ => return false,
+        }
+    }
+    port_ok
+}
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~".contains(&b)
+}
+
+fn sub_delim(b: u8) -> bool {
+    b"!$&'()*+,;=".contains(&b)
 }
 
 fn strip_scheme(target: &str) -> Option<&str> {
@@ -629,6 +728,7 @@ fn response_head(
                 info: HeadInfo {
                     framing: Framing::Length(0),
                     keep_alive: true,
+                    length: None,
                 },
                 close: false,
                 dechunk: false,
@@ -660,18 +760,15 @@ fn response_head(
     out.extend_from_slice(b"\r\n");
     let fields = || r.headers.iter().map(|h| (h.name, h.value));
     let named = connection_names_fields(fields());
-    let mut te: &[u8] = b"chunked";
     let mut upgrade: Option<&[u8]> = None;
     for h in r.headers.iter() {
         let n = h.name;
-        if n.eq_ignore_ascii_case("transfer-encoding") {
-            te = h.value;
-        }
         if n.eq_ignore_ascii_case("upgrade") {
             upgrade = Some(h.value);
         }
+        // The framing fields are the gateway's own (below), never copied.
         if hop_by_hop(n)
-            || (chunked && n.eq_ignore_ascii_case("content-length"))
+            || n.eq_ignore_ascii_case("content-length")
             || (named && named_by_connection(fields(), n))
         {
             continue;
@@ -690,11 +787,21 @@ fn response_head(
         }
     } else {
         if chunked && !dechunk {
+            // The backend's codings (checked by head_info), from all its fields.
             out.extend_from_slice(b"transfer-encoding: ");
-            out.extend_from_slice(te);
+            let start = out.len();
+            for h in r.headers.iter() {
+                if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    client::codings(out, start, h.value);
+                }
+            }
             out.extend_from_slice(b"\r\n");
         } else if rechunk {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        } else if let Some(n) = info.length {
+            out.extend_from_slice(b"content-length: ");
+            client::decimal(out, n);
+            out.extend_from_slice(b"\r\n");
         }
         connection_field(out, req.minor, close);
     }

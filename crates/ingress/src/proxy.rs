@@ -127,12 +127,26 @@ impl Proxy {
             Some(h) => Some(h.as_bytes()),
             None => parts.uri.authority().map(|a| a.as_str().as_bytes()),
         };
+        if host.is_some_and(|h| !h1::valid_host(h)) {
+            return Ok(plain(StatusCode::BAD_REQUEST, "400 bad request: host\n"));
+        }
         let host_str = host.and_then(|h| std::str::from_utf8(h).ok()).unwrap_or("");
         let ep = match self.pick(&parts.method, host_str, parts.uri.path()) {
             Ok(ep) => ep,
             Err(r) => return Ok(plain(r.status, &r.text)),
         };
-        let kind = RequestBody::of(&parts.headers, &body);
+        // The forwarded head carries the gateway's one Content-Length, never the client's
+        // fields (whose values must all agree, RFC 9110 §8.6).
+        let mut length = None;
+        for v in parts.headers.get_all(header::CONTENT_LENGTH) {
+            if let Err(e) = client::content_length(v.as_bytes(), &mut length) {
+                return Ok(plain(
+                    StatusCode::BAD_REQUEST,
+                    &format!("400 bad request: {e}\n"),
+                ));
+            }
+        }
+        let kind = RequestBody::of(length, &body);
         let mut head = Vec::with_capacity(512);
         let fields: Vec<(&str, &[u8])> = parts
             .headers

@@ -43,7 +43,8 @@ impl Raw {
         self.s.write_all(b).await.unwrap();
     }
 
-    /// Reads one response: by Content-Length, chunked (decoded), none (HEAD, 1xx, 101), or
+    /// Reads one response: by Content-Length, chunked (decoded), none (HEAD, 1xx, 101, 204,
+    /// 304), or
     /// until the gateway closes.
     async fn response(&mut self, head_request: bool) -> Got {
         let end = loop {
@@ -62,7 +63,7 @@ impl Raw {
                 .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
         };
         let mut body = Vec::new();
-        if head_request || status < 200 {
+        if head_request || status < 200 || status == 204 || status == 304 {
         } else if let Some(n) = field("content-length") {
             let n: usize = n.trim().parse().unwrap();
             while self.buf.len() < n {
@@ -414,4 +415,324 @@ async fn a_backend_that_stalls_mid_body_is_given_up_after_the_timeout() {
     assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
     assert!(got.ends_with("\r\n\r\n0123456789"), "{got}");
     assert_eq!(proxy.pool().idle(b.addr), 0);
+}
+
+/// A backend that answers a POST 400 with `Connection: close` (as a strict server answers a
+/// body it cannot parse; the connection is left open so no reset races the answer) and
+/// anything else 200 with its request line as the body. It records every request it reads.
+async fn strict_backend() -> Backend {
+    backend(Arc::new(|_, _, raw: &str| {
+        let line = raw.lines().next().unwrap().to_string();
+        let a = if line.starts_with("POST ") {
+            "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+        } else {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{line}",
+                line.len()
+            )
+        };
+        Answer {
+            pieces: vec![a.into_bytes()],
+            close: false,
+        }
+    }))
+    .await
+}
+
+const HIDDEN: &[u8] = b"GET /hidden HTTP/1.1\r\nHost: b.test\r\n\r\n";
+
+/// Sends `req` (a smuggling attempt) and checks that the gateway answers 400 and closes, and
+/// that the backend never sees `/hidden`.
+async fn refused_and_nothing_smuggled(gw: SocketAddr, b: &Backend, req: &[u8]) {
+    let what = String::from_utf8_lossy(req).into_owned();
+    let mut c = Raw::connect(gw).await;
+    c.send(req).await;
+    let r = c.response(false).await;
+    let closed = c.closed().await;
+    let seen = b.requests.lock().unwrap().clone();
+    assert!(
+        seen.iter().all(|r| !r.contains("/hidden")),
+        "{what:?}: a backend got the hidden request: {seen:?}"
+    );
+    assert_eq!(r.status, 400, "{what:?}: {}", r.head);
+    assert!(r.head.contains("connection: close"), "{what:?}: {}", r.head);
+    assert!(closed, "{what:?}: the connection stayed open");
+}
+
+#[tokio::test]
+async fn an_empty_chunk_size_line_is_refused_and_the_hidden_request_never_reaches_a_backend() {
+    // Issue 20, item 1: `\r\n` where `1*HEXDIG` is required, then an empty trailer section,
+    // then a second request that a lenient gateway would take for the next one.
+    let b = strict_backend().await;
+    let (gw, _) = gateway(b.addr).await;
+    let head = b"POST / HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for body in [&b"\r\n\r\n"[..], b"5\r\nhello\r\n\r\n\r\n", b";x\r\n\r\n"] {
+        let req = [&head[..], body, HIDDEN].concat();
+        refused_and_nothing_smuggled(gw, &b, &req).await;
+    }
+}
+
+#[tokio::test]
+async fn malformed_chunk_framing_is_refused_with_400_and_close() {
+    // RFC 9112 §7.1: the chunks go through verbatim, so anything a backend could read another
+    // way is refused: bare LF or CR, whitespace other than around an extension's `;` or `=`,
+    // extensions that are no `token [= token / quoted-string]`, trailers that are no field
+    // lines (obs-fold, no colon, bare LF, control characters).
+    let b = strict_backend().await;
+    let (gw, _) = gateway(b.addr).await;
+    let head = b"PUT / HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let bodies: &[&[u8]] = &[
+        b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+        b"5\n\r\nhello\r\n0\r\n\r\n",
+        b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+        b"5 \r\nhello\r\n0\r\n\r\n",
+        b" 5\r\nhello\r\n0\r\n\r\n",
+        b"5;\r\nhello\r\n0\r\n\r\n",
+        b"5;a=\r\nhello\r\n0\r\n\r\n",
+        b"5;a=\"b\r\nhello\r\n0\r\n\r\n",
+        b"5;a=b c\r\nhello\r\n0\r\n\r\n",
+        b"5;a@b\r\nhello\r\n0\r\n\r\n",
+        b"5;a=\x01\r\nhello\r\n0\r\n\r\n",
+        b"5;a=\"\x00\"\r\nhello\r\n0\r\n\r\n",
+        b"0x5\r\nhello\r\n0\r\n\r\n",
+        b"5g\r\nhello\r\n0\r\n\r\n",
+        b"10000000000000005\r\nhello\r\n0\r\n\r\n",
+        b"5\r\nhello\n0\r\n\r\n",
+        b"0\r\nX-T: 1\nY: 2\r\n\r\n",
+        b"0\r\nX-T: 1\r\n folded\r\n\r\n",
+        b"0\r\nno colon\r\n\r\n",
+        b"0\r\n: no name\r\n\r\n",
+        b"0\r\nX-T : 1\r\n\r\n",
+        b"0\r\nX-T: a\x00b\r\n\r\n",
+        b"0\r\nX-T: a\rb\r\n\r\n",
+    ];
+    for body in bodies {
+        let req = [&head[..], body, HIDDEN].concat();
+        refused_and_nothing_smuggled(gw, &b, &req).await;
+    }
+    // Only `/hidden` matters above; PUT requests may have reached the backend in part.
+}
+
+#[tokio::test]
+async fn valid_chunk_extensions_and_trailers_pass_through() {
+    let b = strict_backend().await;
+    let (gw, _) = gateway(b.addr).await;
+    let body = b"5 ; a = \"b\\\"; c\" ;d\r\nhello\r\n000\r\nX-T: 1\r\nX-U:\r\n\r\n";
+    let mut c = Raw::connect(gw).await;
+    c.send(
+        &[
+            &b"PUT /x HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            body,
+        ]
+        .concat(),
+    )
+    .await;
+    let r = c.response(false).await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"PUT /x HTTP/1.1"[..])
+    );
+    let seen = b.requests.lock().unwrap()[0].clone();
+    assert!(
+        seen.ends_with(std::str::from_utf8(body).unwrap()),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn equal_content_length_values_are_forwarded_as_one_field() {
+    // Issue 20, item 2 (RFC 9110 §8.6): a list of equal values becomes one value; differing
+    // values are refused.
+    let b = echo_line().await;
+    let (gw, _) = gateway(b.addr).await;
+    for fields in [
+        "Content-Length: 5\r\nContent-Length: 5\r\n",
+        "Content-Length: 5, 5\r\n",
+        "Content-Length: 5,5 ,\t5\r\nContent-Length: 005\r\n",
+    ] {
+        let before = b.requests.lock().unwrap().len();
+        let mut c = Raw::connect(gw).await;
+        c.send(format!("PUT /x HTTP/1.1\r\nHost: b.test\r\n{fields}\r\nhello").as_bytes())
+            .await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 200, "{fields:?}");
+        let seen = b.requests.lock().unwrap()[before].to_ascii_lowercase();
+        let lengths: Vec<&str> = seen
+            .lines()
+            .filter(|l| l.starts_with("content-length"))
+            .collect();
+        assert_eq!(lengths, ["content-length: 5"], "{fields:?}: {seen:?}");
+        assert!(seen.ends_with("\r\n\r\nhello"), "{seen:?}");
+    }
+    for fields in [
+        "Content-Length: 5\r\nContent-Length: 6\r\n",
+        "Content-Length: 5, 6\r\n",
+        "Content-Length: 5,\r\n",
+        "Content-Length: +5\r\n",
+        "Content-Length: 5 5\r\n",
+        "Content-Length: 99999999999999999999\r\n",
+    ] {
+        let mut c = Raw::connect(gw).await;
+        c.send(format!("PUT /y HTTP/1.1\r\nHost: b.test\r\n{fields}\r\nhello").as_bytes())
+            .await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 400, "{fields:?}");
+        assert!(c.closed().await, "{fields:?}");
+    }
+    let seen = b.requests.lock().unwrap().clone();
+    assert!(seen.iter().all(|r| !r.starts_with("PUT /y")), "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_connection_field_cannot_take_the_framing_fields_away() {
+    // `Connection: content-length` names Content-Length hop-by-hop; were it dropped, the
+    // backend would read the body as the next request.
+    let b = echo_line().await;
+    let (gw, _) = gateway(b.addr).await;
+    let hidden = std::str::from_utf8(HIDDEN).unwrap();
+    let reqs = [
+        format!(
+            "POST /a HTTP/1.1\r\nHost: b.test\r\nConnection: content-length\r\nContent-Length: {}\r\n\r\n{hidden}",
+            HIDDEN.len()
+        ),
+        format!(
+            "POST /b HTTP/1.1\r\nHost: b.test\r\nConnection: transfer-encoding\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{hidden}\r\n0\r\n\r\n",
+            HIDDEN.len()
+        ),
+    ];
+    for req in reqs {
+        let mut c = Raw::connect(gw).await;
+        c.send(req.as_bytes()).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 200, "{req:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen = b.requests.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen.iter().all(|r| r.starts_with("POST ")), "{seen:?}");
+}
+
+#[tokio::test]
+async fn an_invalid_host_value_gets_400_and_close() {
+    // Issue 20, item 3 (RFC 9112 §3.2): a Host that is not `uri-host [":" port]` is a 400, as
+    // is an absolute-form target with a bad authority (userinfo included, RFC 9110 §4.2.4).
+    let b = echo_line().await;
+    let (gw, _) = gateway(b.addr).await;
+    for req in [
+        "GET / HTTP/1.1\r\nHost: b.test x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: b.test/x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: u@b.test\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: b.test:80x\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: b.test:80:80\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: b.te%zzst\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: b.test\"\r\n\r\n",
+        "GET / HTTP/1.0\r\nHost: b.test x\r\n\r\n",
+        "GET http://u@b.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n",
+        "GET http://b.test\\x/ HTTP/1.1\r\nHost: b.test\r\n\r\n",
+        "GET http:///x HTTP/1.1\r\nHost: b.test\r\n\r\n",
+        "GET http://b.test/ HTTP/1.1\r\nHost: b.test x\r\n\r\n",
+    ] {
+        let mut c = Raw::connect(gw).await;
+        c.send(req.as_bytes()).await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 400, "{req:?}");
+        assert!(r.head.contains("connection: close"), "{req:?}: {}", r.head);
+        assert!(c.closed().await, "{req:?}");
+    }
+    assert!(b.requests.lock().unwrap().is_empty());
+    // Valid forms still route.
+    let mut c = Raw::connect(gw).await;
+    c.send(b"GET /p HTTP/1.1\r\nHost: b.test:80\r\n\r\nGET http://b.test:80?q HTTP/1.1\r\nHost: [::1]:8\r\n\r\n")
+        .await;
+    assert_eq!(c.response(false).await.status, 200);
+    assert_eq!(c.response(false).await.body, b"GET /?q HTTP/1.1");
+}
+
+#[tokio::test]
+async fn transfer_encoding_lists_are_checked_and_forwarded_as_the_gateways_own() {
+    let b = echo_line().await;
+    let (gw, _) = gateway(b.addr).await;
+    for te in [
+        "chunked, chunked",
+        "chunked;q=1",
+        "\"chunked\"",
+        ", ",
+        "chunked, gzip",
+        "chun ked",
+    ] {
+        let mut c = Raw::connect(gw).await;
+        c.send(
+            format!("POST / HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: {te}\r\n\r\n0\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 400, "{te:?}");
+        assert!(c.closed().await, "{te:?}");
+    }
+    assert!(b.requests.lock().unwrap().is_empty());
+    let mut c = Raw::connect(gw).await;
+    c.send(
+        b"POST / HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: ,gzip ,\tCHUNKED\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(c.response(false).await.status, 200);
+    let seen = b.requests.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(
+        seen.contains("\r\ntransfer-encoding: gzip, chunked\r\n"),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_backends_framing_fields_reach_the_client_as_the_gateways_own() {
+    // The response side of items 2 and 3: the client gets one Content-Length (none with
+    // Transfer-Encoding, none for 204), whatever the backend sent or named in Connection.
+    let b = backend(Arc::new(|_, _, raw: &str| {
+        let path = raw.split(' ').nth(1).unwrap().to_string();
+        let (resp, close): (&[u8], bool) = match path.as_str() {
+            "/twice" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello", false),
+            "/list" => (b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello", false),
+            "/named" => (b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello", false),
+            "/204" => (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", false),
+            "/gzip" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nabc", true),
+            "/te-list" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", false),
+            "/te-twice" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", false),
+            _ => (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal", false),
+        };
+        answer(&[resp], close)
+    }))
+    .await;
+    let (gw, _) = gateway(b.addr).await;
+    let framing = |head: &str| -> Vec<String> {
+        head.lines()
+            .filter(|l| l.starts_with("content-length") || l.starts_with("transfer-encoding"))
+            .map(str::to_string)
+            .collect()
+    };
+    for (path, want, body) in [
+        ("/twice", vec!["content-length: 5"], &b"hello"[..]),
+        ("/list", vec!["content-length: 5"], b"hello"),
+        ("/named", vec!["content-length: 5"], b"hello"),
+        ("/204", vec![], b""),
+        ("/gzip", vec!["transfer-encoding: chunked"], b"abc"),
+        ("/te-list", vec!["transfer-encoding: gzip, chunked"], b"abc"),
+    ] {
+        let mut c = Raw::connect(gw).await;
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: b.test\r\n\r\n").as_bytes())
+            .await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, if path == "/204" { 204 } else { 200 }, "{path}");
+        assert_eq!(framing(&r.head), want, "{path}: {}", r.head);
+        assert_eq!(r.body, body, "{path}");
+        // The connection is still in step: the next response is read where it starts.
+        c.send(b"GET /next HTTP/1.1\r\nHost: b.test\r\n\r\n").await;
+        assert_eq!(c.response(false).await.body, b"final", "{path}");
+    }
+    // Chunked applied twice: the body's end could be read two ways; 502.
+    let mut c = Raw::connect(gw).await;
+    c.send(b"GET /te-twice HTTP/1.1\r\nHost: b.test\r\n\r\n")
+        .await;
+    assert_eq!(c.response(false).await.status, 502);
 }

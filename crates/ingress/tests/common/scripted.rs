@@ -83,6 +83,8 @@ pub async fn backend(script: Arc<Script>) -> Backend {
 }
 
 /// One request off the stream (head, then a Content-Length or chunked body); None at EOF.
+/// Chunks are read one by one as a strict server reads them: at a chunk-size line that is not
+/// `1*HEXDIG [";" ...]` the request ends (the script sees it and may answer 400).
 pub async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -101,11 +103,36 @@ pub async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String
         }
         head_end + n
     } else if head.contains("transfer-encoding: chunked") {
+        let mut at = head_end;
         loop {
-            if let Some(i) = buf[head_end..].windows(5).position(|w| w == b"0\r\n\r\n") {
-                break head_end + i + 5;
+            let line_end = line(s, buf, at).await?;
+            let size = buf[at..line_end].split(|b| *b == b';').next().unwrap();
+            let size = size.trim_ascii_end();
+            let size = std::str::from_utf8(size)
+                .ok()
+                .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_hexdigit()))
+                .and_then(|t| u64::from_str_radix(t, 16).ok());
+            at = line_end + 2;
+            match size {
+                None => break at,
+                Some(0) => loop {
+                    // Trailer lines up to an empty one.
+                    let end = line(s, buf, at).await?;
+                    let empty = end == at;
+                    at = end + 2;
+                    if empty {
+                        break;
+                    }
+                },
+                Some(n) => {
+                    while buf.len() < at + n as usize + 2 {
+                        fill(s, buf).await?;
+                    }
+                    at += n as usize + 2;
+                    continue;
+                }
             }
-            fill(s, buf).await?;
+            break at;
         }
     } else {
         head_end
@@ -113,6 +140,16 @@ pub async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String
     let raw = String::from_utf8_lossy(&buf[..end]).into_owned();
     buf.drain(..end);
     Some(raw)
+}
+
+/// Where the CRLF ending the line at `buf[at..]` is (reading more as needed); None at EOF.
+async fn line(s: &mut TcpStream, buf: &mut Vec<u8>, at: usize) -> Option<usize> {
+    loop {
+        if let Some(i) = buf[at..].windows(2).position(|w| w == b"\r\n") {
+            return Some(at + i);
+        }
+        fill(s, buf).await?;
+    }
 }
 
 pub async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
