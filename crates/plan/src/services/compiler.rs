@@ -196,7 +196,7 @@ struct PortOut {
     local: u32,
     timeout: Option<u32>,
     frontends: Vec<FeOut>,
-    /// Addresses of the endpoints that serve, used or not (UDP conntrack cleanup).
+    /// Addresses of the endpoints that serve, used or not (UDP ports only: conntrack cleanup).
     serving: Vec<Ipv4Addr>,
 }
 
@@ -614,8 +614,12 @@ impl Compiler {
             let nl = u32::try_from(local.len()).unwrap_or(u32::MAX);
             hairpin.extend(eps.iter().filter(|e| e.local).map(|e| e.ip));
             local_ready.extend(eps.iter().filter(|e| e.local && e.ready).map(|e| e.ip));
-            let mut serving: Vec<Ipv4Addr> =
-                eps.iter().filter(|e| e.serving).map(|e| e.ip).collect();
+            // Only UDP flows are ever cleaned up: TCP ports keep no list.
+            let mut serving: Vec<Ipv4Addr> = eps
+                .iter()
+                .filter(|e| e.serving && port.proto == Proto::Udp)
+                .map(|e| e.ip)
+                .collect();
             serving.sort_unstable();
             serving.dedup();
             let affinity = s.affinity_timeout.is_some();
