@@ -834,3 +834,105 @@ fn graceful_delete_keeps_connections_and_falls_back_to_terminating_endpoints() {
     lab.ok(&["delete", "pod", "client"]);
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
+
+/// kube-proxy's health-check node port (upstream "HealthCheck should pass only on the node
+/// where num(endpoints) > 0. All other nodes should fail the healthcheck") and its node health
+/// server on 10256, probed from `external` as a cloud load balancer would.
+#[test]
+fn health_check_node_port_answers_with_local_endpoints_per_node() {
+    if !can_run("health_check_node_port_answers_with_local_endpoints_per_node") {
+        return;
+    }
+    let lab = Lab::up("svchc", &["--nodes", "2"]);
+    let svc = service(
+        "loc",
+        "  type: LoadBalancer\n  externalTrafficPolicy: Local\n",
+    );
+    lab.apply(&(deployment("loc", 1, Some("node1")) + &svc));
+    wait_deployment(&lab, "loc", 1);
+    lab.ok(&["wait", "--converged", "--timeout", "30s"]);
+    let port = lab.get_json(&["svc", "loc"])["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .expect("a Local LoadBalancer Service gets a healthCheckNodePort")
+        .to_string();
+    let (n1, n2) = (node_ip(&lab, "node1"), node_ip(&lab, "node2"));
+    // (status code, localEndpoints) from external.
+    let probe = |ip: &str, port: &str| -> (String, serde_json::Value) {
+        let out = lab.run(&[
+            "lab",
+            "exec",
+            "external",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "2",
+            "-D",
+            "-",
+            &format!("http://{ip}:{port}/"),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let code = text.split_whitespace().nth(1).unwrap_or("none").to_string();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        if code == "200" || code == "503" {
+            assert!(
+                text.to_ascii_lowercase()
+                    .contains("x-content-type-options: nosniff"),
+                "{text}"
+            );
+            assert_eq!(v["service"]["name"], "loc", "{text}");
+            assert_eq!(v["service"]["namespace"], "default", "{text}");
+        }
+        (code, v["localEndpoints"].clone())
+    };
+    // Follows the endpoints within a second of the dataplane converging.
+    let expect = |want: [(&str, u64); 2]| {
+        lab.ok(&["wait", "--converged", "--timeout", "30s"]);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            let got = [probe(&n1, &port), probe(&n2, &port)];
+            let ok = got
+                .iter()
+                .zip(want)
+                .all(|((c, n), (wc, wn))| c == wc && *n == wn);
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "want {want:?}, got {got:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    expect([("200", 1), ("503", 0)]);
+    lab.apply(&deployment("loc", 2, Some("node1")));
+    wait_deployment(&lab, "loc", 2);
+    expect([("200", 2), ("503", 0)]);
+    lab.apply(&pod("n2", "node2", "loc"));
+    lab.wait_ready("default", "n2", WAIT);
+    expect([("200", 2), ("200", 1)]);
+    lab.apply(&deployment("loc", 0, Some("node1")));
+    expect([("503", 0), ("200", 1)]);
+    // kube-proxy's own health: 200 on every node while its proxy is in sync.
+    for ip in [&n1, &n2] {
+        let out = lab.run(&[
+            "lab",
+            "exec",
+            "external",
+            "--",
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-m",
+            "2",
+            &format!("http://{ip}:10256/healthz"),
+        ]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "200",
+            "{ip}:10256/healthz"
+        );
+    }
+}

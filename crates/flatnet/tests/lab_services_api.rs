@@ -69,6 +69,8 @@ fn web_pod_ips(lab: &Lab) -> Vec<String> {
         .expect("items")
         .iter()
         .filter(|p| p["metadata"]["labels"]["app"] == "web")
+        // A pod removed by a scale-down terminates gracefully for a moment (issue 21).
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
         .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_string))
         .collect();
     ips.sort();

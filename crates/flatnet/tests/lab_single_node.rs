@@ -270,8 +270,9 @@ fn restarted_kubelet_adopts_running_pods_and_cleans_up_deleted_ones() {
     let client_ip = lab.wait_ready("default", "client", Duration::from_secs(20));
     let web_uid = lab.get_json(&["pod", "web"])["metadata"]["uid"].clone();
     lab.ok(&["lab", "stop", "kubelet/node1"]);
-    // deleted while its kubelet is down: nobody runs CNI DEL now
-    lab.ok(&["delete", "pod", "client"]);
+    // deleted while its kubelet is down: nobody runs CNI DEL now (the pod stays Terminating
+    // until its kubelet is back, so delete must not wait for it, as with kubectl)
+    lab.ok(&["delete", "pod", "client", "--wait=false"]);
     lab.ok(&["lab", "start", "kubelet/node1"]);
     let ipam = |ip: &str| {
         std::path::PathBuf::from(format!(
@@ -291,6 +292,15 @@ fn restarted_kubelet_adopts_running_pods_and_cleans_up_deleted_ones() {
         assert!(
             std::time::Instant::now() < deadline,
             "the deleted pod's IP or namespace leaked"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // the restarted kubelet finished the graceful delete: the object is gone too
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while lab.run(&["get", "pod", "client"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restarted kubelet never removed the deleted pod's object"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
