@@ -282,6 +282,32 @@ async fn malformed_or_oversized_heads_get_400_or_431_and_close() {
             400,
         ),
         (b"G\x01T / HTTP/1.1\r\nHost: b.test\r\n\r\n".to_vec(), 400),
+        // Framing siblings httparse already refuses: whitespace before the colon, obs-fold,
+        // NUL or a bare CR in a value (RFC 9112 §5.1, §5.2, RFC 9110 §5.5).
+        (
+            b"POST / HTTP/1.1\r\nHost: b.test\r\nContent-Length : 3\r\n\r\nabc".to_vec(),
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: b.test\r\nX-A: 1\r\n Content-Length: 3\r\n\r\nabc".to_vec(),
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: b.test\r\nContent-Length: 3\x00\r\n\r\nabc".to_vec(),
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: b.test\r\nX-A: 1\rContent-Length: 3\r\n\r\nabc".to_vec(),
+            400,
+        ),
+        (
+            b"POST / HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            b"POST / HTTP/1.0\r\nHost: b.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
         (
             format!("GET / HTTP/1.1\r\nHost: b.test\r\n{many}\r\n").into_bytes(),
             431,
@@ -735,4 +761,27 @@ async fn a_backends_framing_fields_reach_the_client_as_the_gateways_own() {
     c.send(b"GET /te-twice HTTP/1.1\r\nHost: b.test\r\n\r\n")
         .await;
     assert_eq!(c.response(false).await.status, 502);
+}
+
+#[tokio::test]
+async fn a_head_with_bare_lf_lines_reaches_the_backend_as_the_gateway_read_it() {
+    // httparse accepts a bare LF as a line end (RFC 9112 §2.2 allows it); the forwarded head is
+    // written anew with CRLF, so the backend reads the same fields, framing included.
+    let b = echo_line().await;
+    let (gw, _) = gateway(b.addr).await;
+    let mut c = Raw::connect(gw).await;
+    c.send(b"PUT /lf HTTP/1.1\nHost: b.test\nX-A: 1\nContent-Length: 5\n\nhelloGET /next HTTP/1.1\r\nHost: b.test\r\n\r\n")
+        .await;
+    assert_eq!(c.response(false).await.body, b"PUT /lf HTTP/1.1");
+    assert_eq!(c.response(false).await.body, b"GET /next HTTP/1.1");
+    let seen = b.requests.lock().unwrap()[0].clone();
+    assert!(!seen.replace("\r\n", "").contains('\n'), "{seen:?}");
+    assert!(
+        seen.contains("\r\nx-a: 1\r\n") || seen.contains("\r\nX-A: 1\r\n"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.ends_with("\r\ncontent-length: 5\r\n\r\nhello"),
+        "{seen:?}"
+    );
 }
