@@ -1044,3 +1044,125 @@ fn the_agent_serves_health_ports_as_services_change() {
     let _ = stop.send(());
     rt.block_on(task).unwrap().unwrap();
 }
+
+/// A TCP server in `ns` on `port` that echoes what each connection sends until it closes.
+fn echo_server(ns: &Ns, port: u16) -> Arc<AtomicBool> {
+    let listener = ns
+        .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+        .unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    std::thread::spawn(move || {
+        while !stopped.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 256];
+                        while let Ok(n) = s.read(&mut buf) {
+                            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    stop
+}
+
+/// kube-proxy's terminating-endpoint rules in a real kernel: a connection established to an
+/// endpoint keeps working when the endpoint starts terminating and after it leaves the slice
+/// (TCP flows are never flushed), while new connections go to the ready endpoint; with no
+/// ready endpoint left, new connections use the serving terminating one.
+#[test]
+fn established_connections_survive_their_endpoint_terminating() {
+    use agent::proxy::Applier;
+    use plan::services::{Compiler, NodeView};
+    let Some(nodes) = two_nodes(74) else { return };
+    let node = &nodes.a;
+    assert!(node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]));
+    let client = pod(node, "10.244.0.5", "vc");
+    let s1 = pod(node, "10.244.0.6", "vs1");
+    let s2 = pod(node, "10.244.0.7", "vs2");
+    let stops = [echo_server(&s1, 8080), name_server(&s2, 8080, "s2")];
+    let svc: model::Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.20", "selector": {"app": "web"},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}))
+    .unwrap();
+    // (address, ready, serving, terminating)
+    let slice = |eps: &[(&str, bool, bool, bool)]| -> model::EndpointSlice {
+        let eps: Vec<Value> = eps
+            .iter()
+            .map(|(ip, r, s, t)| {
+                serde_json::json!({"addresses": [ip], "nodeName": "a",
+                "conditions": {"ready": r, "serving": s, "terminating": t}})
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-x", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4", "endpoints": eps,
+            "ports": [{"name": "http", "protocol": "TCP", "port": 8080}]}))
+        .unwrap()
+    };
+    let mut c = Compiler::new(NodeView {
+        name: "a".into(),
+        addresses: vec![Ipv4Addr::new(10, 99, 74, 1)],
+        cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+        service_cidr: Some("10.96.0.0/16".parse().unwrap()),
+        nodes: vec!["a".into()],
+    });
+    let mut dp = NetnsDataplane::open(Some(&node.path())).unwrap();
+    let mut applier = Applier::default();
+    c.upsert_service(&svc);
+    c.upsert_slice(&slice(&[("10.244.0.6", true, true, false)]));
+    applier.apply(&mut dp, &mut c).unwrap();
+
+    let addr: std::net::SocketAddr = "10.96.0.20:80".parse().unwrap();
+    let mut held = client
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let echo = |s: &mut TcpStream, msg: &str| {
+        s.write_all(msg.as_bytes()).unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        s.read_exact(&mut buf).unwrap();
+        String::from_utf8(buf).unwrap()
+    };
+    assert_eq!(echo(&mut held, "one"), "one");
+
+    // s1 terminates (still serving), s2 is ready: new flows go to s2, the held one goes on.
+    c.upsert_slice(&slice(&[
+        ("10.244.0.6", false, true, true),
+        ("10.244.0.7", true, true, false),
+    ]));
+    applier.apply(&mut dp, &mut c).unwrap();
+    for _ in 0..10 {
+        assert_eq!(ask(&client, "10.96.0.20:80").unwrap(), "s2");
+    }
+    assert_eq!(echo(&mut held, "two"), "two");
+    // s1 leaves the slice: the held flow still goes on (TCP is never flushed).
+    c.upsert_slice(&slice(&[("10.244.0.7", true, true, false)]));
+    applier.apply(&mut dp, &mut c).unwrap();
+    assert_eq!(echo(&mut held, "three"), "three");
+    // Only a serving terminating endpoint left: new flows use it.
+    c.upsert_slice(&slice(&[("10.244.0.7", false, true, true)]));
+    applier.apply(&mut dp, &mut c).unwrap();
+    assert_eq!(ask(&client, "10.96.0.20:80").unwrap(), "s2");
+    // Not serving any more: refused.
+    c.upsert_slice(&slice(&[("10.244.0.7", false, false, true)]));
+    applier.apply(&mut dp, &mut c).unwrap();
+    assert_eq!(
+        ask(&client, "10.96.0.20:80"),
+        Err(std::io::ErrorKind::ConnectionRefused)
+    );
+    drop(held);
+    for s in stops {
+        s.store(true, Ordering::Relaxed);
+    }
+}
