@@ -168,11 +168,17 @@ pub async fn serve(cfg: HealthConfig, netns: Option<PathBuf>, health: ProxyHealt
         let Some(addr) = cfg.healthz_bind else {
             return std::future::pending().await;
         };
+        let mut warned = false;
         let listener = loop {
             match bind(netns.as_deref(), addr).await {
                 Ok(l) => break l,
                 Err(e) => {
-                    tracing::warn!(%addr, error = %e, "cannot open the proxy health port");
+                    // Warned once; the retries every second log at debug.
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(%addr, error = %e, "cannot open the proxy health port; retrying");
+                    } else {
+                        tracing::debug!(%addr, error = %e, "cannot open the proxy health port");
+                    }
                     tokio::time::sleep(REBIND).await;
                 }
             }
@@ -193,10 +199,13 @@ pub async fn serve(cfg: HealthConfig, netns: Option<PathBuf>, health: ProxyHealt
 /// Keeps one listener per health-check node port the plan has.
 async fn node_ports(netns: Option<&Path>, health: &ProxyHealth) {
     let mut open: BTreeMap<u16, JoinHandle<()>> = BTreeMap::new();
+    // Ports that could not be opened and were warned about (the retries log at debug).
+    let mut warned: BTreeSet<u16> = BTreeSet::new();
     loop {
         // Registered before the ports are read, so no change slips between the two.
         let changed = health.ports_changed.notified();
         let want = health.ports();
+        warned.retain(|p| want.contains(p));
         open.retain(|port, task| {
             let keep = want.contains(port);
             if !keep {
@@ -216,6 +225,7 @@ async fn node_ports(netns: Option<&Path>, health: &ProxyHealth) {
             match bind(netns, addr).await {
                 Ok(listener) => {
                     tracing::info!(port, "health check node port listening");
+                    warned.remove(port);
                     let (h, port) = (health.clone(), *port);
                     let task = tokio::spawn(accept_loop(listener, move |_| {
                         // A port whose service just went answers as kube-proxy does for a
@@ -229,7 +239,11 @@ async fn node_ports(netns: Option<&Path>, health: &ProxyHealth) {
                     open.insert(port, task);
                 }
                 Err(e) => {
-                    tracing::warn!(port, error = %e, "cannot open health check node port");
+                    if warned.insert(*port) {
+                        tracing::warn!(port, error = %e, "cannot open health check node port; retrying");
+                    } else {
+                        tracing::debug!(port, error = %e, "cannot open health check node port");
+                    }
                     failed = true;
                 }
             }
