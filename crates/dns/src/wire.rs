@@ -70,7 +70,7 @@ pub fn plain_query(raw: &[u8]) -> Option<(usize, QueryOpt)> {
     // full path, which answers BADVERS.)
     let opt = raw.get(q_end..)?;
     (opt.len() == 11 && opt[0] == 0 && opt[1..3] == [0, 41] && opt[6] == 0 && opt[9..11] == [0, 0])
-        .then_some((q_end, Some(opt[7] & 0x80 != 0)))
+        .then(|| (q_end, Some(opt[7] & 0x80 != 0)))
 }
 
 /// Copies the question `raw[12..q_end]` (of a [`plain_query`]) lowercased to the start of

@@ -568,3 +568,24 @@ fn the_do_bit_is_copied_from_each_query() {
         }
     }
 }
+
+/// Found by the `dns_wire` fuzz target: a query announcing one additional record whose OPT is
+/// cut short (here 2 bytes after the question) made the short path read past it and the UDP
+/// worker panic. It gets FORMERR, and the worker keeps answering.
+#[test]
+fn a_cut_short_opt_gets_formerr_and_the_worker_keeps_answering() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let z = zone();
+    for via in servers(&rt, &z, None) {
+        for cut in [1, 2, 7, 10] {
+            let mut q = query(3, "big.default.svc.cluster.local", A, Some((0, 512)));
+            let n = q.len();
+            q.truncate(n - 11 + cut);
+            let r = via.ask(&q);
+            assert_eq!(r[..2], [0, 3], "{via:?} {cut}");
+            assert_eq!(r[3] & 0x0f, 1, "FORMERR: {via:?} {cut}: {r:?}");
+            let r = parse(&via.ask(&query(4, "web.default.svc.cluster.local", A, None)));
+            assert_eq!((r.id, r.an.len()), (4, 1), "{via:?} {cut}: {r:?}");
+        }
+    }
+}
