@@ -785,3 +785,30 @@ async fn a_head_with_bare_lf_lines_reaches_the_backend_as_the_gateway_read_it() 
         "{seen:?}"
     );
 }
+
+#[test]
+fn a_head_at_the_field_limit_is_forwarded_with_the_gateways_fields_added() {
+    // Found by fuzz/request_head: 100 fields are accepted, and the forwarded head has the
+    // gateway's Host and X-Forwarded-* on top (the gateway itself would answer such a head
+    // 431; a backend with the same limit does too, refusing it whole).
+    let fields: String = (0..99).map(|i| format!("x-f{i}: v\r\n")).collect();
+    let req = format!("GET / HTTP/1.1\r\nHost: b.test\r\n{fields}\r\n");
+    let mut out = Vec::new();
+    let parsed = ingress::h1::parse_request(req.as_bytes(), &mut out);
+    assert!(
+        matches!(parsed, ingress::h1::Parsed::Request { to: Ok(_), .. }),
+        "{parsed:?}"
+    );
+    let mut fields = [httparse::EMPTY_HEADER; 128];
+    let mut r = httparse::Request::new(&mut fields);
+    assert_eq!(
+        r.parse(&out).unwrap(),
+        httparse::Status::Complete(out.len())
+    );
+    assert_eq!(r.headers.len(), 103);
+    let mut again = Vec::new();
+    assert!(matches!(
+        ingress::h1::parse_request(&out, &mut again),
+        ingress::h1::Parsed::Bad(s, _) if s.as_u16() == 431
+    ));
+}
