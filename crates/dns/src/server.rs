@@ -35,9 +35,9 @@ use hickory_server::proto::op::{
     Header, HeaderCounts, Message, MessageType, Metadata, OpCode, ResponseCode,
 };
 use hickory_server::proto::rr::{DNSClass, Record, RecordType};
-use hickory_server::proto::serialize::binary::{BinEncodable, BinEncoder};
+use hickory_server::proto::serialize::binary::{BinDecoder, BinEncodable, BinEncoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use tokio::sync::oneshot;
 
 use crate::wire::{OPT_LEN, QueryOpt, opt_record};
@@ -175,8 +175,9 @@ fn query_opt(request: &Request) -> QueryOpt {
 /// question as the client sent it, the answer, authority and additional sections (`sections`)
 /// RRset by RRset as far as they fit, then our OPT when `edns` (the query had one; with its DO
 /// bit), whose room
-/// is kept from the start (RFC 6891 §7). Returns whether every record went in. On an encoding
-/// error (not a full buffer) `out` is left empty.
+/// is kept from the start (RFC 6891 §7). Returns whether every record went in. When not even
+/// the question fits, the header alone with TC (and the OPT). On an encoding error (not a full
+/// buffer) `out` is left empty.
 fn encode(
     request: &Request,
     meta: Metadata,
@@ -191,12 +192,32 @@ fn encode(
     } else {
         max_size
     };
+    let opt = |out: &mut Vec<u8>| {
+        if let Some(dnssec_ok) = edns {
+            out.extend_from_slice(&opt_record(meta.response_code.high(), dnssec_ok));
+        }
+    };
     match encode_sections(request, meta, edns.is_some(), sections, room, out) {
         Ok(whole) => {
-            if let Some(dnssec_ok) = edns {
-                out.extend_from_slice(&opt_record(meta.response_code.high(), dnssec_ok));
-            }
+            opt(out);
             Ok(whole)
+        }
+        Err(ProtoError::MaxBufferSizeExceeded(_)) => {
+            // Records are fitted RRset by RRset, so only the question can overflow: a query
+            // with more questions than the size takes (FORMERR). The header alone, with TC.
+            out.clear();
+            let mut metadata = meta;
+            metadata.truncation = true;
+            let counts = HeaderCounts {
+                additionals: u16::from(edns.is_some()),
+                ..HeaderCounts::default()
+            };
+            let header = Header { metadata, counts };
+            header
+                .emit(&mut BinEncoder::new(out))
+                .map_err(|e| tracing::warn!(error = %e, "cannot encode a header"))?;
+            opt(out);
+            Ok(false)
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot encode a response");
@@ -615,7 +636,12 @@ impl RequestHandler for Handler {
         let Ok(msg) = Message::from_vec(&bytes) else {
             return failed();
         };
-        let mut builder = MessageResponseBuilder::from_message_request(request);
+        // The question as the request had it, unless ours left it out (it did not fit).
+        let none = Queries::read(&mut BinDecoder::new(&[]), 0);
+        let mut builder = match &none {
+            Ok(none) if msg.queries.is_empty() => MessageResponseBuilder::new(none, None),
+            _ => MessageResponseBuilder::from_message_request(request),
+        };
         if let Some(e) = &msg.edns {
             builder.edns(e);
         }

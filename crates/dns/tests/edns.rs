@@ -589,3 +589,43 @@ fn a_cut_short_opt_gets_formerr_and_the_worker_keeps_answering() {
         }
     }
 }
+
+/// Found by the `dns_wire` fuzz target: a query with more questions than fit the UDP size
+/// (7 copies of a long name, 560 bytes) got no answer at all over UDP, and FORMERR over TCP.
+/// RFC 1035 §4.1.1: FORMERR; when the question section cannot be echoed, the header alone
+/// (with TC, and the OPT when the query had one), as before issue 20's encoder (then SERVFAIL).
+#[test]
+fn a_question_section_larger_than_the_udp_size_gets_a_header_only_formerr() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let z = zone();
+    let long = format!(
+        "{}.default.svc.cluster.local",
+        ["a".repeat(63); 1].join(".")
+    );
+    for via in servers(&rt, &z, None) {
+        for edns in [None, Some((0u8, 512u16))] {
+            let one = query(6, &long, A, None);
+            let mut q = one.clone();
+            for _ in 1..7 {
+                q.extend_from_slice(&one[12..]);
+            }
+            q[5] = 7;
+            if let Some((v, size)) = edns {
+                let [hi, lo] = size.to_be_bytes();
+                q[11] = 1;
+                q.extend_from_slice(&[0, 0, 41, hi, lo, 0, v, 0, 0, 0, 0]);
+            }
+            let raw = via.ask(&q);
+            let r = parse(&raw);
+            assert_eq!((r.id, r.rcode), (6, 1), "FORMERR: {via:?} {edns:?}: {r:?}");
+            assert_eq!(r.opt.is_some(), edns.is_some(), "{via:?} {edns:?}: {r:?}");
+            assert_eq!(r.trailing, 0, "{via:?} {edns:?}: {r:?}");
+            if via.udp() {
+                assert!(
+                    r.tc && r.qd == 0,
+                    "the header alone: {via:?} {edns:?}: {r:?}"
+                );
+            }
+        }
+    }
+}
