@@ -11,6 +11,7 @@
 //! - `manifest` — [`parse_manifests`]: YAML/JSON documents, `List` expansion, create defaults.
 //! - `validate` — [`validate`]: per-kind field checks with exact paths and values.
 //! - `names` — DNS label/subdomain, label key/value, IANA port name syntax.
+//! - `time` — RFC 3339 timestamps as the API server writes them, and the calendar behind them.
 //! - `meta`, `pod`, `service`, `cluster`, `secret`, `policy`, `ingress` — typed views.
 //!
 //! This crate must not do IO (files, network, clock, environment): callers pass text in and
@@ -29,6 +30,7 @@ mod pod;
 mod policy;
 mod secret;
 mod service;
+pub mod time;
 mod validate;
 
 pub use cluster::{Namespace, Node, NodeAddress, NodeSpec, NodeStatus};

@@ -27,6 +27,16 @@ struct Doc {
 /// All-or-nothing: the first invalid document fails the call; its error names `source`, the
 /// document's 1-based index, the kind and name when known, and every bad field with its value.
 pub fn parse_manifests(text: &str, source: &str) -> Result<Vec<Object>, ModelError> {
+    each_document(text, source, |v| to_object(v.clone()))
+}
+
+/// `read` applied to each document of a source, and to each item of a `List` document; the
+/// first failure names the source, the document and the item.
+fn each_document<T>(
+    text: &str,
+    source: &str,
+    read: impl Fn(&Value) -> Result<T, String>,
+) -> Result<Vec<T>, ModelError> {
     let mut out = Vec::new();
     for doc in documents(text, source)? {
         let invalid = |msg: String| ModelError::Invalid {
@@ -37,12 +47,10 @@ pub fn parse_manifests(text: &str, source: &str) -> Result<Vec<Object>, ModelErr
         match list_items(&doc.value) {
             Some(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    let obj = to_object(item.clone())
-                        .map_err(|msg| invalid(format!("items[{i}]: {msg}")))?;
-                    out.push(obj);
+                    out.push(read(item).map_err(|msg| invalid(format!("items[{i}]: {msg}")))?);
                 }
             }
-            None => out.push(to_object(doc.value).map_err(invalid)?),
+            None => out.push(read(&doc.value).map_err(invalid)?),
         }
     }
     Ok(out)
@@ -73,25 +81,7 @@ pub struct ObjectRef {
 /// (and of each item of a `List`), as `kubectl delete -f` does: a stub, or an object whose
 /// spec is outdated or invalid, still names what to delete. Any kind flatnet knows is accepted.
 pub fn parse_object_refs(text: &str, source: &str) -> Result<Vec<ObjectRef>, ModelError> {
-    let mut out = Vec::new();
-    for doc in documents(text, source)? {
-        let invalid = |msg: String| ModelError::Invalid {
-            source_name: source.to_string(),
-            doc: doc.index,
-            msg,
-        };
-        match list_items(&doc.value) {
-            Some(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    out.push(
-                        object_ref(item).map_err(|msg| invalid(format!("items[{i}]: {msg}")))?,
-                    );
-                }
-            }
-            None => out.push(object_ref(&doc.value).map_err(invalid)?),
-        }
-    }
-    Ok(out)
+    each_document(text, source, object_ref)
 }
 
 fn object_ref(value: &Value) -> Result<ObjectRef, String> {

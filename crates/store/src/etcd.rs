@@ -107,6 +107,32 @@ impl EtcdStore {
         Ok(())
     }
 
+    /// `op` on `key` only if its mod_revision is `expected_mod_revision`; the new revision, or
+    /// [`StoreError::Conflict`].
+    async fn txn_if(
+        &self,
+        what: &str,
+        key: &str,
+        expected_mod_revision: i64,
+        op: TxnOp,
+    ) -> Result<i64, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                self.full(key),
+                CompareOp::Equal,
+                expected_mod_revision,
+            )])
+            .and_then([op]);
+        let mut kv = self.client.kv_client();
+        let resp = call(what, key, kv.txn(txn)).await?;
+        if !resp.succeeded() {
+            return Err(StoreError::Conflict {
+                key: key.to_owned(),
+            });
+        }
+        revision_of(resp.header(), what, key)
+    }
+
     fn full(&self, key: &str) -> Vec<u8> {
         format!("{}{key}", self.prefix).into_bytes()
     }
@@ -307,21 +333,13 @@ impl Store for EtcdStore {
     ) -> Result<i64, StoreError> {
         require_key("put_if", key)?;
         let full = self.full(key);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                full.clone(),
-                CompareOp::Equal,
-                expected_mod_revision,
-            )])
-            .and_then([TxnOp::put(full, value, None)]);
-        let mut kv = self.client.kv_client();
-        let resp = call("put_if", key, kv.txn(txn)).await?;
-        if !resp.succeeded() {
-            return Err(StoreError::Conflict {
-                key: key.to_owned(),
-            });
-        }
-        revision_of(resp.header(), "put_if", key)
+        self.txn_if(
+            "put_if",
+            key,
+            expected_mod_revision,
+            TxnOp::put(full, value, None),
+        )
+        .await
     }
 
     async fn create(&self, key: &str, value: Vec<u8>, lease: i64) -> Result<bool, StoreError> {
@@ -345,22 +363,20 @@ impl Store for EtcdStore {
 
     async fn delete_if(&self, key: &str, expected_mod_revision: i64) -> Result<i64, StoreError> {
         require_key("delete_if", key)?;
-        let full = self.full(key);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                full.clone(),
-                CompareOp::Equal,
-                expected_mod_revision,
-            )])
-            .and_then([TxnOp::delete(full, None)]);
-        let mut kv = self.client.kv_client();
-        let resp = call("delete_if", key, kv.txn(txn)).await?;
-        if !resp.succeeded() || expected_mod_revision == 0 {
+        if expected_mod_revision == 0 {
+            // 0 would mean "absent", and deleting an absent key is no delete.
             return Err(StoreError::Conflict {
                 key: key.to_owned(),
             });
         }
-        revision_of(resp.header(), "delete_if", key)
+        let full = self.full(key);
+        self.txn_if(
+            "delete_if",
+            key,
+            expected_mod_revision,
+            TxnOp::delete(full, None),
+        )
+        .await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64, StoreError> {
