@@ -193,14 +193,28 @@ fn delete_file_of_identity_stubs_deletes_and_reports_the_missing() {
         "---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {ports: outdated}\n",
         "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\n",
         "---\napiVersion: v1\nkind: Pod\nmetadata: {name: ghost, namespace: shop}\n",
-        "---\nkind: List\napiVersion: v1\nitems:\n",
+    );
+    // A second file, as kubectl takes `-f` more than once.
+    let list = concat!(
+        "kind: List\napiVersion: v1\nitems:\n",
         "- {apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {name: deny, namespace: shop}}\n",
         "- {apiVersion: networking.k8s.io/v1, kind: Ingress, metadata: {name: web, namespace: shop}}\n",
     );
     let path = std::env::temp_dir().join(format!("flatnet-e2edelid-{}.yaml", std::process::id()));
+    let path2 = path.with_extension("list.yaml");
     std::fs::write(&path, stubs).expect("write");
-    let out = lab.run(&["delete", "-n", "shop", "-f", path.to_str().expect("path")]);
+    std::fs::write(&path2, list).expect("write");
+    let out = lab.run(&[
+        "delete",
+        "-n",
+        "shop",
+        "-f",
+        path.to_str().expect("path"),
+        "-f",
+        path2.to_str().expect("path"),
+    ]);
     let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(&path2);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");

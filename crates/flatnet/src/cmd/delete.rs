@@ -8,10 +8,11 @@ use model::Kind;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Delete every object named in this manifest file (or `-`); only `apiVersion`, `kind`,
-    /// `metadata.name` and `metadata.namespace` of each document (or `List` item) are read.
+    /// Delete every object named in this manifest file (or `-`; repeat `-f` for more files);
+    /// only `apiVersion`, `kind`, `metadata.name` and `metadata.namespace` of each document
+    /// (or `List` item) are read.
     #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
-    file: Option<String>,
+    files: Vec<String>,
     /// Kind of the object (pod, service, deployment, namespace, ...).
     kind: Option<String>,
     /// Name of the object.
@@ -51,26 +52,32 @@ fn grace_period(args: &Args) -> Option<i64> {
 }
 
 pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
-    let targets: Vec<(Kind, Option<String>, String)> = match (&args.file, &args.kind, &args.name) {
-        // Only the identity of each document is read, as kubectl does: a stub or an
-        // outdated spec still names what to delete.
-        (Some(f), _, _) => model::parse_object_refs(&super::read_input(f)?, f)?
-            .into_iter()
-            .map(|r| {
-                let ns = r
-                    .kind
-                    .namespaced()
-                    .then(|| r.namespace.unwrap_or_else(|| args.namespace.clone()));
-                (r.kind, ns, r.name)
-            })
-            .collect(),
-        (None, Some(k), Some(n)) => vec![(
-            super::parse_kind(k)?,
-            Some(args.namespace.clone()),
-            n.clone(),
-        )],
-        _ => anyhow::bail!("give -f FILE, or KIND and NAME"),
-    };
+    let targets: Vec<(Kind, Option<String>, String)> =
+        match (&args.files[..], &args.kind, &args.name) {
+            // Only the identity of each document is read, as kubectl does: a stub or an
+            // outdated spec still names what to delete. Every file is read before anything goes.
+            ([_, ..], _, _) => {
+                let mut refs = Vec::new();
+                for f in &args.files {
+                    refs.extend(model::parse_object_refs(&super::read_input(f)?, f)?);
+                }
+                refs.into_iter()
+                    .map(|r| {
+                        let ns = r
+                            .kind
+                            .namespaced()
+                            .then(|| r.namespace.unwrap_or_else(|| args.namespace.clone()));
+                        (r.kind, ns, r.name)
+                    })
+                    .collect()
+            }
+            ([], Some(k), Some(n)) => vec![(
+                super::parse_kind(k)?,
+                Some(args.namespace.clone()),
+                n.clone(),
+            )],
+            _ => anyhow::bail!("give -f FILE, or KIND and NAME"),
+        };
     let opts = DeleteOptions {
         grace_period: grace_period(&args),
     };
