@@ -61,31 +61,6 @@ impl HealthConfig {
             timeout: DEFAULT_HEALTH_TIMEOUT,
         }
     }
-
-    /// The defaults, changed by `FLATNET_HEALTHZ_BIND_ADDRESS` (`ip:port`; empty or `off`
-    /// turns `/healthz` off) and `FLATNET_HEALTH_CHECK_NODE_PORTS` (`0`/`false` turns the
-    /// node ports off). An unparsable value is an error naming the variable.
-    pub fn from_env() -> Result<Self, String> {
-        Self::from_vars(|k| std::env::var(k).ok())
-    }
-
-    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
-        let mut c = HealthConfig::default();
-        if let Some(v) = var("FLATNET_HEALTHZ_BIND_ADDRESS") {
-            let v = v.trim();
-            c.healthz_bind = if v.is_empty() || v == "off" {
-                None
-            } else {
-                Some(v.parse().map_err(|e| {
-                    format!("FLATNET_HEALTHZ_BIND_ADDRESS={v}: {e} (want ip:port or off)")
-                })?)
-            };
-        }
-        if let Some(v) = var("FLATNET_HEALTH_CHECK_NODE_PORTS") {
-            c.node_ports = !matches!(v.trim(), "0" | "false" | "off");
-        }
-        Ok(c)
-    }
 }
 
 #[derive(Debug, Default)]
@@ -345,29 +320,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_kube_proxys_and_the_environment_changes_them() {
-        let c = HealthConfig::from_vars(|_| None).unwrap();
+    fn defaults_are_kube_proxys() {
+        let c = HealthConfig::default();
         assert_eq!(c.healthz_bind, Some("0.0.0.0:10256".parse().unwrap()));
         assert!(c.node_ports);
         assert_eq!(c.timeout, Duration::from_secs(60));
-        let c = HealthConfig::from_vars(|k| match k {
-            "FLATNET_HEALTHZ_BIND_ADDRESS" => Some("127.0.0.1:20256".into()),
-            "FLATNET_HEALTH_CHECK_NODE_PORTS" => Some("false".into()),
-            _ => None,
-        })
-        .unwrap();
-        assert_eq!(c.healthz_bind, Some("127.0.0.1:20256".parse().unwrap()));
-        assert!(!c.node_ports);
-        let off = HealthConfig::from_vars(|k| {
-            (k == "FLATNET_HEALTHZ_BIND_ADDRESS").then(|| "off".to_string())
-        })
-        .unwrap();
-        assert_eq!(off.healthz_bind, None);
-        let err = HealthConfig::from_vars(|k| {
-            (k == "FLATNET_HEALTHZ_BIND_ADDRESS").then(|| "10256".to_string())
-        })
-        .unwrap_err();
-        assert!(err.contains("FLATNET_HEALTHZ_BIND_ADDRESS"), "{err}");
     }
 
     #[test]

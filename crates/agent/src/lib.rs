@@ -87,18 +87,20 @@ pub enum AgentError {
     Lease(#[from] LeaseError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
-    #[error("proxy health settings: {reason}")]
-    Health { reason: String },
 }
 
 /// Runs the agent for `cfg.node` until `shutdown` completes (then `Ok(())`), against etcd and
-/// the namespace `cfg.netns`, with the proxy's health servers of [`HealthConfig::from_env`]
-/// (kube-proxy's defaults: `/healthz` on 0.0.0.0:10256 and the health-check node ports).
+/// the namespace `cfg.netns`, with the proxy's health servers `health` (kube-proxy's
+/// defaults, [`HealthConfig::default`]: `/healthz` on 0.0.0.0:10256 and the health-check node
+/// ports).
 /// Waits (with backoff) while etcd is unreachable or the `config` key is missing; fails on an
-/// invalid config or health settings, a missing underlay device or address, an exhausted pod
+/// invalid config, a missing underlay device or address, an exhausted pod
 /// CIDR, or a subnet taken over by another node.
-pub async fn run(cfg: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let health = HealthConfig::from_env().map_err(|reason| AgentError::Health { reason })?;
+pub async fn run(
+    cfg: AgentConfig,
+    health: HealthConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let dp = NetnsDataplane::open(cfg.netns.as_deref())?;
     let dp: Shared<NetnsDataplane> = Arc::new(Mutex::new(dp));
     let span = tracing::info_span!("agent", node = %cfg.node);

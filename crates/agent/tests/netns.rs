@@ -450,9 +450,13 @@ fn two_agents_with_etcd_converge_and_reach_each_other() {
             cfg.etcd_endpoints = endpoints.clone();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             stops.push(tx);
-            tasks.push(tokio::spawn(agent::run(cfg, async {
-                let _ = rx.await;
-            })));
+            tasks.push(tokio::spawn(agent::run(
+                cfg,
+                agent::HealthConfig::default(),
+                async {
+                    let _ = rx.await;
+                },
+            )));
         }
         let start = std::time::Instant::now();
         let sa = common::wait_status(&store, "node-a", "healthy", |s| s.healthy).await;
@@ -492,7 +496,7 @@ fn two_agents_with_etcd_converge_and_reach_each_other() {
         stops.insert(0, tx);
         tasks.insert(
             0,
-            tokio::spawn(agent::run(cfg, async {
+            tokio::spawn(agent::run(cfg, agent::HealthConfig::default(), async {
                 let _ = rx.await;
             })),
         );
