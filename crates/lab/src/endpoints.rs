@@ -175,17 +175,10 @@ pub fn pod_ready(p: &Pod) -> bool {
     })
 }
 
-fn terminating(p: &Pod) -> bool {
-    p.metadata
-        .extra
-        .get("deletionTimestamp")
-        .is_some_and(|v| !v.is_null())
-}
-
 fn endpoint_of(svc: &Service, p: &Pod, zones: &BTreeMap<String, String>) -> Endpoint {
     let publish = svc.spec.publish_not_ready_addresses == Some(true);
     let ready = pod_ready(p);
-    let term = terminating(p);
+    let term = p.metadata.is_being_deleted();
     let node = p.spec.node_name.clone();
     let hostname = p
         .spec

@@ -786,9 +786,12 @@ async fn stop_pod(cfg: &KubeletConfig, key: &str, mut rp: RunningPod) {
 /// `deletionGracePeriodSeconds` of a pod being deleted gracefully (0 when it has only a
 /// `deletionTimestamp`); `None` when it is not being deleted.
 fn deletion_grace(pod: &Pod) -> Option<Duration> {
-    let meta = &pod.metadata.extra;
-    meta.get("deletionTimestamp").filter(|t| !t.is_null())?;
-    let secs = meta
+    if !pod.metadata.is_being_deleted() {
+        return None;
+    }
+    let secs = pod
+        .metadata
+        .extra
         .get("deletionGracePeriodSeconds")
         .and_then(Value::as_i64)
         .unwrap_or(0);

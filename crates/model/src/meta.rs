@@ -30,6 +30,16 @@ pub struct ObjectMeta {
     pub extra: Map<String, Value>,
 }
 
+impl ObjectMeta {
+    /// Whether the object is being deleted gracefully: it has a `deletionTimestamp` (kept in
+    /// `extra`, like `deletionGracePeriodSeconds`).
+    pub fn is_being_deleted(&self) -> bool {
+        self.extra
+            .get("deletionTimestamp")
+            .is_some_and(|t| !t.is_null())
+    }
+}
+
 crate::de::with_extra!(ObjectMeta {
     "name" => name,
     "namespace" => namespace,

@@ -700,7 +700,7 @@ proptest! {
                 let p = pods.iter().find(|p| p.metadata.name == name).expect("a pod");
                 let want: Vec<EndpointPort> = two_ports.spec.ports.iter().filter_map(|sp| resolve_port(sp, p)).collect();
                 prop_assert_eq!(&want, &s.ports);
-                prop_assert_eq!(e.conditions.ready, Some(pod_ready(p) && !super::terminating(p)));
+                prop_assert_eq!(e.conditions.ready, Some(pod_ready(p) && !p.metadata.is_being_deleted()));
             }
         }
         let eligible = pods
