@@ -13,6 +13,8 @@
 //! - `etcd.rs` — [`EtcdStore`]: timeouts, prefixing, error mapping, watch task
 //! - `mem.rs` — [`MemStore`]: the fake, with `compact`, `expire_leases_now`, `set_available`
 //! - `process.rs` — [`EtcdProcess`]: start, restart on the same ports, stop, detach
+//! - `reflector.rs` — [`reflector::Reflector`]: the one list/watch/relist loop and its
+//!   [`reflector::Backoff`]; [`reflector::Batch`]: when a consumer applies its view
 //! - `testing.rs` — test helpers for this and other crates: a temp dir, etcd or a skip
 //!
 //! This crate must not know what the values mean (no Kubernetes or dataplane types) and must
@@ -23,6 +25,7 @@ mod etcd;
 pub mod keys;
 mod mem;
 mod process;
+pub mod reflector;
 pub mod testing;
 
 use std::future::Future;
