@@ -1,12 +1,13 @@
 //! Keeping the zone equal to the store: list Namespaces, Services, EndpointSlices and Pods,
 //! load them, then follow their watches and re-index only the owner an event touches (a
-//! Service with its slices, one Pod, one Namespace). Store outages keep the zone as it is.
+//! Service with its slices, one Pod, one Namespace). Listing, watching and retrying are
+//! [`store::reflector`]'s; store outages keep the zone as it is.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::Duration;
 
 use model::{EndpointSlice, Pod, Service};
-use store::{KeyValue, Store, StoreError, WatchEvent, WatchReceiver};
+use store::reflector::{Event, Reflector};
+use store::{KeyValue, Store};
 use tokio::sync::watch;
 
 use crate::records::{self, ZoneConfig, slice_service};
@@ -23,9 +24,6 @@ const PREFIXES: [&str; 4] = [
     SLICES_PREFIX,
     PODS_PREFIX,
 ];
-
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The objects the zone is built from, by store key.
 #[derive(Default, Debug)]
@@ -234,105 +232,148 @@ pub fn load_static(zone: &mut Zone, items: &[serde_json::Value]) -> Result<usize
     Ok(items.len())
 }
 
-async fn list_all<S: Store>(store: &S) -> Result<(Objects, i64), StoreError> {
-    let mut objects = Objects::default();
-    let mut first = None;
-    for prefix in PREFIXES {
-        let (kvs, rev) = store.list(prefix).await?;
-        first.get_or_insert(rev);
-        for kv in &kvs {
-            objects.apply(&kv.key, Some(kv));
-        }
-    }
-    Ok((objects, first.unwrap_or(0)))
-}
-
 /// Follows the store for as long as the future runs. `synced` turns true after the first
 /// complete load (the server starts answering, and listening on TCP, from then on).
 pub async fn follow<S: Store>(store: S, zone: SharedZone, synced: watch::Sender<bool>) {
-    let mut backoff = BACKOFF_MIN;
+    let mut reflector = Reflector::new(store, &PREFIXES);
+    let mut objects = Objects::default();
     loop {
-        let (mut objects, rev) = match list_all(&store).await {
-            Ok(x) => x,
+        let ev = match reflector.next().await {
+            Ok(ev) => ev,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot list the store; answering from what is loaded");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tracing::warn!(error = %e, retry_in = ?reflector.retry_in(), "cannot follow the store; answering from what is loaded");
                 continue;
             }
         };
-        let mut watches = Vec::new();
-        for prefix in PREFIXES {
-            // Watched from the first listing's revision: events between the listings are
-            // seen twice, which changes nothing.
-            match store.watch(prefix, rev + 1).await {
-                Ok(w) => watches.push(w),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot watch {prefix}");
-                    break;
+        // The zone changes only at the end of a listing and on a change: a listing is
+        // collected into `objects` alone (the zone answers from the last one meanwhile).
+        let (key, revision, owners) = match ev {
+            Event::Init => {
+                objects = Objects::default();
+                continue;
+            }
+            Event::InitApply(kv) => {
+                objects.apply(&kv.key, Some(&kv));
+                continue;
+            }
+            Event::InitDone { revision } => {
+                {
+                    let mut z = zone.write().unwrap_or_else(|p| p.into_inner());
+                    objects.load_into(&mut z);
+                    z.set_synced();
+                    tracing::info!(
+                        revision,
+                        services = objects.service_count(),
+                        names = z.name_count(),
+                        "zone loaded"
+                    );
                 }
+                let _ = synced.send(true);
+                continue;
             }
-        }
-        if watches.len() != PREFIXES.len() {
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
-            continue;
-        }
-        {
-            let mut z = zone.write().unwrap_or_else(|p| p.into_inner());
-            objects.load_into(&mut z);
-            z.set_synced();
-            tracing::info!(
-                revision = rev,
-                services = objects.service_count(),
-                names = z.name_count(),
-                "zone loaded"
-            );
-        }
-        let _ = synced.send(true);
-        backoff = BACKOFF_MIN;
-        let err = follow_events(&mut objects, &zone, &mut watches).await;
-        match err {
-            StoreError::Compacted { revision } => {
-                tracing::info!(revision, "watch fell behind compaction, re-listing");
+            Event::Apply(kv) => {
+                let owners = objects.apply(&kv.key, Some(&kv));
+                (kv.key, kv.mod_revision, owners)
             }
-            e => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "watch broke; answering from what is loaded");
-                tokio::time::sleep(backoff).await;
+            Event::Delete { key, revision } => {
+                let owners = objects.apply(&key, None);
+                (key, revision, owners)
             }
-        }
-    }
-}
-
-async fn follow_events(
-    objects: &mut Objects,
-    zone: &SharedZone,
-    watches: &mut [WatchReceiver],
-) -> StoreError {
-    let [w0, w1, w2, w3] = watches else {
-        return StoreError::Unavailable("watches missing".into());
-    };
-    loop {
-        let ev = tokio::select! {
-            ev = w0.recv() => ev,
-            ev = w1.recv() => ev,
-            ev = w2.recv() => ev,
-            ev = w3.recv() => ev,
-        };
-        let ev = match ev {
-            Some(Ok(ev)) => ev,
-            Some(Err(e)) => return e,
-            None => return StoreError::Unavailable("watch closed".into()),
-        };
-        let owners = match &ev {
-            WatchEvent::Put(kv) => objects.apply(&kv.key, Some(kv)),
-            WatchEvent::Delete { key, .. } => objects.apply(key, None),
         };
         if owners.is_empty() {
             continue;
         }
         let mut z = zone.write().unwrap_or_else(|p| p.into_inner());
         objects.update(&mut z, &owners);
-        tracing::debug!(key = ev.key(), revision = ev.mod_revision(), "zone updated");
+        tracing::debug!(key, revision, "zone updated");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use std::sync::{Arc, RwLock};
+    use std::time::Duration;
+
+    use serde_json::json;
+    use store::MemStore;
+
+    use super::*;
+
+    async fn put_service(s: &MemStore, ns: &str, name: &str, ip: &str) {
+        let v = json!({"kind": "Service", "apiVersion": "v1",
+                       "metadata": {"namespace": ns, "name": name},
+                       "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                                "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}});
+        let key = format!("{SERVICES_PREFIX}{ns}/{name}");
+        s.put(&key, serde_json::to_vec(&v).unwrap()).await.unwrap();
+    }
+
+    fn services(zone: &SharedZone) -> Vec<String> {
+        let z = zone.read().unwrap();
+        let mut out: Vec<String> = z
+            .owners()
+            .into_iter()
+            .filter_map(|o| match o {
+                Owner::Service(id) => Some(id),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Waits (5 s at most) until the zone's services are `want`.
+    async fn wait_services(zone: &SharedZone, want: &[&str]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while services(zone) != want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "zone services {:?}, want {want:?}",
+                services(zone)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn follow_loads_the_listing_then_changes_and_recovers_from_an_outage_and_compaction() {
+        let s = MemStore::new();
+        let ns = json!({"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": "web"}});
+        s.put(
+            &format!("{NAMESPACES_PREFIX}_/web"),
+            serde_json::to_vec(&ns).unwrap(),
+        )
+        .await
+        .unwrap();
+        put_service(&s, "web", "api", "10.96.0.20").await;
+        put_service(&s, "web", "db", "10.96.0.21").await;
+        let zone: SharedZone = Arc::new(RwLock::new(Zone::new(
+            ZoneConfig::new("cluster.local").unwrap(),
+        )));
+        let (synced_tx, mut synced) = watch::channel(false);
+        let task = tokio::spawn(follow(s.clone(), zone.clone(), synced_tx));
+        tokio::time::timeout(Duration::from_secs(5), synced.wait_for(|s| *s))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(services(&zone), ["web/api", "web/db"]);
+
+        s.delete(&format!("{SERVICES_PREFIX}web/db")).await.unwrap();
+        wait_services(&zone, &["web/api"]).await;
+
+        // An outage, and history compacted past the watch while the store was away: the zone
+        // keeps answering, then follows again without what was deleted meanwhile.
+        s.set_available(false);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(services(&zone), ["web/api"], "kept during the outage");
+        s.set_available(true);
+        s.delete(&format!("{SERVICES_PREFIX}web/api"))
+            .await
+            .unwrap();
+        put_service(&s, "web", "new", "10.96.0.22").await;
+        s.compact(s.revision().await.unwrap()).unwrap();
+        wait_services(&zone, &["web/new"]).await;
+        task.abort();
     }
 }
