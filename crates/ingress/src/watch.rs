@@ -1,6 +1,7 @@
-//! The store side: list + watch Ingresses, Services, EndpointSlices, Secrets and Nodes,
-//! compile after each batch of events, publish the result to the proxy, and keep the
-//! `status.loadBalancer` of every served Ingress pointing at the gateway.
+//! The store side: list + watch Ingresses, Services, EndpointSlices, Secrets and Nodes
+//! (through [`store::reflector`]), compile after each batch of events, publish the result to
+//! the proxy, and keep the `status.loadBalancer` of every served Ingress pointing at the
+//! gateway.
 //!
 //! Status address: the LoadBalancer IPs of the gateway's own Service (`--publish-service`)
 //! when it has any, else the InternalIP of every node (the gateway's NodePorts answer on
@@ -9,12 +10,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use model::{EndpointSlice, Ingress, IngressClass, Node, Secret, Service};
 use serde_json::{Value, json};
+use store::reflector::{Batch, Event, Reflector};
 use store::{KeyValue, Store, StoreError, WatchEvent};
-use tokio::sync::mpsc;
 
 use crate::proxy::Shared;
 use crate::routes::{ClassFilter, Snapshot, compile};
@@ -26,11 +26,6 @@ pub const SECRETS: &str = "objects/secrets/";
 pub const NODES: &str = "objects/nodes/";
 pub const CLASSES: &str = "objects/ingressclasses/";
 const PREFIXES: [&str; 6] = [INGRESSES, SERVICES, SLICES, SECRETS, NODES, CLASSES];
-
-/// How long to wait for more events before compiling a batch.
-const BATCH_WINDOW: Duration = Duration::from_millis(5);
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// What the store side needs to know.
 #[derive(Debug, Clone, Default)]
@@ -305,122 +300,40 @@ pub async fn pass<S: Store>(
     report
 }
 
-async fn list_all<S: Store>(store: &S, view: &mut View) -> Result<Vec<i64>, StoreError> {
-    let mut fresh = View::default();
-    let mut revisions = Vec::new();
-    for p in PREFIXES {
-        let (kvs, rev) = store.list(p).await?;
-        for kv in &kvs {
-            fresh.take(kv);
-        }
-        revisions.push(rev);
-    }
-    *view = fresh;
-    Ok(revisions)
-}
-
-/// Runs until the future is dropped: list, publish, follow the watches; on a store error,
-/// keep serving the last table and start over after a backoff.
+/// Runs until the future is dropped: list, publish, follow the watches, publishing after each
+/// batch of changes ([`Batch`]); on a store error, keep serving the last table (the
+/// reflector retries).
 pub async fn run<S: Store>(store: S, shared: Arc<Shared>, cfg: WatchConfig) {
-    let mut backoff = BACKOFF_MIN;
+    let mut reflector = Reflector::new(store.clone(), &PREFIXES);
+    let mut batch = Batch::new();
+    let mut view = View::default();
     let mut last_warnings: Vec<String> = Vec::new();
     loop {
-        let mut view = View::default();
-        let revisions = match list_all(&store, &mut view).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot list; serving the last routes");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
-        // One channel for all the watches, each from its own listing's revision onwards.
-        let (tx, mut rx) = mpsc::channel::<Result<WatchEvent, StoreError>>(1024);
-        let mut tasks = Vec::new();
-        let mut failed = None;
-        for (p, rev) in PREFIXES.iter().zip(&revisions) {
-            match store.watch(p, rev + 1).await {
-                Ok(mut w) => {
-                    let tx = tx.clone();
-                    tasks.push(tokio::spawn(async move {
-                        while let Some(ev) = w.recv().await {
-                            let end = ev.is_err();
-                            if tx.send(ev).await.is_err() || end {
-                                break;
+        tokio::select! {
+            ev = reflector.next() => match ev {
+                Ok(ev) => {
+                    batch.saw(&ev);
+                    match ev {
+                        // A listing is taken into a fresh view; nothing is compiled from it
+                        // before it is complete.
+                        Event::Init => view = View::default(),
+                        ev => {
+                            if let Some(change) = ev.into_change() {
+                                view.take_event(&change);
                             }
                         }
-                        let _ = tx
-                            .send(Err(StoreError::Unavailable("watch closed".into())))
-                            .await;
-                    }));
+                    }
                 }
                 Err(e) => {
-                    failed = Some(e);
-                    break;
+                    tracing::warn!(error = %e, retry_in = ?reflector.retry_in(), "cannot follow the store; serving the last routes");
                 }
-            }
-        }
-        drop(tx);
-        let ended = match failed {
-            Some(e) => e,
-            None => {
-                backoff = BACKOFF_MIN;
+            },
+            () = batch.ready() => {
                 let r = pass(&store, &view, &shared, &cfg).await;
                 log_pass(&r, &mut last_warnings);
-                follow(
-                    &store,
-                    &mut view,
-                    &shared,
-                    &cfg,
-                    &mut rx,
-                    &mut last_warnings,
-                )
-                .await
+                // A status write that failed waits for the next change, as a conflict does.
+                batch.applied(true);
             }
-        };
-        for t in tasks {
-            t.abort();
-        }
-        match ended {
-            StoreError::Compacted { revision } => {
-                tracing::info!(revision, "watch fell behind compaction; re-listing");
-            }
-            e => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "watch broke; serving the last routes");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
-        }
-    }
-}
-
-async fn follow<S: Store>(
-    store: &S,
-    view: &mut View,
-    shared: &Shared,
-    cfg: &WatchConfig,
-    rx: &mut mpsc::Receiver<Result<WatchEvent, StoreError>>,
-    last_warnings: &mut Vec<String>,
-) -> StoreError {
-    let mut dirty = false;
-    loop {
-        let ev = tokio::select! {
-            ev = rx.recv() => ev,
-            () = tokio::time::sleep(BATCH_WINDOW), if dirty => {
-                dirty = false;
-                let r = pass(store, view, shared, cfg).await;
-                log_pass(&r, last_warnings);
-                continue;
-            }
-        };
-        match ev {
-            Some(Ok(ev)) => {
-                view.take_event(&ev);
-                dirty = true;
-            }
-            Some(Err(e)) => return e,
-            None => return StoreError::Unavailable("watches closed".into()),
         }
     }
 }

@@ -252,3 +252,60 @@ fn a_stored_ingress_class_decides_whether_classless_ingresses_are_served() {
     view.take(&other);
     assert!(view.class_filter(&configured).serve_classless);
 }
+
+/// Waits (5 s at most) until `f` holds.
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: timed out");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn run_publishes_the_listing_then_each_change_and_keeps_routes_through_an_outage() {
+    let store = MemStore::new();
+    let put = |key: &str, v: Value| {
+        let store = store.clone();
+        let key = key.to_string();
+        async move {
+            store
+                .put(&key, serde_json::to_vec(&v).unwrap())
+                .await
+                .unwrap()
+        }
+    };
+    let ingress_for = |host: &str| {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+               "metadata": {"name": "web", "namespace": "shop"},
+               "spec": {"rules": [rule(Some(host), vec![path("Prefix", "/", be("web", 80))])]}})
+    };
+    put("objects/ingresses/shop/web", ingress_for("a.test")).await;
+    put(
+        "objects/services/shop/web",
+        serde_json::to_value(service("shop", "web", 80, None)).unwrap(),
+    )
+    .await;
+    let shared = std::sync::Arc::new(Shared::default());
+    let task = tokio::spawn(ingress::watch::run(
+        store.clone(),
+        shared.clone(),
+        WatchConfig::default(),
+    ));
+    let routes_to = |host: &str| shared.routes.load().route(host, "/").is_some();
+    eventually("listing published", || routes_to("a.test")).await;
+
+    put("objects/ingresses/shop/web", ingress_for("b.test")).await;
+    eventually("change published", || {
+        routes_to("b.test") && !routes_to("a.test")
+    })
+    .await;
+
+    store.set_available(false);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(routes_to("b.test"), "routes kept while the store is away");
+    store.set_available(true);
+    put("objects/ingresses/shop/web", ingress_for("c.test")).await;
+    eventually("followed again after the outage", || routes_to("c.test")).await;
+    task.abort();
+}
