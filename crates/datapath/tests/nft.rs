@@ -9,73 +9,32 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use datapath::NetNs;
 use datapath::nft::{
     Batch, Data, Element, Family, Field, FieldKind, Nft, NftError, Verdict, list_table_json,
     run_script,
 };
 use serde_json::Value;
+use testkit::TestNs;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A named network namespace (`/run/netns/NAME`), deleted on drop.
-struct Ns {
-    name: String,
+/// What `nft` lists inside one of the test's namespaces.
+trait Listed {
+    /// `nft -j ARGS` inside the namespace, parsed.
+    fn nft_json(&self, args: &[&str]) -> Value;
+    /// The elements of map or set `name` of `inet flatnet` as `nft -j` lists them, each
+    /// rendered by [`render_json_elem`].
+    fn listed(&self, name: &str) -> BTreeSet<String>;
 }
 
-impl Ns {
-    fn new(tag: &str) -> Option<Ns> {
-        let name = format!(
-            "flt-nft-{}-{}-{tag}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        match Command::new("ip").args(["netns", "add", &name]).output() {
-            Ok(o) if o.status.success() => {
-                let ns = Ns { name };
-                ns.ip(&["link", "set", "lo", "up"]);
-                Some(ns)
-            }
-            Ok(o) => skip(&format!(
-                "ip netns add: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-            Err(e) => skip(&format!("cannot run ip: {e}")),
-        }
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.name)
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let out = Command::new("ip")
-            .args(["-n", &self.name])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip -n {} {args:?}: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// `nft -j ARGS` inside the namespace, parsed.
+impl Listed for TestNs {
     fn nft_json(&self, args: &[&str]) -> Value {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "nft", "-j"])
-            .args(args)
-            .output()
-            .unwrap();
+        let mut argv = vec!["nft", "-j"];
+        argv.extend_from_slice(args);
+        let out = self.exec(&argv);
         assert!(
             out.status.success(),
             "nft -j {args:?}: {}",
@@ -84,8 +43,6 @@ impl Ns {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    /// The elements of map or set `name` of `inet flatnet` as `nft -j` lists them, each
-    /// rendered by [`render_json_elem`].
     fn listed(&self, name: &str) -> BTreeSet<String> {
         let kind = if SETS.contains(&name) { "set" } else { "map" };
         let v = self.nft_json(&["list", kind, "inet", "flatnet", name]);
@@ -101,28 +58,6 @@ impl Ns {
             .map(|elems| elems.iter().map(render_json_elem).collect())
             .unwrap_or_default()
     }
-
-    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
-        NetNs::open(self.path()).unwrap().run(f).unwrap()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn skip(why: &str) -> Option<Ns> {
-    if std::env::var("REQUIRE_NETNS").as_deref() == Ok("1") {
-        panic!("REQUIRE_NETNS=1 but network namespaces are not available: {why}");
-    }
-    eprintln!(
-        "SKIPPED: network namespaces not available ({why}); REQUIRE_NETNS=1 makes this a failure"
-    );
-    None
 }
 
 const STRUCTURE: &str = "
@@ -149,8 +84,8 @@ table inet flatnet {
 const SETS: [&str; 4] = ["ports", "protos", "pairs", "allow"];
 
 /// A namespace with [`STRUCTURE`] and a socket in it.
-fn setup(tag: &str) -> Option<(Ns, Nft)> {
-    let ns = Ns::new(tag)?;
+fn setup(tag: &str) -> Option<(TestNs, Nft)> {
+    let ns = TestNs::new(&format!("flt-nft-{tag}"))?;
     run_script(Some(&ns.path()), STRUCTURE).unwrap();
     let nft = Nft::open(Some(&ns.path())).unwrap();
     Some((ns, nft))
@@ -773,7 +708,7 @@ struct Listeners {
 }
 
 impl Listeners {
-    fn start(ns: &Ns, addr: Ipv4Addr, ports: &[u16]) -> Listeners {
+    fn start(ns: &TestNs, addr: Ipv4Addr, ports: &[u16]) -> Listeners {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for &port in ports {
@@ -806,10 +741,10 @@ impl Drop for Listeners {
 
 #[test]
 fn packets_are_dnatted_through_the_maps_to_every_slot() {
-    let Some(client) = Ns::new("cli") else {
+    let Some(client) = testkit::netns!("flt-nft-cli") else {
         return;
     };
-    let Some(server) = Ns::new("srv") else {
+    let Some(server) = testkit::netns!("flt-nft-srv") else {
         return;
     };
     client.ip(&[
@@ -822,7 +757,7 @@ fn packets_are_dnatted_through_the_maps_to_every_slot() {
         "name",
         "veth0",
         "netns",
-        &server.name,
+        server.name(),
     ]);
     client.ip(&["addr", "add", "10.99.0.1/24", "dev", "veth0"]);
     server.ip(&["addr", "add", "10.99.0.2/24", "dev", "veth0"]);
@@ -886,7 +821,7 @@ table inet flatnet {{
 
 #[test]
 fn run_script_and_list_table_report_the_tools_errors() {
-    let Some(ns) = Ns::new("tool") else {
+    let Some(ns) = testkit::netns!("flt-nft-tool") else {
         return;
     };
     let err = run_script(Some(&ns.path()), "table inet flatnet { chain c { bogus } }")

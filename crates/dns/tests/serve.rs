@@ -439,70 +439,6 @@ fn a_tcp_answer_too_big_for_the_client_leaves_it_the_truncated_one() {
     assert_eq!(tcp_queries.load(Ordering::SeqCst), 2);
 }
 
-/// A network namespace of this test's own (`ip netns add flt-dnsfwd-<pid>-<n>`, loopback up),
-/// deleted on drop. `None` (the test prints SKIPPED) when it cannot be made, e.g. without
-/// root; under `REQUIRE_NETNS=1` that is a failure instead.
-struct Ns(String);
-
-impl Ns {
-    fn new() -> Option<Ns> {
-        use std::process::Command;
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "flt-dnsfwd-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let why = match Command::new("ip").args(["netns", "add", &name]).output() {
-            Ok(o) if o.status.success() => {
-                let ns = Ns(name);
-                let up = Command::new("ip")
-                    .args(["-n", &ns.0, "link", "set", "lo", "up"])
-                    .status()
-                    .unwrap();
-                assert!(up.success(), "ip -n {} link set lo up", ns.0);
-                return Some(ns);
-            }
-            Ok(o) => format!(
-                "ip netns add: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-            Err(e) => format!("cannot run ip: {e}"),
-        };
-        if std::env::var("REQUIRE_NETNS").as_deref() == Ok("1") {
-            panic!("REQUIRE_NETNS=1 but network namespaces are not available: {why}");
-        }
-        eprintln!(
-            "SKIPPED: network namespaces not available ({why}); REQUIRE_NETNS=1 makes this a failure"
-        );
-        None
-    }
-
-    /// Runs `f` on a new thread that joined the namespace: sockets it makes live there (and
-    /// threads it starts are in it too).
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        use std::os::fd::AsRawFd;
-        let file = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
-        std::thread::spawn(move || {
-            // SAFETY: setns(2) on an open namespace descriptor, for this thread only.
-            let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .unwrap()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .status();
-    }
-}
-
 /// The forwarder's TCP retry is made in the namespace of its UDP socket (`TcpMaker`: a
 /// thread that joined it through SIOCGSKNS), not in the one the process runs in: the upstream
 /// here listens on 127.0.0.1 inside a namespace of its own, where the forwarder's UDP socket
@@ -510,7 +446,9 @@ impl Drop for Ns {
 #[test]
 fn the_tcp_retry_goes_from_the_namespace_of_the_upstream_socket() {
     use std::sync::atomic::Ordering;
-    let Some(ns) = Ns::new() else { return };
+    let Some(ns) = testkit::netns!("flt-dnsfwd") else {
+        return;
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (up, tcp_queries, fwd_sock) = ns.run(|| {
         let (up, n) = truncating_upstream(3);

@@ -367,7 +367,7 @@ fn add_twice_for_same_attachment_fails_and_changes_nothing() {
 
     // A second attachment into the same netns with the same ifname is refused too.
     let other = Pod {
-        ns: support::Ns::create(format!("fcni-add_twice-{}-unused", std::process::id())).unwrap(),
+        ns: support::Ns::create("fcni-add_twice-unused").unwrap(),
         cid: "other".into(),
     };
     let mut env = Lab::env("ADD", &other);

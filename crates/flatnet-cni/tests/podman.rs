@@ -3,8 +3,9 @@
 //! through the routed /32s, and removing a container releases its address.
 //!
 //! Nothing here touches the root network namespace, and nothing is left on the machine:
-//! - podman runs inside a network namespace the test makes (`/run/netns/flatnet-podman-<pid>`),
-//!   so the plugin's node-side veths, /32 routes and `ip_forward` land there;
+//! - podman runs inside a network namespace the test makes (a `testkit::TestNs`,
+//!   `/run/netns/flatnet-podman-<pid>-<n>`), so the plugin's node-side veths, /32 routes and
+//!   `ip_forward` land there;
 //! - it also runs in a private mount namespace, kept alive by a holder process, with a tmpfs
 //!   over `/run/netns` and over `/var/lib`: podman 4 hard-codes `/run/netns/netns-*` for the
 //!   containers' namespaces and libcni its cache in `/var/lib/cni`, and both vanish with the
@@ -30,6 +31,7 @@ use datapath::NetNs;
 use datapath::netlink::Handle;
 use ipnet::Ipv4Net;
 use serde_json::Value;
+use testkit::TestNs;
 
 /// Every wait in this test ends by this.
 const WAIT: Duration = Duration::from_secs(20);
@@ -133,13 +135,10 @@ fn podman_containers_get_flatnet_ips_and_reach_each_other() {
     assert_eq!(containers.trim(), "", "containers remain");
 
     // Tear down here, not only in Drop, so a failure to clean up fails the test.
-    let (dir, netns, mnt_ns) = (lab.dir.clone(), lab.netns.clone(), lab.mnt_ns.clone());
+    let (dir, netns, mnt_ns) = (lab.dir.clone(), lab.netns_path(), lab.mnt_ns.clone());
     let problems = lab.teardown();
     assert!(problems.is_empty(), "teardown: {problems:#?}");
-    assert!(
-        !Path::new("/run/netns").join(&netns).exists(),
-        "namespace {netns} remains"
-    );
+    assert!(!netns.exists(), "namespace {} remains", netns.display());
     assert!(!dir.exists(), "{} remains", dir.display());
     assert_eq!(
         mounts_under(&dir),
@@ -269,11 +268,12 @@ fn prerequisites() -> Option<PathBuf> {
     }
 }
 
+/// Skips the test with a notice, or fails it under `REQUIRE_NETNS=1` (testkit decides).
 fn skip_or_fail(why: &str) {
-    if std::env::var("REQUIRE_NETNS").as_deref() == Ok("1") {
-        panic!("REQUIRE_NETNS=1 but {why}");
-    }
-    eprintln!("SKIPPED: {why}; REQUIRE_NETNS=1 makes this a failure");
+    testkit::skip_or_fail(
+        "podman_containers_get_flatnet_ips_and_reach_each_other",
+        why,
+    );
 }
 
 fn which(tool: &str) -> Option<PathBuf> {
@@ -346,11 +346,11 @@ struct Lab {
     /// Test name + pid: the namespace, network, cgroup parent and temp dir are named after it.
     name: String,
     dir: PathBuf,
-    netns: String,
+    /// The network namespace podman runs in; `None` until made and after teardown.
+    netns: Option<TestNs>,
     network: String,
     /// A string only container A serves, so B's answer provably comes from A.
     token: String,
-    netns_made: bool,
     holder: Option<Holder>,
     /// `mnt:[inode]` of the private mount namespace.
     mnt_ns: String,
@@ -362,28 +362,17 @@ impl Lab {
         let name = format!("flatnet-podman-{}", std::process::id());
         let mut lab = Lab {
             dir: std::env::temp_dir().join(&name),
-            netns: name.clone(),
+            netns: None,
             network: name.clone(),
             token: format!("served by {name}-a"),
             name,
-            netns_made: false,
             holder: None,
             mnt_ns: String::new(),
             torn_down: false,
         };
         // On error, dropping `lab` removes what was made so far.
         lab.write_files(busybox)?;
-        run_with_timeout(
-            Command::new("ip").args(["netns", "add", &lab.netns]),
-            "ip netns add",
-            &lab.dir,
-        )?;
-        lab.netns_made = true;
-        run_with_timeout(
-            Command::new("ip").args(["-n", &lab.netns, "link", "set", "lo", "up"]),
-            "ip link set lo up",
-            &lab.dir,
-        )?;
+        lab.netns = Some(TestNs::create("flatnet-podman").map_err(|e| e.to_string())?);
         lab.start_holder()?;
         Ok(lab)
     }
@@ -491,7 +480,7 @@ runc = [{wrapper:?}]
         let stderr =
             fs::File::create(self.dir.join("log/holder.err")).map_err(|e| e.to_string())?;
         let mut child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg(format!("--net={}", self.netns_path().display()))
             .args([
                 "unshare",
                 "--mount",
@@ -628,8 +617,7 @@ runc = [{wrapper:?}]
     }
 
     fn node_view(&self) -> NodeView {
-        let ns =
-            NetNs::open(format!("/run/netns/{}", self.netns)).expect("open the test's namespace");
+        let ns = NetNs::open(self.netns_path()).expect("open the test's namespace");
         let mut h = Handle::in_netns(&ns).expect("netlink in the test's namespace");
         let links = h.links().expect("links");
         let routes = h
@@ -656,6 +644,14 @@ runc = [{wrapper:?}]
                 .filter_map(|e| e.file_name().to_str()?.parse().ok())
                 .collect(),
         )
+    }
+
+    /// `/run/netns/NAME` of the lab's network namespace (made first, removed last).
+    fn netns_path(&self) -> PathBuf {
+        self.netns
+            .as_ref()
+            .map(TestNs::path)
+            .expect("the lab's namespace exists from create to teardown")
     }
 
     /// Removes everything the lab made, going on after errors; returns what went wrong.
@@ -721,13 +717,10 @@ runc = [{wrapper:?}]
             problems.push(format!("removing {}: {e}", self.dir.display()));
         }
         problems.extend(remove_cgroups(&self.name));
-        if self.netns_made {
-            let mut delete = Command::new("ip");
-            delete.args(["netns", "delete", &self.netns]);
-            if let Err(e) = run_with_timeout(&mut delete, "ip netns delete", &std::env::temp_dir())
-            {
-                problems.push(e);
-            }
+        if let Some(mut ns) = self.netns.take()
+            && let Err(e) = ns.delete()
+        {
+            problems.push(e.to_string());
         }
         problems
     }

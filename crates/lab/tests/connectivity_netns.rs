@@ -4,9 +4,6 @@
 //! an unsupported protocol. Needs root; skips with a notice, fails under `REQUIRE_NETNS=1`.
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-#[path = "../../agent/tests/common/netns.rs"]
-mod netns;
-
 use std::net::{Ipv4Addr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,11 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lab::connectivity::{ConnectivityError, Member, Outcome, check_supported, probe, to_cells};
-use netns::{Ns, name_server, pod};
 use plan::policy::Protocol;
+use testkit::{TestNs, name_server, pod};
 
 /// A UDP server in `ns` on `port` answering every datagram with `name`.
-fn udp_server(ns: &Ns, port: u16, name: &'static str) -> Arc<AtomicBool> {
+fn udp_server(ns: &TestNs, port: u16, name: &'static str) -> Arc<AtomicBool> {
     let sock = ns
         .run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))
         .unwrap();
@@ -48,8 +45,8 @@ fn member(name: &str, ip: &str) -> Member {
 }
 
 struct Setup {
-    _node: Ns,
-    pods: Vec<Ns>,
+    _node: TestNs,
+    pods: Vec<TestNs>,
     members: Vec<Member>,
     stops: Vec<Arc<AtomicBool>>,
 }
@@ -66,13 +63,13 @@ impl Drop for Setup {
 /// on 80 answering "b"), `c` (10.98.0.4, TCP 80, but the node blackholes its address, so
 /// packets to it vanish without an answer).
 fn setup() -> Option<Setup> {
-    let node = Ns::new("node")?;
+    let node = TestNs::new("flp-node")?;
     assert!(
         node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]),
         "enable forwarding in the node namespace"
     );
     let ips = ["10.98.0.2", "10.98.0.3", "10.98.0.4"];
-    let pods: Vec<Ns> = ips
+    let pods: Vec<TestNs> = ips
         .iter()
         .enumerate()
         .map(|(i, ip)| pod(&node, ip, &format!("veth{i}")))
@@ -97,7 +94,7 @@ fn setup() -> Option<Setup> {
 }
 
 fn run(s: &Setup, protocol: Protocol, port: u16) -> Result<Vec<Vec<Outcome>>, ConnectivityError> {
-    let paths: Vec<PathBuf> = s.pods.iter().map(Ns::path).collect();
+    let paths: Vec<PathBuf> = s.pods.iter().map(TestNs::path).collect();
     let members = s.members.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,6 +1,6 @@
 //! Helpers for the tests of this crate and of crates that use a store: a temporary directory
-//! removed on drop, and a real etcd that a test either gets or explains away (a failure under
-//! `REQUIRE_NETNS=1`, a printed skip otherwise).
+//! removed on drop, and a real etcd that a test either gets or explains away with
+//! [`testkit::skip_or_fail`] (a failure under `REQUIRE_NETNS=1`, a printed skip otherwise).
 
 use std::path::{Path, PathBuf};
 
@@ -35,19 +35,19 @@ impl Drop for TempDir {
     }
 }
 
-/// Starts etcd in `dir`, or explains why not: panics under `REQUIRE_NETNS=1`, else prints
-/// `SKIPPED` and returns `None`.
+/// Starts etcd in `dir`, or explains why not through [`testkit::skip_or_fail`] (named after
+/// the running test): a failure under `REQUIRE_NETNS=1`, else a printed `SKIPPED` and `None`.
 pub fn start_etcd(dir: &Path) -> Option<EtcdProcess> {
     match EtcdProcess::start(dir) {
         Ok(process) => Some(process),
-        Err(e) if std::env::var("REQUIRE_NETNS").as_deref() == Ok("1") => {
-            panic!(
-                "REQUIRE_NETNS=1 but etcd ({}) cannot start: {e}",
-                crate::etcd_binary().display()
-            )
-        }
         Err(e) => {
-            eprintln!("SKIPPED: etcd cannot start ({e}); REQUIRE_NETNS=1 makes this a failure");
+            testkit::skip_or_fail(
+                &testkit::current_test(),
+                &format!(
+                    "etcd ({}) cannot start: {e}",
+                    crate::etcd_binary().display()
+                ),
+            );
             None
         }
     }

@@ -3,7 +3,8 @@
 //! `ip -j` / `tc -j`, and the IPAM records read from the test's own data directory.
 //!
 //! Nothing here touches the namespace the test process runs in: every command that reads or
-//! changes network state names one of the test's namespaces (`ip -n`, `nsenter --net=`).
+//! changes network state names one of the test's namespaces (`ip -n`, `nsenter --net=`). The
+//! namespaces and the skip-or-fail decision are `testkit`'s.
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
@@ -13,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use testkit::{NsError, TestNs};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_flatnet-cni");
 /// Where Debian's `containernetworking-plugins` installs the reference plugins.
@@ -23,90 +25,47 @@ pub const IFNAME: &str = "eth0";
 /// Upper bound for one plugin process; a hang fails the test instead of blocking it.
 pub const PLUGIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn required() -> bool {
-    std::env::var_os("REQUIRE_NETNS").is_some_and(|v| v == "1")
-}
+pub use testkit::skip_or_fail;
 
-/// Skips the test with a notice, or fails it under `REQUIRE_NETNS=1`.
-pub fn skip_or_fail(test: &str, why: &str) {
-    if required() {
-        panic!("{test}: cannot run ({why}) but REQUIRE_NETNS=1");
-    }
-    eprintln!("SKIPPED {test}: {why} (REQUIRE_NETNS=1 makes this a failure)");
-}
-
-/// A named network namespace (`/run/netns/NAME`), deleted on drop.
-pub struct Ns {
-    name: String,
-    deleted: bool,
-}
+/// One of the test's namespaces ([`testkit::TestNs`]: `/run/netns/NAME`, loopback up, deleted
+/// on drop) with the views of its state these tests read.
+pub struct Ns(TestNs);
 
 impl Ns {
-    pub fn create(name: String) -> Result<Ns, String> {
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .output()
-            .map_err(|e| format!("cannot run ip: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "ip netns add {name}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        Ok(Ns {
-            name,
-            deleted: false,
-        })
+    /// `<prefix>-<pid>-<n>`, or why it cannot be made.
+    pub fn create(prefix: &str) -> Result<Ns, NsError> {
+        TestNs::create(prefix).map(Ns)
     }
 
     pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
+        self.0.path().display().to_string()
     }
 
     /// Deletes the namespace now (as a runtime does when a pod goes away before DEL).
     pub fn delete(&mut self) {
-        if !self.deleted {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .output();
-            self.deleted = true;
-        }
+        let _ = self.0.delete();
     }
 
     /// `ip -j -n NS ARGS...` parsed; `[]` for an empty answer.
     pub fn ip(&self, args: &[&str]) -> Value {
-        let mut full = vec!["-j", "-n", &self.name];
-        full.extend_from_slice(args);
-        json_of("ip", &full)
+        Value::Array(self.0.ip_json(args))
     }
 
     /// `tc -j -n NS ARGS...` parsed; `[]` for an empty answer.
     pub fn tc(&self, args: &[&str]) -> Value {
-        let mut full = vec!["-j", "-n", &self.name];
+        let mut full = vec!["-j", "-n", self.0.name()];
         full.extend_from_slice(args);
         json_of("tc", &full)
     }
 
     /// `ip -n NS ARGS...` for changes; panics when it fails.
     pub fn ip_do(&self, args: &[&str]) {
-        let mut full = vec!["-n", &self.name];
-        full.extend_from_slice(args);
-        let out = Command::new("ip").args(&full).output().expect("run ip");
-        assert!(
-            out.status.success(),
-            "ip {}: {}",
-            full.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.0.ip(args);
     }
 
     /// Runs `argv` with the network namespace of this one (`nsenter --net=`).
     pub fn exec(&self, argv: &[&str]) -> std::process::Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.path()))
-            .args(argv)
-            .output()
-            .expect("run nsenter")
+        self.0.exec(argv)
     }
 
     /// Link names in this namespace.
@@ -156,12 +115,6 @@ impl Ns {
                 .status
                 .success()
         })
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        self.delete();
     }
 }
 
@@ -348,15 +301,10 @@ impl Lab {
     /// `None` (after printing SKIPPED) when namespaces cannot be made; panics under
     /// `REQUIRE_NETNS=1`.
     pub fn new(test: &'static str) -> Option<Lab> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            skip_or_fail(test, "needs root to create network namespaces");
-            return None;
-        }
-        let node = match Ns::create(format!("fcni-{test}-{}-node", std::process::id())) {
+        let node = match Ns::create(&format!("fcni-{test}-node")) {
             Ok(ns) => ns,
             Err(e) => {
-                skip_or_fail(test, &e);
+                skip_or_fail(test, &e.to_string());
                 return None;
             }
         };
@@ -373,8 +321,7 @@ impl Lab {
 
     /// A fresh pod namespace; container ID `<tag>-<pid>`.
     pub fn pod(&self, tag: &str) -> Pod {
-        let ns = Ns::create(format!("fcni-{}-{}-{tag}", self.test, std::process::id()))
-            .expect("create pod namespace");
+        let ns = Ns::create(&format!("fcni-{}-{tag}", self.test)).expect("create pod namespace");
         Pod {
             ns,
             cid: format!("{tag}-{}", std::process::id()),

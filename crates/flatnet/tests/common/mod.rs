@@ -9,9 +9,10 @@ pub fn flatnet_bin() -> &'static str {
     env!("CARGO_BIN_EXE_flatnet")
 }
 
-/// Whether this machine can run lab tests; panics under REQUIRE_NETNS=1 when it cannot.
+/// Whether this machine can run lab tests; when it cannot, [`testkit::skip_or_fail`] prints
+/// SKIPPED, or panics under REQUIRE_NETNS=1.
 pub fn can_run(test: &str) -> bool {
-    let root = nix::unistd::Uid::effective().is_root();
+    let root = testkit::is_root();
     let tools = ["ip", "etcd"].iter().all(|t| {
         Command::new("sh")
             .args(["-c", &format!("command -v {t}")])
@@ -24,11 +25,10 @@ pub fn can_run(test: &str) -> bool {
     if root && tools && cni {
         return true;
     }
-    let why = format!("root={root} ip+etcd={tools} flatnet-cni built={cni}");
-    if std::env::var_os("REQUIRE_NETNS").is_some_and(|v| v == "1") {
-        panic!("{test}: cannot run lab tests here ({why}) but REQUIRE_NETNS=1");
-    }
-    eprintln!("SKIPPED {test}: {why}");
+    testkit::skip_or_fail(
+        test,
+        &format!("cannot run lab tests here: root={root} ip+etcd={tools} flatnet-cni built={cni}"),
+    );
     false
 }
 
