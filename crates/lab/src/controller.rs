@@ -5,8 +5,9 @@
 //! - gives every LoadBalancer Service an address from the config's `loadBalancerPool`.
 //!
 //! It lists `objects/`, keeps what the endpoints and LoadBalancer work need in memory
-//! ([`Endpoints`]), follows the watch, and after each batch of events reconciles what the
-//! batch touched. The decisions are the pure functions of `endpoints`; this module only
+//! ([`Endpoints`]), follows the watch (both through [`store::reflector`]), and after each
+//! batch of events reconciles what the batch touched (work that met a store error again after
+//! [`store::reflector::RETRY`]). The decisions are the pure functions of `endpoints`; this module only
 //! writes their difference to the store, each write conditional on the revision it read.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,6 +16,7 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use model::{EndpointSlice, Pod, Service};
 use serde_json::Value;
+use store::reflector::{Batch, Event, Reflector};
 use store::{KeyValue, Store, StoreError, WatchEvent};
 
 use crate::api;
@@ -23,9 +25,6 @@ use crate::names::Lab;
 use crate::topology::LabError;
 
 const OBJECTS: &str = "objects/";
-
-/// How soon a reconcile that met a store error is tried again.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// The namespace/name of the Deployment an object key concerns: the Deployment itself, or
 /// the owner of a pod.
@@ -374,102 +373,99 @@ pub async fn run(lab: Lab) -> Result<(), LabError> {
             }
         }
     };
+    let mut reflector = Reflector::new(store.clone(), &[OBJECTS]);
+    let mut batch = Batch::new();
     // Owners of deleted pods are remembered from the last value seen.
     let mut owners: std::collections::HashMap<String, (String, String)> = Default::default();
+    // The listing under way, taken as a whole by `Endpoints::reset` once complete.
+    let mut listing: Vec<KeyValue> = Vec::new();
+    let mut eps: Option<Endpoints<store::EtcdStore>> = None;
+    // Deployments the events since the last reconcile touched.
+    let mut todo = BTreeSet::new();
     loop {
-        let (kvs, rev) = match store.list(OBJECTS).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!("list: {e}; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let pool = match lb_pool(&store).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!("config: {e}; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let mut todo = BTreeSet::new();
-        for kv in &kvs {
-            let v: Option<Value> = kv.decode().ok();
-            if let Some(d) = deployment_of(&kv.key, v.as_ref()) {
-                if kv.key.starts_with("objects/pods/") {
-                    owners.insert(kv.key.clone(), d.clone());
-                }
-                todo.insert(d);
-            }
-        }
-        reconcile_deployments(&store, &todo).await;
-        let mut eps = Endpoints::new(store.clone(), pool);
-        eps.reset(&kvs);
-        eps.reconcile().await;
-        let mut watch = match store.watch(OBJECTS, rev + 1).await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!("watch: {e}; relisting");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        loop {
-            // Wait for an event; with work left over from a failed write, not for long.
-            let first = if eps.has_work() {
-                match tokio::time::timeout(RETRY_AFTER, watch.recv()).await {
-                    Ok(ev) => ev,
-                    Err(_) => {
-                        eps.reconcile().await;
-                        continue;
-                    }
-                }
-            } else {
-                watch.recv().await
-            };
-            let Some(first) = first else {
-                tracing::warn!("watch closed; relisting");
-                break;
-            };
-            // Take every event already there, then act once for the whole batch.
-            let mut batch = vec![first];
-            while let Ok(ev) = watch.try_recv() {
-                batch.push(ev);
-            }
-            let mut todo = BTreeSet::new();
-            let mut broken = false;
-            for ev in batch {
+        tokio::select! {
+            ev = reflector.next() => {
                 let ev = match ev {
                     Ok(ev) => ev,
                     Err(e) => {
-                        tracing::warn!("watch ended: {e}; relisting");
-                        broken = true;
-                        break;
+                        tracing::warn!("store: {e}; retrying in {:?}", reflector.retry_in());
+                        continue;
                     }
                 };
-                let d = match &ev {
-                    WatchEvent::Put(kv) => {
-                        let v: Option<Value> = kv.decode().ok();
-                        let d = deployment_of(&kv.key, v.as_ref());
-                        if let (Some(d), true) = (&d, kv.key.starts_with("objects/pods/")) {
-                            owners.insert(kv.key.clone(), d.clone());
-                        }
-                        d
+                match ev {
+                    Event::InitDone { revision } => {
+                        let pool = match lb_pool(&store).await {
+                            Ok(p) => p,
+                            Err(e) => {
+                                let wait = reflector.relist_after_error();
+                                tracing::warn!("config: {e}; relisting in {wait:?}");
+                                continue;
+                            }
+                        };
+                        let mut fresh = Endpoints::new(store.clone(), pool);
+                        fresh.reset(&std::mem::take(&mut listing));
+                        eps = Some(fresh);
+                        batch.saw(&Event::InitDone { revision });
                     }
-                    WatchEvent::Delete { key, .. } => {
-                        owners.remove(key).or_else(|| deployment_of(key, None))
+                    ev => {
+                        batch.saw(&ev);
+                        take_event(ev, &mut listing, &mut owners, &mut todo, eps.as_mut());
                     }
-                };
-                if let Some(d) = d {
-                    todo.insert(d);
                 }
-                eps.event(&ev);
             }
-            reconcile_deployments(&store, &todo).await;
-            eps.reconcile().await;
-            if broken {
-                break;
+            () = batch.ready() => {
+                reconcile_deployments(&store, &std::mem::take(&mut todo)).await;
+                let ok = match eps.as_mut() {
+                    Some(eps) => {
+                        eps.reconcile().await;
+                        // Work left over from a failed write is tried again after a while.
+                        !eps.has_work()
+                    }
+                    None => true,
+                };
+                batch.applied(ok);
+            }
+        }
+    }
+}
+
+/// One event of the reflector other than the end of a listing: a listed key joins the
+/// listing, a change goes to `eps`; both note the Deployment they concern in `todo`.
+fn take_event<S: Store>(
+    ev: Event,
+    listing: &mut Vec<KeyValue>,
+    owners: &mut std::collections::HashMap<String, (String, String)>,
+    todo: &mut BTreeSet<(String, String)>,
+    eps: Option<&mut Endpoints<S>>,
+) {
+    let deployment = |kv: &KeyValue, owners: &mut std::collections::HashMap<_, _>| {
+        let v: Option<Value> = kv.decode().ok();
+        let d = deployment_of(&kv.key, v.as_ref());
+        if let (Some(d), true) = (&d, kv.key.starts_with("objects/pods/")) {
+            owners.insert(kv.key.clone(), d.clone());
+        }
+        d
+    };
+    match ev {
+        Event::Init => listing.clear(),
+        Event::InitApply(kv) => {
+            todo.extend(deployment(&kv, owners));
+            listing.push(kv);
+        }
+        Event::InitDone { .. } => {}
+        Event::Apply(kv) => {
+            todo.extend(deployment(&kv, owners));
+            if let Some(eps) = eps {
+                eps.event(&WatchEvent::Put(kv));
+            }
+        }
+        Event::Delete { key, revision } => {
+            todo.extend(owners.remove(&key).or_else(|| deployment_of(&key, None)));
+            if let Some(eps) = eps {
+                eps.event(&WatchEvent::Delete {
+                    key,
+                    mod_revision: revision,
+                });
             }
         }
     }

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use model::{Container, Pod};
 use serde_json::{Value, json};
-use store::{EtcdStore, Store, StoreError, WatchEvent};
+use store::reflector::{Event, Reflector};
+use store::{EtcdStore, Store, StoreError};
 use tokio::sync::mpsc;
 
 use crate::names::Lab;
@@ -79,81 +80,68 @@ pub async fn run(cfg: KubeletConfig) -> Result<(), LabError> {
     register_node(&store, &cfg, pod_cidr).await?;
     let (exit_tx, mut exit_rx) = mpsc::channel::<Exited>(64);
     let mut pods: HashMap<String, RunningPod> = recover(&cfg, &store).await;
+    let mut reflector = Reflector::new(store.clone(), &[PODS]);
+    // The pods bound to this node in the listing under way.
+    let mut desired = HashMap::new();
     loop {
-        let (kvs, rev) = match store.list(PODS).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!("list pods: {e}; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let mut desired = HashMap::new();
-        for kv in kvs {
-            if let Some(pod) = mine(&cfg, &kv.value) {
-                desired.insert(kv.key.clone(), pod);
-            }
-        }
-        let stale: Vec<String> = pods
-            .iter()
-            .filter(|(k, rp)| desired.get(*k).is_none_or(|p| uid(p) != rp.uid))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in stale {
-            if let Some(rp) = pods.remove(&k) {
-                stop_pod(&cfg, &k, rp).await;
-            }
-        }
-        for (k, pod) in desired {
-            if pods.contains_key(&k) {
-                begin_termination(&cfg, &store, &k, &pod, &mut pods);
-            } else if deletion_grace(&pod).is_some() {
-                // Deleted before it ever ran here: nothing to stop.
-                finalize(&store, &k, &uid(&pod)).await;
-            } else {
-                start_pod(&cfg, &store, &k, pod, &exit_tx, &mut pods).await;
-            }
-        }
-        let mut watch = match store.watch(PODS, rev + 1).await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!("watch pods: {e}; relisting");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        loop {
-            tokio::select! {
-                ev = watch.recv() => match ev {
-                    Some(Ok(WatchEvent::Put(kv))) => {
-                        let want = mine(&cfg, &kv.value);
-                        let have_uid = pods.get(&kv.key).map(|p| p.uid.clone());
-                        match (want, have_uid) {
-                            (Some(p), Some(u)) if uid(&p) == u => {
-                                begin_termination(&cfg, &store, &kv.key, &p, &mut pods);
-                            }
-                            (Some(p), _) => {
-                                if let Some(rp) = pods.remove(&kv.key) { stop_pod(&cfg, &kv.key, rp).await; }
-                                if deletion_grace(&p).is_some() {
-                                    finalize(&store, &kv.key, &uid(&p)).await;
-                                } else {
-                                    start_pod(&cfg, &store, &kv.key, p, &exit_tx, &mut pods).await;
-                                }
-                            }
-                            (None, Some(_)) => {
-                                if let Some(rp) = pods.remove(&kv.key) { stop_pod(&cfg, &kv.key, rp).await; }
-                            }
-                            (None, None) => {}
+        tokio::select! {
+            ev = reflector.next() => match ev {
+                Ok(Event::Init) => desired.clear(),
+                Ok(Event::InitApply(kv)) => {
+                    if let Some(pod) = mine(&cfg, &kv.value) {
+                        desired.insert(kv.key, pod);
+                    }
+                }
+                Ok(Event::InitDone { .. }) => {
+                    let desired = std::mem::take(&mut desired);
+                    let stale: Vec<String> = pods
+                        .iter()
+                        .filter(|(k, rp)| desired.get(*k).is_none_or(|p| uid(p) != rp.uid))
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in stale {
+                        if let Some(rp) = pods.remove(&k) {
+                            stop_pod(&cfg, &k, rp).await;
                         }
                     }
-                    Some(Ok(WatchEvent::Delete { key, .. })) => {
-                        if let Some(rp) = pods.remove(&key) { stop_pod(&cfg, &key, rp).await; }
+                    for (k, pod) in desired {
+                        if pods.contains_key(&k) {
+                            begin_termination(&cfg, &store, &k, &pod, &mut pods);
+                        } else if deletion_grace(&pod).is_some() {
+                            // Deleted before it ever ran here: nothing to stop.
+                            finalize(&store, &k, &uid(&pod)).await;
+                        } else {
+                            start_pod(&cfg, &store, &k, pod, &exit_tx, &mut pods).await;
+                        }
                     }
-                    Some(Err(e)) => { tracing::warn!("pod watch ended: {e}; relisting"); break; }
-                    None => break,
-                },
-                Some(ex) = exit_rx.recv() => container_exited(&store, &pods, ex).await,
-            }
+                }
+                Ok(Event::Apply(kv)) => {
+                    let want = mine(&cfg, &kv.value);
+                    let have_uid = pods.get(&kv.key).map(|p| p.uid.clone());
+                    match (want, have_uid) {
+                        (Some(p), Some(u)) if uid(&p) == u => {
+                            begin_termination(&cfg, &store, &kv.key, &p, &mut pods);
+                        }
+                        (Some(p), _) => {
+                            if let Some(rp) = pods.remove(&kv.key) { stop_pod(&cfg, &kv.key, rp).await; }
+                            if deletion_grace(&p).is_some() {
+                                finalize(&store, &kv.key, &uid(&p)).await;
+                            } else {
+                                start_pod(&cfg, &store, &kv.key, p, &exit_tx, &mut pods).await;
+                            }
+                        }
+                        (None, Some(_)) => {
+                            if let Some(rp) = pods.remove(&kv.key) { stop_pod(&cfg, &kv.key, rp).await; }
+                        }
+                        (None, None) => {}
+                    }
+                }
+                Ok(Event::Delete { key, .. }) => {
+                    if let Some(rp) = pods.remove(&key) { stop_pod(&cfg, &key, rp).await; }
+                }
+                Err(e) => tracing::warn!("pods: {e}; retrying in {:?}", reflector.retry_in()),
+            },
+            Some(ex) = exit_rx.recv() => container_exited(&store, &pods, ex).await,
         }
     }
 }
