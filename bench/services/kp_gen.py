@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Input files for kube-proxy's two Linux layouts, for the same N services x M endpoints that
-crates/agent/examples/proxy_sync.rs programs through flatnet (bench/services/run.sh).
+crates/services/examples/proxy_sync.rs programs through flatnet (bench/services/run.sh).
 
     kp_gen.py OUTDIR N [-m M] [--changes C] [--seed S]
 

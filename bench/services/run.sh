@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Service proxy benchmark of issue 5, one command, side by side in one run (design.md §10):
 #   1. rule sync at N services x M endpoints (N in SIZES): flatnet's proxy (the agent's own
-#      Applier over netlink, crates/agent/examples/proxy_sync.rs) against kube-proxy's layouts
+#      Applier over netlink, crates/services/examples/proxy_sync.rs) against kube-proxy's layouts
 #      reproduced by kp_gen.py and timed by kp_bench.py: iptables-restore (legacy and nft
 #      variants) and the nftables verdict-map table; a fresh namespace for every backend and N;
 #   2. the real agent (`flatnet agent`) against a real etcd holding RSS_N services: RSS and
@@ -16,7 +16,7 @@
 #   TPUT_REPS=5 TPUT_SECS=5 (defaults)
 #
 # Needs root, the release build (`cargo build --release -p flatnet -p flatnet-cni` and
-# `cargo build --release -p agent --example proxy_sync --example load_services`), etcd, python3, nft, iptables-{legacy,nft}-restore,
+# `cargo build --release -p services --example proxy_sync --example load_services`), etcd, python3, nft, iptables-{legacy,nft}-restore,
 # iperf3, jq. The root network namespace is never touched: every namespace made here is named
 # fbs<pid>-* and deleted on exit (also on failure or Ctrl-C), as are the processes started.
 set -euo pipefail

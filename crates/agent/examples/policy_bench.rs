@@ -6,7 +6,7 @@
 //!
 //! Makes its own namespaces (`fpb<pid>-*`, removed on exit): a node with two pods wired as
 //! flatnet-cni wires them (client 10.244.0.5, server 10.244.0.7, one forward hop apart), and
-//! runs the agent's own code (`agent::run_with` over an in-memory store, `NetnsDataplane` in
+//! runs the agent's own code (`agent::run_with` over an in-memory store, `NetnsDataplanes` in
 //! the node namespace). The store holds `--pods` pods (the two real ones plus addressed pods
 //! of another node at non-adjacent addresses, so every peer is its own set element) and, per
 //! level L, L NetworkPolicies selecting the server, policy i allowing TCP 5000 from pod i (the
@@ -29,13 +29,14 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent::{AgentConfig, AgentStatus, NetnsDataplane};
+use agent::{AgentConfig, NetnsDataplanes};
 use datapath::NetNs;
 use serde_json::{Value, json};
+use store::contract::AgentStatus;
 use store::{MemStore, Store};
 
 const CLIENT: &str = "10.244.0.5";
@@ -328,7 +329,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    // RUST_LOG=agent::policy=debug shows the agent's compile and apply times per batch.
+    // RUST_LOG=netpol=debug shows the agent's compile and apply times per batch.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -413,9 +414,7 @@ async fn main() {
         state_dir: dir.join("state"),
         lease_ttl: Duration::from_secs(15),
     };
-    let dp = Arc::new(Mutex::new(
-        NetnsDataplane::open(Some(&node.path())).unwrap(),
-    ));
+    let dp = NetnsDataplanes::open(Some(&node.path())).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let agent_task = tokio::spawn({
         let store = store.clone();

@@ -1,53 +1,31 @@
-//! The node agent (design.md §1, §4, §5): one process per node. It leases the node's pod
-//! subnet from the store (flannel's scheme), writes the node's CNI conflist, and keeps the
-//! node's inter-node routes (host-gw) or VXLAN device, routes, neighbours and FDB entries
-//! (vxlan) in line with every other node's lease — compile, then apply.
+//! The node agent (design.md §1, §4-§7): one process per node, a thin composition of the
+//! features. It reads the network config, then runs side by side:
+//! - `routes`: the subnet lease, the CNI conflist and the routes (host-gw) or VXLAN
+//!   device (vxlan) to every other node;
+//! - `services`: the service proxy and kube-proxy's health servers;
+//! - `netpol`: NetworkPolicy enforcement for this node's pods;
+//!
+//! and writes what they report as one typed status (`agents/<node>`,
+//! [`store::contract::AgentStatus`]).
 //!
 //! # Layout
-//! - [`plan`]: pure [`compile`] (leases -> [`NodePlan`]) and [`diff`] (plans -> [`Change`]s).
-//! - [`config`]: the network config key, the CNI conflist, atomic file writes.
-//! - [`lease`]: acquire, renew and re-claim the subnet lease.
-//! - [`dataplane`]: the [`Dataplane`] seam and [`MemDataplane`], its in-memory fake.
-//! - `kernel`: [`NetnsDataplane`], the only code here that touches the kernel (via `datapath`).
-//! - `agent`: the loop ([`run_with`]): list + watch, renew, reconcile, status.
-//! - [`proxy`]: the service proxy: Services + EndpointSlices -> `inet flatnet` map elements,
-//!   applied incrementally (compiled by `plan::services`).
-//! - [`health`]: the proxy's health servers (kube-proxy's `/healthz` on 10256 and the
-//!   health-check node ports of `externalTrafficPolicy: Local` LoadBalancers).
-//! - [`policy`]: NetworkPolicy enforcement: Namespaces + Pods + NetworkPolicies -> the sets of
-//!   the `inet flatnet-policy` table for this node's pods, applied incrementally (compiled by
-//!   `plan::policy`).
+//! - here: [`AgentConfig`], [`AgentError`], [`Dataplanes`] (one per feature, real or fake),
+//!   and [`run`] (etcd and the node's namespace).
+//! - `agent`: the composition ([`run_with`], [`run_with_health`]) and the status writer.
 //!
-//! Restarts are hitless: every route the agent installs carries [`plan::ROUTE_PROTOCOL`], so
-//! an agent reads back what it owns and applies only the difference; nothing is flushed, not
-//! on start, not on shutdown, not while the store is unreachable.
-//!
-//! This crate must not program anything outside the node namespace it is given, nor build
-//! netlink messages itself (that is `datapath`'s job).
+//! This crate must not decide anything a feature decides: it starts them and reports.
 
 mod agent;
-mod batch;
-pub mod config;
-pub mod dataplane;
-pub mod health;
-mod kernel;
-pub mod lease;
-pub mod plan;
-pub mod policy;
-pub mod proxy;
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use agent::{AgentStatus, BACKOFF_MAX, BACKOFF_MIN, Shared, run_with, run_with_health};
-pub use config::NetworkConfig;
-pub use dataplane::{Dataplane, DataplaneError, MemDataplane, MemPolicy};
-pub use health::HealthConfig;
-pub use kernel::NetnsDataplane;
-pub use lease::LeaseError;
-pub use plan::{Backend, Change, Lease, LeaseAttrs, Mac, NodePlan, UnderlayInfo, compile, diff};
+pub use agent::{run_with, run_with_health};
+use netpol::{MemPolicy, NetnsPolicy};
+use routes::{MemRoutes, NetnsRoutes, Shared, UnderlayInfo};
+use services::{HealthConfig, MemNft, NetnsProxy};
 
 /// Default TTL of the subnet lease; renewed every third of it.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
@@ -62,6 +40,7 @@ pub struct AgentConfig {
     /// Network namespace the agent programs (`/run/netns/NAME`); `None`: its own. The agent
     /// process itself stays where it is (it reaches etcd from there).
     pub netns: Option<PathBuf>,
+    /// etcd client URLs.
     pub etcd_endpoints: Vec<String>,
     /// Usually [`DEFAULT_STORE_PREFIX`].
     pub store_prefix: String,
@@ -77,16 +56,81 @@ pub struct AgentConfig {
     pub lease_ttl: Duration,
 }
 
+/// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The network config is invalid.
     #[error("network config (store key {key}): {reason}")]
-    Config { key: String, reason: String },
+    Config {
+        /// The store key of the config.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Routing stopped.
     #[error(transparent)]
-    Dataplane(#[from] DataplaneError),
+    Routes(#[from] routes::RoutesError),
+    /// The routes' side of the namespace does not open.
     #[error(transparent)]
-    Lease(#[from] LeaseError),
+    Dataplane(#[from] routes::DataplaneError),
+    /// The proxy's side of the namespace does not open.
+    #[error(transparent)]
+    Proxy(#[from] services::OpenError),
+    /// The policy side of the namespace does not open.
+    #[error(transparent)]
+    Netns(#[from] datapath::NetnsError),
+    /// The store failed with an error that is not an outage.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+}
+
+/// One dataplane per feature, each behind its own lock (a proxy sync does not hold up a route
+/// change): real ones from [`Dataplanes::open`], fakes from [`Dataplanes::mem`].
+#[derive(Debug)]
+pub struct Dataplanes<R, P, Q> {
+    /// Routing's.
+    pub routes: Shared<R>,
+    /// The service proxy's.
+    pub proxy: Shared<P>,
+    /// Policy enforcement's.
+    pub policy: Shared<Q>,
+}
+
+impl<R, P, Q> Clone for Dataplanes<R, P, Q> {
+    fn clone(&self) -> Self {
+        Dataplanes {
+            routes: self.routes.clone(),
+            proxy: self.proxy.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// The kernel's dataplanes of one namespace.
+pub type NetnsDataplanes = Dataplanes<NetnsRoutes, NetnsProxy, NetnsPolicy>;
+/// The fakes, for tests of the composition.
+pub type MemDataplanes = Dataplanes<MemRoutes, MemNft, MemPolicy>;
+
+impl NetnsDataplanes {
+    /// Opens every feature's side of `netns` (`/run/netns/NAME`; `None`: the caller's own).
+    pub fn open(netns: Option<&Path>) -> Result<Self, AgentError> {
+        Ok(Dataplanes {
+            routes: Arc::new(Mutex::new(NetnsRoutes::open(netns)?)),
+            proxy: Arc::new(Mutex::new(NetnsProxy::open(netns)?)),
+            policy: Arc::new(Mutex::new(NetnsPolicy::open(netns)?)),
+        })
+    }
+}
+
+impl MemDataplanes {
+    /// Empty fakes on a node whose underlay is `underlay`.
+    pub fn mem(underlay: UnderlayInfo) -> Self {
+        Dataplanes {
+            routes: Arc::new(Mutex::new(MemRoutes::new(underlay))),
+            proxy: Arc::new(Mutex::new(MemNft::default())),
+            policy: Arc::new(Mutex::new(MemPolicy::default())),
+        }
+    }
 }
 
 /// Runs the agent for `cfg.node` until `shutdown` completes (then `Ok(())`), against etcd and
@@ -101,11 +145,10 @@ pub async fn run(
     health: HealthConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let dp = NetnsDataplane::open(cfg.netns.as_deref())?;
-    let dp: Shared<NetnsDataplane> = Arc::new(Mutex::new(dp));
+    let dp = NetnsDataplanes::open(cfg.netns.as_deref())?;
     let span = tracing::info_span!("agent", node = %cfg.node);
     let connect = async {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = routes::BACKOFF_MIN;
         loop {
             match store::EtcdStore::connect(&cfg.etcd_endpoints, &cfg.store_prefix).await {
                 Ok(store) => return Ok(store),
@@ -115,7 +158,7 @@ pub async fn run(
                 Err(e) => return Err(AgentError::Store(e)),
             }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            backoff = (backoff * 2).min(routes::BACKOFF_MAX);
         }
     };
     let mut shutdown = std::pin::pin!(shutdown);

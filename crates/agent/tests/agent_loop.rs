@@ -5,24 +5,25 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent::plan::{Route, VXLAN_DEVICE};
-use agent::{AgentConfig, AgentError, Backend, LeaseAttrs, MemDataplane, Shared, UnderlayInfo};
+use agent::{AgentConfig, AgentError, MemDataplanes};
 use common::{TempDir, agent_config, put_config, wait_status, wait_until};
+use routes::UnderlayInfo;
+use routes::plan::{Route, VXLAN_DEVICE};
+use store::contract::{Backend, LeaseAttrs};
 use store::{MemStore, Store, keys};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 const TTL: Duration = Duration::from_secs(3);
 
-fn dataplane(host: u8) -> Shared<MemDataplane> {
-    Arc::new(Mutex::new(MemDataplane::new(UnderlayInfo {
+fn dataplane(host: u8) -> MemDataplanes {
+    MemDataplanes::mem(UnderlayInfo {
         dev: "eth0".into(),
         ip: Ipv4Addr::new(10, 99, 0, host),
         mtu: 1500,
-    })))
+    })
 }
 
 /// A running agent; dropping it without `stop` aborts the task.
@@ -32,7 +33,7 @@ struct Running {
 }
 
 impl Running {
-    fn start(store: &MemStore, dp: &Shared<MemDataplane>, cfg: AgentConfig) -> Self {
+    fn start(store: &MemStore, dp: &MemDataplanes, cfg: AgentConfig) -> Self {
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(agent::run_with(store.clone(), dp.clone(), cfg, async {
             let _ = rx.await;
@@ -61,8 +62,9 @@ impl Drop for Running {
 }
 
 /// Routes to other nodes' pod CIDRs (the service CIDR route is checked on its own).
-fn routes(dp: &Shared<MemDataplane>) -> Vec<Route> {
-    dp.lock()
+fn routes(dp: &MemDataplanes) -> Vec<Route> {
+    dp.routes
+        .lock()
         .unwrap()
         .state
         .routes
@@ -72,8 +74,9 @@ fn routes(dp: &Shared<MemDataplane>) -> Vec<Route> {
         .collect()
 }
 
-fn has_route_to(dp: &Shared<MemDataplane>, cidr: &str) -> bool {
-    dp.lock()
+fn has_route_to(dp: &MemDataplanes, cidr: &str) -> bool {
+    dp.routes
+        .lock()
         .unwrap()
         .state
         .routes
@@ -97,12 +100,12 @@ async fn remote_node_appearing_and_leaving_changes_the_plan() {
     put_config(&store, "10.244.0.0/16", 24, "vxlan").await;
     let dp = dataplane(1);
     let agent = Running::start(&store, &dp, agent_config("n1", dir.path(), TTL));
-    let st = wait_status(&store, "n1", "healthy", |s| s.healthy).await;
+    let st = wait_status(&store, "n1", "healthy", |s| s.routes.healthy).await;
     assert_eq!(
-        (st.cidr.to_string(), st.mtu, st.backend),
+        (st.routes.cidr.to_string(), st.routes.mtu, st.routes.backend),
         ("10.244.0.0/24".into(), 1450, Backend::Vxlan)
     );
-    assert!(dp.lock().unwrap().state.vxlan.is_some());
+    assert!(dp.routes.lock().unwrap().state.vxlan.is_some());
 
     put_remote(&store, "10.244.9.0/24", "n9", 9, Backend::Vxlan).await;
     wait_until("route to the new node", || {
@@ -110,7 +113,7 @@ async fn remote_node_appearing_and_leaving_changes_the_plan() {
     })
     .await;
     {
-        let d = dp.lock().unwrap();
+        let d = dp.routes.lock().unwrap();
         assert_eq!(d.state.neighbours.len(), 1);
         assert_eq!(
             d.state.fdb.iter().next().unwrap().dst,
@@ -119,7 +122,7 @@ async fn remote_node_appearing_and_leaving_changes_the_plan() {
     }
     let rev = store.revision().await.unwrap();
     wait_status(&store, "n1", "applied the join", |s| {
-        s.applied_revision >= rev - 1
+        s.routes.applied_revision >= rev - 1
     })
     .await;
 
@@ -129,11 +132,14 @@ async fn remote_node_appearing_and_leaving_changes_the_plan() {
     })
     .await;
     wait_until("neighbour and fdb removed", || {
-        let d = dp.lock().unwrap();
+        let d = dp.routes.lock().unwrap();
         d.state.neighbours.is_empty() && d.state.fdb.is_empty()
     })
     .await;
-    assert!(dp.lock().unwrap().state.vxlan.is_some(), "the device stays");
+    assert!(
+        dp.routes.lock().unwrap().state.vxlan.is_some(),
+        "the device stays"
+    );
     agent.stop().await.unwrap();
 }
 
@@ -146,22 +152,22 @@ async fn two_agents_started_together_lease_different_subnets_and_route_to_each_o
     let (dp1, dp2) = (dataplane(1), dataplane(2));
     let a1 = Running::start(&store, &dp1, agent_config("n1", dir.path(), TTL));
     let a2 = Running::start(&store, &dp2, agent_config("n2", dir.path(), TTL));
-    let s1 = wait_status(&store, "n1", "healthy", |s| s.healthy).await;
-    let s2 = wait_status(&store, "n2", "healthy", |s| s.healthy).await;
-    assert_ne!(s1.cidr, s2.cidr);
-    let c1 = s1.cidr.to_string();
-    let c2 = s2.cidr.to_string();
+    let s1 = wait_status(&store, "n1", "healthy", |s| s.routes.healthy).await;
+    let s2 = wait_status(&store, "n2", "healthy", |s| s.routes.healthy).await;
+    assert_ne!(s1.routes.cidr, s2.routes.cidr);
+    let c1 = s1.routes.cidr.to_string();
+    let c2 = s2.routes.cidr.to_string();
     wait_until("n1 routes to n2", || has_route_to(&dp1, &c2)).await;
     wait_until("n2 routes to n1", || has_route_to(&dp2, &c1)).await;
     let s1 = wait_status(&store, "n1", "reports n2 as a peer", |s| {
-        s.peers == vec![s2.cidr]
+        s.routes.peers == vec![s2.routes.cidr]
     })
     .await;
-    assert!(s1.healthy);
+    assert!(s1.routes.healthy);
     assert_eq!(
         routes(&dp1),
         vec![Route {
-            dst: s2.cidr,
+            dst: s2.routes.cidr,
             via: Ipv4Addr::new(10, 99, 0, 2),
             dev: "eth0".into(),
             onlink: false
@@ -190,11 +196,11 @@ async fn a_restarted_agent_keeps_its_subnet_and_changes_nothing() {
     let dp = dataplane(1);
     let a = Running::start(&store, &dp, agent_config("n1", dir.path(), TTL));
     wait_until("route to n9", || has_route_to(&dp, "10.244.9.0/24")).await;
-    let before = wait_status(&store, "n1", "healthy", |s| s.healthy).await;
+    let before = wait_status(&store, "n1", "healthy", |s| s.routes.healthy).await;
     a.stop().await.unwrap();
 
-    let state = dp.lock().unwrap().state.clone();
-    dp.lock().unwrap().applied.clear();
+    let state = dp.routes.lock().unwrap().state.clone();
+    dp.routes.lock().unwrap().applied.clear();
     // While it was down, n9 left and n8 came.
     store.delete(&keys::subnet("10.244.9.0/24")).await.unwrap();
     put_remote(&store, "10.244.8.0/24", "n8", 8, Backend::Vxlan).await;
@@ -202,11 +208,12 @@ async fn a_restarted_agent_keeps_its_subnet_and_changes_nothing() {
     wait_until("route to n8", || has_route_to(&dp, "10.244.8.0/24")).await;
     wait_until("n9 gone", || !has_route_to(&dp, "10.244.9.0/24")).await;
     let after = wait_status(&store, "n1", "healthy again", |s| {
-        s.healthy && s.heartbeat >= before.heartbeat
+        s.routes.healthy && s.routes.heartbeat >= before.routes.heartbeat
     })
     .await;
-    assert_eq!(after.cidr, before.cidr);
+    assert_eq!(after.routes.cidr, before.routes.cidr);
     let applied: Vec<String> = dp
+        .routes
         .lock()
         .unwrap()
         .applied
@@ -226,7 +233,7 @@ async fn a_restarted_agent_keeps_its_subnet_and_changes_nothing() {
             .any(|c| c.contains(VXLAN_DEVICE) && c.starts_with("add vxlan")),
         "{applied:#?}"
     );
-    assert_eq!(dp.lock().unwrap().state.vxlan, state.vxlan);
+    assert_eq!(dp.routes.lock().unwrap().state.vxlan, state.vxlan);
     a.stop().await.unwrap();
 }
 
@@ -238,8 +245,8 @@ async fn an_expired_lease_is_reclaimed_with_the_same_subnet() {
     put_config(&store, "10.244.0.0/16", 24, "host-gw").await;
     let dp = dataplane(1);
     let a = Running::start(&store, &dp, agent_config("n1", dir.path(), TTL));
-    let st = wait_status(&store, "n1", "healthy", |s| s.healthy).await;
-    let key = keys::subnet(&st.cidr.to_string());
+    let st = wait_status(&store, "n1", "healthy", |s| s.routes.healthy).await;
+    let key = keys::subnet(&st.routes.cidr.to_string());
     let lease_before = store.get(&key).await.unwrap().unwrap().lease;
     store.expire_leases_now();
     let deadline = tokio::time::Instant::now() + common::WAIT;
@@ -270,19 +277,19 @@ async fn a_store_outage_leaves_the_dataplane_alone_and_it_converges_after() {
     let dp = dataplane(1);
     let a = Running::start(&store, &dp, agent_config("n1", dir.path(), TTL));
     wait_until("routes", || routes(&dp).len() == 2).await;
-    wait_status(&store, "n1", "healthy", |s| s.healthy).await;
+    wait_status(&store, "n1", "healthy", |s| s.routes.healthy).await;
     assert!(
         has_route_to(&dp, "10.96.0.0/16"),
         "the node's own processes reach ClusterIPs through the service CIDR route"
     );
-    let state = dp.lock().unwrap().state.clone();
-    dp.lock().unwrap().applied.clear();
+    let state = dp.routes.lock().unwrap().state.clone();
+    dp.routes.lock().unwrap().applied.clear();
 
     store.set_available(false);
     tokio::time::sleep(TTL * 2).await; // a few renewals and re-watch attempts
-    assert_eq!(dp.lock().unwrap().state, state);
+    assert_eq!(dp.routes.lock().unwrap().state, state);
     assert!(
-        dp.lock().unwrap().applied.is_empty(),
+        dp.routes.lock().unwrap().applied.is_empty(),
         "nothing touched while the store was away"
     );
     store.set_available(true);
@@ -302,13 +309,16 @@ async fn a_failing_dataplane_is_reported_unhealthy_with_the_error() {
     let store = MemStore::new();
     put_config(&store, "10.244.0.0/16", 24, "host-gw").await;
     let dp = dataplane(1);
-    dp.lock().unwrap().fail = Some("netlink says no".into());
+    dp.routes.lock().unwrap().fail = Some("netlink says no".into());
     let a = Running::start(&store, &dp, agent_config("n1", dir.path(), TTL));
-    let st = wait_status(&store, "n1", "unhealthy", |s| !s.healthy).await;
-    assert!(st.last_error.unwrap().contains("netlink says no"));
-    dp.lock().unwrap().fail = None;
-    let st = wait_status(&store, "n1", "recovers at the next renewal", |s| s.healthy).await;
-    assert_eq!(st.last_error, None);
+    let st = wait_status(&store, "n1", "unhealthy", |s| !s.routes.healthy).await;
+    assert!(st.routes.last_error.unwrap().contains("netlink says no"));
+    dp.routes.lock().unwrap().fail = None;
+    let st = wait_status(&store, "n1", "recovers at the next renewal", |s| {
+        s.routes.healthy
+    })
+    .await;
+    assert_eq!(st.routes.last_error, None);
     a.stop().await.unwrap();
 }
 
@@ -323,7 +333,7 @@ async fn the_agent_waits_for_the_config_and_rejects_an_invalid_one() {
     assert!(!a.task.is_finished(), "waits for the config key");
     put_config(&store, "10.244.0.0/16", 24, "host-gw").await;
     wait_status(&store, "n1", "started once the config exists", |s| {
-        s.healthy
+        s.routes.healthy
     })
     .await;
     a.stop().await.unwrap();

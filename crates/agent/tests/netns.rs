@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent::plan::{
+use common::TempDir;
+use routes::plan::{
     Backend, Lease, LeaseAttrs, NodePlan, UnderlayInfo, VXLAN_DEVICE, compile, diff,
 };
-use agent::{Dataplane, NetnsDataplane};
-use common::TempDir;
+use routes::{Dataplane, NetnsRoutes};
 use serde_json::Value;
 use store::Store;
 
@@ -49,22 +49,22 @@ fn lease(cidr: &str, node: &str, ip: Ipv4Addr, backend: Backend) -> Lease {
 }
 
 /// Observe, diff, apply with a fresh dataplane (as a freshly started agent does); the changes.
-fn converge(ns: &Ns, plan: &NodePlan) -> Vec<agent::Change> {
-    let mut dp = NetnsDataplane::open(Some(&ns.path())).unwrap();
+fn converge(ns: &Ns, plan: &NodePlan) -> Vec<routes::Change> {
+    let mut dp = NetnsRoutes::open(Some(&ns.path())).unwrap();
     let changes = diff(&dp.observe().unwrap(), plan);
     dp.apply(&changes).unwrap();
     changes
 }
 
 fn observe(ns: &Ns) -> NodePlan {
-    NetnsDataplane::open(Some(&ns.path()))
+    NetnsRoutes::open(Some(&ns.path()))
         .unwrap()
         .observe()
         .unwrap()
 }
 
 fn underlay(ns: &Ns) -> UnderlayInfo {
-    NetnsDataplane::open(Some(&ns.path()))
+    NetnsRoutes::open(Some(&ns.path()))
         .unwrap()
         .underlay("eth0")
         .unwrap()
@@ -452,17 +452,17 @@ fn two_agents_with_etcd_converge_and_reach_each_other() {
             stops.push(tx);
             tasks.push(tokio::spawn(agent::run(
                 cfg,
-                agent::HealthConfig::default(),
+                services::HealthConfig::default(),
                 async {
                     let _ = rx.await;
                 },
             )));
         }
         let start = std::time::Instant::now();
-        let sa = common::wait_status(&store, "node-a", "healthy", |s| s.healthy).await;
-        let sb = common::wait_status(&store, "node-b", "healthy", |s| s.healthy).await;
-        assert_ne!(sa.cidr, sb.cidr);
-        let (ca, cb) = (sa.cidr.to_string(), sb.cidr.to_string());
+        let sa = common::wait_status(&store, "node-a", "healthy", |s| s.routes.healthy).await;
+        let sb = common::wait_status(&store, "node-b", "healthy", |s| s.routes.healthy).await;
+        assert_ne!(sa.routes.cidr, sb.routes.cidr);
+        let (ca, cb) = (sa.routes.cidr.to_string(), sb.routes.cidr.to_string());
         let has = |ns: &Ns, cidr: &str| kernel_routes(ns).iter().any(|r| r.0 == cidr);
         common::wait_until("each node routes to the other", || {
             has(&n.a, &cb) && has(&n.b, &ca)
@@ -470,13 +470,13 @@ fn two_agents_with_etcd_converge_and_reach_each_other() {
         .await;
         let took = start.elapsed();
         assert!(took < Duration::from_secs(5), "converged in {took:?}");
-        let b_vtep = sb.cidr.network().to_string();
+        let b_vtep = sb.routes.cidr.network().to_string();
         assert!(
             n.a.exec_ok(&["ping", "-c", "1", "-W", "2", &b_vtep]),
             "a reaches b's subnet over vxlan"
         );
         assert_eq!(
-            (sa.mtu, sa.underlay_ip),
+            (sa.routes.mtu, sa.routes.underlay_ip),
             (1450, Ipv4Addr::new(10, 99, 3, 1))
         );
 
@@ -496,15 +496,15 @@ fn two_agents_with_etcd_converge_and_reach_each_other() {
         stops.insert(0, tx);
         tasks.insert(
             0,
-            tokio::spawn(agent::run(cfg, agent::HealthConfig::default(), async {
+            tokio::spawn(agent::run(cfg, services::HealthConfig::default(), async {
                 let _ = rx.await;
             })),
         );
         let sa2 = common::wait_status(&store, "node-a", "healthy after restart", |s| {
-            s.healthy && s.applied_revision > stopped_at
+            s.routes.healthy && s.routes.applied_revision > stopped_at
         })
         .await;
-        assert_eq!(sa2.cidr, sa.cidr);
+        assert_eq!(sa2.routes.cidr, sa.routes.cidr);
         let events = tokio::task::spawn_blocking(move || monitor.stop())
             .await
             .unwrap();
@@ -531,7 +531,7 @@ fn two_agents_with_etcd_converge_and_reach_each_other() {
             .as_secs();
         for node in ["node-a", "node-b"] {
             common::wait_status(&store, node, "reporting again after the outage", |s| {
-                s.healthy && s.heartbeat > back_at
+                s.routes.healthy && s.routes.heartbeat > back_at
             })
             .await;
         }
@@ -594,8 +594,7 @@ fn web_service(endpoints: &[&str]) -> (Vec<model::Service>, Vec<model::EndpointS
 
 #[test]
 fn service_maps_dnat_real_connections_and_survive_a_restart() {
-    use agent::proxy::Applier;
-    use plan::services::{Compiler, NodeView};
+    use services::{Applier, Compiler, NodeView};
     let feed = |c: &mut Compiler,
                 (svcs, slices): (Vec<model::Service>, Vec<model::EndpointSlice>)| {
         svcs.iter().for_each(|s| c.upsert_service(s));
@@ -615,7 +614,7 @@ fn service_maps_dnat_real_connections_and_survive_a_restart() {
         service_cidr: Some("10.96.0.0/16".parse().unwrap()),
         nodes: vec!["a".into()],
     };
-    let mut dp = NetnsDataplane::open(Some(&node.path())).unwrap();
+    let mut dp = services::NetnsProxy::open(Some(&node.path())).unwrap();
     let mut applier = Applier::default();
     let mut c = Compiler::new(view.clone());
     feed(&mut c, web_service(&["10.244.0.6", "10.244.0.7"]));
@@ -735,9 +734,8 @@ fn lb_local_service(
 /// waits too long.
 #[test]
 fn health_ports_answer_over_real_sockets() {
-    use agent::health::{HealthConfig, ProxyHealth};
-    use agent::proxy::Applier;
-    use plan::services::{Compiler, NodeView};
+    use services::{Applier, Compiler, NodeView};
+    use services::{HealthConfig, ProxyHealth};
     let Some(nodes) = two_nodes(72) else { return };
     let (node, probe) = (&nodes.a, &nodes.b);
     let view = NodeView {
@@ -747,7 +745,7 @@ fn health_ports_answer_over_real_sockets() {
         service_cidr: Some("10.96.0.0/16".parse().unwrap()),
         nodes: vec!["a".into()],
     };
-    let mut dp = NetnsDataplane::open(Some(&node.path())).unwrap();
+    let mut dp = services::NetnsProxy::open(Some(&node.path())).unwrap();
     let mut applier = Applier::default();
     let mut c = Compiler::new(view);
     let health = ProxyHealth::default();
@@ -776,7 +774,11 @@ fn health_ports_answer_over_real_sockets() {
         node_ports: true,
         timeout: Duration::from_millis(300),
     };
-    let server = rt.spawn(agent::health::serve(cfg, Some(node.path()), health.clone()));
+    let server = rt.spawn(services::health_server::serve(
+        cfg,
+        Some(node.path()),
+        health.clone(),
+    ));
 
     let port = "10.99.72.1:32100";
     within(
@@ -856,8 +858,7 @@ fn health_ports_answer_over_real_sockets() {
 /// and as text that `nft` loads again.
 #[test]
 fn session_affinity_is_shared_by_the_cluster_ip_and_the_node_port() {
-    use agent::proxy::Applier;
-    use plan::services::{Compiler, NodeView};
+    use services::{Applier, Compiler, NodeView};
     let Some(nodes) = two_nodes(73) else { return };
     let (node, outside) = (&nodes.a, &nodes.b);
     assert!(node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]));
@@ -887,7 +888,7 @@ fn session_affinity_is_shared_by_the_cluster_ip_and_the_node_port() {
     });
     c.upsert_service(&serde_json::from_value(svc).unwrap());
     c.upsert_slice(&serde_json::from_value(slice).unwrap());
-    let mut dp = NetnsDataplane::open(Some(&node.path())).unwrap();
+    let mut dp = services::NetnsProxy::open(Some(&node.path())).unwrap();
     Applier::default().apply(&mut dp, &mut c).unwrap();
 
     let (cluster_ip, node_port) = ("10.96.0.30:80", "10.99.73.1:30080");
@@ -957,7 +958,8 @@ fn session_affinity_is_shared_by_the_cluster_ip_and_the_node_port() {
 /// answers on the configured address, and deleting the service closes the port.
 #[test]
 fn the_agent_serves_health_ports_as_services_change() {
-    use agent::{HealthConfig, MemDataplane, UnderlayInfo};
+    use agent::MemDataplanes;
+    use services::HealthConfig;
     use store::MemStore;
     let Some(ns) = netns::Ns::new("health") else {
         return;
@@ -996,11 +998,11 @@ fn the_agent_serves_health_ports_as_services_change() {
         "objects/endpointslices/default/shop-x".into(),
         slice(&["10.244.0.6", "10.244.0.7"]),
     );
-    let dp = Arc::new(Mutex::new(MemDataplane::new(UnderlayInfo {
+    let dp = MemDataplanes::mem(UnderlayInfo {
         dev: "eth0".into(),
         ip: Ipv4Addr::new(10, 99, 0, 1),
         mtu: 1500,
-    })));
+    });
     let mut cfg = common::agent_config("n1", dir.path(), Duration::from_secs(3));
     cfg.netns = Some(ns.path());
     let health = HealthConfig {
@@ -1084,8 +1086,7 @@ fn echo_server(ns: &Ns, port: u16) -> Arc<AtomicBool> {
 /// ready endpoint left, new connections use the serving terminating one.
 #[test]
 fn established_connections_survive_their_endpoint_terminating() {
-    use agent::proxy::Applier;
-    use plan::services::{Compiler, NodeView};
+    use services::{Applier, Compiler, NodeView};
     let Some(nodes) = two_nodes(74) else { return };
     let node = &nodes.a;
     assert!(node.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]));
@@ -1121,7 +1122,7 @@ fn established_connections_survive_their_endpoint_terminating() {
         service_cidr: Some("10.96.0.0/16".parse().unwrap()),
         nodes: vec!["a".into()],
     });
-    let mut dp = NetnsDataplane::open(Some(&node.path())).unwrap();
+    let mut dp = services::NetnsProxy::open(Some(&node.path())).unwrap();
     let mut applier = Applier::default();
     c.upsert_service(&svc);
     c.upsert_slice(&slice(&[("10.244.0.6", true, true, false)]));

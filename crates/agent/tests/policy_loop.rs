@@ -6,28 +6,28 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent::{MemDataplane, Shared, UnderlayInfo};
+use agent::MemDataplanes;
 use common::{TempDir, agent_config, put_config, wait_status, wait_until};
+use routes::UnderlayInfo;
 use serde_json::{Value, json};
 use store::{MemStore, Store};
 use tokio::sync::oneshot;
 
 const TTL: Duration = Duration::from_secs(3);
 
-fn dataplane() -> Shared<MemDataplane> {
-    Arc::new(Mutex::new(MemDataplane::new(UnderlayInfo {
+fn dataplane() -> MemDataplanes {
+    MemDataplanes::mem(UnderlayInfo {
         dev: "eth0".into(),
         ip: Ipv4Addr::new(10, 99, 0, 1),
         mtu: 1500,
-    })))
+    })
 }
 
 fn start(
     store: &MemStore,
-    dp: &Shared<MemDataplane>,
+    dp: &MemDataplanes,
     dir: &TempDir,
 ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = oneshot::channel::<()>();
@@ -66,8 +66,8 @@ async fn put_policy(store: &MemStore, name: &str, spec: Value) {
     put(store, &format!("objects/networkpolicies/default/{name}"), v).await;
 }
 
-fn elements(dp: &Shared<MemDataplane>) -> Vec<String> {
-    dp.lock().unwrap().policy.elements()
+fn elements(dp: &MemDataplanes) -> Vec<String> {
+    dp.policy.lock().unwrap().elements()
 }
 
 /// web (n1) takes TCP 80 from pods labelled app=client.
@@ -126,10 +126,10 @@ async fn policies_become_set_elements_for_local_pods_and_changes_touch_only_thei
         ]
     );
     {
-        let d = dp.lock().unwrap();
-        assert_eq!(d.policy.transactions, vec![(2, true)], "first load flushes");
-        assert_eq!(d.policy.scripts.len(), 1);
-        assert!(d.policy.scripts[0].contains("hook forward"));
+        let d = dp.policy.lock().unwrap();
+        assert_eq!(d.transactions, vec![(2, true)], "first load flushes");
+        assert_eq!(d.scripts.len(), 1);
+        assert!(d.scripts[0].contains("hook forward"));
     }
 
     // Running again: isolated like any web pod; finished: gone.
@@ -153,18 +153,18 @@ async fn policies_become_set_elements_for_local_pods_and_changes_touch_only_thei
     })
     .await;
     assert_eq!(
-        *dp.lock().unwrap().policy.transactions.last().unwrap(),
+        *dp.policy.lock().unwrap().transactions.last().unwrap(),
         (1, false)
     );
 
     // A pod of another node changing its labels changes nothing here but the revision.
-    let before = dp.lock().unwrap().policy.transactions.len();
+    let before = dp.policy.lock().unwrap().transactions.len();
     let rev = put_pod(&store, "remote-web", "n2", "10.244.2.8", "web2").await;
     wait_status(&store, "n1", "revision follows", |s| {
         s.policy.applied_revision >= rev
     })
     .await;
-    assert_eq!(dp.lock().unwrap().policy.transactions.len(), before);
+    assert_eq!(dp.policy.lock().unwrap().transactions.len(), before);
 
     // Deleting the policy un-isolates web: every element goes.
     store
@@ -198,7 +198,7 @@ async fn a_restart_reloads_in_one_transaction_and_a_failure_is_reported_then_ret
     // While the agent is down the client moves; the restarted agent fails to program at
     // first, says so, and then reloads everything in one flushed transaction.
     let rev = put_pod(&store, "client", "n2", "10.244.2.70", "client").await;
-    dp.lock().unwrap().policy.fail = Some("nft: Operation not permitted".into());
+    dp.policy.lock().unwrap().fail = Some("nft: Operation not permitted".into());
     let (stop, task) = start(&store, &dp, &dir);
     let st = wait_status(&store, "n1", "error reported", |s| {
         s.policy.last_error.is_some()
@@ -210,7 +210,7 @@ async fn a_restart_reloads_in_one_transaction_and_a_failure_is_reported_then_ret
             .unwrap()
             .contains("Operation not permitted")
     );
-    dp.lock().unwrap().policy.fail = None;
+    dp.policy.lock().unwrap().fail = None;
     let st = wait_status(&store, "n1", "recovered", |s| {
         s.policy.last_error.is_none() && s.policy.applied_revision >= rev
     })
@@ -224,7 +224,7 @@ async fn a_restart_reloads_in_one_transaction_and_a_failure_is_reported_then_ret
         ]
     );
     assert_eq!(
-        dp.lock().unwrap().policy.transactions,
+        dp.policy.lock().unwrap().transactions,
         vec![(2, true), (2, true)]
     );
     let _ = stop.send(());

@@ -5,28 +5,28 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent::{MemDataplane, Shared, UnderlayInfo};
+use agent::MemDataplanes;
 use common::{TempDir, agent_config, put_config, wait_status, wait_until};
+use routes::UnderlayInfo;
 use serde_json::json;
 use store::{MemStore, Store};
 use tokio::sync::oneshot;
 
 const TTL: Duration = Duration::from_secs(3);
 
-fn dataplane() -> Shared<MemDataplane> {
-    Arc::new(Mutex::new(MemDataplane::new(UnderlayInfo {
+fn dataplane() -> MemDataplanes {
+    MemDataplanes::mem(UnderlayInfo {
         dev: "eth0".into(),
         ip: Ipv4Addr::new(10, 99, 0, 1),
         mtu: 1500,
-    })))
+    })
 }
 
 fn start(
     store: &MemStore,
-    dp: &Shared<MemDataplane>,
+    dp: &MemDataplanes,
     dir: &TempDir,
 ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = oneshot::channel::<()>();
@@ -76,10 +76,10 @@ async fn put_slice(store: &MemStore, service: &str, ips: &[&str]) {
         .unwrap();
 }
 
-fn element(dp: &Shared<MemDataplane>, map: &str, key: &str) -> Option<String> {
-    dp.lock()
+fn element(dp: &MemDataplanes, map: &str, key: &str) -> Option<String> {
+    dp.proxy
+        .lock()
         .unwrap()
-        .nft
         .elements
         .get(&(map.to_string(), key.to_string()))
         .cloned()
@@ -116,9 +116,9 @@ async fn services_become_map_elements_and_changes_touch_only_their_elements() {
         Some("goto refuse")
     );
     {
-        let d = dp.lock().unwrap();
-        assert_eq!(d.nft.transactions, vec![(d.nft.transactions[0].0, true)]);
-        assert!(d.nft.chains.contains("lb-2") && d.nft.chains.contains("nat-prerouting"));
+        let d = dp.proxy.lock().unwrap();
+        assert_eq!(d.transactions, vec![(d.transactions[0].0, true)]);
+        assert!(d.chains.contains("lb-2") && d.chains.contains("nat-prerouting"));
     }
 
     // One endpoint more: one transaction without a flush, touching only web's elements.
@@ -128,13 +128,13 @@ async fn services_become_map_elements_and_changes_touch_only_their_elements() {
     })
     .await;
     {
-        let d = dp.lock().unwrap();
-        let last = *d.nft.transactions.last().unwrap();
+        let d = dp.proxy.lock().unwrap();
+        let last = *d.transactions.last().unwrap();
         // services element replaced (delete + add) and one backend added.
-        assert_eq!(last, (3, false), "{:?}", d.nft.transactions);
-        assert!(d.nft.chains.contains("lb-3"));
+        assert_eq!(last, (3, false), "{:?}", d.transactions);
+        assert!(d.chains.contains("lb-3"));
         // lb-2 is unused now; it stays (deleted with others later, or used again as it is).
-        assert!(d.nft.chains.contains("lb-2"));
+        assert!(d.chains.contains("lb-2"));
     }
     assert_eq!(
         element(&dp, "services", "10.96.0.20 . tcp . 80").as_deref(),
@@ -148,9 +148,9 @@ async fn services_become_map_elements_and_changes_touch_only_their_elements() {
     })
     .await;
     let left: Vec<_> = dp
+        .proxy
         .lock()
         .unwrap()
-        .nft
         .elements
         .keys()
         .filter(|(_, k)| k.contains("10.96.0.20"))
@@ -186,26 +186,21 @@ async fn a_restarted_agent_reloads_the_maps_in_one_transaction_and_drops_stale_c
     })
     .await;
     {
-        let d = dp.lock().unwrap();
-        assert_eq!(d.nft.transactions.len(), 2);
+        let d = dp.proxy.lock().unwrap();
+        assert_eq!(d.transactions.len(), 2);
         assert!(
-            d.nft.transactions[1].1,
+            d.transactions[1].1,
             "the reload flushes inside its transaction"
         );
-        assert!(
-            !d.nft.chains.contains("lb-2"),
-            "chain of the old run deleted"
-        );
+        assert!(!d.chains.contains("lb-2"), "chain of the old run deleted");
         assert!(element_absent(&d, "backends", "10.96.0.20 . tcp . 80 . 1"));
     }
     let _ = stop.send(());
     let _ = task.await;
 }
 
-fn element_absent(d: &MemDataplane, map: &str, key: &str) -> bool {
-    !d.nft
-        .elements
-        .contains_key(&(map.to_string(), key.to_string()))
+fn element_absent(d: &services::MemNft, map: &str, key: &str) -> bool {
+    !d.elements.contains_key(&(map.to_string(), key.to_string()))
 }
 
 #[tokio::test]
@@ -216,7 +211,7 @@ async fn a_failed_apply_is_reported_and_retried_as_a_full_reload() {
     put_config(&store, "10.244.0.0/16", 24, "host-gw").await;
     put_service(&store, "web", "10.96.0.20").await;
     let dp = dataplane();
-    dp.lock().unwrap().nft.fail = Some("nft: Operation not permitted".into());
+    dp.proxy.lock().unwrap().fail = Some("nft: Operation not permitted".into());
     let (stop, task) = start(&store, &dp, &dir);
     let st = wait_status(&store, "n1", "error reported", |s| {
         s.proxy.last_error.is_some()
@@ -228,14 +223,14 @@ async fn a_failed_apply_is_reported_and_retried_as_a_full_reload() {
             .unwrap()
             .contains("Operation not permitted")
     );
-    dp.lock().unwrap().nft.fail = None;
+    dp.proxy.lock().unwrap().fail = None;
     let st = wait_status(&store, "n1", "recovered", |s| {
         s.proxy.last_error.is_none() && s.proxy.applied_revision > 0
     })
     .await;
     assert_eq!(st.proxy.services, 1);
     assert!(
-        dp.lock().unwrap().nft.transactions[0].1,
+        dp.proxy.lock().unwrap().transactions[0].1,
         "first successful apply is a full load"
     );
     let _ = stop.send(());
@@ -269,7 +264,7 @@ async fn unused_chains_are_deleted_together_jumping_ones_first() {
     // Each new count leaves ext-N and lb-N of the old one unused; once UNUSED_CHAINS_KEPT are
     // unused they go in one run, those that jump (ext-N) before their targets (lb-N): the
     // fake, like the kernel, refuses to delete a chain that is still jumped to.
-    let steps = agent::proxy::UNUSED_CHAINS_KEPT / 2 + 1;
+    let steps = services::proxy::UNUSED_CHAINS_KEPT / 2 + 1;
     let ips: Vec<String> = (0..steps + 2)
         .map(|i| format!("10.244.1.{}", i + 5))
         .collect();
@@ -281,7 +276,7 @@ async fn unused_chains_are_deleted_together_jumping_ones_first() {
         assert_eq!(st.proxy.last_error, None);
     }
     let last = steps + 2;
-    let chains = dp.lock().unwrap().nft.chains.clone();
+    let chains = dp.proxy.lock().unwrap().chains.clone();
     assert!(
         chains.contains(&format!("ext-{last}")) && chains.contains(&format!("lb-{last}")),
         "{chains:?}"
@@ -296,7 +291,7 @@ async fn unused_chains_are_deleted_together_jumping_ones_first() {
         element(&dp, "services", "10.99.0.1 . tcp . 30080").as_deref() == Some("goto ext-2")
     })
     .await;
-    let chains = dp.lock().unwrap().nft.chains.clone();
+    let chains = dp.proxy.lock().unwrap().chains.clone();
     assert!(
         chains.contains("ext-2") && chains.contains("lb-2"),
         "{chains:?}"

@@ -17,9 +17,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::{Lab, can_run};
-use plan::policy::cases::{
-    self, Case, LabelTarget, NAMESPACES, PORTS, Probe, diff_table, pod_names,
-};
+use netpol::cases::{self, Case, LabelTarget, NAMESPACES, PORTS, Probe, diff_table, pod_names};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(60);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use model::{Kind, Object};
-use plan::policy::{Cluster, PodRef, Protocol};
+use netpol::{Cluster, PodRef, Protocol};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -45,7 +45,7 @@ pub enum ConnectivityError {
     Pod { pod: String, reason: String },
     /// The store's objects do not compile into a policy.
     #[error("{0}")]
-    Policy(#[from] plan::policy::PolicyError),
+    Policy(#[from] netpol::PolicyError),
     #[error("{0}")]
     Model(#[from] model::ModelError),
 }

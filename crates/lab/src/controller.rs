@@ -20,9 +20,10 @@ use store::reflector::{Batch, Event, Reflector};
 use store::{KeyValue, Store, StoreError, WatchEvent};
 
 use crate::api;
-use crate::endpoints::{self, LbState};
+use crate::endpoints;
 use crate::names::Lab;
 use crate::topology::LabError;
+use services::lb::{self, LbState};
 
 const OBJECTS: &str = "objects/";
 
@@ -67,7 +68,7 @@ pub async fn lb_pool(store: &impl Store) -> Result<Option<Ipv4Net>, StoreError> 
 
 /// The endpoints and LoadBalancer part of the controller: a cache of Services, pods,
 /// EndpointSlices and node zones, and the writes that bring the store to what
-/// [`endpoints::desired_slices`] and [`endpoints::allocate_lb`] decide.
+/// [`endpoints::desired_slices`] and [`services::lb::allocate_lb`] decide.
 pub struct Endpoints<S: Store> {
     store: S,
     pool: Option<Ipv4Net>,
@@ -317,7 +318,7 @@ impl<S: Store> Endpoints<S> {
 
     async fn reconcile_lb(&mut self) -> Result<(), StoreError> {
         let services: Vec<Service> = self.services.values().map(|(s, _, _)| s.clone()).collect();
-        let decisions = endpoints::allocate_lb(&services, self.pool);
+        let decisions = lb::allocate_lb(&services, self.pool);
         let now = crate::now_rfc3339();
         let mut result = Ok(());
         for (id, state) in decisions {
@@ -325,7 +326,7 @@ impl<S: Store> Endpoints<S> {
                 continue;
             };
             let cur = raw.get("status");
-            let want = endpoints::lb_status(cur, &state, &now);
+            let want = lb::lb_status(cur, &state, &now);
             let cur_norm = cur.cloned().unwrap_or_else(|| serde_json::json!({}));
             if want == cur_norm {
                 continue;

@@ -12,7 +12,8 @@ use model::{EndpointSlice, Pod, Service};
 use serde_json::Value;
 use store::{Store, StoreError};
 
-use crate::endpoints::{self, LbState};
+use crate::endpoints;
+use services::lb::{self, LbState};
 
 /// An agent that has not reported for this long is considered down.
 pub const AGENT_STALE_SECS: i64 = 20;
@@ -375,7 +376,7 @@ async fn controller_pending(
         }
     }
     let pool = crate::controller::lb_pool(store).await?;
-    for (id, state) in endpoints::allocate_lb(&services, pool) {
+    for (id, state) in lb::allocate_lb(&services, pool) {
         let shown = services
             .iter()
             .find(|s| s.key() == id)

@@ -1,6 +1,6 @@
 //! `flatnet trace SRC DST`: where the first packet of a flow goes and why, computed from the
-//! store with the same compilers the agents use (`plan::services` for the service proxy of the
-//! node the packet enters, `plan::policy` for NetworkPolicy), so what is explained is what the
+//! store with the same compilers the agents use (`services` for the service proxy of the
+//! node the packet enters, `netpol` for NetworkPolicy), so what is explained is what the
 //! dataplane was given.
 
 use std::collections::BTreeMap;
@@ -8,9 +8,9 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use model::{EndpointSlice, Object, Service};
-use plan::services::{NodeView, Proto, Trace, TraceOutcome, compile};
 use serde::Serialize;
 use serde_json::Value;
+use services::{NodeView, Proto, Trace, TraceOutcome, compile};
 use store::Store;
 
 use crate::topology::LabError;
@@ -246,7 +246,7 @@ pub async fn trace(
             .filter_map(|v| Object::from_json(v).ok())
             .collect()
     };
-    let policy = plan::policy::Cluster::from_objects(&objects).map(|c| c.compile());
+    let policy = netpol::Cluster::from_objects(&objects).map(|c| c.compile());
     let pod_of = |ip: Ipv4Addr| {
         pods.iter().find_map(|p| {
             (p.pointer("/status/podIP").and_then(Value::as_str) == Some(&ip.to_string())).then(
@@ -272,9 +272,9 @@ pub async fn trace(
     let endpoint = |pod: &Option<String>, ip: Ipv4Addr| match pod {
         Some(p) => {
             let (ns, name) = p.split_once('/').unwrap_or(("", p));
-            plan::policy::Endpoint::Pod(plan::policy::PodRef::new(ns, name))
+            netpol::Endpoint::Pod(netpol::PodRef::new(ns, name))
         }
-        None => plan::policy::Endpoint::Ip(ip),
+        None => netpol::Endpoint::Ip(ip),
     };
     let mut hops = Vec::new();
     for (ip, p) in targets {
@@ -314,10 +314,10 @@ pub async fn trace(
                 );
                 let entry_ip = entry_node.as_ref().and_then(|n| nodes.get(n)).copied();
                 let flow_src = match (masqueraded, entry_ip) {
-                    (true, Some(ip)) => plan::policy::Endpoint::Ip(ip),
+                    (true, Some(ip)) => netpol::Endpoint::Ip(ip),
                     _ => endpoint(&src.pod, src.ip),
                 };
-                let flow = plan::policy::Flow {
+                let flow = netpol::Flow {
                     src: flow_src,
                     dst: endpoint(&dst_pod, ip),
                     port: p,

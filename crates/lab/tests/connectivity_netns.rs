@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lab::connectivity::{ConnectivityError, Member, Outcome, check_supported, probe, to_cells};
-use plan::policy::Protocol;
+use netpol::Protocol;
 use testkit::{TestNs, name_server, pod};
 
 /// A UDP server in `ns` on `port` answering every datagram with `name`.

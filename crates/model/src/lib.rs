@@ -28,6 +28,7 @@ pub mod names;
 mod object;
 mod pod;
 mod policy;
+mod protocol;
 mod secret;
 mod service;
 pub mod time;
@@ -54,6 +55,7 @@ pub use policy::{
     IpBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
 };
+pub use protocol::{Protocol, UnknownProtocol};
 pub use secret::{Secret, base64_decode, base64_encode};
 pub use service::{
     ClientIpConfig, DEFAULT_AFFINITY_TIMEOUT_SECONDS, Endpoint, EndpointConditions, EndpointPort,

@@ -9,7 +9,8 @@
 //! # Layout
 //! - `lib.rs` — [`Store`], [`KeyValue`], [`WatchEvent`], JSON helpers
 //! - `error.rs` — [`StoreError`]: unavailable (retry), compacted (relist), conflict, invalid
-//! - `keys.rs` — key names: objects, config, subnets, agents
+//! - `contract/` — the typed contract: key names and what each value means (config, subnet
+//!   leases, agent status); the engines below never interpret a value
 //! - `etcd.rs` — [`EtcdStore`]: timeouts, prefixing, error mapping, watch task
 //! - `mem.rs` — [`MemStore`]: the fake, with `compact`, `expire_leases_now`, `set_available`
 //! - `process.rs` — [`EtcdProcess`]: start, restart on the same ports, stop, detach
@@ -17,12 +18,13 @@
 //!   [`reflector::Backoff`]; [`reflector::Batch`]: when a consumer applies its view
 //! - `testing.rs` — test helpers for this and other crates: a temp dir, etcd or a skip
 //!
-//! This crate must not know what the values mean (no Kubernetes or dataplane types) and must
-//! not retry on its own: it reports [`StoreError::Unavailable`] and the caller decides.
+//! Apart from `contract`, this crate must not know what the values mean (no Kubernetes or
+//! dataplane types); nothing in it retries on its own: it reports [`StoreError::Unavailable`] and the caller decides.
 
+pub mod batch;
+pub mod contract;
 mod error;
 mod etcd;
-pub mod keys;
 mod mem;
 mod process;
 pub mod reflector;
@@ -30,6 +32,7 @@ pub mod testing;
 
 use std::future::Future;
 
+pub use contract::keys;
 pub use error::StoreError;
 pub use etcd::{CONNECT_TIMEOUT, EtcdStore, REQUEST_TIMEOUT};
 pub use mem::MemStore;

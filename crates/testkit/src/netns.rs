@@ -240,7 +240,9 @@ mod tests {
         let Some(ns) = crate::netns!("ftk") else {
             return;
         };
-        ns.ip(&["link", "add", "ftk0", "type", "veth", "peer", "name", "ftk1"]);
+        ns.ip(&[
+            "link", "add", "ftk0", "type", "veth", "peer", "name", "ftk1",
+        ]);
         let out = ns.exec(&["ip", "-br", "link"]);
         assert!(String::from_utf8_lossy(&out.stdout).contains("ftk0"));
         let inside = ns.run(|| std::fs::read_link("/proc/thread-self/ns/net").unwrap());

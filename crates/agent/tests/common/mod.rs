@@ -60,7 +60,7 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// The agent status of `node`, if written.
-pub async fn status<S: Store>(store: &S, node: &str) -> Option<agent::AgentStatus> {
+pub async fn status<S: Store>(store: &S, node: &str) -> Option<store::contract::AgentStatus> {
     store
         .get(&store::keys::agent(node))
         .await
@@ -73,8 +73,8 @@ pub async fn wait_status<S: Store>(
     store: &S,
     node: &str,
     what: &str,
-    cond: impl Fn(&agent::AgentStatus) -> bool,
-) -> agent::AgentStatus {
+    cond: impl Fn(&store::contract::AgentStatus) -> bool,
+) -> store::contract::AgentStatus {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         if let Some(s) = status(store, node).await

@@ -79,10 +79,10 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
         }
     };
-    let health = agent::HealthConfig {
+    let health = services::HealthConfig {
         healthz_bind: a.healthz_bind_address.0,
         node_ports: a.health_check_node_ports,
-        ..agent::HealthConfig::default()
+        ..services::HealthConfig::default()
     };
     agent::run(cfg, health, shutdown).await?;
     Ok(0)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lab::connectivity::{self, Matrix};
 use model::Kind;
-use plan::policy::Protocol;
+use netpol::Protocol;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use clap::Subcommand;
 use model::{Kind, Object};
-use plan::policy::{
+use netpol::{
     Cluster, CompiledPolicy, DirectionVerdict, Endpoint, Flow, PodRef, Protocol, Verdict,
 };
 use serde_json::{Value, json};

@@ -252,7 +252,10 @@ mod endpoints_controller {
         assert_eq!(lb_ip(&s, "bb").await.as_deref(), Some("172.20.0.241"));
         assert_eq!(lb_ip(&s, "ccc").await, None);
         let st = status(&s, "ccc").await;
-        assert_eq!(st["conditions"][0]["type"], endpoints::CONDITION_LB_PENDING);
+        assert_eq!(
+            st["conditions"][0]["type"],
+            services::lb::CONDITION_LB_PENDING
+        );
         assert_eq!(
             st["conditions"][0]["message"],
             "no free address in the LoadBalancer pool 172.20.0.240/31"

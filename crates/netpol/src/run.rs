@@ -1,0 +1,359 @@
+//! The enforcement loop (design.md §7): lists and watches Namespaces, Pods and
+//! NetworkPolicies, compiles them ([`crate::Cluster`]), turns what concerns this node's pods
+//! into the elements of the `inet flatnet-policy` table ([`nft::compile_node`]) and applies the
+//! difference to the previous plan as one element transaction per batch of store events. The
+//! first apply after a start writes the table's structure and then flushes and reloads its
+//! sets in one transaction (packets see the old or the new elements, never none); after that
+//! only changed elements are touched. The rules never change, so a packet's cost does not
+//! depend on the number of pods, policies or rules (see [`nft`]).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use model::NetworkPolicy;
+use store::contract::{PolicyStatus, Report};
+use store::{KeyValue, Store, StoreError, WatchEvent};
+use tokio::time::sleep;
+
+use crate::nft::{self, PolicyOp, PolicyPlan, compile_node, diff};
+use crate::{Cluster, NamespaceInfo, PodInfo};
+
+/// First wait after the store failed; doubles up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Store prefixes the policy task follows.
+pub const PODS_PREFIX: &str = "objects/pods/";
+pub const NAMESPACES_PREFIX: &str = "objects/namespaces/";
+pub const POLICIES_PREFIX: &str = "objects/networkpolicies/";
+const PREFIXES: [&str; 3] = [NAMESPACES_PREFIX, PODS_PREFIX, POLICIES_PREFIX];
+
+/// The kernel side of policy enforcement, implemented by `NetnsPolicy` and by [`crate::MemPolicy`].
+pub trait PolicyDataplane: Send + 'static {
+    /// Runs an `nft -f` script as one transaction (the table, its sets, chains and rules).
+    fn policy_script(&mut self, script: &str) -> Result<(), String>;
+    /// Applies element changes as one transaction; with `flush`, every set of the table is
+    /// emptied first inside the same transaction.
+    fn policy_elements(&mut self, ops: &[PolicyOp], flush: bool) -> Result<(), String>;
+}
+
+/// What policy enforcement reports in the agent's status (`policy`).
+pub type PolicyReport = Report<PolicyStatus>;
+
+/// The objects the compiler reads, by store key, already in the compiler's terms.
+#[derive(Default)]
+struct View {
+    namespaces: BTreeMap<String, NamespaceInfo>,
+    pods: BTreeMap<String, PodInfo>,
+    policies: BTreeMap<String, NetworkPolicy>,
+    /// Keys left out, with why.
+    ignored: BTreeMap<String, String>,
+    /// Newest revision seen in a listing or an event.
+    revision: i64,
+}
+
+/// `objects/<kind>/<namespace>/<name>` -> the namespace (the key is the truth for it).
+fn key_namespace<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
+    key.strip_prefix(prefix)
+        .and_then(|rest| rest.split('/').next())
+}
+
+impl View {
+    fn take(&mut self, kv: &KeyValue) {
+        self.forget(&kv.key);
+        let result = if kv.key.starts_with(PODS_PREFIX) {
+            kv.decode::<model::Pod>()
+                .map_err(|e| e.to_string())
+                .and_then(|mut pod| {
+                    if let Some(ns) = key_namespace(&kv.key, PODS_PREFIX) {
+                        pod.metadata.namespace = Some(ns.to_string());
+                    }
+                    // A pod that has finished has no network any more and its address may
+                    // already be another pod's: it is no peer and no subject.
+                    let done = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase.as_deref())
+                        .is_some_and(|p| p == "Succeeded" || p == "Failed");
+                    if done {
+                        return Ok(None);
+                    }
+                    PodInfo::from_pod(&pod).map(Some).map_err(|e| e.to_string())
+                })
+                .map(|p| {
+                    if let Some(p) = p {
+                        self.pods.insert(kv.key.clone(), p);
+                    }
+                })
+        } else if kv.key.starts_with(NAMESPACES_PREFIX) {
+            kv.decode::<model::Namespace>()
+                .map_err(|e| e.to_string())
+                .map(|ns| {
+                    self.namespaces
+                        .insert(kv.key.clone(), NamespaceInfo::from_namespace(&ns));
+                })
+        } else if kv.key.starts_with(POLICIES_PREFIX) {
+            kv.decode::<NetworkPolicy>()
+                .map_err(|e| e.to_string())
+                .and_then(|mut p| {
+                    if let Some(ns) = key_namespace(&kv.key, POLICIES_PREFIX) {
+                        p.metadata.namespace = Some(ns.to_string());
+                    }
+                    // A policy the compiler refuses would stop every other one from being
+                    // enforced: check it alone, leave it out if it is bad.
+                    Cluster::new(Vec::new(), Vec::new(), vec![p.clone()])
+                        .map(|_| p)
+                        .map_err(|e| e.to_string())
+                })
+                .map(|p| {
+                    self.policies.insert(kv.key.clone(), p);
+                })
+        } else {
+            Ok(())
+        };
+        if let Err(why) = result {
+            tracing::warn!(key = %kv.key, error = %why, "object left out of policy enforcement");
+            self.ignored.insert(kv.key.clone(), why);
+        }
+    }
+
+    fn forget(&mut self, key: &str) {
+        self.namespaces.remove(key);
+        self.pods.remove(key);
+        self.policies.remove(key);
+        self.ignored.remove(key);
+    }
+
+    fn take_event(&mut self, ev: &WatchEvent) {
+        self.revision = self.revision.max(ev.mod_revision());
+        match ev {
+            WatchEvent::Put(kv) => self.take(kv),
+            WatchEvent::Delete { key, .. } => self.forget(key),
+        }
+    }
+
+    fn cluster(&self) -> Result<Cluster, String> {
+        Cluster::new(
+            self.namespaces.values().cloned().collect(),
+            self.pods.values().cloned().collect(),
+            self.policies.values().cloned().collect(),
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Remembers what the kernel holds and turns the next plan into the fewest changes.
+#[derive(Debug, Default)]
+pub struct Applier {
+    /// What the kernel holds, if known (None: reload everything at the next apply).
+    applied: Option<PolicyPlan>,
+}
+
+impl Applier {
+    pub fn applied(&self) -> Option<&PolicyPlan> {
+        self.applied.as_ref()
+    }
+
+    /// Makes the kernel hold `new`; returns the number of element changes sent. On error the
+    /// kernel state counts as unknown, so the next call reloads everything.
+    pub fn apply(
+        &mut self,
+        dp: &mut impl PolicyDataplane,
+        new: PolicyPlan,
+    ) -> Result<usize, String> {
+        let result = match self.applied.take() {
+            None => {
+                let ops = new.all_ops();
+                dp.policy_script(&nft::render_structure())
+                    .and_then(|()| dp.policy_elements(&ops, true))
+                    .map(|()| ops.len())
+            }
+            Some(old) => {
+                let ops = diff(&old, &new);
+                if ops.is_empty() {
+                    Ok(0)
+                } else {
+                    dp.policy_elements(&ops, false).map(|()| ops.len())
+                }
+            }
+        };
+        if result.is_ok() {
+            self.applied = Some(new);
+        }
+        result
+    }
+}
+
+async fn list_all<S: Store>(store: &S, view: &mut View) -> Result<i64, StoreError> {
+    let mut fresh = View::default();
+    let mut first = None;
+    for prefix in PREFIXES {
+        let (kvs, rev) = store.list(prefix).await?;
+        first.get_or_insert(rev);
+        fresh.revision = fresh.revision.max(rev);
+        for kv in &kvs {
+            fresh.take(kv);
+        }
+    }
+    *view = fresh;
+    Ok(first.unwrap_or(0))
+}
+
+/// Runs policy enforcement for the pods of `node` until the future is dropped. Store outages
+/// keep the dataplane as it is.
+pub async fn run<S: Store, P: PolicyDataplane>(
+    store: S,
+    dp: Arc<Mutex<P>>,
+    node: String,
+    report: PolicyReport,
+) {
+    let mut applier = Applier::default();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let mut view = View::default();
+        let first = match list_all(&store, &mut view).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot list pods and policies; dataplane kept as it is");
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        // Later listings happened after the first: watching every prefix from the first
+        // listing on sees some events twice, which is harmless.
+        let watches = async {
+            let mut w = Vec::new();
+            for prefix in PREFIXES {
+                w.push(store.watch(prefix, first + 1).await?);
+            }
+            Ok::<_, StoreError>(w)
+        };
+        let mut watches = match watches.await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot watch pods and policies");
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        let mut ctx = Ctx {
+            dp: &dp,
+            applier: &mut applier,
+            node: &node,
+            report: &report,
+        };
+        let ok = ctx.apply_view(&view).await;
+        let ended = match &mut watches[..] {
+            [wa, wb, wc] => store::batch::follow(&mut ctx, &mut view, ok, [wa, wb, wc]).await,
+            _ => StoreError::Unavailable("policy watches not started".into()),
+        };
+        match ended {
+            StoreError::Compacted { revision } => {
+                tracing::info!(revision, "policy watch fell behind compaction, re-listing");
+            }
+            e => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "policy watch broke; dataplane kept as it is");
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+struct Ctx<'a, P: PolicyDataplane> {
+    dp: &'a Arc<Mutex<P>>,
+    applier: &'a mut Applier,
+    node: &'a str,
+    report: &'a PolicyReport,
+}
+
+impl<P: PolicyDataplane> store::batch::Batcher for Ctx<'_, P> {
+    type View = View;
+
+    fn take(view: &mut View, ev: &WatchEvent) {
+        view.take_event(ev);
+    }
+
+    async fn apply(&mut self, view: &mut View) -> bool {
+        self.apply_view(view).await
+    }
+}
+
+impl<P: PolicyDataplane> Ctx<'_, P> {
+    /// Compiles the view and applies it; reports the outcome. Returns whether it applied.
+    async fn apply_view(&mut self, view: &View) -> bool {
+        let started = Instant::now();
+        let revision = view.revision;
+        let ignored: Vec<String> = view
+            .ignored
+            .iter()
+            .map(|(k, why)| format!("{k}: {why}"))
+            .collect();
+        let cluster = match view.cluster() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot compile network policies");
+                self.report.set(|s| s.last_error = Some(e));
+                return false;
+            }
+        };
+        let read = started.elapsed();
+        let compiled = cluster.compile();
+        let compiled_at = started.elapsed();
+        let plan = compile_node(&compiled, self.node);
+        let compile_time = started.elapsed();
+        tracing::debug!(read = ?read, compile = ?(compiled_at - read), node = ?(compile_time - compiled_at), "policy compile phases");
+        let counts = (
+            compiled.policies().len(),
+            plan.local_pods,
+            plan.ingress_isolated.len(),
+            plan.egress_isolated.len(),
+            plan.elements(),
+        );
+        let dp = self.dp.clone();
+        let mut applier = std::mem::take(self.applier);
+        let (applier, result) = tokio::task::spawn_blocking(move || {
+            let mut d = dp.lock().unwrap_or_else(|p| p.into_inner());
+            let r = applier.apply(&mut *d, plan);
+            (applier, r)
+        })
+        .await
+        .unwrap_or_else(|e| (Applier::default(), Err(format!("policy worker: {e}"))));
+        *self.applier = applier;
+        let elapsed = started.elapsed();
+        match result {
+            Ok(changes) => {
+                let (policies, local_pods, isolated_ingress, isolated_egress, elements) = counts;
+                tracing::debug!(
+                    revision,
+                    changes,
+                    elements,
+                    compile = ?compile_time,
+                    total = ?elapsed,
+                    "network policy applied"
+                );
+                self.report.set(|s| {
+                    s.applied_revision = s.applied_revision.max(revision);
+                    s.policies = policies;
+                    s.local_pods = local_pods;
+                    s.isolated_ingress = isolated_ingress;
+                    s.isolated_egress = isolated_egress;
+                    s.elements = elements;
+                    s.last_sync_micros = elapsed.as_micros() as u64;
+                    s.ignored = ignored;
+                    s.last_error = None;
+                });
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "applying network policy failed; will reload");
+                self.report.set(|s| s.last_error = Some(e));
+                false
+            }
+        }
+    }
+}

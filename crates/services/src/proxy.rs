@@ -1,0 +1,513 @@
+//! The service proxy loop (design.md §6): lists and watches Services and EndpointSlices,
+//! compiles them ([`crate::plan`]) into the elements of the node's `inet flatnet` maps, and
+//! applies the difference to the previous plan as one element transaction per batch of store
+//! events. The first apply after a start flushes and reloads the maps in one transaction
+//! (packets see the old or the new elements, never none); after that only changed elements
+//! are touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+use ipnet::Ipv4Net;
+use model::{EndpointSlice, Service};
+use store::contract::{ProxyStatus, Report, keys};
+use store::{KeyValue, Store, StoreError, WatchEvent};
+use tokio::time::sleep;
+
+use crate::health_server::ProxyHealth;
+use crate::plan::{self as svc, Backend, Compiler, DynChain, ElemOp, Frontend, NodeView};
+
+/// First wait after the store failed; doubles up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Store prefixes the proxy follows.
+pub const SERVICES_PREFIX: &str = "objects/services/";
+pub const SLICES_PREFIX: &str = "objects/endpointslices/";
+/// Subnet leases: the nodes that share the LoadBalancer announcements.
+pub const LEASES_PREFIX: &str = keys::SUBNETS;
+
+/// The kernel side of the proxy, implemented by `NetnsProxy` and by [`crate::MemNft`].
+pub trait ProxyDataplane: Send + 'static {
+    /// Runs an `nft -f` script as one transaction (table, maps, chains and their rules).
+    fn nft_script(&mut self, script: &str) -> Result<(), String>;
+    /// Applies element changes as one transaction; with `flush`, the maps in
+    /// [`svc::STATIC_MAPS`] are emptied first inside the same transaction.
+    fn nft_elements(&mut self, ops: &[ElemOp], flush: bool) -> Result<(), String>;
+    /// Names of the chains of the proxy's table that the kernel holds now.
+    fn nft_chains(&mut self) -> Result<Vec<String>, String>;
+    /// Forgets UDP conntrack entries addressed to `fe` (only those whose reply comes from
+    /// `endpoint`, if given).
+    fn forget_udp(&mut self, fe: &Frontend, endpoint: Option<Ipv4Addr>) -> Result<(), String>;
+    /// Forgets the clients the affinity map pins to any of `gone` under affinity mark `mark`.
+    fn forget_affinity(&mut self, mark: u32, gone: &[Backend]) -> Result<(), String>;
+    /// Makes `dev` hold exactly `ips` (as /32) of the addresses inside `pool`, so the node
+    /// answers ARP for the LoadBalancer IPs it announces; announces new ones with a
+    /// gratuitous ARP.
+    fn announce(
+        &mut self,
+        dev: &str,
+        pool: Ipv4Net,
+        ips: &BTreeSet<Ipv4Addr>,
+    ) -> Result<(), String>;
+}
+
+/// What the proxy reports in the agent's status (`proxy`).
+pub type ProxyReport = Report<ProxyStatus>;
+
+/// What the proxy compiles from: the incremental compiler (which keeps Services and
+/// EndpointSlices in compact form) and the nodes holding leases.
+struct View {
+    compiler: Compiler,
+    /// Lease key -> node name.
+    nodes: BTreeMap<String, String>,
+    /// Newest revision seen in a listing or an event.
+    revision: i64,
+    /// Told of every event (kube-proxy's `QueuedUpdate`) and of every apply.
+    health: ProxyHealth,
+}
+
+impl View {
+    fn new(node: &NodeView, health: &ProxyHealth) -> View {
+        View {
+            compiler: Compiler::new(node.clone()),
+            nodes: BTreeMap::new(),
+            revision: 0,
+            health: health.clone(),
+        }
+    }
+
+    fn take(&mut self, kv: &KeyValue) {
+        if let Some(id) = kv.key.strip_prefix(SERVICES_PREFIX) {
+            match kv.decode::<Service>() {
+                Ok(mut s) => {
+                    fill_namespace(&kv.key, SERVICES_PREFIX, &mut s.metadata);
+                    self.compiler.upsert_service(&s);
+                }
+                Err(e) => {
+                    tracing::warn!(key = %kv.key, error = %e, "service ignored");
+                    if let Some((ns, name)) = id.split_once('/') {
+                        self.compiler.remove_service(ns, name);
+                    }
+                }
+            }
+        } else if kv.key.starts_with(LEASES_PREFIX) {
+            let node = kv
+                .decode::<serde_json::Value>()
+                .ok()
+                .and_then(|v| v.get("node")?.as_str().map(str::to_string));
+            match node {
+                Some(n) => {
+                    self.nodes.insert(kv.key.clone(), n);
+                }
+                None => {
+                    self.nodes.remove(&kv.key);
+                }
+            }
+            self.compiler.set_nodes(self.nodes.values().cloned());
+        } else if let Some(id) = kv.key.strip_prefix(SLICES_PREFIX) {
+            match kv.decode::<EndpointSlice>() {
+                Ok(mut s) => {
+                    fill_namespace(&kv.key, SLICES_PREFIX, &mut s.metadata);
+                    self.compiler.upsert_slice(&s);
+                }
+                Err(e) => {
+                    tracing::warn!(key = %kv.key, error = %e, "endpointslice ignored");
+                    if let Some((ns, name)) = id.split_once('/') {
+                        self.compiler.remove_slice(ns, name);
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_event(&mut self, ev: &WatchEvent) {
+        self.revision = self.revision.max(ev.mod_revision());
+        self.health.queued();
+        match ev {
+            WatchEvent::Put(kv) => self.take(kv),
+            WatchEvent::Delete { key, .. } => {
+                if let Some((ns, name)) = key
+                    .strip_prefix(SERVICES_PREFIX)
+                    .and_then(|id| id.split_once('/'))
+                {
+                    self.compiler.remove_service(ns, name);
+                } else if let Some((ns, name)) = key
+                    .strip_prefix(SLICES_PREFIX)
+                    .and_then(|id| id.split_once('/'))
+                {
+                    self.compiler.remove_slice(ns, name);
+                } else if self.nodes.remove(key).is_some() {
+                    self.compiler.set_nodes(self.nodes.values().cloned());
+                }
+            }
+        }
+    }
+}
+
+/// Objects are stored under `objects/<kind>/<namespace>/<name>`: the key is the truth for
+/// the namespace.
+fn fill_namespace(key: &str, prefix: &str, meta: &mut model::ObjectMeta) {
+    if let Some(ns) = key
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.split('/').next())
+    {
+        meta.namespace = Some(ns.to_string());
+    }
+}
+
+/// The proxy's node.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    pub node: String,
+    pub addresses: Vec<Ipv4Addr>,
+    pub cluster_cidr: Ipv4Net,
+    pub service_cidr: Option<Ipv4Net>,
+    /// The underlay device, which carries the announced LoadBalancer IPs.
+    pub underlay_dev: String,
+    pub lb_pool: Option<Ipv4Net>,
+}
+
+/// Brings the kernel to the compiler's plan: the whole plan after a start or a failure, the
+/// compiler's diff otherwise.
+#[derive(Debug, Default)]
+pub struct Applier {
+    /// Whether the kernel holds the plan as of the last apply (false: reload everything).
+    synced: bool,
+    /// Per-count chains nothing points at any more but still in the kernel: deleted together
+    /// once there are [`UNUSED_CHAINS_KEPT`] of them (an `nft` run costs more than the chains),
+    /// and reused as they are when their count comes back.
+    unused: BTreeSet<DynChain>,
+    /// The underlay device and the LoadBalancer pool, when LoadBalancer IPs are announced.
+    pub announcer: Option<(String, Ipv4Net)>,
+}
+
+/// How many unused per-count chains stay in the kernel before they are deleted in one go.
+pub const UNUSED_CHAINS_KEPT: usize = 16;
+
+/// The kernel work of one apply, planned from the compiler by [`Applier::prepare`].
+#[derive(Debug, Default)]
+pub struct Work {
+    /// The first apply, or the one after a failure: flush the maps and load every element.
+    full: bool,
+    /// `nft -f` script of the table and its chains, when they must be (re)declared.
+    structure: Option<String>,
+    ops: Vec<ElemOp>,
+    /// Full loads: every dynamic chain the plan uses (others left by an earlier run go).
+    wanted: BTreeSet<String>,
+    delete_chains: Vec<String>,
+    stale_udp: Vec<(Frontend, Ipv4Addr)>,
+    revived_udp: Vec<Frontend>,
+    affinity_gc: Vec<(u32, Vec<Backend>)>,
+    /// Device, pool and the LoadBalancer IPs to hold, when they may have changed.
+    announce: Option<(String, Ipv4Net, BTreeSet<Ipv4Addr>)>,
+    /// The plan's health checks may have changed (ports, local endpoint counts).
+    pub health_changed: bool,
+}
+
+impl Applier {
+    /// Recompiles what changed in `c` and plans the kernel work that brings the kernel to its
+    /// plan. Pure; hand the result to [`Work::run`] and its outcome to [`finish`](Self::finish).
+    pub fn prepare(&mut self, c: &mut Compiler) -> Work {
+        let full = !self.synced;
+        self.synced = false;
+        let d = if full {
+            c.reload();
+            svc::ServiceDiff::default()
+        } else {
+            c.update();
+            c.take_diff()
+        };
+        let plan = c.plan();
+        let announce = self
+            .announcer
+            .as_ref()
+            .filter(|_| full || d.announce_changed)
+            .map(|(dev, pool)| (dev.clone(), *pool, plan.announce.clone()));
+        // Chains the kernel still has (unused so far) are used again as they are.
+        let new_chains: Vec<DynChain> = d
+            .add_chains
+            .iter()
+            .filter(|ch| !self.unused.remove(*ch))
+            .copied()
+            .collect();
+        // The whole structure at a start or when the firewall changed; otherwise only the new
+        // per-count chains (they name no map, so `nft` need not load the maps' elements).
+        let structure = if full || d.structure_changed {
+            Some(svc::render_structure(plan, c.chains()))
+        } else {
+            (!new_chains.is_empty()).then(|| svc::render_chains(&new_chains))
+        };
+        self.unused.extend(d.delete_chains.iter().copied());
+        if full {
+            // The whole load deletes every chain nothing points at.
+            self.unused.clear();
+            return Work {
+                full,
+                structure,
+                ops: plan.all_ops(),
+                wanted: c.chains().iter().map(DynChain::name).collect(),
+                announce,
+                health_changed: true,
+                ..Work::default()
+            };
+        }
+        Work {
+            full,
+            structure,
+            ops: d.ops,
+            delete_chains: if self.unused.len() >= UNUSED_CHAINS_KEPT {
+                std::mem::take(&mut self.unused)
+                    .iter()
+                    .map(DynChain::name)
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            stale_udp: d.stale_udp,
+            revived_udp: d.revived_udp,
+            affinity_gc: d.affinity_gc,
+            announce,
+            health_changed: d.health_changed,
+            ..Work::default()
+        }
+    }
+
+    /// Takes the outcome of the prepared work: after an error everything is reloaded next.
+    pub fn finish(&mut self, result: &Result<(), String>) {
+        self.synced = result.is_ok();
+    }
+
+    /// [`prepare`](Self::prepare), [`Work::run`] and [`finish`](Self::finish) in one.
+    pub fn apply(&mut self, dp: &mut impl ProxyDataplane, c: &mut Compiler) -> Result<(), String> {
+        let result = self.prepare(c).run(dp);
+        self.finish(&result);
+        result
+    }
+}
+
+impl Work {
+    /// How many element operations the work sends.
+    pub fn element_ops(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Does the work: structure, then elements in one transaction, then chain deletions and
+    /// conntrack and affinity cleanups, then the LoadBalancer announcements.
+    pub fn run(self, dp: &mut impl ProxyDataplane) -> Result<(), String> {
+        if let Some(script) = &self.structure {
+            dp.nft_script(script)?;
+        }
+        if self.full || !self.ops.is_empty() {
+            dp.nft_elements(&self.ops, self.full)?;
+        }
+        let mut delete = self.delete_chains;
+        if self.full {
+            // Chains left by an earlier run that nothing points at any more.
+            delete = dp
+                .nft_chains()?
+                .into_iter()
+                .filter(|c| svc::is_dyn_chain_name(c) && !self.wanted.contains(c))
+                .collect();
+        }
+        if !delete.is_empty() {
+            dp.nft_script(&svc::render_delete_chains(&delete))?;
+        }
+        let mut errors = Vec::new();
+        for (fe, ep) in &self.stale_udp {
+            errors.extend(dp.forget_udp(fe, Some(*ep)).err());
+        }
+        for fe in &self.revived_udp {
+            errors.extend(dp.forget_udp(fe, None).err());
+        }
+        for (mark, gone) in &self.affinity_gc {
+            errors.extend(dp.forget_affinity(*mark, gone).err());
+        }
+        if !errors.is_empty() {
+            // The maps are right; only cleanup failed. Log it and carry on.
+            tracing::warn!(errors = ?errors, "conntrack or affinity cleanup failed");
+        }
+        if let Some((dev, pool, ips)) = &self.announce {
+            dp.announce(dev, *pool, ips)?;
+        }
+        Ok(())
+    }
+}
+
+/// Lists everything into a fresh view; returns the services listing's revision.
+async fn list_all<S: Store>(
+    store: &S,
+    view: &mut View,
+    node: &NodeView,
+) -> Result<i64, StoreError> {
+    *view = View::new(node, &view.health);
+    let mut revision = None;
+    // One prefix at a time, each decoded and dropped before the next is listed.
+    for prefix in [SERVICES_PREFIX, SLICES_PREFIX, LEASES_PREFIX] {
+        let (kvs, r) = store.list(prefix).await?;
+        for kv in &kvs {
+            view.take(kv);
+        }
+        revision.get_or_insert(r);
+        view.revision = view.revision.max(r);
+    }
+    Ok(revision.unwrap_or_default())
+}
+
+/// Runs the proxy until the future is dropped. Store outages keep the dataplane as it is.
+/// `health` learns when changes arrive and are applied, and the applied health checks.
+pub async fn run<S: Store, P: ProxyDataplane>(
+    store: S,
+    dp: Arc<Mutex<P>>,
+    cfg: ProxyConfig,
+    report: ProxyReport,
+    health: ProxyHealth,
+) {
+    let node = NodeView {
+        name: cfg.node.clone(),
+        addresses: cfg.addresses.clone(),
+        cluster_cidr: cfg.cluster_cidr,
+        service_cidr: cfg.service_cidr,
+        nodes: Vec::new(),
+    };
+    let announcer = cfg.lb_pool.map(|pool| (cfg.underlay_dev.clone(), pool));
+    let mut applier = Applier {
+        announcer,
+        ..Applier::default()
+    };
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let mut view = View::new(&node, &health);
+        let first = match list_all(&store, &mut view, &node).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot list services; dataplane kept as it is");
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let watches = async {
+            let a = store.watch(SERVICES_PREFIX, first + 1).await?;
+            // Slices were listed after services: watch them from their own listing onwards
+            // (events between the two listings are then seen twice, which is harmless).
+            let b = store.watch(SLICES_PREFIX, first + 1).await?;
+            let c = store.watch(LEASES_PREFIX, first + 1).await?;
+            Ok::<_, StoreError>((a, b, c))
+        };
+        let (mut wa, mut wb, mut wc) = match watches.await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "cannot watch services");
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        let mut ctx = Ctx {
+            dp: &dp,
+            applier: &mut applier,
+            report: &report,
+        };
+        let ok = ctx.apply_view(&mut view).await;
+        let ended =
+            store::batch::follow(&mut ctx, &mut view, ok, [&mut wa, &mut wb, &mut wc]).await;
+        match ended {
+            StoreError::Compacted { revision } => {
+                tracing::info!(revision, "service watch fell behind compaction, re-listing");
+            }
+            e => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "service watch broke; dataplane kept as it is");
+                sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// What the follow loop works with.
+struct Ctx<'a, P: ProxyDataplane> {
+    dp: &'a Arc<Mutex<P>>,
+    applier: &'a mut Applier,
+    report: &'a ProxyReport,
+}
+
+impl<P: ProxyDataplane> store::batch::Batcher for Ctx<'_, P> {
+    type View = View;
+
+    fn take(view: &mut View, ev: &WatchEvent) {
+        view.take_event(ev);
+    }
+
+    async fn apply(&mut self, view: &mut View) -> bool {
+        self.apply_view(view).await
+    }
+}
+
+impl<P: ProxyDataplane> Ctx<'_, P> {
+    /// Compiles what changed in the view and applies it; reports the outcome. Returns whether
+    /// it applied.
+    async fn apply_view(&mut self, view: &mut View) -> bool {
+        let started = std::time::Instant::now();
+        let work = self.applier.prepare(&mut view.compiler);
+        let whole = work.full;
+        let health_changed = work.health_changed;
+        let dp = self.dp.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut d = dp.lock().unwrap_or_else(|p| p.into_inner());
+            let r = work.run(&mut *d);
+            if whole {
+                // A whole load leaves its listing, element list and netlink batch freed but
+                // scattered over the allocator's arenas: hand the free pages back.
+                release_freed_memory();
+            }
+            r
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("proxy worker: {e}")));
+        self.applier.finish(&result);
+        let c = &view.compiler;
+        let plan = c.plan();
+        let (services, frontends, endpoints) = (
+            c.service_count(),
+            plan.services.len() + plan.no_endpoints.len(),
+            plan.backends.len(),
+        );
+        let revision = view.revision;
+        match result {
+            Ok(()) => {
+                tracing::debug!(revision, elapsed = ?started.elapsed(), services, "services applied");
+                if health_changed {
+                    view.health.set_services(&plan.health_checks);
+                }
+                view.health.updated();
+                self.report.set(|s| {
+                    s.applied_revision = s.applied_revision.max(revision);
+                    s.services = services;
+                    s.frontends = frontends;
+                    s.endpoints = endpoints;
+                    s.last_error = None;
+                });
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "applying services failed; will reload");
+                self.report.set(|s| s.last_error = Some(e));
+                false
+            }
+        }
+    }
+}
+
+/// Returns free heap pages to the kernel (glibc keeps them otherwise, and the agent's RSS stays
+/// at its peak after a large load).
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory the allocator holds free; it has no
+    // preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

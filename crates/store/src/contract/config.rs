@@ -1,0 +1,83 @@
+//! The cluster's network config: the value of the `config` key.
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use super::Backend;
+
+/// Value of the `config` key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkConfig {
+    /// Every node's subnet is carved from this.
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Ipv4Net,
+    /// Prefix length of one node's subnet.
+    pub node_prefix_length: u8,
+    #[serde(
+        rename = "serviceCIDR",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub service_cidr: Option<Ipv4Net>,
+    pub backend: Backend,
+    /// Where LoadBalancer IPs come from; the agent owns the addresses of this range that it
+    /// puts on the underlay device to answer ARP for them.
+    #[serde(
+        rename = "loadBalancerPool",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub load_balancer_pool: Option<Ipv4Net>,
+}
+
+impl NetworkConfig {
+    /// Parses and validates the JSON value of the `config` key; the error says what is wrong.
+    pub fn parse(json: &[u8]) -> Result<Self, String> {
+        let cfg: NetworkConfig =
+            serde_json::from_slice(json).map_err(|e| format!("invalid network config: {e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.pod_cidr != self.pod_cidr.trunc() {
+            return Err(format!(
+                "podCIDR {} has host bits set (did you mean {}?)",
+                self.pod_cidr,
+                self.pod_cidr.trunc()
+            ));
+        }
+        if self.node_prefix_length < self.pod_cidr.prefix_len() || self.node_prefix_length > 30 {
+            return Err(format!(
+                "nodePrefixLength {} must be between the podCIDR prefix length {} and 30",
+                self.node_prefix_length,
+                self.pod_cidr.prefix_len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// True when `cidr` is one of the node subnets of this config.
+    pub fn fits(&self, cidr: &Ipv4Net) -> bool {
+        cidr.prefix_len() == self.node_prefix_length
+            && *cidr == cidr.trunc()
+            && self.pod_cidr.contains(cidr)
+    }
+
+    /// Every node subnet, in address order (lazy: a /8 cut into /30s is 4M of them).
+    pub fn subnets(&self) -> impl Iterator<Item = Ipv4Net> {
+        // validate() keeps node_prefix_length >= the pod prefix, the only error of subnets().
+        self.pod_cidr
+            .subnets(self.node_prefix_length)
+            .into_iter()
+            .flatten()
+    }
+
+    /// How many node subnets the pod CIDR holds.
+    pub fn subnet_count(&self) -> u64 {
+        1u64 << (self
+            .node_prefix_length
+            .saturating_sub(self.pod_cidr.prefix_len()))
+    }
+}
