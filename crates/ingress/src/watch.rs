@@ -188,7 +188,7 @@ impl View {
     fn publish_service(&self, name: Option<&str>) -> Option<&Service> {
         let (ns, svc) = name?.split_once('/')?;
         self.services
-            .get(&store::keys::object("services", Some(ns), svc))
+            .get(&store::keys::object(model::Kind::Service, Some(ns), svc))
     }
 }
 

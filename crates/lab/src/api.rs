@@ -227,9 +227,7 @@ async fn service_ranges(store: &EtcdStore) -> Result<allocator::Ranges, ApiError
 async fn stored_services(
     store: &EtcdStore,
 ) -> Result<BTreeMap<String, (model::Service, Value, i64)>, ApiError> {
-    let (kvs, _) = store
-        .list(&store::keys::object_kind_prefix(Kind::Service.plural()))
-        .await?;
+    let (kvs, _) = store.list(&store::keys::kind_prefix(Kind::Service)).await?;
     let mut out = BTreeMap::new();
     for kv in kvs {
         let Ok(v) = kv.decode::<Value>() else {
@@ -437,12 +435,8 @@ fn strip_nulls(v: Value) -> Value {
 
 /// The Ready node with the fewest pods (ties: by name).
 async fn schedule(store: &EtcdStore) -> Result<String, ApiError> {
-    let (nodes, _) = store
-        .list(&store::keys::object_kind_prefix(Kind::Node.plural()))
-        .await?;
-    let (pods, _) = store
-        .list(&store::keys::object_kind_prefix(Kind::Pod.plural()))
-        .await?;
+    let (nodes, _) = store.list(&store::keys::kind_prefix(Kind::Node)).await?;
+    let (pods, _) = store.list(&store::keys::kind_prefix(Kind::Pod)).await?;
     let mut load: BTreeMap<String, usize> = nodes
         .iter()
         .filter_map(|kv| kv.decode::<Value>().ok())
@@ -534,10 +528,7 @@ async fn owned_pods(
     deployment: &str,
 ) -> Result<Vec<(String, String)>, ApiError> {
     let (pods, _) = store
-        .list(&format!(
-            "{}{ns}/",
-            store::keys::object_kind_prefix(Kind::Pod.plural())
-        ))
+        .list(&format!("{}{ns}/", store::keys::kind_prefix(Kind::Pod)))
         .await?;
     Ok(pods
         .iter()
@@ -595,10 +586,7 @@ pub async fn delete(
         Kind::Namespace => {
             for k in NAMESPACED_KINDS {
                 store
-                    .delete_prefix(&format!(
-                        "{}{name}/",
-                        store::keys::object_kind_prefix(k.plural())
-                    ))
+                    .delete_prefix(&format!("{}{name}/", store::keys::kind_prefix(k)))
                     .await?;
             }
             let prefix = format!("{name}/");
@@ -753,8 +741,8 @@ pub async fn get(
         return Ok(vec![kv.decode()?]);
     }
     let prefix = match (kind.namespaced(), namespace) {
-        (true, Some(ns)) => format!("{}{ns}/", store::keys::object_kind_prefix(kind.plural())),
-        _ => store::keys::object_kind_prefix(kind.plural()),
+        (true, Some(ns)) => format!("{}{ns}/", store::keys::kind_prefix(kind)),
+        _ => store::keys::kind_prefix(kind),
     };
     let (kvs, _) = store.list(&prefix).await?;
     Ok(kvs

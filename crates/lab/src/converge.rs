@@ -40,7 +40,7 @@ pub async fn report(store: &impl Store) -> Result<Report, StoreError> {
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     let (nodes, _) = store
-        .list(&store::keys::object_kind_prefix("nodes"))
+        .list(&store::keys::kind_prefix(model::Kind::Node))
         .await?;
     let (subnets, _) = store.list(store::keys::SUBNETS).await?;
     let config = store.get(store::keys::CONFIG).await?;
@@ -175,9 +175,11 @@ pub async fn report(store: &impl Store) -> Result<Report, StoreError> {
         }
     }
     let (deployments, _) = store
-        .list(&store::keys::object_kind_prefix("deployments"))
+        .list(&store::keys::kind_prefix(model::Kind::Deployment))
         .await?;
-    let (pods, _) = store.list(&store::keys::object_kind_prefix("pods")).await?;
+    let (pods, _) = store
+        .list(&store::keys::kind_prefix(model::Kind::Pod))
+        .await?;
     let pods: Vec<Value> = pods
         .iter()
         .filter_map(|kv| kv.decode::<Value>().ok())
@@ -251,7 +253,11 @@ async fn ingress_pending(
     out: &mut Vec<String>,
 ) -> Result<(), StoreError> {
     use crate::topology::{INGRESS_GATEWAY, INGRESS_GATEWAY_NAMESPACE};
-    let key = store::keys::object("services", Some(INGRESS_GATEWAY_NAMESPACE), INGRESS_GATEWAY);
+    let key = store::keys::object(
+        model::Kind::Service,
+        Some(INGRESS_GATEWAY_NAMESPACE),
+        INGRESS_GATEWAY,
+    );
     let Some(gateway) = store
         .get(&key)
         .await?
@@ -262,12 +268,12 @@ async fn ingress_pending(
     let nodes: Vec<model::Node> = nodes.iter().filter_map(|kv| kv.decode().ok()).collect();
     let node_refs: Vec<&model::Node> = nodes.iter().collect();
     let want = model::published_addresses(Some(&gateway), &node_refs);
-    let class_key = store::keys::object("ingressclasses", None, model::INGRESS_CLASS);
+    let class_key = store::keys::object(model::Kind::IngressClass, None, model::INGRESS_CLASS);
     let class: Option<model::IngressClass> =
         store.get(&class_key).await?.and_then(|kv| kv.decode().ok());
     let classless = model::IngressClass::serves_classless(class.as_ref(), true);
     let (ingresses, _) = store
-        .list(&store::keys::object_kind_prefix("ingresses"))
+        .list(&store::keys::kind_prefix(model::Kind::Ingress))
         .await?;
     for kv in &ingresses {
         let Ok(ing) = kv.decode::<model::Ingress>() else {
@@ -298,7 +304,7 @@ async fn controller_pending(
     notes: &mut Vec<String>,
 ) -> Result<(), StoreError> {
     let (services, _) = store
-        .list(&store::keys::object_kind_prefix("services"))
+        .list(&store::keys::kind_prefix(model::Kind::Service))
         .await?;
     let services: Vec<Service> = services
         .iter()
@@ -317,7 +323,7 @@ async fn controller_pending(
         })
         .collect();
     let (slices, _) = store
-        .list(&store::keys::object_kind_prefix("endpointslices"))
+        .list(&store::keys::kind_prefix(model::Kind::EndpointSlice))
         .await?;
     let stored: BTreeMap<(String, String), EndpointSlice> = slices
         .iter()
@@ -576,7 +582,7 @@ mod tests {
 
     async fn two_node_cluster(s: &MemStore) {
         for (i, n) in ["node1", "node2"].iter().enumerate() {
-            put(s, &store::keys::object("nodes", None, n), json!({"metadata": {"name": n}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}})).await;
+            put(s, &store::keys::object(model::Kind::Node, None, n), json!({"metadata": {"name": n}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}})).await;
             put(
                 s,
                 &store::keys::subnet(&format!("10.244.{i}.0/24")),

@@ -183,7 +183,7 @@ async fn register_node(
     cfg: &KubeletConfig,
     pod_cidr: ipnet::Ipv4Net,
 ) -> Result<(), LabError> {
-    let key = store::keys::object("nodes", None, &cfg.node);
+    let key = store::keys::object(model::Kind::Node, None, &cfg.node);
     let now = crate::now_rfc3339();
     let node = json!({
         "apiVersion": "v1",
@@ -1045,7 +1045,7 @@ fn sandbox_dir(cfg: &KubeletConfig) -> PathBuf {
 }
 
 fn object_key(ns: &str, name: &str) -> String {
-    store::keys::object("pods", Some(ns), name)
+    store::keys::object(model::Kind::Pod, Some(ns), name)
 }
 
 fn write_sandbox_record(cfg: &KubeletConfig, netns: &str, rec: &SandboxRecord) {

@@ -387,7 +387,7 @@ async fn wait_nodes_ready(
     let mut seen = 0;
     loop {
         let (nodes, _) = store
-            .list(&store::keys::object_kind_prefix("nodes"))
+            .list(&store::keys::kind_prefix(model::Kind::Node))
             .await?;
         let ready = nodes
             .iter()

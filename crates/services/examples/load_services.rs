@@ -31,7 +31,7 @@ const PREFIX: &str = "/flatnet/";
 
 fn service_key(i: usize) -> String {
     store::keys::object(
-        "services",
+        model::Kind::Service,
         Some(common::NAMESPACE),
         &common::service_name(i),
     )
@@ -39,7 +39,7 @@ fn service_key(i: usize) -> String {
 
 fn slice_key(i: usize) -> String {
     store::keys::object(
-        "endpointslices",
+        model::Kind::EndpointSlice,
         Some(common::NAMESPACE),
         &common::slice_name(i),
     )

@@ -1,5 +1,7 @@
 //! Key names of design.md §4, relative to the store prefix (`/flatnet/`).
 
+use model::Kind;
+
 /// Network config: pod CIDR, per-node prefix length, backend, service CIDR.
 pub const CONFIG: &str = "config";
 /// Prefix of every Kubernetes object key.
@@ -12,17 +14,13 @@ pub const AGENTS: &str = "agents/";
 /// Namespace segment used for cluster-scoped kinds.
 pub const CLUSTER_SCOPE: &str = "_";
 
-/// `objects/<kind>/<namespace or _>/<name>`; `kind` is used as given (callers pick one spelling).
-pub fn object(kind: &str, namespace: Option<&str>, name: &str) -> String {
-    format!(
-        "{OBJECTS}{kind}/{}/{name}",
-        namespace.unwrap_or(CLUSTER_SCOPE)
-    )
-}
+/// `objects/<plural>/<namespace or _>/<name>` (the one builder, shared with
+/// [`model::Object::key`]); cluster-scoped kinds use [`CLUSTER_SCOPE`].
+pub use model::object_key as object;
 
-/// `objects/<kind>/`: list or watch every object of one kind.
-pub fn object_kind_prefix(kind: &str) -> String {
-    format!("{OBJECTS}{kind}/")
+/// `objects/<plural>/`: list or watch every object of one kind.
+pub fn kind_prefix(kind: Kind) -> String {
+    format!("{OBJECTS}{}/", kind.plural())
 }
 
 /// `subnets/10.244.1.0-24` for `10.244.1.0/24` (the `/` would read as a path separator).
@@ -53,11 +51,18 @@ mod tests {
     #[test]
     fn namespaced_and_cluster_scoped_objects() {
         assert_eq!(
-            object("pods", Some("default"), "web-0"),
+            object(Kind::Pod, Some("default"), "web-0"),
             "objects/pods/default/web-0"
         );
-        assert_eq!(object("nodes", None, "n1"), "objects/nodes/_/n1");
-        assert!(object("pods", Some("default"), "web-0").starts_with(&object_kind_prefix("pods")));
+        assert_eq!(object(Kind::Node, None, "n1"), "objects/nodes/_/n1");
+        assert!(object(Kind::Pod, Some("default"), "web-0").starts_with(&kind_prefix(Kind::Pod)));
+        assert_eq!(
+            format!("{CLUSTER_SCOPE}"),
+            object(Kind::Node, None, "n")
+                .split('/')
+                .nth(2)
+                .unwrap_or_default()
+        );
     }
 
     #[test]
