@@ -427,7 +427,7 @@ fn vxlan_plan_is_what_the_kernel_holds_and_a_restart_removes_only_stale_entries(
 fn two_agents_with_etcd_converge_and_reach_each_other() {
     let Some(n) = two_nodes(3) else { return };
     let dir = TempDir::new("etcd");
-    let Some(mut etcd) = store::testing::start_etcd(dir.path()) else {
+    let Some(mut etcd) = testkit::start_etcd(dir.path()) else {
         return;
     };
     common::init_tracing();

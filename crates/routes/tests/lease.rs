@@ -8,7 +8,7 @@ use std::path::Path;
 use routes::LeaseError;
 use routes::lease::{self, LeaseRequest};
 use store::contract::{Backend, LeaseAttrs, NetworkConfig};
-use store::testing::TempDir;
+use testkit::TempDir;
 use store::{MemStore, Store, keys};
 
 fn net(pod: &str, prefix: u8) -> NetworkConfig {

@@ -16,7 +16,6 @@
 //! - `process.rs` — [`EtcdProcess`]: start, restart on the same ports, stop, detach
 //! - `reflector.rs` — [`reflector::Reflector`]: the one list/watch/relist loop and its
 //!   [`reflector::Backoff`]; [`reflector::Batch`]: when a consumer applies its view
-//! - `testing.rs` — test helpers for this and other crates: a temp dir, etcd or a skip
 //!
 //! Apart from `contract`, this crate must not know what the values mean (no Kubernetes or
 //! dataplane types); nothing in it retries on its own: it reports [`StoreError::Unavailable`] and the caller decides.
@@ -28,7 +27,6 @@ mod etcd;
 mod mem;
 mod process;
 pub mod reflector;
-pub mod testing;
 
 use std::future::Future;
 

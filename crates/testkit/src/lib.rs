@@ -19,17 +19,22 @@
 //!   drop, commands inside it (`ip -n`, `nsenter --net=`), code inside it ([`TestNs::run`])
 //! - `wire.rs` — veth pairs, two nodes on an underlay, a pod wired like flatnet-cni wires it
 //! - `probe.rs` — a TCP server naming itself and a client asking it, inside namespaces
+//! - `tempdir.rs` — [`TempDir`]: a directory removed on drop
+//! - `etcd.rs` — [`start_etcd`]: a real etcd, or a skip (or failure) saying why not
 //!
 //! # Must not
 //! Touch the namespace the test process runs in (every command names one of the test's own
-//! namespaces), or be anything but a dev-dependency (`store::testing` is the one exception: it
-//! is test code that other crates' tests reach through `store`).
+//! namespaces), or be anything but a dev-dependency.
 
+mod etcd;
 mod netns;
 mod probe;
+mod tempdir;
 mod wire;
 
+pub use etcd::start_etcd;
 pub use netns::{NsError, TestNs};
+pub use tempdir::TempDir;
 pub use probe::{ask, ask_within, name_server};
 pub use wire::{Nodes, pod, two_nodes, veth_pair};
 

@@ -21,7 +21,7 @@ pub fn init_tracing() {
         .try_init();
 }
 
-pub use store::testing::TempDir;
+pub use testkit::TempDir;
 
 /// A config for `node` with every file under `dir/<node>/`.
 pub fn agent_config(node: &str, dir: &Path, ttl: Duration) -> AgentConfig {

@@ -3,7 +3,7 @@
 //! race-free between concurrent applies.
 
 use super::*;
-use store::testing::{TempDir, start_etcd};
+use testkit::{TempDir, start_etcd};
 
 fn parse(yaml: &str) -> Vec<Object> {
     model::parse_manifests(yaml, "test.yaml").expect("valid manifest")

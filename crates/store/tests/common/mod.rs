@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 #[allow(unused_imports)] // only the etcd suite uses these
-pub use store::testing::{TempDir, start_etcd};
+pub use testkit::{TempDir, start_etcd};
 use store::{KeyValue, Store, StoreError, WatchEvent, WatchReceiver};
 
 /// Every wait in these tests ends by this.
