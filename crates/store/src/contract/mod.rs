@@ -18,7 +18,9 @@ pub use config::NetworkConfig;
 pub use lease::{
     Backend, Lease, LeaseAttrs, Mac, VXLAN_OVERHEAD, VXLAN_VNI, decode_leases, key_cidr,
 };
-pub use status::{AgentStatus, PolicyStatus, ProxyStatus, Report, RoutesStatus};
+pub use status::{AGENT_STALE_SECS, AgentStatus, PolicyStatus, ProxyStatus, Report, RoutesStatus};
+
+use std::collections::BTreeMap;
 
 use crate::{Store, StoreError};
 
@@ -56,15 +58,22 @@ pub async fn write_status<S: Store>(store: &S, status: &AgentStatus) -> Result<i
     store.put(&key, value).await
 }
 
-/// Every agent's status by node name, and the store revision read at; a value that does not
-/// decode is returned as its error text (naming the key) so callers can show it.
+/// Every agent's status by node name (the `<node>` of `agents/<node>`), and the store revision
+/// read at; a value that does not decode is returned as its error text (naming the key) so
+/// callers can show it rather than skip it.
 pub async fn read_statuses<S: Store>(
     store: &S,
-) -> Result<(Vec<Result<AgentStatus, String>>, i64), StoreError> {
+) -> Result<(BTreeMap<String, Result<AgentStatus, String>>, i64), StoreError> {
     let (kvs, revision) = store.list(keys::AGENTS).await?;
     let statuses = kvs
         .iter()
-        .map(|kv| kv.decode::<AgentStatus>().map_err(|e| e.to_string()))
+        .filter_map(|kv| {
+            let node = kv.key.strip_prefix(keys::AGENTS)?;
+            Some((
+                node.to_string(),
+                kv.decode::<AgentStatus>().map_err(|e| e.to_string()),
+            ))
+        })
         .collect();
     Ok((statuses, revision))
 }

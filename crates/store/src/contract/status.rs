@@ -9,6 +9,10 @@ use tokio::sync::Notify;
 
 use super::Backend;
 
+/// An agent whose `heartbeat` is older than this many seconds is considered down (it writes
+/// its status at every lease renewal, far more often).
+pub const AGENT_STALE_SECS: i64 = 20;
+
 /// Value of `agents/<node>`, written by the agent whenever a part changes and at every lease
 /// renewal. The parts' fields are flattened (the JSON is one object plus `proxy` and `policy`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
