@@ -5,7 +5,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use model::{EndpointSlice, Pod, Service};
+use model::{EndpointSlice, Kind, Pod, Service};
+use store::keys;
 use store::reflector::{Event, Reflector};
 use store::{KeyValue, Store};
 use tokio::sync::watch;
@@ -14,15 +15,12 @@ use crate::records::{self, ZoneConfig, slice_service};
 use crate::server::SharedZone;
 use crate::zone::{Owner, Zone};
 
-pub const NAMESPACES_PREFIX: &str = "objects/namespaces/";
-pub const SERVICES_PREFIX: &str = "objects/services/";
-pub const SLICES_PREFIX: &str = "objects/endpointslices/";
-pub const PODS_PREFIX: &str = "objects/pods/";
-const PREFIXES: [&str; 4] = [
-    NAMESPACES_PREFIX,
-    SERVICES_PREFIX,
-    SLICES_PREFIX,
-    PODS_PREFIX,
+/// The kinds the zone is built from.
+pub const KINDS: [Kind; 4] = [
+    Kind::Namespace,
+    Kind::Service,
+    Kind::EndpointSlice,
+    Kind::Pod,
 ];
 
 /// The objects the zone is built from, by store key.
@@ -36,23 +34,25 @@ pub struct Objects {
     pods: HashMap<String, Pod>,
 }
 
-/// `(namespace, name)` from `objects/<kind>/<namespace>/<name>`.
-fn split_key<'a>(key: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
-    key.strip_prefix(prefix)?.split_once('/')
+/// `(namespace, name)` of an object key of `kind`.
+fn split_key(key: &str, kind: Kind) -> Option<(&str, &str)> {
+    keys::parse_object(key)
+        .filter(|k| k.kind == kind)
+        .map(|k| (k.namespace, k.name))
 }
 
 impl Objects {
     /// Takes one stored object (or its deletion: `value` None); returns the owners whose
     /// records must be recomputed.
     pub fn apply(&mut self, key: &str, value: Option<&KeyValue>) -> Vec<Owner> {
-        if let Some((_, name)) = split_key(key, NAMESPACES_PREFIX) {
+        if let Some((_, name)) = split_key(key, Kind::Namespace) {
             match value {
                 Some(_) => self.namespaces.insert(name.to_string(), ()),
                 None => self.namespaces.remove(name),
             };
             return vec![Owner::Namespace(name.to_string())];
         }
-        if let Some((ns, name)) = split_key(key, SERVICES_PREFIX) {
+        if let Some((ns, name)) = split_key(key, Kind::Service) {
             let id = format!("{ns}/{name}");
             match value.map(KeyValue::decode::<Service>) {
                 Some(Ok(mut s)) => {
@@ -70,7 +70,7 @@ impl Objects {
             }
             return vec![Owner::Service(id)];
         }
-        if let Some((ns, _)) = split_key(key, SLICES_PREFIX) {
+        if let Some((ns, _)) = split_key(key, Kind::EndpointSlice) {
             let mut touched = Vec::new();
             if let Some(old) = self.slices.remove(key)
                 && let Some(svc) = slice_service(&old)
@@ -102,7 +102,7 @@ impl Objects {
             }
             return touched;
         }
-        if let Some((ns, name)) = split_key(key, PODS_PREFIX) {
+        if let Some((ns, name)) = split_key(key, Kind::Pod) {
             let id = format!("{ns}/{name}");
             match value.map(KeyValue::decode::<Pod>) {
                 Some(Ok(mut p)) => {
@@ -209,15 +209,10 @@ pub fn load_static(zone: &mut Zone, items: &[serde_json::Value]) -> Result<usize
         let name = item["metadata"]["name"]
             .as_str()
             .ok_or_else(|| format!("items[{i}]: metadata.name missing"))?;
-        let prefix = match kind {
-            "Namespace" => NAMESPACES_PREFIX,
-            "Service" => SERVICES_PREFIX,
-            "EndpointSlice" => SLICES_PREFIX,
-            "Pod" => PODS_PREFIX,
-            other => return Err(format!("items[{i}]: kind {other:?} is not served by DNS")),
-        };
-        let ns = if kind == "Namespace" { "_" } else { ns };
-        let key = format!("{prefix}{ns}/{name}");
+        let kind = Kind::from_kind_field(kind)
+            .filter(|k| KINDS.contains(k))
+            .ok_or_else(|| format!("items[{i}]: kind {kind:?} is not served by DNS"))?;
+        let key = keys::object(kind, Some(ns), name);
         let kv = KeyValue {
             key: key.clone(),
             value: serde_json::to_vec(item).map_err(|e| format!("items[{i}]: {e}"))?,
@@ -235,7 +230,8 @@ pub fn load_static(zone: &mut Zone, items: &[serde_json::Value]) -> Result<usize
 /// Follows the store for as long as the future runs. `synced` turns true after the first
 /// complete load (the server starts answering, and listening on TCP, from then on).
 pub async fn follow<S: Store>(store: S, zone: SharedZone, synced: watch::Sender<bool>) {
-    let mut reflector = Reflector::new(store, &PREFIXES);
+    let prefixes = keys::prefixes(&KINDS);
+    let mut reflector = Reflector::new(store, &keys::as_strs(&prefixes));
     let mut objects = Objects::default();
     loop {
         let ev = match reflector.next().await {
@@ -305,7 +301,7 @@ mod tests {
                        "metadata": {"namespace": ns, "name": name},
                        "spec": {"type": "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
                                 "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}});
-        let key = format!("{SERVICES_PREFIX}{ns}/{name}");
+        let key = keys::object(Kind::Service, Some(ns), name);
         s.put(&key, serde_json::to_vec(&v).unwrap()).await.unwrap();
     }
 
@@ -341,7 +337,7 @@ mod tests {
         let s = MemStore::new();
         let ns = json!({"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": "web"}});
         s.put(
-            &format!("{NAMESPACES_PREFIX}_/web"),
+            &keys::object(Kind::Namespace, None, "web"),
             serde_json::to_vec(&ns).unwrap(),
         )
         .await
@@ -359,7 +355,9 @@ mod tests {
             .unwrap();
         assert_eq!(services(&zone), ["web/api", "web/db"]);
 
-        s.delete(&format!("{SERVICES_PREFIX}web/db")).await.unwrap();
+        s.delete(&keys::object(Kind::Service, Some("web"), "db"))
+            .await
+            .unwrap();
         wait_services(&zone, &["web/api"]).await;
 
         // An outage, and history compacted past the watch while the store was away: the zone
@@ -368,7 +366,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(services(&zone), ["web/api"], "kept during the outage");
         s.set_available(true);
-        s.delete(&format!("{SERVICES_PREFIX}web/api"))
+        s.delete(&keys::object(Kind::Service, Some("web"), "api"))
             .await
             .unwrap();
         put_service(&s, "web", "new", "10.96.0.22").await;

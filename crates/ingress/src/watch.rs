@@ -11,21 +11,23 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use model::{EndpointSlice, Ingress, IngressClass, Node, Secret, Service};
+use model::{EndpointSlice, Ingress, IngressClass, Kind, Node, Secret, Service};
 use serde_json::{Value, json};
 use store::reflector::{Batch, Event, Reflector};
-use store::{KeyValue, Store, StoreError, WatchEvent};
+use store::{KeyValue, Store, StoreError, WatchEvent, keys};
 
 use crate::proxy::Shared;
 use crate::routes::{ClassFilter, Snapshot, compile};
 
-pub const INGRESSES: &str = "objects/ingresses/";
-pub const SERVICES: &str = "objects/services/";
-pub const SLICES: &str = "objects/endpointslices/";
-pub const SECRETS: &str = "objects/secrets/";
-pub const NODES: &str = "objects/nodes/";
-pub const CLASSES: &str = "objects/ingressclasses/";
-const PREFIXES: [&str; 6] = [INGRESSES, SERVICES, SLICES, SECRETS, NODES, CLASSES];
+/// The kinds the gateway follows.
+pub const KINDS: [Kind; 6] = [
+    Kind::Ingress,
+    Kind::Service,
+    Kind::EndpointSlice,
+    Kind::Secret,
+    Kind::Node,
+    Kind::IngressClass,
+];
 
 /// What the store side needs to know.
 #[derive(Debug, Clone, Default)]
@@ -54,10 +56,9 @@ pub struct View {
     pub classes: BTreeMap<String, IngressClass>,
 }
 
-/// The namespace segment of `objects/<kind>/<ns>/<name>`: the key is the truth.
-fn namespace_of(key: &str, prefix: &str) -> Option<String> {
-    let ns = key.strip_prefix(prefix)?.split('/').next()?;
-    (ns != store::keys::CLUSTER_SCOPE).then(|| ns.to_string())
+/// The namespace of an object key (None for cluster-scoped kinds).
+fn namespace_of(key: &keys::ObjectKey<'_>) -> Option<String> {
+    (key.namespace != keys::CLUSTER_SCOPE).then(|| key.namespace.to_string())
 }
 
 fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Option<T> {
@@ -74,14 +75,17 @@ impl View {
     /// Takes one stored object (or forgets it, if it does not decode).
     pub fn take(&mut self, kv: &KeyValue) {
         let key = kv.key.clone();
-        if kv.key.starts_with(INGRESSES) {
+        let Some(ok) = keys::parse_object(&kv.key) else {
+            return;
+        };
+        if ok.kind == Kind::Ingress {
             let raw: Option<Value> = decode(kv);
             let typed = raw
                 .clone()
                 .and_then(|r| serde_json::from_value::<Ingress>(r).ok());
             match (raw, typed) {
                 (Some(raw), Some(mut ingress)) => {
-                    ingress.metadata.namespace = namespace_of(&kv.key, INGRESSES);
+                    ingress.metadata.namespace = namespace_of(&ok);
                     self.ingresses.insert(
                         key,
                         StoredIngress {
@@ -95,37 +99,37 @@ impl View {
                     self.ingresses.remove(&key);
                 }
             }
-        } else if kv.key.starts_with(SERVICES) {
+        } else if ok.kind == Kind::Service {
             match decode::<Service>(kv) {
                 Some(mut s) => {
-                    s.metadata.namespace = namespace_of(&kv.key, SERVICES);
+                    s.metadata.namespace = namespace_of(&ok);
                     self.services.insert(key, s);
                 }
                 None => {
                     self.services.remove(&key);
                 }
             }
-        } else if kv.key.starts_with(SLICES) {
+        } else if ok.kind == Kind::EndpointSlice {
             match decode::<EndpointSlice>(kv) {
                 Some(mut s) => {
-                    s.metadata.namespace = namespace_of(&kv.key, SLICES);
+                    s.metadata.namespace = namespace_of(&ok);
                     self.slices.insert(key, s);
                 }
                 None => {
                     self.slices.remove(&key);
                 }
             }
-        } else if kv.key.starts_with(SECRETS) {
+        } else if ok.kind == Kind::Secret {
             match decode::<Secret>(kv) {
                 Some(mut s) => {
-                    s.metadata.namespace = namespace_of(&kv.key, SECRETS);
+                    s.metadata.namespace = namespace_of(&ok);
                     self.secrets.insert(key, s);
                 }
                 None => {
                     self.secrets.remove(&key);
                 }
             }
-        } else if kv.key.starts_with(CLASSES) {
+        } else if ok.kind == Kind::IngressClass {
             match decode::<IngressClass>(kv) {
                 Some(c) => {
                     self.classes.insert(key, c);
@@ -134,7 +138,7 @@ impl View {
                     self.classes.remove(&key);
                 }
             }
-        } else if kv.key.starts_with(NODES) {
+        } else if ok.kind == Kind::Node {
             match decode::<Node>(kv) {
                 Some(n) => {
                     self.nodes.insert(key, n);
@@ -304,7 +308,8 @@ pub async fn pass<S: Store>(
 /// batch of changes ([`Batch`]); on a store error, keep serving the last table (the
 /// reflector retries).
 pub async fn run<S: Store>(store: S, shared: Arc<Shared>, cfg: WatchConfig) {
-    let mut reflector = Reflector::new(store.clone(), &PREFIXES);
+    let prefixes = keys::prefixes(&KINDS);
+    let mut reflector = Reflector::new(store.clone(), &keys::as_strs(&prefixes));
     let mut batch = Batch::new();
     let mut view = View::default();
     let mut last_warnings: Vec<String> = Vec::new();

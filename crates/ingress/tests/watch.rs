@@ -9,8 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::*;
 use ingress::Shared;
 use ingress::watch::{StoredIngress, View, WatchConfig, desired_addresses, pass, status_writes};
+use model::Kind;
 use serde_json::{Value, json};
-use store::{MemStore, Store};
+use store::{MemStore, Store, keys};
 
 fn node(name: &str, ip: &str) -> model::Node {
     serde_json::from_value(json!({
@@ -162,13 +163,13 @@ async fn one_pass_publishes_routes_and_writes_status_to_the_store() {
     .await;
 
     let mut view = View::default();
-    for p in [
-        ingress::watch::INGRESSES,
-        ingress::watch::SERVICES,
-        ingress::watch::SLICES,
-        ingress::watch::NODES,
+    for k in [
+        Kind::Ingress,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::Node,
     ] {
-        for kv in store.list(p).await.unwrap().0 {
+        for kv in store.list(&keys::kind_prefix(k)).await.unwrap().0 {
             view.take(&kv);
         }
     }
@@ -203,7 +204,12 @@ async fn one_pass_publishes_routes_and_writes_status_to_the_store() {
     assert_eq!(report.status_written, 0);
     // A pass over a stale view (the object changed since) loses the race cleanly.
     let mut old = View::default();
-    for kv in store.list(ingress::watch::INGRESSES).await.unwrap().0 {
+    for kv in store
+        .list(&keys::kind_prefix(Kind::Ingress))
+        .await
+        .unwrap()
+        .0
+    {
         old.take(&kv);
     }
     put(

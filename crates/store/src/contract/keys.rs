@@ -23,6 +23,41 @@ pub fn kind_prefix(kind: Kind) -> String {
     format!("{OBJECTS}{}/", kind.plural())
 }
 
+/// An object key taken apart (`objects/<plural>/<namespace or _>/<name>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectKey<'a> {
+    /// The kind its plural names.
+    pub kind: Kind,
+    /// The namespace segment (`_` for cluster-scoped kinds).
+    pub namespace: &'a str,
+    /// The object's name.
+    pub name: &'a str,
+}
+
+/// Takes an object key apart; None for other keys and unknown kinds.
+pub fn parse_object(key: &str) -> Option<ObjectKey<'_>> {
+    let rest = key.strip_prefix(OBJECTS)?;
+    let (plural, rest) = rest.split_once('/')?;
+    let (namespace, name) = rest.split_once('/')?;
+    let kind = Kind::ALL.into_iter().find(|k| k.plural() == plural)?;
+    (!namespace.is_empty() && !name.is_empty()).then_some(ObjectKey {
+        kind,
+        namespace,
+        name,
+    })
+}
+
+/// `objects/<plural>/` of each kind, owned (for [`crate::reflector::Reflector::new`], which
+/// takes `&[&str]`: `let p = prefixes(&[..]); Reflector::new(s, &as_strs(&p))`).
+pub fn prefixes(kinds: &[Kind]) -> Vec<String> {
+    kinds.iter().map(|k| kind_prefix(*k)).collect()
+}
+
+/// The `&str`s of owned keys or prefixes.
+pub fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
 /// `subnets/10.244.1.0-24` for `10.244.1.0/24` (the `/` would read as a path separator).
 pub fn subnet(cidr: &str) -> String {
     format!("{SUBNETS}{}", cidr.replace('/', "-"))
@@ -63,6 +98,32 @@ mod tests {
                 .nth(2)
                 .unwrap_or_default()
         );
+    }
+
+    #[test]
+    fn object_keys_parse_back_and_other_keys_do_not() {
+        let key = object(Kind::Service, Some("web"), "api");
+        assert_eq!(
+            parse_object(&key),
+            Some(ObjectKey {
+                kind: Kind::Service,
+                namespace: "web",
+                name: "api"
+            })
+        );
+        let node = object(Kind::Node, None, "n1");
+        assert_eq!(
+            parse_object(&node).map(|k| k.namespace),
+            Some(CLUSTER_SCOPE)
+        );
+        for other in [
+            "subnets/10.0.0.0-24",
+            "objects/widgets/a/b",
+            "objects/pods/a",
+            "objects/pods//x",
+        ] {
+            assert_eq!(parse_object(other), None, "{other}");
+        }
     }
 
     #[test]
