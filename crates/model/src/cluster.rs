@@ -9,7 +9,11 @@ use crate::meta::{Condition, ObjectMeta};
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Namespace {
+    /// `metadata`; the name is a DNS label, and the lab adds the `kubernetes.io/metadata.name`
+    /// label on create.
     pub metadata: ObjectMeta,
+    /// Fields flatnet does not model (`spec.finalizers`, `status.phase`), kept so a round trip is
+    /// lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -18,9 +22,13 @@ pub struct Namespace {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Node {
+    /// `metadata`; the name is the lab node's name (also the `kubernetes.io/hostname` label).
     pub metadata: ObjectMeta,
+    /// `spec`: the node's pod range.
     pub spec: NodeSpec,
+    /// `status`: addresses and the `Ready` condition.
     pub status: NodeStatus,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -29,10 +37,14 @@ pub struct Node {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct NodeSpec {
+    /// `spec.podCIDR`: the node's pod subnet; the lab writes its subnet lease here.
     #[serde(rename = "podCIDR", skip_serializing_if = "Option::is_none")]
     pub pod_cidr: Option<String>,
+    /// `spec.podCIDRs`: the same range as a list (one IPv4 entry in flatnet).
     #[serde(rename = "podCIDRs", skip_serializing_if = "Vec::is_empty")]
     pub pod_cidrs: Vec<String>,
+    /// Fields flatnet does not model (`taints`, `providerID`, ...), kept so a round trip is
+    /// lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -41,10 +53,14 @@ pub struct NodeSpec {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct NodeStatus {
+    /// `status.addresses`: how the node is reached; see [`NodeStatus::address`].
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<NodeAddress>,
+    /// `status.conditions`: the lab writes `Ready` = `True` while the node's kubelet runs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Fields flatnet does not model (`capacity`, `nodeInfo`, ...), kept so a round trip is
+    /// lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -53,9 +69,12 @@ pub struct NodeStatus {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct NodeAddress {
+    /// `type`: `InternalIP`, `ExternalIP`, `Hostname`, ...
     #[serde(rename = "type")]
     pub type_: String,
+    /// `address`: the IP or host name itself.
     pub address: String,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

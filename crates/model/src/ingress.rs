@@ -23,8 +23,11 @@ pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct IngressClass {
+    /// `metadata`; the name is what `spec.ingressClassName` of an Ingress refers to.
     pub metadata: ObjectMeta,
+    /// `spec`: the controller implementing the class.
     pub spec: IngressClassSpec,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -35,8 +38,11 @@ pub struct IngressClass {
 pub struct IngressClassSpec {
     /// The controller that implements the class, e.g. [`INGRESS_CONTROLLER`].
     pub controller: String,
+    /// `spec.parameters`: a reference to controller-specific configuration; kept, unused by
+    /// flatnet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Value>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -61,10 +67,14 @@ impl IngressClass {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Ingress {
+    /// `metadata`; the legacy class annotation [`LEGACY_CLASS_ANNOTATION`] lives here.
     pub metadata: ObjectMeta,
+    /// `spec`: class, TLS and routing rules.
     pub spec: IngressSpec,
+    /// `status`: the addresses the gateway publishes (see [`published_addresses`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status: Option<IngressStatus>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -73,14 +83,21 @@ pub struct Ingress {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct IngressSpec {
+    /// `spec.ingressClassName`: the IngressClass (a DNS subdomain); absent falls back to the legacy
+    /// annotation, then the default class.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ingress_class_name: Option<String>,
+    /// `spec.defaultBackend`: serves requests no rule matches; `defaultBackend` or `rules` is
+    /// required.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_backend: Option<IngressBackend>,
+    /// `spec.tls`: certificates for HTTPS, by host.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<IngressTls>,
+    /// `spec.rules`: host and path routing; `defaultBackend` or `rules` is required.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<IngressRule>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -89,10 +106,14 @@ pub struct IngressSpec {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct IngressTls {
+    /// `hosts`: names the certificate serves, `*.` wildcards allowed; empty makes it the default
+    /// certificate.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// `secretName`: a `kubernetes.io/tls` Secret in the Ingress's namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -101,10 +122,13 @@ pub struct IngressTls {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct IngressRule {
+    /// `host`: a DNS name, optionally with a leading `*.` wildcard for one label.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// `http`: the paths of this host; a rule without it routes nothing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpIngressRuleValue>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -113,7 +137,9 @@ pub struct IngressRule {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HttpIngressRuleValue {
+    /// `paths`: at least one; the longest matching path wins.
     pub paths: Vec<HttpIngressPath>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -122,11 +148,14 @@ pub struct HttpIngressRuleValue {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct HttpIngressPath {
+    /// `path`: an absolute path, required for `Exact` and `Prefix`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// `Exact`, `Prefix` or `ImplementationSpecific` (required by validation).
     pub path_type: String,
+    /// `backend`: where matching requests go.
     pub backend: IngressBackend,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -135,8 +164,10 @@ pub struct HttpIngressPath {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct IngressBackend {
+    /// `service`: the backend Service; the only backend kind flatnet serves.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub service: Option<IngressServiceBackend>,
+    /// Fields flatnet does not model (`resource` backends), kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -145,8 +176,11 @@ pub struct IngressBackend {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct IngressServiceBackend {
+    /// `name`: a Service in the Ingress's namespace.
     pub name: String,
+    /// `port`: which of its ports.
     pub port: ServiceBackendPort,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -155,10 +189,13 @@ pub struct IngressServiceBackend {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct ServiceBackendPort {
+    /// `number`: the Service port's `port`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub number: Option<u16>,
+    /// `name`: the Service port's `name`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -167,8 +204,10 @@ pub struct ServiceBackendPort {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct IngressStatus {
+    /// `status.loadBalancer`: the addresses clients reach the Ingress at.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancerStatus>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

@@ -8,15 +8,25 @@ use std::fmt;
 /// are written by flatnet itself (lab and controller).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
+    /// `v1` Namespace (cluster-scoped).
     Namespace,
+    /// `v1` Pod.
     Pod,
+    /// `v1` Service.
     Service,
+    /// `networking.k8s.io/v1` NetworkPolicy.
     NetworkPolicy,
+    /// `networking.k8s.io/v1` Ingress.
     Ingress,
+    /// `networking.k8s.io/v1` IngressClass (cluster-scoped).
     IngressClass,
+    /// `v1` Secret.
     Secret,
+    /// `apps/v1` Deployment.
     Deployment,
+    /// `v1` Node (cluster-scoped), written by the lab's kubelet.
     Node,
+    /// `discovery.k8s.io/v1` EndpointSlice, written by the endpoints controller.
     EndpointSlice,
 }
 

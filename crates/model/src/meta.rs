@@ -14,18 +14,28 @@ pub struct ObjectMeta {
     /// Empty only in pod templates (and then not serialized).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// `namespace`: a DNS label; defaulted to `default` for namespaced kinds and removed for
+    /// cluster-scoped ones by [`crate::parse_manifests`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// `labels`: what selectors match; keys and values are checked with the API server's syntax
+    /// rules.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// `annotations`: free-form metadata; keys are qualified names, at most 256 KiB in all.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// `uid`: set by the API (lab) on create and kept across updates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
+    /// `creationTimestamp`: RFC 3339, set by the API (lab) on create and kept across updates.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub creation_timestamp: Option<String>,
+    /// `resourceVersion`: opaque; flatnet keeps it when present but does not use it for
+    /// concurrency.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<String>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -54,10 +64,13 @@ crate::de::with_extra!(ObjectMeta {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LabelSelector {
+    /// `matchLabels`: every pair must be present with that value.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub match_labels: BTreeMap<String, String>,
+    /// `matchExpressions`: every requirement must hold.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub match_expressions: Vec<LabelSelectorRequirement>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -66,10 +79,14 @@ pub struct LabelSelector {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct LabelSelectorRequirement {
+    /// `key`: the label key the requirement tests.
     pub key: String,
+    /// `operator`: `In`, `NotIn`, `Exists` or `DoesNotExist`.
     pub operator: String,
+    /// `values`: required for `In`/`NotIn`, forbidden for `Exists`/`DoesNotExist`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub values: Vec<String>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -108,16 +125,21 @@ impl LabelSelectorRequirement {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Condition {
+    /// `type`: what the condition is about (`Ready`, `LoadBalancerReady`, ...).
     #[serde(rename = "type")]
     pub type_: String,
     /// `"True"`, `"False"` or `"Unknown"`.
     pub status: String,
+    /// `lastTransitionTime`: RFC 3339 time the status last changed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_transition_time: Option<String>,
+    /// `reason`: a CamelCase machine-readable cause (`KubeletReady`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `message`: a human-readable explanation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -126,7 +148,9 @@ pub struct Condition {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(untagged)]
 pub enum IntOrString {
+    /// A port number.
     Int(i32),
+    /// A port name (an IANA service name, resolved against container port names).
     String(String),
 }
 

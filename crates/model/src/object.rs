@@ -16,7 +16,9 @@ use crate::meta::ObjectMeta;
 /// for namespaced kinds (defaulted to `default`) and absent for cluster-scoped ones.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Object {
+    /// The kind, matching the JSON's `kind` field.
     pub kind: Kind,
+    /// The whole object as written; typed views are read from it on demand.
     pub value: Value,
 }
 

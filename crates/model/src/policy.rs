@@ -14,8 +14,11 @@ use crate::meta::{IntOrString, LabelSelector, ObjectMeta};
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct NetworkPolicy {
+    /// `metadata`; the policy applies in its namespace only.
     pub metadata: ObjectMeta,
+    /// `spec`: which pods, which directions, which peers.
     pub spec: NetworkPolicySpec,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -26,13 +29,17 @@ pub struct NetworkPolicy {
 pub struct NetworkPolicySpec {
     /// The pods of the policy's namespace it applies to; missing or `{}` selects them all.
     pub pod_selector: LabelSelector,
+    /// `spec.ingress`: allowed incoming traffic; `Some(vec![])` (`ingress: []`) allows none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ingress: Option<Vec<NetworkPolicyIngressRule>>,
+    /// `spec.egress`: allowed outgoing traffic once the policy isolates egress (see
+    /// [`NetworkPolicySpec::policy_types`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<Vec<NetworkPolicyEgressRule>>,
     /// `Ingress` and/or `Egress`; see [`NetworkPolicySpec::policy_types`] for the default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy_types: Option<Vec<String>>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -58,10 +65,13 @@ impl NetworkPolicySpec {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct NetworkPolicyIngressRule {
+    /// `from`: the peers allowed to connect; missing or empty allows every source.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<Vec<NetworkPolicyPeer>>,
+    /// `ports`: the destination ports allowed; missing or empty allows every port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<NetworkPolicyPort>>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -70,10 +80,13 @@ pub struct NetworkPolicyIngressRule {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct NetworkPolicyEgressRule {
+    /// `to`: the peers the pods may connect to; missing or empty allows every destination.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<Vec<NetworkPolicyPeer>>,
+    /// `ports`: the destination ports allowed; missing or empty allows every port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ports: Option<Vec<NetworkPolicyPort>>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -82,12 +95,18 @@ pub struct NetworkPolicyEgressRule {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct NetworkPolicyPeer {
+    /// `podSelector`: pods selected by label, in the policy's namespace unless `namespaceSelector`
+    /// is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
+    /// `namespaceSelector`: namespaces selected by label; `Some` of an empty selector is every
+    /// namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
+    /// `ipBlock`: a CIDR range; not combined with the selectors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip_block: Option<IpBlock>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -96,9 +115,12 @@ pub struct NetworkPolicyPeer {
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct IpBlock {
+    /// `cidr`: the allowed range, e.g. `10.0.0.0/8`.
     pub cidr: String,
+    /// `except`: sub-ranges of `cidr` that are not allowed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub except: Vec<String>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -116,6 +138,7 @@ pub struct NetworkPolicyPort {
     /// With a numeric `port`, the last port of the range `port..=endPort`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_port: Option<i32>,
+    /// Fields flatnet does not model, kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

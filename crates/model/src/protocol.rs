@@ -14,8 +14,11 @@ pub struct UnknownProtocol(pub String);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
+    /// `TCP`.
     Tcp,
+    /// `UDP`.
     Udp,
+    /// `SCTP`.
     Sctp,
 }
 

@@ -12,6 +12,7 @@ use crate::meta::ObjectMeta;
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", default)]
 pub struct Secret {
+    /// `metadata`; the name is a DNS subdomain.
     pub metadata: ObjectMeta,
     /// `Opaque` when absent; `kubernetes.io/tls` needs `tls.crt` and `tls.key`.
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
@@ -19,6 +20,7 @@ pub struct Secret {
     /// Values are base64 (standard alphabet, padded).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<String, String>,
+    /// Fields flatnet does not model (`immutable`, ...), kept so a round trip is lossless.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
