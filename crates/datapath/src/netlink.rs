@@ -26,16 +26,32 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::netns::{NetNs, NetnsError};
 
+/// Why an rtnetlink request failed; each variant names the operation.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
+    /// The netlink socket could not be created, bound or connected.
     #[error("netlink socket: {0}")]
     Socket(std::io::Error),
+    /// The namespace to open the socket in could not be entered.
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    /// The kernel refused a request.
     #[error("{op}: {source}")]
-    Kernel { op: String, source: std::io::Error },
+    Kernel {
+        /// What was asked (`add route 10.244.1.0/24 via ...`).
+        op: String,
+        /// The kernel's errno; see [`NetlinkError::errno`].
+        source: std::io::Error,
+    },
+    /// The kernel's answer could not be parsed.
     #[error("{op}: cannot decode the kernel's answer: {detail}")]
-    Decode { op: String, detail: String },
+    Decode {
+        /// What was asked.
+        op: String,
+        /// What was wrong with the answer.
+        detail: String,
+    },
+    /// A link looked up by name does not exist.
     #[error("link {0} not found")]
     LinkNotFound(String),
 }
@@ -53,20 +69,31 @@ impl NetlinkError {
 /// What callers need to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {
+    /// Interface index (`ifindex`).
     pub index: u32,
+    /// Interface name (`IFLA_IFNAME`).
     pub name: String,
+    /// Hardware address; `None` when the link has no 6-byte one (IP tunnels, for example).
     pub mac: Option<[u8; 6]>,
+    /// MTU, when the kernel reported one.
     pub mtu: Option<u32>,
+    /// Whether the link is administratively up (`IFF_UP`).
     pub up: bool,
+    /// Link type (`IFLA_INFO_KIND`: `veth`, `vxlan`, `bridge`, ...); `None` for physical devices
+    /// and loopback.
     pub kind: Option<String>,
 }
 
 /// A route in the main table, as far as flatnet uses routes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
+    /// Destination prefix.
     pub dst: Ipv4Net,
+    /// Next hop; `None` for a directly connected destination.
     pub gateway: Option<Ipv4Addr>,
+    /// Output interface index.
     pub oif: Option<u32>,
+    /// `scope link`: the destination is on the link itself (no gateway needed).
     pub scope_link: bool,
     /// Route the gateway even if it is not on a connected subnet (`onlink`).
     pub onlink: bool,
@@ -75,7 +102,9 @@ pub struct Route {
 /// What [`Handle::create_vxlan`] creates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanSpec {
+    /// Device name.
     pub name: String,
+    /// VXLAN network identifier.
     pub vni: u32,
     /// Source address of the encapsulated packets.
     pub local: Ipv4Addr,
@@ -83,6 +112,7 @@ pub struct VxlanSpec {
     pub underlay_index: u32,
     /// UDP destination port.
     pub port: u16,
+    /// MTU of the device; the caller leaves room for the 50-byte VXLAN header.
     pub mtu: u32,
     /// MAC address of the device; the kernel picks a random one when `None`.
     pub mac: Option<[u8; 6]>,
@@ -91,14 +121,22 @@ pub struct VxlanSpec {
 /// A link and, when it is a VXLAN device, its VXLAN parameters as the kernel reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VxlanLink {
+    /// The link itself.
     pub link: Link,
+    /// VXLAN network identifier; `None` when the link is not a VXLAN device.
     pub vni: Option<u32>,
+    /// Source address of the encapsulated packets.
     pub local: Option<Ipv4Addr>,
+    /// Index of the link the encapsulated packets leave by.
     pub underlay_index: Option<u32>,
+    /// UDP destination port.
     pub port: Option<u16>,
+    /// Whether the device learns remote MACs from received packets (flatnet wants `false`).
     pub learning: Option<bool>,
 }
 
+/// An rtnetlink socket: one request at a time, each acknowledged, in the namespace it was opened
+/// in.
 pub struct Handle {
     socket: Socket,
     seq: u32,
@@ -214,6 +252,7 @@ impl Handle {
 
     // ---- links ----
 
+    /// A link by name; `Ok(None)` when there is none.
     pub fn link(&mut self, name: &str) -> Result<Option<Link>, NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
@@ -231,6 +270,7 @@ impl Handle {
         }
     }
 
+    /// Every link of the namespace.
     pub fn links(&mut self) -> Result<Vec<Link>, NetlinkError> {
         let msg = LinkMessage::default();
         let answers = self.request(
@@ -369,6 +409,7 @@ impl Handle {
         Ok(())
     }
 
+    /// Sets a link administratively up.
     pub fn set_up(&mut self, index: u32) -> Result<(), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
@@ -419,6 +460,7 @@ impl Handle {
         msg
     }
 
+    /// Adds an IPv4 address to a link, replacing an equal one (idempotent).
     pub fn add_addr(&mut self, index: u32, addr: Ipv4Net) -> Result<(), NetlinkError> {
         let msg = Self::addr_msg(index, addr);
         self.request(
@@ -639,6 +681,7 @@ impl Handle {
         Ok(())
     }
 
+    /// Deletes the ARP entry for `ip` on link `index`; `Ok(false)` when there was none.
     pub fn del_neigh(&mut self, index: u32, ip: Ipv4Addr) -> Result<bool, NetlinkError> {
         self.delete(
             || format!("delete neighbour {ip} on link {index}"),
@@ -671,6 +714,7 @@ impl Handle {
         Ok(())
     }
 
+    /// Deletes the forwarding entry `mac -> dst` of a VXLAN link; `Ok(false)` when there was none.
     pub fn del_fdb(
         &mut self,
         index: u32,

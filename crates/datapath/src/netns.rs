@@ -6,15 +6,26 @@ use std::path::{Path, PathBuf};
 
 use nix::sched::{CloneFlags, setns};
 
+/// Why a network namespace could not be opened, entered or left.
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
+    /// The namespace file could not be opened.
     #[error("cannot open network namespace {path}: {source}")]
     Open {
+        /// The namespace file.
         path: PathBuf,
+        /// Why it could not be opened.
         source: std::io::Error,
     },
+    /// `setns` into the namespace failed (needs `CAP_SYS_ADMIN`).
     #[error("cannot enter network namespace {path}: {source}")]
-    Enter { path: PathBuf, source: nix::Error },
+    Enter {
+        /// The namespace file.
+        path: PathBuf,
+        /// The errno of `setns`.
+        source: nix::Error,
+    },
+    /// `setns` back to the thread's original namespace failed; the thread is left in the other one.
     #[error("cannot return to the original network namespace: {0}")]
     Return(nix::Error),
 }
@@ -27,6 +38,7 @@ pub struct NetNs {
 }
 
 impl NetNs {
+    /// Opens the namespace file at `path` (it is entered only by [`NetNs::run`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, NetnsError> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|source| NetnsError::Open {
@@ -41,10 +53,13 @@ impl NetNs {
         Self::open("/proc/thread-self/ns/net")
     }
 
+    /// The path the namespace was opened from.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The open namespace file's descriptor (for `setns` or `IFLA_NET_NS_FD`); valid while `self`
+    /// lives.
     pub fn raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }

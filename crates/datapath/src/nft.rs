@@ -44,28 +44,51 @@ use wire::{
     str_of,
 };
 
+/// Why an nftables operation failed; each variant names the batch, table or command.
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
+    /// The nftables netlink socket could not be created or bound.
     #[error("nftables netlink socket: {0}")]
     Socket(std::io::Error),
+    /// The namespace to open the socket in could not be entered.
     #[error(transparent)]
     Netns(#[from] NetnsError),
+    /// A batch holds a value the kernel would reject; found before anything is sent.
     #[error("{context}: invalid {field} {value:?}: {reason}")]
     Invalid {
+        /// The batch, table or set the value belongs to.
         context: String,
+        /// What the value is (`table name`, `set name`, ...).
         field: &'static str,
+        /// The value as given.
         value: String,
+        /// Why it is invalid.
         reason: String,
     },
+    /// The kernel refused a request.
     #[error("{context}: {source}")]
     Kernel {
+        /// The batch, table or set the request was for.
         context: String,
+        /// The kernel's errno.
         source: std::io::Error,
     },
+    /// The kernel's answer could not be parsed.
     #[error("{context}: cannot decode the kernel's answer: {detail}")]
-    Decode { context: String, detail: String },
+    Decode {
+        /// The batch, table or set the request was for.
+        context: String,
+        /// What was wrong with the answer.
+        detail: String,
+    },
+    /// The `nft` command failed.
     #[error("{command}: {detail}")]
-    Tool { command: String, detail: String },
+    Tool {
+        /// The command as run (`nft -f -`, with `in <netns path>` when inside a namespace).
+        command: String,
+        /// Why: it could not be started or fed, its exit status and stderr, or invalid JSON output.
+        detail: String,
+    },
 }
 
 impl NftError {

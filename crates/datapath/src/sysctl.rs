@@ -3,10 +3,13 @@
 
 use std::path::PathBuf;
 
+/// A sysctl could not be read or written.
 #[derive(Debug, thiserror::Error)]
 #[error("sysctl {key}: {source}")]
 pub struct SysctlError {
+    /// The key, as a path under `/proc/sys`.
     pub key: String,
+    /// Why the file could not be read or written.
     pub source: std::io::Error,
 }
 
@@ -16,6 +19,7 @@ fn path(key: &str) -> PathBuf {
     PathBuf::from("/proc/sys").join(key)
 }
 
+/// Reads a key (`net/ipv4/ip_forward`), trimmed.
 pub fn read(key: &str) -> Result<String, SysctlError> {
     std::fs::read_to_string(path(key))
         .map(|s| s.trim().to_string())

@@ -6,20 +6,30 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
 
+/// Why `conntrack` or `nft -j list chains` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
+    /// The tool could not be started (not installed, no `nsenter`).
     #[error("{tool}: cannot run: {source}")]
     Spawn {
+        /// `conntrack` or `nft`.
         tool: &'static str,
+        /// Why it could not be started.
         source: std::io::Error,
     },
+    /// The tool ran and exited with a failure.
     #[error("{tool} {args}: exit {code}: {stderr}")]
     Failed {
+        /// `conntrack` or `nft`.
         tool: &'static str,
+        /// Its arguments, joined with spaces.
         args: String,
+        /// The exit code; -1 when it was killed by a signal.
         code: i32,
+        /// What it printed on stderr, trimmed.
         stderr: String,
     },
+    /// `nft -j list chains` printed something that is not the JSON expected.
     #[error("nft -j list chains: {0}")]
     Parse(String),
 }

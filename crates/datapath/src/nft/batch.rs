@@ -96,6 +96,7 @@ impl Encoded {
 }
 
 impl Batch {
+    /// An empty batch for the table `table` of `family`.
     pub fn new(family: Family, table: &str) -> Self {
         Batch {
             family,
@@ -106,10 +107,12 @@ impl Batch {
         }
     }
 
+    /// The address family of the batch's table.
     pub fn family(&self) -> Family {
         self.family
     }
 
+    /// The name of the batch's table.
     pub fn table(&self) -> &str {
         &self.table
     }
@@ -178,6 +181,7 @@ impl Batch {
         self.len
     }
 
+    /// Whether the batch holds no operation (sending it would be a no-op).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -11,11 +11,17 @@ use std::net::Ipv4Addr;
 /// An nftables address family (the `nfgen_family` of every message).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
+    /// `inet`: IPv4 and IPv6.
     Inet,
+    /// `ip`: IPv4.
     Ip,
+    /// `ip6`: IPv6.
     Ip6,
+    /// `arp`.
     Arp,
+    /// `bridge`: frames crossing a bridge.
     Bridge,
+    /// `netdev`: ingress/egress of one device.
     Netdev,
 }
 
@@ -69,10 +75,15 @@ pub enum Field {
 /// The type of a [`Field`], to decode what the kernel lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FieldKind {
+    /// [`Field::Ipv4`].
     Ipv4,
+    /// [`Field::Proto`].
     Proto,
+    /// [`Field::Port`].
     Port,
+    /// [`Field::U32`].
     U32,
+    /// [`Field::Mark`].
     Mark,
 }
 
@@ -88,6 +99,7 @@ impl FieldKind {
 }
 
 impl Field {
+    /// The type of this field.
     pub fn kind(&self) -> FieldKind {
         match self {
             Field::Ipv4(_) => FieldKind::Ipv4,
@@ -205,9 +217,13 @@ pub fn display_range(start: &[Field], end: &[Field]) -> String {
 /// What a verdict map's element says.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Verdict {
+    /// `accept`: stop evaluating and let the packet through.
     Accept,
+    /// `drop`: discard the packet.
     Drop,
+    /// `jump CHAIN`: evaluate the chain, then come back.
     Jump(String),
+    /// `goto CHAIN`: evaluate the chain and do not come back.
     Goto(String),
 }
 
@@ -251,6 +267,7 @@ impl fmt::Display for Verdict {
 pub enum Data {
     /// A value of one or more fields (`ip daddr . th dport`, `ct mark`).
     Concat(Vec<Field>),
+    /// A verdict (verdict maps).
     Verdict(Verdict),
 }
 
@@ -270,9 +287,11 @@ impl fmt::Display for Data {
 /// `key_end` the last (`NFTA_SET_ELEM_KEY_END`). Elements of such a set must not overlap.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Element {
+    /// The key, one value per field of the set's type.
     pub key: Vec<Field>,
     /// The last value of each field of a range element (same shape as `key`).
     pub key_end: Option<Vec<Field>>,
+    /// The value of a map element; `None` in a set.
     pub data: Option<Data>,
     /// Per-element timeout (sets with `flags timeout`). When listing, `None` also means the
     /// element has the set's default timeout: the kernel reports only timeouts that differ.
@@ -311,6 +330,7 @@ impl Element {
         }
     }
 
+    /// The same element with a per-element timeout.
     pub fn with_timeout_ms(mut self, ms: u64) -> Self {
         self.timeout_ms = Some(ms);
         self
