@@ -29,8 +29,11 @@ const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=65535;
 /// (`name` and `plugin_type` empty, `subnet` `0.0.0.0/0`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetConf {
+    /// `cniVersion`: the version the runtime speaks; results are written in its shape.
     pub cni_version: String,
+    /// `name`: the network's name, unique on the host; also the IPAM directory under `data_dir`.
     pub name: String,
+    /// `type`: the plugin's binary name (`flatnet`).
     pub plugin_type: String,
     /// The node's pod CIDR: IPv4, no host bits, prefix at most /30.
     pub subnet: Ipv4Net,
@@ -58,7 +61,9 @@ pub struct NetConf {
 /// One entry of the GC list of attachments still in use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
+    /// The container ID of the attachment.
     pub container_id: String,
+    /// The interface name inside the container.
     pub ifname: String,
 }
 

@@ -8,11 +8,17 @@ use crate::{CniError, code};
 /// The verb in `CNI_COMMAND`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
+    /// `ADD`: attach a container to the network.
     Add,
+    /// `DEL`: detach it; must succeed when already gone.
     Del,
+    /// `CHECK`: verify an attachment is as ADD left it.
     Check,
+    /// `GC`: release what belongs to attachments not in the valid list.
     Gc,
+    /// `STATUS`: whether the plugin can serve ADD now.
     Status,
+    /// `VERSION`: report the supported spec versions.
     Version,
 }
 
@@ -30,6 +36,7 @@ impl Command {
         })
     }
 
+    /// The spec's spelling (`"ADD"`), the inverse of [`Command::parse`].
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Add => "ADD",
@@ -79,9 +86,14 @@ const MAX_IFNAME: usize = 15;
 /// `container_id`, `netns` and `ifname` and no `args`; VERSION also has no `path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Env {
+    /// `CNI_COMMAND`.
     pub command: Command,
+    /// `CNI_CONTAINERID`: required for ADD, DEL and CHECK.
     pub container_id: Option<String>,
+    /// `CNI_NETNS`: the container's network namespace path; required for ADD and CHECK, optional
+    /// for DEL.
     pub netns: Option<PathBuf>,
+    /// `CNI_IFNAME`: the interface to create inside the namespace; required for ADD, DEL and CHECK.
     pub ifname: Option<String>,
     /// `CNI_ARGS` split into `K=V` pairs, in order; which keys are allowed is decided by
     /// [`parse_conf`](crate::parse_conf), which knows the verb's leniency.

@@ -32,12 +32,16 @@ pub mod code {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{msg}")]
 pub struct CniError {
+    /// The CNI error code (see [`code`]); decides how the runtime reacts.
     pub code: u32,
+    /// `msg`: a short description of the error.
     pub msg: String,
+    /// `details`: a longer explanation (the underlying cause), if any.
     pub details: Option<String>,
 }
 
 impl CniError {
+    /// An error with `code` and `msg`, without details.
     pub fn new(code: u32, msg: impl Into<String>) -> Self {
         Self {
             code,
@@ -46,6 +50,7 @@ impl CniError {
         }
     }
 
+    /// The same error with `details` set.
     pub fn with_details(self, d: impl Into<String>) -> Self {
         Self {
             details: Some(d.into()),

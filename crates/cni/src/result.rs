@@ -12,15 +12,22 @@ use crate::{CniError, code, version};
 /// Result of ADD, in its 1.1.0 form. `socketPath` and `pciID` of interfaces are not kept.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CniResult {
+    /// `interfaces`: the host and container interfaces the plugin made.
     pub interfaces: Vec<Interface>,
+    /// `ips`: the addresses assigned.
     pub ips: Vec<IpConfig>,
+    /// `routes`: routes set in the container.
     pub routes: Vec<Route>,
+    /// `dns`: resolver settings for the runtime to apply.
     pub dns: Option<Dns>,
 }
 
+/// One entry of `interfaces`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Interface {
+    /// `name`: the interface name (in its namespace).
     pub name: String,
+    /// `mac`: the hardware address, `aa:bb:cc:dd:ee:ff`.
     pub mac: Option<String>,
     /// 1.1.0 only.
     pub mtu: Option<u32>,
@@ -28,33 +35,46 @@ pub struct Interface {
     pub sandbox: Option<String>,
 }
 
+/// One entry of `ips`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpConfig {
     /// Address with its prefix, e.g. `10.244.1.2/32`.
     pub address: IpNet,
+    /// `gateway`: the default gateway for this address, if any.
     pub gateway: Option<IpAddr>,
     /// Index into [`CniResult::interfaces`].
     pub interface: Option<usize>,
 }
 
+/// One entry of `routes`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
+    /// `dst`: the destination prefix (`0.0.0.0/0` for the default route).
     pub dst: IpNet,
+    /// `gw`: the next hop; `None` leaves it to the plugin (the spec's "default gateway").
     pub gw: Option<IpAddr>,
     /// `mtu`, `advmss`, `priority`, `table` and `scope` are 1.1.0 only.
     pub mtu: Option<u32>,
+    /// `advmss`: TCP MSS to advertise on the route.
     pub advmss: Option<u32>,
+    /// `priority`: the route's metric.
     pub priority: Option<u32>,
+    /// `table`: the routing table, the main one when `None`.
     pub table: Option<u32>,
     /// 0 global, 253 link, 254 host.
     pub scope: Option<u8>,
 }
 
+/// The `dns` section of a config or result (resolver settings, applied by the runtime).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Dns {
+    /// `nameservers`: resolver addresses, in order of preference.
     pub nameservers: Vec<String>,
+    /// `domain`: the local domain used for short names.
     pub domain: Option<String>,
+    /// `search`: search domains, in order.
     pub search: Vec<String>,
+    /// `options`: resolver options (`ndots:5`, ...).
     pub options: Vec<String>,
 }
 

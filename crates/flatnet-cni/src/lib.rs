@@ -27,22 +27,36 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
 const DEFAULT_MTU: u32 = 1500;
 
+/// Why a verb failed; [`to_cni_error`] turns it into a CNI error code.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
+    /// The request itself is wrong (environment or config), already with its CNI code.
     #[error(transparent)]
     Cni(#[from] CniError),
+    /// The IPAM store failed or has no address to give.
     #[error(transparent)]
     Ipam(#[from] IpamError),
+    /// A netlink request in the host or pod namespace failed.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+    /// The pod's network namespace could not be opened or entered.
     #[error("container network namespace: {0}")]
     Netns(#[from] NetnsError),
+    /// The node's `net/ipv4/ip_forward` could not be turned on.
     #[error(transparent)]
     Sysctl(#[from] datapath::sysctl::SysctlError),
+    /// ADD found `CNI_IFNAME` already present in the pod's namespace.
     #[error("interface {ifname} already exists in {netns}")]
-    InterfaceExists { ifname: String, netns: String },
+    InterfaceExists {
+        /// `CNI_IFNAME`.
+        ifname: String,
+        /// `CNI_NETNS`, the namespace path.
+        netns: String,
+    },
+    /// CHECK found the attachment different from what ADD made; says what differs.
     #[error("{0}")]
     CheckFailed(String),
+    /// DEL or GC went on after errors and reports all of them, joined with `; `.
     #[error("{0}")]
     Several(String),
 }
@@ -76,7 +90,9 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
 
 /// Output of one invocation: what to print on stdout and the exit code.
 pub struct Outcome {
+    /// The CNI result or error JSON (empty for DEL, GC and a successful CHECK).
     pub stdout: String,
+    /// 0 on success, 1 with a CNI error on stdout.
     pub exit_code: i32,
 }
 
@@ -424,7 +440,9 @@ fn remove_link_in_background(index: u32) -> bool {
             {
                 use std::os::fd::AsRawFd;
                 for fd in 0..3 {
-                    // SAFETY: dup2 onto the standard descriptors of this process.
+                    // SAFETY: dup2(2) only takes descriptor numbers: `null` is open for the
+                    // whole call and 0..3 are this process's own standard descriptors, which
+                    // nothing in the child relies on any more.
                     unsafe { libc::dup2(null.as_raw_fd(), fd) };
                 }
             }
@@ -432,7 +450,8 @@ fn remove_link_in_background(index: u32) -> bool {
                 Ok(_) => 0,
                 Err(_) => 1,
             };
-            // SAFETY: leave without running the parent's atexit handlers or flushing its buffers.
+            // SAFETY: _exit(2) takes a plain integer and does not return; skipping the atexit
+            // handlers and stdio buffers copied from the parent is the intent (they are its own).
             unsafe { libc::_exit(code) }
         }
         Err(_) => false,

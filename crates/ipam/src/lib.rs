@@ -25,25 +25,47 @@ use std::path::{Path, PathBuf};
 
 use ipnet::Ipv4Net;
 
+/// Why an address could not be allocated, looked up or released.
 #[derive(Debug, thiserror::Error)]
 pub enum IpamError {
+    /// A file of the store could not be read, written or locked.
     #[error("{path}: {source}")]
     Io {
+        /// The file or directory involved.
         path: PathBuf,
+        /// Why it failed.
         source: std::io::Error,
     },
+    /// The subnet has no address to hand out once network, gateway and broadcast are kept back.
     #[error("subnet {0} is too small to allocate from (needs a prefix of /30 or shorter)")]
     SubnetTooSmall(Ipv4Net),
+    /// Every allocatable address of the subnet is held.
     #[error("no free address left in {0}")]
     Exhausted(Ipv4Net),
+    /// A requested address is outside the subnet or one of the addresses kept back.
     #[error("requested address {ip} is not allocatable in {subnet}")]
-    NotInRange { ip: Ipv4Addr, subnet: Ipv4Net },
+    NotInRange {
+        /// The address asked for.
+        ip: Ipv4Addr,
+        /// The network's subnet.
+        subnet: Ipv4Net,
+    },
+    /// A requested address is held by another attachment.
     #[error("requested address {ip} is already allocated to {owner}")]
-    Taken { ip: Ipv4Addr, owner: String },
+    Taken {
+        /// The address asked for.
+        ip: Ipv4Addr,
+        /// Who holds it, `<containerID>/<ifname>`.
+        owner: String,
+    },
+    /// The attachment already holds an address (ADD twice without a DEL).
     #[error("{container_id}/{ifname} already holds {ip}; delete it before adding it again")]
     Duplicate {
+        /// The container ID of the attachment.
         container_id: String,
+        /// Its interface name.
         ifname: String,
+        /// The address it holds.
         ip: Ipv4Addr,
     },
 }
@@ -77,8 +99,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IpamError + '_ {
 /// One allocation: who holds which address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
+    /// The allocated address.
     pub ip: Ipv4Addr,
+    /// The container ID of the attachment holding it.
     pub container_id: String,
+    /// Its interface name.
     pub ifname: String,
 }
 
@@ -110,6 +135,7 @@ impl Ipam {
         })
     }
 
+    /// The network's directory, `<dataDir>/<network>`.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
