@@ -36,20 +36,29 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Response header fields accepted at most.
 const MAX_HEADERS: usize = 100;
 
+/// Why a request could not be forwarded to its backend; [`ClientError::status`] says what the
+/// client is answered.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// No connection to the endpoint (refused, unreachable, or timed out).
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// Writing the request head or body to the backend failed.
     #[error("send request: {0}")]
     Send(io::Error),
+    /// The client's request body failed while it was being forwarded (answered 400).
     #[error("read request body from the client: {0}")]
     ClientBody(Box<dyn std::error::Error + Send + Sync>),
+    /// Reading the response head from the backend failed.
     #[error("read response head: {0}")]
     Recv(io::Error),
+    /// The backend closed the connection without sending a response head.
     #[error("connection closed before a response")]
     Closed,
+    /// The backend's response head is malformed (status line, fields or framing).
     #[error("invalid response: {0}")]
     Invalid(String),
+    /// The backend sent no response head within the given time ([`RESPONSE_TIMEOUT`] by default).
     #[error("no response head within {0:?}")]
     Timeout(Duration),
 }
@@ -69,9 +78,12 @@ impl ClientError {
 /// How the request body goes to the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestBody {
+    /// No body: neither `Content-Length` nor `Transfer-Encoding` is sent.
     None,
     /// This many bytes; the gateway writes the one `Content-Length` field itself.
     Length(u64),
+    /// Length unknown: sent with `Transfer-Encoding` (re-chunked, or the client's chunks as
+    /// they came).
     Chunked,
 }
 
@@ -157,7 +169,9 @@ pub struct Forward<'a> {
     pub host: Option<&'a [u8]>,
     /// The client's address as text (formatted once per connection).
     pub peer: &'a str,
+    /// Whether the client came over TLS (`X-Forwarded-Proto: https`).
     pub https: bool,
+    /// How the request body follows the head; decides the framing fields written.
     pub body: RequestBody,
     /// The `Transfer-Encoding` value sent with a chunked body: `chunked` when the gateway
     /// re-chunks, the client's own when its chunks are passed through.
@@ -295,7 +309,9 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// How a response body is delimited (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
+    /// Exactly this many body bytes (`Content-Length`).
     Length(u64),
+    /// `Transfer-Encoding: chunked`, up to and including the last chunk and trailers.
     Chunked,
     /// Until the backend closes (the connection cannot be reused).
     Close,
@@ -304,6 +320,7 @@ pub enum Framing {
 /// What the response head says about the body and the connection.
 #[derive(Debug, PartialEq, Eq)]
 pub struct HeadInfo {
+    /// How the response body is delimited.
     pub framing: Framing,
     /// Whether the connection may carry another request after this response.
     pub keep_alive: bool,
@@ -720,7 +737,9 @@ fn respond(
 
 /// A response body for the client: whole, or streaming from a backend connection.
 pub enum ProxyBody {
+    /// A body already complete in memory; None once sent (or when empty).
     Full(Option<Bytes>),
+    /// A body still being read from the backend connection.
     Backend(BackendBody),
 }
 

@@ -59,7 +59,9 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 /// How the request body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyLen {
+    /// No body (no `Content-Length`, or `Content-Length: 0`).
     None,
+    /// A body of exactly this many bytes (`Content-Length`).
     Length(u64),
     /// Chunked, passed through as sent.
     Chunked,
@@ -68,12 +70,16 @@ pub enum BodyLen {
 /// What is kept of a request once its head is consumed.
 #[derive(Debug, Clone)]
 pub struct Req {
+    /// The request method, as the backend gets it.
     pub method: Method,
     /// HTTP/1.`minor`.
     pub minor: u8,
     /// Whether the client lets the connection carry another request.
     pub keep_alive: bool,
+    /// How the request body is framed.
     pub body: BodyLen,
+    /// Whether the client sent `Expect: 100-continue` (it waits for `100 Continue` before
+    /// sending its body).
     pub expect_continue: bool,
     /// The request asks for a protocol switch (`Connection: upgrade` and `Upgrade`).
     pub upgrade: bool,
@@ -89,8 +95,11 @@ pub enum Parsed {
     /// A head of `len` bytes; `to` is the endpoint (the backend head was written to `out`) or
     /// what to answer instead.
     Request {
+        /// Length in bytes of the request head in the buffer (request line through the empty line).
         len: usize,
+        /// What the rest of the connection needs of the request.
         req: Req,
+        /// The chosen endpoint, or the answer the gateway gives itself.
         to: Result<SocketAddr, Reject>,
     },
 }

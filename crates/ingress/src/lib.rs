@@ -15,8 +15,8 @@
 //! - [`pool`] — kept-alive backend connections per endpoint.
 //! - [`watch`] — list + watch, compile, publish, Ingress status (status writes are pure
 //!   functions tested without a store).
-//! - [`run`] — the process: proxy threads in the serving namespace, the store client in its
-//!   own thread (and, in the lab, namespace).
+//! - [`run`](mod@run) — the process: proxy threads in the serving namespace, the store client
+//!   in its own thread (and, in the lab, namespace).
 //!
 //! This crate must not touch kernel networking state (routes, nftables, links): it only opens
 //! sockets.

@@ -39,6 +39,7 @@ pub struct Buffer {
 }
 
 impl Buffer {
+    /// An empty buffer of `size` bytes (normally [`BUF_SIZE`]).
     pub fn new(size: usize) -> Buffer {
         Buffer {
             buf: vec![0u8; size].into_boxed_slice(),
@@ -190,10 +191,13 @@ impl Default for Pool {
     }
 }
 
+/// Why a connection to a backend endpoint could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The TCP connect failed (refused, unreachable, reset).
     #[error("connect: {0}")]
     Io(io::Error),
+    /// The connect did not finish within this time.
     #[error("connect: timed out after {0:?}")]
     Timeout(Duration),
 }

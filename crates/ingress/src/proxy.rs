@@ -33,7 +33,10 @@ use crate::tls::CertTable;
 
 /// What the store side publishes and the proxy reads, swapped whole.
 pub struct Shared {
+    /// The compiled route table.
     pub routes: ArcSwap<RouteTable>,
+    /// The certificates by SNI name; shared with the TLS acceptor's resolver
+    /// ([`crate::tls::server_config`]).
     pub certs: Arc<ArcSwap<CertTable>>,
     /// False until the first table from the store is in place (requests get 503 until then).
     pub loaded: AtomicBool,
@@ -65,6 +68,8 @@ pub struct Proxy {
 }
 
 impl Proxy {
+    /// A proxy over `shared` with a default pool (backend response timeout
+    /// [`client::RESPONSE_TIMEOUT`]).
     pub fn new(shared: Arc<Shared>) -> Proxy {
         Proxy::with_pool(shared, Pool::default())
     }
@@ -182,7 +187,10 @@ impl Proxy {
 /// A request the gateway answers itself: no route, no endpoint, a backend that failed.
 #[derive(Debug)]
 pub struct Reject {
+    /// The status to answer with: 404 without a route, 503 without a ready endpoint, 502 or 504
+    /// when the backend failed.
     pub status: StatusCode,
+    /// The plain-text body, one line ending in `\n`, saying why.
     pub text: Cow<'static, str>,
 }
 

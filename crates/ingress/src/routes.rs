@@ -32,9 +32,13 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// What the gateway compiles from (namespaces filled in from the store keys).
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
+    /// The Ingresses of every class (the [`ClassFilter`] picks those served).
     pub ingresses: Vec<Ingress>,
+    /// Services, to resolve a backend's port name or number to a target port.
     pub services: Vec<Service>,
+    /// EndpointSlices, linked to their Service by the `kubernetes.io/service-name` label.
     pub slices: Vec<EndpointSlice>,
+    /// `kubernetes.io/tls` Secrets, for the certificates named in `spec.tls`.
     pub secrets: Vec<Secret>,
 }
 
@@ -59,7 +63,9 @@ impl Default for ClassFilter {
 /// How a rule path matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathKind {
+    /// `pathType: Exact`: the request path equals the rule path (case-sensitive).
     Exact,
+    /// `pathType: Prefix` (and `ImplementationSpecific`): matches by `/`-separated elements.
     Prefix,
 }
 
@@ -102,6 +108,7 @@ pub struct Route {
     pub ingress: String,
     /// The rule path as written and how it matches; None for a default backend.
     pub path: Option<(PathKind, String)>,
+    /// Where matching requests go (shared by every route naming the same Service port).
     pub backend: Arc<Backend>,
     /// For Prefix: the path without trailing slashes (`""` for `/`).
     prefix: String,
@@ -194,7 +201,9 @@ pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
 /// Everything the gateway runs with, compiled from one snapshot.
 #[derive(Debug, Default)]
 pub struct Compiled {
+    /// Host and path routes to backends.
     pub routes: RouteTable,
+    /// Certificates by SNI name.
     pub certs: CertTable,
     /// `namespace/name` of every Ingress served (our class), sorted.
     pub served: Vec<String>,

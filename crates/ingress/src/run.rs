@@ -17,21 +17,35 @@ use crate::proxy::{self, Proxy, Shared};
 use crate::tls;
 use crate::watch::{self, WatchConfig};
 
+/// Why the gateway could not start, or its store side stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// A listener could not be bound (address in use, or not on this namespace's interfaces).
     #[error("bind {addr}: {source}")]
     Bind {
+        /// The `--http` or `--https` address.
         addr: SocketAddr,
+        /// The bind (or making the socket non-blocking) failed.
         source: std::io::Error,
     },
+    /// The store client's thread could not move into the store's network namespace.
     #[error("store namespace {path}: {detail}")]
-    StoreNetns { path: PathBuf, detail: String },
+    StoreNetns {
+        /// The `--store-netns` path: a namespace file or a pid file.
+        path: PathBuf,
+        /// What failed: opening it, or setns.
+        detail: String,
+    },
+    /// A thread or tokio runtime could not be made, or a listener not registered with it.
     #[error("runtime: {0}")]
     Runtime(std::io::Error),
+    /// The TLS server configuration could not be built.
     #[error("tls: {0}")]
     Tls(String),
+    /// The store (etcd) could not be reached at start.
     #[error("store: {0}")]
     Store(String),
+    /// Neither `--http` nor `--https` is given.
     #[error("--http and --https are both off: nothing to serve")]
     NothingToServe,
 }
@@ -39,14 +53,19 @@ pub enum GatewayError {
 /// How the gateway runs.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// etcd endpoints (`http://host:port`).
     pub etcd: Vec<String>,
+    /// The key prefix of the flatnet objects in etcd.
     pub store_prefix: String,
     /// Namespace file (or pid file of a process in it) the store client moves to; None: stay.
     pub store_netns: Option<PathBuf>,
+    /// Address of the cleartext HTTP listener (HTTP/1.1 and h2c); None: no cleartext listener.
     pub http: Option<SocketAddr>,
+    /// Address of the TLS listener (SNI, ALPN h2/http/1.1); None: no TLS listener.
     pub https: Option<SocketAddr>,
     /// Proxy worker threads; 1 runs everything on the calling thread.
     pub workers: usize,
+    /// What the store side follows and publishes.
     pub watch: WatchConfig,
 }
 

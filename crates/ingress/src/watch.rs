@@ -32,6 +32,8 @@ pub const KINDS: [Kind; 6] = [
 /// What the store side needs to know.
 #[derive(Debug, Clone, Default)]
 pub struct WatchConfig {
+    /// Which Ingresses are ours, unless a stored IngressClass says otherwise
+    /// ([`View::class_filter`]).
     pub filter: ClassFilter,
     /// `namespace/name` of the gateway's Service, whose LoadBalancer IPs are published.
     pub publish_service: Option<String>,
@@ -40,19 +42,28 @@ pub struct WatchConfig {
 /// A stored Ingress as read: typed, raw (for lossless status writes) and its revision.
 #[derive(Debug, Clone)]
 pub struct StoredIngress {
+    /// The Ingress as read, `metadata.namespace` filled in from the key.
     pub ingress: Ingress,
+    /// The object as stored, so a status write keeps fields the typed model drops.
     pub raw: Value,
+    /// The etcd revision it was last written at; a status write is conditional on it.
     pub mod_revision: i64,
 }
 
 /// The objects the gateway compiles from, by store key.
 #[derive(Debug, Default)]
 pub struct View {
+    /// Ingresses by store key.
     pub ingresses: BTreeMap<String, StoredIngress>,
+    /// Services by store key.
     pub services: BTreeMap<String, Service>,
+    /// EndpointSlices by store key.
     pub slices: BTreeMap<String, EndpointSlice>,
+    /// `kubernetes.io/tls` (and other) Secrets by store key.
     pub secrets: BTreeMap<String, Secret>,
+    /// Nodes by store key (their InternalIPs are the fallback status address).
     pub nodes: BTreeMap<String, Node>,
+    /// IngressClasses by store key (which class is the cluster's default).
     pub classes: BTreeMap<String, IngressClass>,
 }
 
@@ -150,6 +161,7 @@ impl View {
         }
     }
 
+    /// Applies one watch event: a put is taken as [`View::take`] does, a delete forgets the key.
     pub fn take_event(&mut self, ev: &WatchEvent) {
         match ev {
             WatchEvent::Put(kv) => self.take(kv),
@@ -164,6 +176,7 @@ impl View {
         }
     }
 
+    /// The current objects as a [`Snapshot`] to compile.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             ingresses: self.ingresses.values().map(|s| s.ingress.clone()).collect(),
@@ -204,8 +217,11 @@ pub fn desired_addresses(publish: Option<&Service>, nodes: &[&Node]) -> Vec<Stri
 /// One status write: the Ingress's key, its new JSON, and the revision it was computed from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusWrite {
+    /// Store key of the Ingress.
     pub key: String,
+    /// The whole object with its new `status.loadBalancer.ingress`.
     pub value: Value,
+    /// The etcd revision the write is conditional on (the Ingress as it was read).
     pub mod_revision: i64,
 }
 
@@ -258,10 +274,15 @@ pub fn status_writes(
 /// What one pass did, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PassReport {
+    /// `namespace/name` of every Ingress served, sorted.
     pub served: Vec<String>,
+    /// Number of host groups in the route table.
     pub hosts: usize,
+    /// Number of SNI names with a certificate.
     pub certs: usize,
+    /// Status writes that succeeded.
     pub status_written: usize,
+    /// What was skipped while compiling (missing Service, Secret, port, ...).
     pub warnings: Vec<String>,
 }
 
