@@ -60,6 +60,7 @@ pub struct Holder {
 /// The values one service holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Held {
+    /// `spec.clusterIP`, when it is an IPv4 address (None for headless and unallocated Services).
     pub cluster_ip: Option<Ipv4Addr>,
     /// (protocol, port): nodePorts and the healthCheckNodePort (TCP).
     pub node_ports: BTreeSet<(String, u16)>,
@@ -221,11 +222,15 @@ impl InUse {
 /// The cluster's ranges.
 #[derive(Debug, Clone)]
 pub struct Ranges {
+    /// The service CIDR clusterIPs come from (`serviceCIDR` of the network config).
     pub service_cidr: Ipv4Net,
+    /// The nodePort range (the API server's `--service-node-port-range`).
     pub node_ports: RangeInclusive<u16>,
 }
 
 impl Ranges {
+    /// The ranges of a cluster with this service CIDR and the default nodePort range
+    /// ([`NODE_PORT_RANGE`]).
     pub fn new(service_cidr: Ipv4Net) -> Ranges {
         Ranges {
             service_cidr,

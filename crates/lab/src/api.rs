@@ -11,16 +11,24 @@ use store::{EtcdStore, Store, StoreError};
 use crate::allocator;
 use crate::kubelet::update;
 
+/// Why an API request (`apply`, `delete`, `label`, `get`) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// The store (etcd) failed or refused a write.
     #[error("{0}")]
     Store(#[from] StoreError),
+    /// The named object does not exist.
     #[error("{kind} {name} not found{ns}", ns = namespace.as_ref().map(|n| format!(" in namespace {n}")).unwrap_or_default())]
     NotFound {
+        /// The kind as written (`Pod`, `Service`, ...).
         kind: String,
+        /// Its namespace (`default` when none was given); None for cluster-scoped kinds.
         namespace: Option<String>,
+        /// `metadata.name`.
         name: String,
     },
+    /// The request cannot be carried out as given (an invalid object, a missing namespace, a taken
+    /// or out-of-range clusterIP or nodePort, ...); the message says why.
     #[error("{0}")]
     Invalid(String),
 }
@@ -40,8 +48,11 @@ impl ApiError {
 /// What `apply` did to one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
+    /// The object's kind.
     pub kind: Kind,
+    /// Its namespace (`default` when the manifest names none); None for cluster-scoped kinds.
     pub namespace: Option<String>,
+    /// `metadata.name`.
     pub name: String,
     /// "created", "configured" or "unchanged", as kubectl says.
     pub action: &'static str,
@@ -65,6 +76,8 @@ pub(crate) fn new_uid() -> String {
         })
 }
 
+/// Store key of an object (relative to the store prefix); a namespaced kind without a namespace
+/// is in `default`.
 pub fn kind_key(kind: Kind, namespace: Option<&str>, name: &str) -> String {
     model::object_key(
         kind,

@@ -16,14 +16,20 @@ use crate::shell;
 /// What a cleanup removed, and what it could not.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// Processes killed (SIGKILL).
     pub processes: usize,
+    /// Named network namespaces deleted.
     pub namespaces: usize,
+    /// Mount points under the lab's directories unmounted.
     pub mounts: usize,
+    /// State directories (run and data) removed.
     pub dirs: usize,
+    /// What could not be removed, one message each; cleanup went on past them.
     pub errors: Vec<String>,
 }
 
 impl Report {
+    /// Whether nothing was found to remove (errors aside).
     pub fn is_empty(&self) -> bool {
         self.processes + self.namespaces + self.mounts + self.dirs == 0
     }

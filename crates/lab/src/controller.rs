@@ -86,6 +86,8 @@ pub struct Endpoints<S: Store> {
 }
 
 impl<S: Store> Endpoints<S> {
+    /// An empty cache writing through `store`; LoadBalancer addresses come from `pool` (none
+    /// without a pool).
     pub fn new(store: S, pool: Option<Ipv4Net>) -> Self {
         Endpoints {
             store,
@@ -364,6 +366,9 @@ impl<S: Store> Endpoints<S> {
     }
 }
 
+/// The controller process: connects to the lab's store (retrying until etcd answers), then
+/// reconciles Deployments, EndpointSlices and LoadBalancer IPs after each batch of events.
+/// Runs until the process is stopped.
 pub async fn run(lab: Lab) -> Result<(), LabError> {
     let store = loop {
         match crate::client::connect(&lab).await {

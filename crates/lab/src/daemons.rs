@@ -13,13 +13,18 @@ use crate::topology::LabError;
 /// A lab daemon, named `etcd`, `controller`, `kubelet/NODE` or `agent/NODE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Daemon {
+    /// The lab's etcd, in the root namespace.
     Etcd,
+    /// The controller (Deployments, EndpointSlices, LoadBalancer IPs).
     Controller,
+    /// The kubelet of the named node.
     Kubelet(String),
+    /// The flatnet agent of the named node.
     Agent(String),
 }
 
 impl Daemon {
+    /// Parses a name as [`Daemon`] writes it (`etcd`, `controller`, `kubelet/NODE`, `agent/NODE`).
     pub fn parse(s: &str) -> Result<Daemon, LabError> {
         match s.split_once('/') {
             None if s == "etcd" => Ok(Daemon::Etcd),
@@ -96,6 +101,7 @@ fn spawn_argv(lab: &Lab, d: &Daemon, argv: &[String]) -> Result<u32, LabError> {
     Ok(pid)
 }
 
+/// Records `pid` as the running process of `d` (its pid file under the lab's run directory).
 pub fn record_pid(lab: &Lab, d: &Daemon, pid: u32) -> Result<(), LabError> {
     std::fs::write(pid_file(lab, d), pid.to_string())
         .map_err(|e| LabError::Other(format!("write pid of {}: {e}", d.id())))

@@ -12,7 +12,9 @@ use store::EtcdStore;
 use crate::names::Lab;
 use crate::topology::{LabError, UpOptions};
 
+/// Namespace of the cluster DNS Deployment and Service.
 pub const NAMESPACE: &str = "kube-system";
+/// Name of the cluster DNS Deployment and Service, and the value of its `k8s-app` label.
 pub const NAME: &str = "kube-dns";
 
 /// The Deployment and Service, as a JSON `List` manifest.

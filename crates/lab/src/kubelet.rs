@@ -27,10 +27,14 @@ use crate::runtime::{self, Attachment, NetworkList};
 use crate::shell;
 use crate::topology::{CONFLIST_NAME, LabError};
 
+/// What one kubelet runs with (its command line).
 #[derive(Debug, Clone)]
 pub struct KubeletConfig {
+    /// The lab it belongs to (its store endpoint, directories, namespace names).
     pub lab: Lab,
+    /// The node's name, as pods' `spec.nodeName` carries it.
     pub node: String,
+    /// The node's underlay address, registered as its `InternalIP` (and used as pods' `hostIP`).
     pub node_ip: Ipv4Addr,
     /// Directory of the `flatnet` and `flatnet-cni` binaries (the CNI_PATH).
     pub bin_dir: PathBuf,
@@ -65,6 +69,8 @@ struct Exited {
 
 const PODS: &str = "objects/pods/";
 
+/// The kubelet process: registers the node once its network plugin is ready, then runs the
+/// pods bound to it until the process is stopped; fails only if the node cannot be registered.
 pub async fn run(cfg: KubeletConfig) -> Result<(), LabError> {
     let store = loop {
         match crate::client::connect(&cfg.lab).await {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 /// One lab, by name. Two labs with different names never share a namespace, file or port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lab {
+    /// The lab's name (1-16 lowercase letters and digits, starting with a letter).
     pub name: String,
 }
 
@@ -33,14 +34,17 @@ impl Lab {
         format!("flatnet-{}-", self.name)
     }
 
+    /// The namespace holding the fabric bridge every machine's underlay link hangs off.
     pub fn fabric_netns(&self) -> String {
         format!("{}fabric", self.netns_prefix())
     }
 
+    /// The namespace of the `external` host: on the underlay, outside the cluster.
     pub fn external_netns(&self) -> String {
         format!("{}external", self.netns_prefix())
     }
 
+    /// The namespace that plays machine `node`.
     pub fn node_netns(&self, node: &str) -> String {
         format!("{}{node}", self.netns_prefix())
     }
@@ -64,10 +68,13 @@ impl Lab {
         PathBuf::from("/var/lib/flatnet").join(&self.name)
     }
 
+    /// The file holding the etcd client URL of a running lab; written once etcd answers, so its
+    /// presence means the lab is up.
     pub fn etcd_endpoint_file(&self) -> PathBuf {
         self.run_dir().join("etcd.endpoint")
     }
 
+    /// Durable state of one node (IPAM, agent state, CNI config, pod sandboxes).
     pub fn node_dir(&self, node: &str) -> PathBuf {
         self.data_dir().join("nodes").join(node)
     }
@@ -77,10 +84,12 @@ impl Lab {
         self.node_dir(node).join("cni")
     }
 
+    /// Logs of the lab's daemons, one `<daemon>.log` each.
     pub fn log_dir(&self) -> PathBuf {
         self.data_dir().join("logs")
     }
 
+    /// A pod's own files: its containers' logs and its resolv.conf.
     pub fn pod_dir(&self, namespace: &str, pod: &str) -> PathBuf {
         self.data_dir()
             .join("pods")
@@ -101,9 +110,13 @@ pub fn node_name(i: usize) -> String {
 /// Addressing of a lab (design.md §3 "Lab addresses").
 #[derive(Debug, Clone)]
 pub struct Addressing {
+    /// The network every machine's underlay link is on (172.20.0.0/24 by default).
     pub underlay: ipnet::Ipv4Net,
+    /// The cluster's pod CIDR, split into node subnets (`podCIDR`, 10.244.0.0/16 by default).
     pub pod_cidr: ipnet::Ipv4Net,
+    /// Prefix length of each node's subnet (`nodePrefixLength`, 24 by default).
     pub node_prefix: u8,
+    /// Where clusterIPs come from (`serviceCIDR`, 10.96.0.0/12 by default).
     pub service_cidr: ipnet::Ipv4Net,
     /// LoadBalancer IPs, on the underlay (design.md §3: 172.20.0.240/28).
     pub lb_pool: ipnet::Ipv4Net,
@@ -127,6 +140,7 @@ impl Addressing {
         Ipv4Addr::from(u32::from(self.underlay.network()) + 10 + i as u32)
     }
 
+    /// The `external` host's underlay address: `.2`.
     pub fn external_ip(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.underlay.network()) + 2)
     }
@@ -152,6 +166,7 @@ impl Addressing {
     }
 }
 
+/// 64-bit FNV-1a hash of `s`: short stable names from long ones (pod namespaces).
 pub fn fnv64(s: &str) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in s.bytes() {

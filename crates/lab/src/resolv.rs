@@ -14,7 +14,9 @@ use serde_json::Value;
 /// The kubelet's limits (`validation.MaxDNSNameservers`, `MaxDNSSearchPaths`,
 /// `MaxDNSSearchListChars`).
 pub const MAX_NAMESERVERS: usize = 3;
+/// Most search domains the kubelet keeps.
 pub const MAX_SEARCH_PATHS: usize = 32;
+/// Most characters of the search list the kubelet keeps (domains joined by spaces).
 pub const MAX_SEARCH_CHARS: usize = 2048;
 
 /// The cluster domain the lab's DNS serves.
@@ -29,8 +31,11 @@ pub fn cluster_dns_ip(service_cidr: Ipv4Net) -> Ipv4Addr {
 /// The node's own resolver settings (from its `/etc/resolv.conf`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostResolv {
+    /// `nameserver` addresses, in order.
     pub nameservers: Vec<String>,
+    /// The search domains (of the last `search` or `domain` line).
     pub searches: Vec<String>,
+    /// `options` entries (`ndots:2`, `timeout:1`, ...), in order.
     pub options: Vec<String>,
 }
 

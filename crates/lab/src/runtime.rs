@@ -11,30 +11,58 @@ use serde_json::{Value, json};
 
 use crate::shell;
 
+/// Why a CNI operation failed: the runtime's own error, or the plugin's (its CNI error code).
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// The network configuration list could not be read or is invalid.
     #[error("network config {path}: {msg}")]
-    Config { path: String, msg: String },
+    Config {
+        /// The conflist file.
+        path: String,
+        /// What is wrong: unreadable, not JSON, or a required field missing.
+        msg: String,
+    },
+    /// No executable of the plugin's `type` in any `CNI_PATH` directory (or the type is not a
+    /// plain file name).
     #[error("plugin {plugin} not found in CNI_PATH {path}")]
-    NotFound { plugin: String, path: String },
+    NotFound {
+        /// The plugin's `type`.
+        plugin: String,
+        /// The directories searched, `:`-separated.
+        path: String,
+    },
+    /// The plugin could not be started or talked to.
     #[error("plugin {plugin} {command}: {source}")]
     Exec {
+        /// The plugin's `type`.
         plugin: String,
+        /// The CNI command (`ADD`, `DEL`, `GC`).
         command: String,
+        /// Spawning it, writing its stdin or waiting for it failed.
         source: std::io::Error,
     },
+    /// The plugin exited non-zero: its CNI error result (or its raw output when that is not JSON).
     #[error("plugin {plugin} {command} failed (code {code}): {msg}{details}")]
     Plugin {
+        /// The plugin's `type`.
         plugin: String,
+        /// The CNI command (`ADD`, `DEL`, `GC`).
         command: String,
+        /// The CNI error `code` (999 when the output carried none).
         code: u64,
+        /// The CNI error `msg`, or the plugin's stdout and stderr.
         msg: String,
+        /// The CNI error `details` as ` (details)`, or empty.
         details: String,
     },
+    /// The plugin's output is not a CNI result, or the ADD chain produced no result at all.
     #[error("plugin {plugin} {command} printed invalid JSON: {output}")]
     BadOutput {
+        /// The plugin's `type` (the network's name when the chain produced no result).
         plugin: String,
+        /// The CNI command (`ADD`, `DEL`, `GC`).
         command: String,
+        /// What it printed.
         output: String,
     },
 }
@@ -42,12 +70,16 @@ pub enum RuntimeError {
 /// A network configuration list (`*.conflist`).
 #[derive(Debug, Clone)]
 pub struct NetworkList {
+    /// `cniVersion`, passed to every plugin.
     pub cni_version: String,
+    /// The network `name`, passed to every plugin.
     pub name: String,
+    /// The plugin configurations, in chain order.
     pub plugins: Vec<Value>,
 }
 
 impl NetworkList {
+    /// Reads a conflist; fails without `cniVersion`, `name` or a non-empty `plugins` list.
     pub fn load(path: &Path) -> Result<Self, RuntimeError> {
         let cfg = |msg: String| RuntimeError::Config {
             path: path.display().to_string(),
@@ -95,8 +127,11 @@ impl NetworkList {
 /// One attachment of a container to the network.
 #[derive(Debug, Clone)]
 pub struct Attachment {
+    /// `CNI_CONTAINERID`: the sandbox's id.
     pub container_id: String,
+    /// `CNI_NETNS`: path of the pod's network namespace.
     pub netns: String,
+    /// `CNI_IFNAME`: the interface to create in it (`eth0`).
     pub ifname: String,
     /// `CNI_ARGS` pairs.
     pub args: Vec<(String, String)>,

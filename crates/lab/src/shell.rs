@@ -9,15 +9,31 @@ use std::process::{Command, Stdio};
 
 use nix::sched::{CloneFlags, setns};
 
+/// Why a host command or a namespace could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ShellError {
+    /// The command could not be run at all.
     #[error("cannot run {cmd}: {source}")]
-    Spawn { cmd: String, source: std::io::Error },
+    Spawn {
+        /// The command line (or what was being opened).
+        cmd: String,
+        /// Why it could not be started, fed or waited for.
+        source: std::io::Error,
+    },
+    /// The command ran and exited non-zero.
     #[error("{cmd} failed: {stderr}")]
-    Failed { cmd: String, stderr: String },
+    Failed {
+        /// The command line.
+        cmd: String,
+        /// Its stderr, trimmed.
+        stderr: String,
+    },
+    /// A network namespace file could not be opened.
     #[error("cannot open network namespace {path}: {source}")]
     Netns {
+        /// The namespace file.
         path: String,
+        /// Why it could not be opened.
         source: std::io::Error,
     },
 }
@@ -105,6 +121,7 @@ pub fn netns_path(name: &str) -> String {
     format!("/run/netns/{name}")
 }
 
+/// Whether the named network namespace exists (`/run/netns/NAME`).
 pub fn netns_exists(name: &str) -> bool {
     Path::new(&netns_path(name)).exists()
 }

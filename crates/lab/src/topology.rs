@@ -15,16 +15,22 @@ use store::Store;
 use crate::daemons::{self, Daemon};
 use crate::{cleanup, shell};
 
+/// Why a lab command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
+    /// `lab up` found the named lab already running.
     #[error("lab {0} is already up (run `flatnet lab down` first)")]
     AlreadyUp(String),
+    /// The named lab is not running (it has no etcd endpoint file).
     #[error("lab {0} is not up (run `flatnet lab up`)")]
     NotUp(String),
+    /// A host command (`ip`, a daemon) failed.
     #[error("{0}")]
     Shell(#[from] shell::ShellError),
+    /// The lab's etcd failed or refused a request.
     #[error("etcd: {0}")]
     Store(#[from] store::StoreError),
+    /// Anything else, as a message naming what failed.
     #[error("{0}")]
     Other(String),
 }
@@ -32,8 +38,11 @@ pub enum LabError {
 /// What `lab up` builds.
 #[derive(Debug, Clone)]
 pub struct UpOptions {
+    /// Number of nodes (`node1` .. `nodeN`).
     pub nodes: usize,
+    /// The agents' route backend, `backend` in the network config: `host-gw` or `vxlan`.
     pub backend: String,
+    /// The lab's address ranges.
     pub addressing: Addressing,
     /// Directory holding `flatnet` and `flatnet-cni`.
     pub bin_dir: PathBuf,
@@ -50,6 +59,8 @@ pub fn network_config(opts: &UpOptions) -> serde_json::Value {
     })
 }
 
+/// File name of the CNI network config list the agent writes into each node's CNI config
+/// directory (and the kubelet reads).
 pub const CONFLIST_NAME: &str = "10-flatnet.conflist";
 
 /// Builds the lab. `progress` gets one line per step. On failure everything made so far is
@@ -215,6 +226,7 @@ async fn build(
 
 /// Namespace, name and label of the ingress gateway's Deployment and Service.
 pub const INGRESS_GATEWAY_NAMESPACE: &str = "kube-system";
+/// Name of the ingress gateway's Deployment and Service, and its `app.kubernetes.io/name` label.
 pub const INGRESS_GATEWAY: &str = "ingress-gateway";
 
 /// The ingress gateway as the lab runs it: the IngressClass `flatnet` (the cluster's default
