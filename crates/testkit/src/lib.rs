@@ -18,7 +18,11 @@
 //! - `netns.rs` — [`TestNs`]: a named namespace (`/run/netns/NAME`, loopback up) removed on
 //!   drop, commands inside it (`ip -n`, `nsenter --net=`), code inside it ([`TestNs::run`])
 //! - `wire.rs` — veth pairs, two nodes on an underlay, a pod wired like flatnet-cni wires it
-//! - `probe.rs` — a TCP server naming itself and a client asking it, inside namespaces
+//! - `probe.rs` — a TCP server naming itself, a client asking it and an HTTP GET, inside
+//!   namespaces
+//! - `kernel.rs` — what a namespace's kernel holds and reports: [`kernel_routes`] of one
+//!   protocol, [`IpMonitor`]
+//! - `wait.rs` — [`within`]: poll a condition with a limit
 //! - `tempdir.rs` — [`TempDir`]: a directory removed on drop
 //! - `etcd.rs` — [`start_etcd`]: a real etcd, or a skip (or failure) saying why not
 //!
@@ -27,15 +31,19 @@
 //! namespaces), or be anything but a dev-dependency.
 
 mod etcd;
+mod kernel;
 mod netns;
 mod probe;
 mod tempdir;
+mod wait;
 mod wire;
 
 pub use etcd::start_etcd;
+pub use kernel::{IpMonitor, kernel_routes};
 pub use netns::{NsError, TestNs};
+pub use probe::{ask, ask_within, http_get, name_server};
 pub use tempdir::TempDir;
-pub use probe::{ask, ask_within, name_server};
+pub use wait::within;
 pub use wire::{Nodes, pod, two_nodes, veth_pair};
 
 /// Whether `REQUIRE_NETNS=1`: tests that cannot run must fail instead of skipping.

@@ -1,4 +1,5 @@
-//! Probes across namespaces: a TCP server that answers with its name, and a client asking it.
+//! Probes across namespaces: a TCP server that answers with its name, a client asking it, and
+//! an HTTP GET.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -51,4 +52,28 @@ pub fn ask_within(ns: &TestNs, addr: &str, timeout: Duration) -> Result<String, 
     let mut out = String::new();
     s.read_to_string(&mut out).map_err(|e| e.kind())?;
     Ok(out)
+}
+
+/// `GET path` from `ns` to `addr` (`a.b.c.d:port`) over HTTP/1.1: the status code (0 when the
+/// answer has none) and the whole answer (headers and body) as text, or the error kind when
+/// connecting, writing or reading fails. Connecting and reading wait at most 2 s each.
+pub fn http_get(ns: &TestNs, addr: &str, path: &str) -> Result<(u16, String), ErrorKind> {
+    let addr: SocketAddr = addr
+        .parse()
+        .unwrap_or_else(|e| panic!("not a socket address {addr:?}: {e}"));
+    let mut s = ns
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_secs(2)))
+        .map_err(|e| e.kind())?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.kind())?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .map_err(|e| e.kind())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.kind())?;
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, out))
 }
