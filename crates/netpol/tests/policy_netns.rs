@@ -7,18 +7,15 @@
 //! REQUIRE_NETNS=1 (then it fails).
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
-#[path = "../../agent/tests/common/netns.rs"]
-mod netns;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use model::NetworkPolicy;
-use netns::{Ns, ask, ask_within, name_server, pod, two_nodes};
 use netpol::{
     Applier, Cluster, NamedPort, NamespaceInfo, NetnsPolicy, PodInfo, Protocol, compile_node,
 };
 use serde_json::{Value, json};
+use testkit::{TestNs, ask, ask_within, name_server, pod, two_nodes};
 
 const NET: u8 = 73;
 
@@ -46,11 +43,11 @@ fn policy(name: &str, spec: Value) -> NetworkPolicy {
 }
 
 /// Blocked: the connection attempt times out (packets are dropped).
-fn blocked(from: &Ns, addr: &str) -> bool {
+fn blocked(from: &TestNs, addr: &str) -> bool {
     ask_within(from, addr, Duration::from_millis(400)) == Err(std::io::ErrorKind::TimedOut)
 }
 
-fn allowed(from: &Ns, addr: &str, name: &str) -> bool {
+fn allowed(from: &TestNs, addr: &str, name: &str) -> bool {
     ask(from, addr).as_deref() == Ok(name)
 }
 

@@ -89,15 +89,3 @@ pub async fn wait_status<S: Store>(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
-
-/// [`wait_until`] for threads outside a runtime.
-pub fn wait_sync(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + WAIT;
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
