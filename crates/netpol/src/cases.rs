@@ -33,11 +33,13 @@ pub struct Case {
     /// The upstream `Describe`/`Context`.
     #[serde(default)]
     pub context: Option<String>,
+    /// Free remarks about the case.
     #[serde(default)]
     pub note: Option<String>,
     /// NetworkPolicy manifests created before step 0.
     #[serde(default)]
     pub policies: Vec<Value>,
+    /// The steps, in order.
     pub steps: Vec<Step>,
 }
 
@@ -51,8 +53,10 @@ pub struct Step {
     /// NetworkPolicies to delete as `namespace/name`; `*` deletes all.
     #[serde(default)]
     pub delete: Vec<String>,
+    /// Namespace and pod label changes.
     #[serde(default)]
     pub label: Vec<LabelChange>,
+    /// Connectivity matrices to check after the changes.
     pub probes: Vec<Probe>,
 }
 
@@ -60,6 +64,7 @@ pub struct Step {
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct LabelChange {
+    /// The namespace whose labels change.
     #[serde(default)]
     pub namespace: Option<String>,
     /// `namespace/name`.
@@ -72,6 +77,7 @@ pub struct LabelChange {
 /// What a label change is applied to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LabelTarget {
+    /// A namespace, by name.
     Namespace(String),
     /// Namespace and name.
     Pod(String, String),
@@ -111,6 +117,7 @@ impl LabelChange {
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct Probe {
+    /// Destination port every pod is probed on.
     pub port: u16,
     /// `TCP`, `UDP` or `SCTP`.
     pub protocol: String,

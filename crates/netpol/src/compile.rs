@@ -59,12 +59,16 @@ impl PeerSet {
 /// A range of ports of one protocol; `0..=65535` is "every port".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct PortRange {
+    /// Protocol the ports are of.
     pub protocol: Protocol,
+    /// First port, inclusive.
     pub start: u16,
+    /// Last port, inclusive (`endPort`, or `start` for a single port).
     pub end: u16,
 }
 
 impl PortRange {
+    /// Whether `port` of `protocol` is in the range.
     pub fn matches(&self, protocol: Protocol, port: u16) -> bool {
         self.protocol == protocol && (self.start..=self.end).contains(&port)
     }
@@ -78,30 +82,40 @@ impl PortRange {
 /// A resolved port of a rule, with its index in the rule's `ports`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct PortRef {
+    /// Index in the rule's `ports`.
     pub index: usize,
+    /// The ports it stands for.
     pub range: PortRange,
 }
 
 /// A peer of a rule, with its index in the rule's `from`/`to`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct PeerRef {
+    /// Index in the rule's `from`/`to`.
     pub index: usize,
+    /// The peers it selects.
     pub set: PeerSetId,
 }
 
 /// A named port of an egress rule (resolved per destination, see [`CompiledRule::named_set`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct NamedPortRef {
+    /// Index in the rule's `ports`.
     pub index: usize,
+    /// The port's protocol.
     pub protocol: Protocol,
+    /// The port name, looked up in each destination pod's named container ports.
     pub name: String,
 }
 
 /// A destination pod and port that an egress named port resolved to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct DestPort {
+    /// The destination pod.
     pub pod: PodId,
+    /// Protocol of the named port.
     pub protocol: Protocol,
+    /// The number the name resolved to on that pod.
     pub port: u16,
 }
 
@@ -286,6 +300,7 @@ impl CompiledPolicy {
         &self.peer_sets
     }
 
+    /// The peer set `id` stands for.
     pub fn peer_set(&self, id: PeerSetId) -> &PeerSet {
         &self.peer_sets[id.0]
     }
@@ -295,6 +310,7 @@ impl CompiledPolicy {
         &self.named_sets
     }
 
+    /// The (destination pod, protocol, port) entries `id` stands for.
     pub fn named_set(&self, id: NamedSetId) -> &[DestPort] {
         &self.named_sets[id.0]
     }

@@ -18,8 +18,11 @@ pub struct Verdict {
     pub allowed: bool,
     /// The source as given (`ns/pod`, or an address with the pod it belongs to).
     pub src: String,
+    /// The destination as given, like `src`.
     pub dst: String,
+    /// Destination port.
     pub port: u16,
+    /// IP protocol.
     pub protocol: Protocol,
     /// The source pod's egress.
     pub egress: DirectionVerdict,
@@ -40,12 +43,18 @@ pub enum DirectionVerdict {
     Allowed {
         /// `namespace/name`.
         policy: String,
+        /// Index in the policy's `ingress`/`egress` rules.
         rule: usize,
+        /// Index in the rule's `from`/`to`; `None` when the rule has no peers.
         peer: Option<usize>,
+        /// Index in the rule's `ports`; `None` when the rule has no ports.
         port: Option<usize>,
     },
     /// The pod is isolated by `selecting` (`namespace/name`) and none of their rules allow.
-    Denied { selecting: Vec<String> },
+    Denied {
+        /// The policies that select the pod for this direction, as `namespace/name`.
+        selecting: Vec<String>,
+    },
     /// This end is not a policy subject (an address outside the cluster, a hostNetwork pod).
     NotApplicable,
     /// The flow is from a pod to itself: it never leaves the pod, no policy applies.

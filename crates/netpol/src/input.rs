@@ -23,21 +23,28 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// A named container port of a pod.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NamedPort {
+    /// `ports[].name` of the container port (an IANA_SVC_NAME).
     pub name: String,
+    /// `ports[].protocol`.
     pub protocol: Protocol,
+    /// `ports[].containerPort`.
     pub port: u16,
 }
 
 /// A pod as policy sees it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PodInfo {
+    /// `metadata.namespace`.
     pub namespace: String,
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.labels`, what pod selectors match.
     pub labels: BTreeMap<String, String>,
     /// `status.podIP` (IPv4); a pod without one is still selected and evaluated by identity.
     pub ip: Option<Ipv4Addr>,
     /// Named container ports (unnamed ones play no part in policy).
     pub ports: Vec<NamedPort>,
+    /// `spec.nodeName`: the node that enforces this pod's policy; `None` while unscheduled.
     pub node: Option<String>,
     /// A `hostNetwork` pod is not a policy subject (see the module docs).
     #[serde(default)]
@@ -139,6 +146,7 @@ impl PodInfo {
 /// A namespace and its labels.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NamespaceInfo {
+    /// `metadata.name`.
     pub name: String,
     /// `kubernetes.io/metadata.name` is added by the compiler when missing, as the API server
     /// does.
@@ -146,6 +154,7 @@ pub struct NamespaceInfo {
 }
 
 impl NamespaceInfo {
+    /// A namespace named `name` with these labels.
     pub fn new(name: &str, labels: BTreeMap<String, String>) -> NamespaceInfo {
         NamespaceInfo {
             name: name.to_string(),
@@ -153,6 +162,7 @@ impl NamespaceInfo {
         }
     }
 
+    /// Reads a `v1` Namespace: its name and labels.
     pub fn from_namespace(ns: &Namespace) -> NamespaceInfo {
         NamespaceInfo::new(&ns.metadata.name, ns.metadata.labels.clone())
     }
@@ -161,11 +171,14 @@ impl NamespaceInfo {
 /// A pod by namespace and name; displays and parses as `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct PodRef {
+    /// The pod's namespace.
     pub namespace: String,
+    /// The pod's name.
     pub name: String,
 }
 
 impl PodRef {
+    /// `namespace/name` as a reference.
     pub fn new(namespace: &str, name: &str) -> PodRef {
         PodRef {
             namespace: namespace.to_string(),
@@ -197,7 +210,9 @@ impl fmt::Display for PodRef {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Endpoint {
+    /// A pod by name (a hostNetwork pod counts as its node address).
     Pod(PodRef),
+    /// An address: the pod that has it, if any; otherwise an end that is not a policy subject.
     Ip(Ipv4Addr),
 }
 
@@ -205,9 +220,13 @@ pub enum Endpoint {
 /// allowed connection are allowed by the dataplane's conntrack).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flow {
+    /// The end that initiates the connection.
     pub src: Endpoint,
+    /// The end it connects to.
     pub dst: Endpoint,
+    /// Destination port.
     pub port: u16,
+    /// IP protocol.
     pub protocol: Protocol,
 }
 

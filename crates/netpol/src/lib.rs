@@ -79,8 +79,11 @@ pub enum PolicyError {
     InvalidPolicy {
         /// `namespace/name`.
         policy: String,
+        /// Path of the offending field, e.g. `spec.ingress[0].ports[1].port`.
         field: String,
+        /// The value found, quoted.
         value: String,
+        /// What the API server requires.
         reason: String,
     },
     /// A pod whose address or ports cannot be read.
@@ -88,8 +91,11 @@ pub enum PolicyError {
     InvalidPod {
         /// `namespace/name`.
         pod: String,
+        /// Path of the offending field, e.g. `status.podIP`.
         field: String,
+        /// The value found, quoted.
         value: String,
+        /// What the field must hold.
         reason: String,
     },
     /// A stored object that does not read as its kind's typed view.
@@ -97,6 +103,7 @@ pub enum PolicyError {
     InvalidObject {
         /// `Kind namespace/name`.
         object: String,
+        /// The decoding error.
         reason: String,
     },
     /// The same pod given twice.

@@ -36,9 +36,13 @@ pub const TABLE: &str = "flatnet-policy";
 
 /// Set names.
 pub mod sets {
+    /// Addresses of local pods isolated for ingress.
     pub const INGRESS_ISOLATED: &str = "ingress-isolated";
+    /// Addresses of local pods isolated for egress.
     pub const EGRESS_ISOLATED: &str = "egress-isolated";
+    /// What isolated local pods accept: pod . source range . protocol . destination port.
     pub const INGRESS_ALLOW: &str = "ingress-allow";
+    /// What isolated local pods may reach: pod . destination range . protocol . destination port.
     pub const EGRESS_ALLOW: &str = "egress-allow";
     /// Every set of the table, in the order [`super::render_table`] prints them.
     pub const ALL: [&str; 4] = [
@@ -53,9 +57,13 @@ pub mod sets {
 /// destination ports (both ends included) it may talk to in that set's direction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AllowRange {
+    /// The local pod's address (destination for ingress, source for egress).
     pub pod: Ipv4Addr,
+    /// The remote end's addresses, first to last.
     pub peer: (Ipv4Addr, Ipv4Addr),
+    /// IP protocol numbers, first to last (6 TCP, 17 UDP, 132 SCTP).
     pub proto: (u8, u8),
+    /// Destination ports, first to last.
     pub port: (u16, u16),
 }
 
@@ -103,9 +111,13 @@ impl fmt::Display for AllowRange {
 /// What this node's policy table holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicyPlan {
+    /// Elements of set `ingress-isolated`.
     pub ingress_isolated: BTreeSet<Ipv4Addr>,
+    /// Elements of set `egress-isolated`.
     pub egress_isolated: BTreeSet<Ipv4Addr>,
+    /// Elements of set `ingress-allow`; disjoint.
     pub ingress_allow: BTreeSet<AllowRange>,
+    /// Elements of set `egress-allow`; disjoint.
     pub egress_allow: BTreeSet<AllowRange>,
     /// Pods of this node with an address (policy subjects; hostNetwork pods are not).
     pub local_pods: usize,
@@ -129,25 +141,38 @@ impl PolicyPlan {
 /// One element change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PolicyOp {
+    /// Add a pod address to an isolation set.
     AddAddr {
+        /// [`sets::INGRESS_ISOLATED`] or [`sets::EGRESS_ISOLATED`].
         set: &'static str,
+        /// The pod's address.
         ip: Ipv4Addr,
     },
+    /// Remove a pod address from an isolation set.
     DelAddr {
+        /// [`sets::INGRESS_ISOLATED`] or [`sets::EGRESS_ISOLATED`].
         set: &'static str,
+        /// The pod's address.
         ip: Ipv4Addr,
     },
+    /// Add an element to an allow set.
     AddRange {
+        /// [`sets::INGRESS_ALLOW`] or [`sets::EGRESS_ALLOW`].
         set: &'static str,
+        /// The element.
         range: AllowRange,
     },
+    /// Delete an element from an allow set.
     DelRange {
+        /// [`sets::INGRESS_ALLOW`] or [`sets::EGRESS_ALLOW`].
         set: &'static str,
+        /// The element.
         range: AllowRange,
     },
 }
 
 impl PolicyOp {
+    /// The name of the set the element is in.
     pub fn set(&self) -> &'static str {
         match self {
             PolicyOp::AddAddr { set, .. }
@@ -167,6 +192,7 @@ impl PolicyOp {
         }
     }
 
+    /// Whether this adds an element (else it deletes one).
     pub fn is_add(&self) -> bool {
         matches!(self, PolicyOp::AddAddr { .. } | PolicyOp::AddRange { .. })
     }

@@ -4,25 +4,43 @@
 
 use crate::plan::{Change, NodePlan, UnderlayInfo, VXLAN_DEVICE};
 
+/// Why reading or changing the node's namespace failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
+    /// Entering the node's network namespace failed.
     #[cfg(feature = "kernel")]
     #[error(transparent)]
     Netns(#[from] datapath::NetnsError),
+    /// The underlay link is missing or unusable.
     #[error("underlay device {dev}: {reason}")]
-    Underlay { dev: String, reason: String },
+    Underlay {
+        /// The underlay link's name.
+        dev: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A netlink request failed.
     #[cfg(feature = "kernel")]
     #[error("{op}: {source}")]
     Netlink {
+        /// The change or query being made, as text.
         op: String,
+        /// The netlink error.
         source: datapath::NetlinkError,
     },
+    /// Writing a sysctl failed.
     #[cfg(feature = "kernel")]
     #[error(transparent)]
     Sysctl(#[from] datapath::sysctl::SysctlError),
     /// Some changes failed; the others were applied.
     #[error("{} of {total} changes failed: {}", failed.len(), failed.join("; "))]
-    Apply { failed: Vec<String>, total: usize },
+    Apply {
+        /// One message per failed change, naming the change.
+        failed: Vec<String>,
+        /// How many changes were given.
+        total: usize,
+    },
+    /// Anything else (a missing device, the fake's injected failure, a worker that died).
     #[error("{0}")]
     Other(String),
 }
@@ -48,7 +66,9 @@ pub trait Dataplane: Send + 'static {
 /// recorded, so tests can assert what was (not) touched.
 #[derive(Debug, Clone)]
 pub struct MemRoutes {
+    /// What [`Dataplane::underlay`] answers for its `dev`.
     pub underlay: UnderlayInfo,
+    /// What the namespace holds now.
     pub state: NodePlan,
     /// Every change applied, in order.
     pub applied: Vec<Change>,
@@ -57,6 +77,7 @@ pub struct MemRoutes {
 }
 
 impl MemRoutes {
+    /// An empty namespace with only the underlay link; nothing applied, no failure set.
     pub fn new(underlay: UnderlayInfo) -> Self {
         MemRoutes {
             underlay,

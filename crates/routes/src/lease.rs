@@ -18,21 +18,35 @@ use crate::conflist::write_atomic;
 /// Attempts at acquisition when other agents keep winning races (flannel's `raceRetries`).
 const RACE_ATTEMPTS: usize = 10;
 
+/// Why a subnet lease could not be acquired or re-claimed.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Every subnet of the pod CIDR is leased.
     #[error(
         "no free /{prefix} subnet left in pod CIDR {pod_cidr}: all {total} are leased ({nodes} nodes hold leases)"
     )]
     Exhausted {
+        /// The cluster's pod CIDR.
         pod_cidr: Ipv4Net,
+        /// Prefix length of one node's subnet.
         prefix: u8,
+        /// How many subnets the pod CIDR holds.
         total: u64,
+        /// How many keys under `subnets/` there are.
         nodes: usize,
     },
+    /// Another node holds the key this agent's subnet was under.
     #[error("subnet {cidr} was taken over by node {holder}")]
-    Lost { cidr: Ipv4Net, holder: String },
+    Lost {
+        /// The subnet this agent held.
+        cidr: Ipv4Net,
+        /// The node that holds it now.
+        holder: String,
+    },
+    /// Every attempt lost a race to other agents.
     #[error(
         "could not acquire a subnet after {RACE_ATTEMPTS} attempts: other agents kept taking the candidates"
     )]
@@ -42,6 +56,7 @@ pub enum LeaseError {
 /// The subnet this agent holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldLease {
+    /// The subnet and the attributes written under it.
     pub lease: Lease,
     /// `subnets/<cidr>`.
     pub key: String,
@@ -52,9 +67,13 @@ pub struct HeldLease {
 /// What an agent asks for.
 #[derive(Debug, Clone)]
 pub struct LeaseRequest {
+    /// The cluster network config: pod CIDR and subnet size.
     pub net: NetworkConfig,
+    /// This node's attributes (node name, underlay IP, backend data) to write under the key.
     pub attrs: LeaseAttrs,
+    /// TTL of the store lease the key is attached to, in seconds.
     pub ttl_secs: i64,
+    /// Directory holding `subnet.json`, the subnet this node held last.
     pub state_dir: PathBuf,
 }
 

@@ -31,16 +31,20 @@ pub fn pod_mtu(backend: Backend, underlay_mtu: u32) -> u32 {
 /// The node's underlay link, as read from the kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UnderlayInfo {
+    /// Name of the underlay link (`ip link` name, e.g. `eth0`).
     pub dev: String,
     /// First IPv4 address of `dev`.
     pub ip: Ipv4Addr,
+    /// MTU of `dev`, in bytes.
     pub mtu: u32,
 }
 
 /// The node's VXLAN device.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct VxlanDevice {
+    /// Link name; [`VXLAN_DEVICE`] in a compiled plan.
     pub name: String,
+    /// VXLAN network identifier ([`VXLAN_VNI`] in a compiled plan).
     pub vni: u32,
     /// UDP destination port.
     pub port: u16,
@@ -48,8 +52,12 @@ pub struct VxlanDevice {
     pub local: Ipv4Addr,
     /// Link the encapsulated packets leave by.
     pub underlay: String,
+    /// Whether the kernel learns remote MACs from traffic; always off in a compiled plan, as the
+    /// FDB is programmed from the leases.
     pub learning: bool,
+    /// Device MTU, in bytes: the underlay's minus [`VXLAN_OVERHEAD`].
     pub mtu: u32,
+    /// The device's own MAC (the local VTEP MAC other nodes put in their FDB and neighbours).
     pub mac: Mac,
 }
 
@@ -70,25 +78,33 @@ impl VxlanDevice {
 /// An IPv4 address on a device.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Address {
+    /// Device the address is on.
     pub dev: String,
+    /// Address and prefix; on the VXLAN device, the node subnet's network address as a /32.
     pub addr: Ipv4Net,
 }
 
 /// A main-table route tagged [`ROUTE_PROTOCOL`]; at most one per `dst` in a plan.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Route {
+    /// Destination prefix: a remote node's pod subnet, or the service CIDR.
     pub dst: Ipv4Net,
     /// Gateway (`0.0.0.0` only in a plan read back from a kernel route without one).
     pub via: Ipv4Addr,
+    /// Output device: the underlay (host-gw) or the VXLAN device.
     pub dev: String,
+    /// `onlink`: the gateway counts as reachable on `dev` with no route covering it (vxlan).
     pub onlink: bool,
 }
 
 /// A permanent neighbour (ARP) entry; at most one per (`dev`, `ip`) in a plan.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct Neighbour {
+    /// Device the entry is on (the VXLAN device).
     pub dev: String,
+    /// Neighbour address: a remote subnet's network address, the route's gateway.
     pub ip: Ipv4Addr,
+    /// Link-layer address: the remote node's VTEP MAC.
     pub mac: Mac,
 }
 
@@ -96,8 +112,11 @@ pub struct Neighbour {
 /// (`dev`, `mac`) in a compiled plan.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct FdbEntry {
+    /// The VXLAN device.
     pub dev: String,
+    /// Remote VTEP MAC.
     pub mac: Mac,
+    /// Underlay IP of the remote node the frames are sent to.
     pub dst: Ipv4Addr,
 }
 
@@ -107,10 +126,15 @@ pub struct FdbEntry {
 pub struct NodePlan {
     /// `/proc/sys` path -> value.
     pub sysctls: BTreeMap<String, String>,
+    /// The VXLAN device; `None` with host-gw.
     pub vxlan: Option<VxlanDevice>,
+    /// Addresses on the agent's devices (the VXLAN device's /32).
     pub addresses: BTreeSet<Address>,
+    /// Routes tagged [`ROUTE_PROTOCOL`] towards other nodes' subnets.
     pub routes: BTreeSet<Route>,
+    /// Permanent neighbour entries for the VXLAN gateways.
     pub neighbours: BTreeSet<Neighbour>,
+    /// VXLAN FDB entries: remote VTEP MAC -> underlay IP.
     pub fdb: BTreeSet<FdbEntry>,
 }
 
@@ -251,25 +275,39 @@ pub fn service_route(service_cidr: Ipv4Net, underlay: &UnderlayInfo) -> Route {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(tag = "op", content = "item", rename_all = "kebab-case")]
 pub enum Change {
+    /// Write `value` to the `/proc/sys` path `key`.
     SetSysctl {
+        /// `/proc/sys` path, e.g. [`IP_FORWARD`].
         key: String,
+        /// Value to write.
         value: String,
     },
     /// Delete the device; every address, route, neighbour and FDB entry on it goes with it.
     DelVxlan(VxlanDevice),
     /// Create the device (replacing a link of the same name) and set it up.
     AddVxlan(VxlanDevice),
+    /// Change the MTU of an existing device in place.
     SetMtu {
+        /// Device name.
         dev: String,
+        /// New MTU, in bytes.
         mtu: u32,
     },
+    /// Add the address to its device.
     AddAddress(Address),
+    /// Add or replace the FDB entry for (`dev`, `mac`).
     AddFdb(FdbEntry),
+    /// Add or replace the permanent neighbour for (`dev`, `ip`).
     AddNeighbour(Neighbour),
+    /// Add or replace the route for `dst`.
     AddRoute(Route),
+    /// Delete the route (a no-op when its device is gone, as for every `Del*`).
     DelRoute(Route),
+    /// Delete the neighbour for (`dev`, `ip`).
     DelNeighbour(Neighbour),
+    /// Delete the FDB entry for (`dev`, `mac`).
     DelFdb(FdbEntry),
+    /// Remove the address from its device.
     DelAddress(Address),
 }
 

@@ -87,8 +87,11 @@ pub use model::Protocol as Proto;
 /// Where a packet is addressed before DNAT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Frontend {
+    /// Destination address: a ClusterIP, externalIP, LoadBalancer IP or node address (NodePort).
     pub ip: Ipv4Addr,
+    /// IP protocol.
     pub proto: Proto,
+    /// Destination port: the service port, or the NodePort.
     pub port: u16,
 }
 
@@ -101,7 +104,9 @@ impl fmt::Display for Frontend {
 /// One endpoint a frontend may DNAT to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Backend {
+    /// Endpoint (pod) address.
     pub ip: Ipv4Addr,
+    /// Endpoint port: the resolved `targetPort`.
     pub port: u16,
 }
 
@@ -116,13 +121,30 @@ impl fmt::Display for Backend {
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum Target {
     /// Internal traffic: one of the first `n` endpoints, client address kept.
-    Lb { n: u32, affinity: bool },
+    Lb {
+        /// Endpoint count.
+        n: u32,
+        /// `ClientIP` session affinity: a known client keeps its endpoint.
+        affinity: bool,
+    },
     /// External traffic, `externalTrafficPolicy: Cluster`: masquerade, then one of `n`.
-    Ext { n: u32, affinity: bool },
+    Ext {
+        /// Endpoint count.
+        n: u32,
+        /// `ClientIP` session affinity.
+        affinity: bool,
+    },
     /// External traffic, `externalTrafficPolicy: Local`: from pods and from the node itself as
     /// `Ext { n }`; from anywhere else one of the `local` first endpoints with the client
     /// address kept, or dropped when there is none.
-    ExtLocal { n: u32, local: u32, affinity: bool },
+    ExtLocal {
+        /// Endpoint count.
+        n: u32,
+        /// How many of the endpoints are on this node (slots `0..local`).
+        local: u32,
+        /// `ClientIP` session affinity.
+        affinity: bool,
+    },
 }
 
 impl Target {
@@ -190,28 +212,42 @@ pub enum Refusal {
 /// A chain that exists because some element points at it (`lb-3`, `ext-aff-2`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DynChain {
+    /// `lb-N`: a random slot of `n`, then `backend-dnat`.
     Lb {
+        /// Endpoint count.
         n: u32,
     },
+    /// `aff-N`: as `lb-N`, but a known client keeps its endpoint (`affinity-lookup`).
     Aff {
+        /// Endpoint count.
         n: u32,
     },
+    /// `ext-N` / `ext-aff-N`: set the masquerade bit in the conntrack mark, then as `lb-N`.
     Ext {
+        /// Endpoint count.
         n: u32,
+        /// Whether a known client keeps its endpoint (`ext-affinity-lookup` first).
         affinity: bool,
     },
+    /// `extl-N-L` / `extl-aff-N-L`: pods and the node go to `ext-N`; others to the `L` local
+    /// endpoints, or are dropped when there is none.
     ExtLocal {
+        /// Endpoint count.
         n: u32,
+        /// Local endpoint count (the first slots).
         local: u32,
+        /// With session affinity.
         affinity: bool,
     },
     /// Records a client's endpoint in the affinity map with this timeout (seconds).
     Record {
+        /// Affinity timeout, in seconds (`sessionAffinityConfig.clientIP.timeoutSeconds`).
         timeout: u32,
     },
 }
 
 impl DynChain {
+    /// The chain's name in the table (`lb-3`, `ext-aff-2`, `extl-4-1`, `affinity-10800`).
     pub fn name(&self) -> String {
         match *self {
             DynChain::Lb { n } => lb_chain(n, false),
@@ -283,6 +319,7 @@ impl DynChain {
 /// What the node needs to know about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
+    /// The Kubernetes Node name.
     pub name: String,
     /// Addresses NodePorts answer on (the node's InternalIP).
     pub addresses: Vec<Ipv4Addr>,
@@ -302,34 +339,48 @@ pub struct NodeView {
 pub struct ProxiedPort {
     /// `namespace/name:port-name` (or `namespace/name:port` when the port has no name).
     pub service: String,
+    /// Protocol of the port.
     pub proto: Proto,
+    /// Every address:port the port is reachable at on this node.
     pub frontends: Vec<Frontend>,
     /// Endpoints in slot order (local ones first).
     pub endpoints: Vec<Backend>,
     /// How many of `endpoints` are on this node.
     pub local: u32,
+    /// `ClientIP` session affinity timeout, in seconds; `None` without affinity.
     pub affinity_timeout: Option<u32>,
 }
 
 /// Everything the service proxy of one node must hold. Compiled by [`compile`]; the maps are
-/// what [`diff`] compares.
+/// what [`Compiler::take_diff`] reports changes of.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePlan {
+    /// Map `services`: frontend -> the chain its packets go to.
     #[serde(serialize_with = "ser_map")]
     pub services: BTreeMap<Frontend, Target>,
+    /// Map `backends`: (frontend, slot) -> endpoint; slots `0..n`, local endpoints first.
     #[serde(serialize_with = "ser_map")]
     pub backends: BTreeMap<(Frontend, u32), Backend>,
+    /// Map `no-endpoints`: frontends without a usable endpoint, and how they refuse.
     #[serde(serialize_with = "ser_map")]
     pub no_endpoints: BTreeMap<Frontend, Refusal>,
+    /// Map `affinity-ids`: frontend -> affinity id (conntrack mark), for ports with affinity.
     #[serde(serialize_with = "ser_map")]
     pub affinity_ids: BTreeMap<Frontend, u32>,
+    /// Map `affinity-timeouts`: affinity id -> timeout in seconds (the `affinity-<timeout>` chain).
     pub affinity_timeouts: BTreeMap<u32, u32>,
+    /// Set `cluster-ips`: every ClusterIP proxied here.
     pub cluster_ips: BTreeSet<Ipv4Addr>,
+    /// Set `hairpin`: local endpoint addresses (element `ip . ip`), masqueraded when they reach
+    /// themselves through a service.
     pub hairpin: BTreeSet<Ipv4Addr>,
+    /// Sets `firewall`/`firewall-allow`: LoadBalancer frontends -> `loadBalancerSourceRanges`.
     #[serde(serialize_with = "ser_map")]
     pub firewall: BTreeMap<Frontend, Vec<Ipv4Net>>,
+    /// Set `cluster-cidr`: the pod CIDR; sources inside it are pods (no masquerade, Local bypass).
     pub cluster_cidr: Option<Ipv4Net>,
+    /// Set `service-cidr`: an address of it still the destination after DNAT is refused.
     pub service_cidr: Option<Ipv4Net>,
     /// LoadBalancer IPs this node answers ARP for on the underlay (one node per IP).
     pub announce: BTreeSet<Ipv4Addr>,
@@ -434,9 +485,13 @@ impl ServicePlan {
 /// One element of one map, in the dataplane's terms.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Key {
+    /// A frontend (`services`, `no-endpoints`, `affinity-ids`).
     Frontend(Frontend),
+    /// A frontend and a slot (`backends`).
     Slot(Frontend, u32),
+    /// An affinity id (`affinity-timeouts`).
     Id(u32),
+    /// An address (`cluster-ips`).
     Ip(Ipv4Addr),
     /// `ip . ip` (hairpin).
     IpPair(Ipv4Addr, Ipv4Addr),
@@ -447,22 +502,33 @@ pub enum Key {
 pub enum Value {
     /// Set element: no value.
     None,
+    /// `goto <chain>`.
     Goto(String),
+    /// The `drop` verdict.
     Drop,
+    /// Endpoint address . port (`backends`).
     Backend(Backend),
+    /// A mark value: the affinity id (`affinity-ids`).
     Mark(u32),
 }
 
 /// One change to one map.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ElemOp {
+    /// Add the element, or replace its value.
     Add {
+        /// A [`maps`] name.
         map: &'static str,
+        /// The element's key.
         key: Key,
+        /// What the key maps to.
         value: Value,
     },
+    /// Delete the element.
     Delete {
+        /// A [`maps`] name.
         map: &'static str,
+        /// The element's key.
         key: Key,
     },
 }
@@ -472,8 +538,11 @@ pub enum ElemOp {
 /// became stale.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceDiff {
+    /// Dynamic chains to create before the element changes.
     pub add_chains: Vec<DynChain>,
+    /// Element changes, deletes before adds (one atomic transaction).
     pub ops: Vec<ElemOp>,
+    /// Dynamic chains no element points at any more, deleted after the element changes.
     pub delete_chains: Vec<DynChain>,
     /// UDP flows to these frontends must be forgotten where their reply comes from one of
     /// these endpoints (the endpoint went away).
@@ -493,6 +562,7 @@ pub struct ServiceDiff {
 }
 
 impl ServiceDiff {
+    /// True when nothing at all changed (no element, chain, conntrack, announce or health change).
     pub fn is_empty(&self) -> bool {
         self.add_chains.is_empty()
             && self.ops.is_empty()
@@ -1042,6 +1112,7 @@ pub struct Trace {
     pub frontend: Option<Frontend>,
     /// `namespace/name:port` of the service that owns the frontend.
     pub service: Option<String>,
+    /// Where the packet ends up.
     pub outcome: TraceOutcome,
     /// One line per decision, in the order the packet meets them.
     pub steps: Vec<String>,
@@ -1056,14 +1127,23 @@ pub enum TraceOutcome {
     /// DNATed to one of `endpoints` (chosen at random; with affinity, a known client keeps its
     /// earlier one), source address masqueraded to the node's when `masquerade`.
     Dnat {
+        /// The endpoints it may go to, in slot order.
         endpoints: Vec<Backend>,
+        /// Whether the source is rewritten to the node's address.
         masquerade: bool,
+        /// Session affinity timeout in seconds, if the port has affinity.
         affinity_timeout: Option<u32>,
     },
     /// Refused at once: TCP reset or ICMP port unreachable.
-    Refused { why: String },
+    Refused {
+        /// Why, e.g. no endpoints or a port the ClusterIP does not serve.
+        why: String,
+    },
     /// Dropped: the client times out.
-    Dropped { why: String },
+    Dropped {
+        /// Why, e.g. `loadBalancerSourceRanges` or no local endpoint.
+        why: String,
+    },
 }
 
 impl ServicePlan {

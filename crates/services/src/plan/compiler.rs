@@ -312,6 +312,7 @@ pub struct Compiler {
 }
 
 impl Compiler {
+    /// A compiler for `node` holding no Service or slice yet (its plan has only the CIDRs).
     pub fn new(node: NodeView) -> Compiler {
         let plan = ServicePlan {
             cluster_cidr: Some(node.cluster_cidr),
@@ -376,6 +377,7 @@ impl Compiler {
         }
     }
 
+    /// Forgets a Service; its frontends go at the next [`update`](Self::update).
     pub fn remove_service(&mut self, namespace: &str, name: &str) {
         let key = Self::key(namespace, name);
         if self.services.remove(&key).is_some() {
@@ -402,6 +404,8 @@ impl Compiler {
         self.slices.insert(id, input);
     }
 
+    /// Forgets an EndpointSlice; its service's endpoints are recomputed at the next
+    /// [`update`](Self::update).
     pub fn remove_slice(&mut self, namespace: &str, name: &str) {
         let id = (namespace.to_string(), name.to_string());
         let Some(old) = self.slices.remove(&id) else {

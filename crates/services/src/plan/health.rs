@@ -20,7 +20,9 @@ pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceHealth {
+    /// The Service's namespace.
     pub namespace: String,
+    /// The Service's name.
     pub name: String,
     /// Distinct addresses of the ready endpoints on this node, over all the service's ports
     /// (kube-proxy's `LocalReadyEndpoints`: terminating ones do not count, so a node left
@@ -31,8 +33,11 @@ pub struct ServiceHealth {
 /// An HTTP answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
+    /// HTTP status code: 200, 404, 405, 400 or 503.
     pub status: u16,
+    /// Header name and value, in the order written.
     pub headers: Vec<(&'static str, String)>,
+    /// The body, sent with its `Content-Length`.
     pub body: String,
 }
 
@@ -107,7 +112,9 @@ pub fn service_answer(s: &ServiceHealth, proxy_healthy: bool) -> Answer {
 /// (kube-proxy's `ProxyHealthServer`, one IP family).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncState {
+    /// When the dataplane last held every change received; `None` before the first update.
     pub last_updated: Option<SystemTime>,
+    /// When the oldest change the dataplane does not hold yet arrived; `None` when none waits.
     pub oldest_pending: Option<SystemTime>,
 }
 
