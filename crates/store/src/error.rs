@@ -8,10 +8,16 @@ pub enum StoreError {
     Unavailable(String),
     /// A watch start revision was compacted away: relist, then watch from the listing revision.
     #[error("watch revision compacted, oldest available revision is {revision}")]
-    Compacted { revision: i64 },
+    Compacted {
+        /// The oldest revision the store still has.
+        revision: i64,
+    },
     /// A conditional write lost: the key changed since it was read.
     #[error("conflicting update of key {key}")]
-    Conflict { key: String },
+    Conflict {
+        /// The key, relative to the store prefix.
+        key: String,
+    },
     /// The request can never succeed as asked (empty key, unknown lease, undecodable value).
     #[error("invalid store request: {0}")]
     Invalid(String),

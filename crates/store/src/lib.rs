@@ -44,6 +44,7 @@ pub type WatchReceiver = tokio::sync::mpsc::Receiver<Result<WatchEvent, StoreErr
 pub struct KeyValue {
     /// Relative to the store prefix.
     pub key: String,
+    /// The stored bytes (JSON for every key flatnet writes).
     pub value: Vec<u8>,
     /// Revision of the last write of this key.
     pub mod_revision: i64,
@@ -70,11 +71,19 @@ pub fn encode<T: serde::Serialize>(key: &str, value: &T) -> Result<Vec<u8>, Stor
 /// A change to one key, as a watch reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
+    /// The key was created or changed; its new value.
     Put(KeyValue),
-    Delete { key: String, mod_revision: i64 },
+    /// The key was deleted (or its lease expired).
+    Delete {
+        /// The key, relative to the store prefix.
+        key: String,
+        /// Revision of the deletion.
+        mod_revision: i64,
+    },
 }
 
 impl WatchEvent {
+    /// The key that changed, relative to the store prefix.
     pub fn key(&self) -> &str {
         match self {
             WatchEvent::Put(kv) => &kv.key,
@@ -94,6 +103,7 @@ impl WatchEvent {
 /// The cluster store. Every write bumps the store revision by one (a `delete_prefix` or a lease
 /// expiry removing many keys is one write); reads report revisions so watches can resume.
 pub trait Store: Send + Sync + Clone + 'static {
+    /// One key; `Ok(None)` when it does not exist.
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<KeyValue>, StoreError>> + Send;
 
     /// Every key under `prefix`, sorted by key, and the store revision the listing was read at

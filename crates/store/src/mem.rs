@@ -195,6 +195,7 @@ fn require_key(op: &str, key: &str) -> Result<(), StoreError> {
 }
 
 impl MemStore {
+    /// An empty store at revision 1, as a new etcd starts.
     pub fn new() -> Self {
         Self::default()
     }

@@ -47,6 +47,7 @@ pub fn etcd_binary() -> PathBuf {
 pub struct EtcdProcess {
     /// `http://127.0.0.1:<client port>`.
     pub endpoint: String,
+    /// The server's process id.
     pub pid: u32,
     child: Option<Child>,
     client_port: u16,
@@ -227,10 +228,12 @@ impl EtcdProcess {
         }
     }
 
+    /// The port clients connect to (on 127.0.0.1).
     pub fn client_port(&self) -> u16 {
         self.client_port
     }
 
+    /// The port peers would connect to (on 127.0.0.1; unused by a single member).
     pub fn peer_port(&self) -> u16 {
         self.peer_port
     }
@@ -240,6 +243,7 @@ impl EtcdProcess {
         &self.dir
     }
 
+    /// `<dir>/etcd.log`, the server's output.
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("etcd.log")
     }

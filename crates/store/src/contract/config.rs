@@ -19,7 +19,9 @@ pub struct NetworkConfig {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    /// `serviceCIDR`: where Service cluster IPs come from, when the cluster has Services.
     pub service_cidr: Option<Ipv4Net>,
+    /// `backend`: how packets reach other nodes' subnets (`host-gw` or `vxlan`).
     pub backend: Backend,
     /// Where LoadBalancer IPs come from; the agent owns the addresses of this range that it
     /// puts on the underlay device to answer ARP for them.
@@ -40,6 +42,8 @@ impl NetworkConfig {
         Ok(cfg)
     }
 
+    /// Checks what serde cannot: no host bits in `podCIDR`, a node prefix between its prefix and
+    /// /30.
     pub fn validate(&self) -> Result<(), String> {
         if self.pod_cidr != self.pod_cidr.trunc() {
             return Err(format!(

@@ -106,9 +106,13 @@ impl<'de> Deserialize<'de> for Mac {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LeaseAttrs {
+    /// The node holding the subnet.
     pub node: String,
+    /// `underlayIP`: the node's address on the underlay; the next hop (host-gw) or tunnel endpoint
+    /// (vxlan).
     #[serde(rename = "underlayIP")]
     pub underlay_ip: Ipv4Addr,
+    /// The backend the node runs; `vxlan` also sets `vtepMAC` and `vni`.
     pub backend: Backend,
     /// MAC of the node's VXLAN device (vxlan only).
     #[serde(rename = "vtepMAC", default, skip_serializing_if = "Option::is_none")]
@@ -135,7 +139,9 @@ impl LeaseAttrs {
 /// A node's subnet lease: the pod CIDR it owns and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Lease {
+    /// The node's subnet (from the key `subnets/<cidr>`).
     pub cidr: Ipv4Net,
+    /// What the node publishes about it (the key's value).
     #[serde(flatten)]
     pub attrs: LeaseAttrs,
 }
