@@ -194,6 +194,7 @@ impl Objects {
         }
     }
 
+    /// How many Services the index holds.
     pub fn service_count(&self) -> usize {
         self.services.len()
     }

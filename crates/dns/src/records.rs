@@ -26,6 +26,7 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub struct ZoneConfig {
     /// The cluster domain, lowercase, fully qualified (`cluster.local.`).
     pub domain: Name,
+    /// TTL of every record, in seconds ([`DEFAULT_TTL`] unless configured).
     pub ttl: u32,
     /// The DNS service's own address (`ns.dns.<zone>`), if known.
     pub dns_ip: Option<IpAddr>,
@@ -98,7 +99,9 @@ impl ZoneConfig {
 /// One contribution to the zone: a lowercase name and its record, or the name alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rr {
+    /// The owner name, lowercase.
     pub name: LowerName,
+    /// The record at that name; `None` only makes the name exist (an empty non-terminal).
     pub record: Option<Record>,
 }
 

@@ -465,6 +465,7 @@ impl Forwarder {
         Ok(fwd)
     }
 
+    /// Whether any upstream is configured (without one, names outside the zone fail at once).
     pub fn has_upstreams(&self) -> bool {
         !self.upstreams.is_empty()
     }
@@ -574,7 +575,9 @@ pub fn spawn_udp_workers(
 
 /// hickory's `RequestHandler` over the zone (TCP, and UDP with [`UdpMode::Hickory`]).
 pub struct Handler {
+    /// The zone the answers come from.
     pub zone: SharedZone,
+    /// Where questions outside the zone go; `None` (or no upstream) answers them SERVFAIL.
     pub forwarder: Option<Arc<Forwarder>>,
 }
 

@@ -86,7 +86,10 @@ pub enum Authority {
     Cluster,
     /// A reverse name we answer for (an address in the service or pod ranges, or a name
     /// the zone holds).
-    Reverse { v6: bool },
+    Reverse {
+        /// `ip6.arpa` rather than `in-addr.arpa`.
+        v6: bool,
+    },
     /// Somewhere else: forward it.
     Elsewhere,
 }
@@ -94,11 +97,15 @@ pub enum Authority {
 /// What to send back for one question.
 #[derive(Debug, PartialEq)]
 pub struct Answer<'a> {
+    /// The response code (`NOERROR`, `NXDOMAIN`, `SERVFAIL` before the first sync, ...).
     pub rcode: ResponseCode,
+    /// The AA flag: set for answers from the zone.
     pub authoritative: bool,
+    /// The answer section: the records asked for, CNAMEs followed first.
     pub answers: Vec<&'a Record>,
     /// The SOA of the zone for negative answers.
     pub authority: Vec<&'a Record>,
+    /// The additional section: addresses of SRV and NS targets the zone holds.
     pub additional: Vec<&'a Record>,
 }
 
@@ -117,6 +124,7 @@ impl Answer<'_> {
 /// The outcome of a lookup.
 #[derive(Debug, PartialEq)]
 pub enum Lookup<'a> {
+    /// Answer from the zone.
     Answer(Answer<'a>),
     /// Not ours: ask an upstream (or fail at once when there is none).
     Forward,
@@ -174,6 +182,7 @@ impl Zone {
         zone
     }
 
+    /// What the zone was made with.
     pub fn config(&self) -> &ZoneConfig {
         &self.cfg
     }
@@ -183,6 +192,7 @@ impl Zone {
         self.synced = true;
     }
 
+    /// Whether [`Zone::set_synced`] was called (before that, names of the zone get SERVFAIL).
     pub fn is_synced(&self) -> bool {
         self.synced
     }
