@@ -37,15 +37,23 @@ pub enum ConnectivityError {
          `--static` still answers from the compiled policy"
     )]
     Unsupported {
+        /// The protocol asked for.
         protocol: Protocol,
+        /// Why its socket cannot be opened.
         error: std::io::Error,
     },
     /// A source pod's network namespace cannot be used.
     #[error("pod {pod}: {reason}")]
-    Pod { pod: String, reason: String },
+    Pod {
+        /// `namespace/name`.
+        pod: String,
+        /// What failed.
+        reason: String,
+    },
     /// The store's objects do not compile into a policy.
     #[error("{0}")]
     Policy(#[from] netpol::PolicyError),
+    /// A store object is not a valid Kubernetes object.
     #[error("{0}")]
     Model(#[from] model::ModelError),
 }
@@ -53,8 +61,11 @@ pub enum ConnectivityError {
 /// A pod taking part in the matrix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
+    /// The pod's namespace.
     pub namespace: String,
+    /// The pod's name.
     pub name: String,
+    /// `status.podIP`.
     pub ip: Ipv4Addr,
     /// The `Ready` condition is `True`.
     pub ready: bool,
@@ -111,7 +122,7 @@ pub fn select(pods: &[Value], namespaces: &[String]) -> Vec<Member> {
                 namespace: namespace.to_string(),
                 name: p["metadata"]["name"].as_str()?.to_string(),
                 ip,
-                ready: crate::api::is_ready(p),
+                ready: lab::api::is_ready(p),
                 ports,
             })
         })
@@ -124,7 +135,9 @@ pub fn select(pods: &[Value], namespaces: &[String]) -> Vec<Member> {
 /// contract, design.md §3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Matrix {
+    /// Destination port.
     pub port: u16,
+    /// `TCP`, `UDP` or `SCTP`.
     pub protocol: Protocol,
     /// Computed from the compiled policy rather than probed.
     #[serde(rename = "static")]

@@ -8,15 +8,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use model::{EndpointSlice, Pod, Service};
+use ipnet::Ipv4Net;
+use lab::endpoints;
+use model::{EndpointSlice, Kind, Pod, Service};
 use serde_json::Value;
+use services::lb::{self, LbState};
+use store::contract::{self, AgentStatus, LeaseAttrs, keys};
 use store::{Store, StoreError};
 
-use crate::endpoints;
-use services::lb::{self, LbState};
-
 /// An agent that has not reported for this long is considered down.
-pub const AGENT_STALE_SECS: i64 = 20;
+pub use store::contract::AGENT_STALE_SECS;
 
 /// What `status` shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -32,6 +33,16 @@ pub async fn pending(store: &impl Store) -> Result<Vec<String>, StoreError> {
     Ok(report(store).await?.pending)
 }
 
+/// The newest `mod_revision` of any object of `kinds` (0 when there is none).
+async fn newest(store: &impl Store, kinds: &[Kind]) -> Result<i64, StoreError> {
+    let mut rev = 0;
+    for kind in kinds {
+        let (kvs, _) = store.list(&keys::kind_prefix(*kind)).await?;
+        rev = kvs.iter().map(|kv| kv.mod_revision).fold(rev, i64::max);
+    }
+    Ok(rev)
+}
+
 /// What is not converged yet, and the problems waiting does not fix.
 pub async fn report(store: &impl Store) -> Result<Report, StoreError> {
     let mut out = Vec::new();
@@ -39,38 +50,18 @@ pub async fn report(store: &impl Store) -> Result<Report, StoreError> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let (nodes, _) = store
-        .list(&store::keys::kind_prefix(model::Kind::Node))
-        .await?;
-    let (subnets, _) = store.list(store::keys::SUBNETS).await?;
-    let config = store.get(store::keys::CONFIG).await?;
-    let (agents, _) = store.list(store::keys::AGENTS).await?;
+    let (nodes, _) = store.list(&keys::kind_prefix(Kind::Node)).await?;
+    let (subnets, _) = store.list(keys::SUBNETS).await?;
+    let config = store.get(keys::CONFIG).await?;
+    let (agents, _) = contract::read_statuses(store).await?;
     // The newest Service or EndpointSlice every agent's service proxy must have applied.
-    let mut services_needed = 0;
-    for prefix in ["objects/services/", "objects/endpointslices/"] {
-        let (kvs, _) = store.list(prefix).await?;
-        services_needed = kvs
-            .iter()
-            .map(|kv| kv.mod_revision)
-            .fold(services_needed, i64::max);
-    }
+    let services_needed = newest(store, &[Kind::Service, Kind::EndpointSlice]).await?;
     // The newest Namespace, Pod or NetworkPolicy every agent's policy enforcement must have
     // applied (a pod's labels, address or node can change what a policy allows).
-    let mut policy_needed = 0;
-    for prefix in [
-        "objects/namespaces/",
-        "objects/pods/",
-        "objects/networkpolicies/",
-    ] {
-        let (kvs, _) = store.list(prefix).await?;
-        policy_needed = kvs
-            .iter()
-            .map(|kv| kv.mod_revision)
-            .fold(policy_needed, i64::max);
-    }
-    let lease_cidrs: BTreeSet<String> = subnets
+    let policy_needed = newest(store, &[Kind::Namespace, Kind::Pod, Kind::NetworkPolicy]).await?;
+    let lease_cidrs: BTreeSet<Ipv4Net> = subnets
         .iter()
-        .filter_map(|kv| store::keys::subnet_cidr(&kv.key))
+        .filter_map(|kv| contract::key_cidr(&kv.key))
         .collect();
     // The newest change an agent must have seen: a lease or the network config.
     let needed = subnets
@@ -87,76 +78,25 @@ pub async fn report(store: &impl Store) -> Result<Report, StoreError> {
             .pointer("/metadata/name")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let ready = crate::api::is_ready(&node);
+        let ready = lab::api::is_ready(&node);
         if !ready {
             out.push(format!("node {name} is not Ready"));
         }
-        let Some(agent) = agents
-            .iter()
-            .find(|a| a.key == store::keys::agent(name))
-            .and_then(|a| a.decode::<Value>().ok())
-        else {
-            out.push(format!("agent on {name} has not reported yet"));
-            continue;
-        };
-        let heartbeat = agent["heartbeat"].as_i64().unwrap_or(0);
-        if now - heartbeat > AGENT_STALE_SECS {
-            out.push(format!(
-                "agent on {name} has not reported for {} s (is it running?)",
-                now - heartbeat
-            ));
-        }
-        if let Some(err) = agent["lastError"].as_str() {
-            out.push(format!("agent on {name}: {err}"));
-        }
-        if agent["healthy"] != true {
-            out.push(format!("agent on {name} is not healthy"));
-        }
-        if agent["appliedRevision"].as_i64().unwrap_or(0) < needed {
-            out.push(format!(
-                "agent on {name} has applied revision {} but the leases are at {needed}",
-                agent["appliedRevision"].as_i64().unwrap_or(0)
-            ));
-        }
-        let proxy = &agent["proxy"];
-        let proxied = proxy["appliedRevision"].as_i64().unwrap_or(0);
-        if proxied < services_needed {
-            out.push(format!(
-                "service proxy on {name} has applied revision {proxied} but services are at {services_needed}"
-            ));
-        }
-        if let Some(err) = proxy["lastError"].as_str() {
-            out.push(format!("service proxy on {name}: {err}"));
-        }
-        let policy = &agent["policy"];
-        let enforced = policy["appliedRevision"].as_i64().unwrap_or(0);
-        if enforced < policy_needed {
-            out.push(format!(
-                "network policy on {name} has applied revision {enforced} but pods, namespaces and policies are at {policy_needed}"
-            ));
-        }
-        if let Some(err) = policy["lastError"].as_str() {
-            out.push(format!("network policy on {name}: {err}"));
-        }
-        if let Some(peers) = agent["peers"].as_array() {
-            let own = agent["cidr"].as_str().unwrap_or_default();
-            let applied: BTreeSet<String> = peers
-                .iter()
-                .filter_map(|p| p.as_str().map(str::to_string))
-                .collect();
-            let want: BTreeSet<String> = lease_cidrs
-                .iter()
-                .filter(|c| c.as_str() != own)
-                .cloned()
-                .collect();
-            for missing in want.difference(&applied) {
-                out.push(format!("agent on {name} has no route to {missing} yet"));
-            }
-            for stale in applied.difference(&want) {
-                out.push(format!(
-                    "agent on {name} still routes {stale}, whose lease is gone"
-                ));
-            }
+        match agents.get(name) {
+            None => out.push(format!("agent on {name} has not reported yet")),
+            Some(Err(e)) => out.push(format!("agent on {name}: unreadable status: {e}")),
+            Some(Ok(agent)) => agent_pending(
+                name,
+                agent,
+                &Needed {
+                    now,
+                    routes: needed,
+                    services: services_needed,
+                    policy: policy_needed,
+                    lease_cidrs: &lease_cidrs,
+                },
+                &mut out,
+            ),
         }
     }
     // Agents renew every third of the TTL: less than half left means renewals are missed.
@@ -164,22 +104,17 @@ pub async fn report(store: &impl Store) -> Result<Report, StoreError> {
         let (left, granted) = store.lease_ttl(kv.lease).await?;
         if granted > 0 && left * 2 < granted {
             let node = kv
-                .decode::<Value>()
-                .ok()
-                .and_then(|v| v["node"].as_str().map(str::to_string))
+                .decode::<LeaseAttrs>()
+                .map(|a| a.node)
                 .unwrap_or_default();
             out.push(format!(
                 "lease of {} ({node}) expires in {left} s: its agent has not renewed it",
-                store::keys::subnet_cidr(&kv.key).unwrap_or_default()
+                keys::subnet_cidr(&kv.key).unwrap_or_default()
             ));
         }
     }
-    let (deployments, _) = store
-        .list(&store::keys::kind_prefix(model::Kind::Deployment))
-        .await?;
-    let (pods, _) = store
-        .list(&store::keys::kind_prefix(model::Kind::Pod))
-        .await?;
+    let (deployments, _) = store.list(&keys::kind_prefix(Kind::Deployment)).await?;
+    let (pods, _) = store.list(&keys::kind_prefix(Kind::Pod)).await?;
     let pods: Vec<Value> = pods
         .iter()
         .filter_map(|kv| kv.decode::<Value>().ok())
@@ -204,7 +139,7 @@ pub async fn report(store: &impl Store) -> Result<Report, StoreError> {
             .iter()
             .filter(|p| {
                 p.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns)
-                    && crate::api::owned_by_deployment(p, name)
+                    && lab::api::owned_by_deployment(p, name)
             })
             .count();
         if have != want {
@@ -218,7 +153,7 @@ pub async fn report(store: &impl Store) -> Result<Report, StoreError> {
             .pointer("/status/phase")
             .and_then(Value::as_str)
             .unwrap_or("Pending");
-        let ready = crate::api::is_ready(p);
+        let ready = lab::api::is_ready(p);
         if !(ready || phase == "Failed" || phase == "Succeeded") {
             out.push(format!(
                 "pod {}/{} is {phase}{}",
@@ -244,6 +179,80 @@ pub async fn report(store: &impl Store) -> Result<Report, StoreError> {
     })
 }
 
+/// What every agent must have caught up with.
+struct Needed<'a> {
+    /// Unix time now, in seconds.
+    now: i64,
+    /// The newest lease or network config.
+    routes: i64,
+    /// The newest Service or EndpointSlice.
+    services: i64,
+    /// The newest Namespace, Pod or NetworkPolicy.
+    policy: i64,
+    /// Every leased pod CIDR.
+    lease_cidrs: &'a BTreeSet<Ipv4Net>,
+}
+
+/// What one agent's status says is not done yet: stale, failing, behind the store, routes
+/// missing or left over; its service proxy and policy enforcement behind or failing.
+fn agent_pending(name: &str, agent: &AgentStatus, needed: &Needed<'_>, out: &mut Vec<String>) {
+    let routes = &agent.routes;
+    let heartbeat = i64::try_from(routes.heartbeat).unwrap_or(i64::MAX);
+    if needed.now - heartbeat > AGENT_STALE_SECS {
+        out.push(format!(
+            "agent on {name} has not reported for {} s (is it running?)",
+            needed.now - heartbeat
+        ));
+    }
+    if let Some(err) = &routes.last_error {
+        out.push(format!("agent on {name}: {err}"));
+    }
+    if !routes.healthy {
+        out.push(format!("agent on {name} is not healthy"));
+    }
+    if routes.applied_revision < needed.routes {
+        out.push(format!(
+            "agent on {name} has applied revision {} but the leases are at {}",
+            routes.applied_revision, needed.routes
+        ));
+    }
+    let proxied = agent.proxy.applied_revision;
+    if proxied < needed.services {
+        out.push(format!(
+            "service proxy on {name} has applied revision {proxied} but services are at {}",
+            needed.services
+        ));
+    }
+    if let Some(err) = &agent.proxy.last_error {
+        out.push(format!("service proxy on {name}: {err}"));
+    }
+    let enforced = agent.policy.applied_revision;
+    if enforced < needed.policy {
+        out.push(format!(
+            "network policy on {name} has applied revision {enforced} but pods, namespaces and policies are at {}",
+            needed.policy
+        ));
+    }
+    if let Some(err) = &agent.policy.last_error {
+        out.push(format!("network policy on {name}: {err}"));
+    }
+    let applied: BTreeSet<Ipv4Net> = routes.peers.iter().copied().collect();
+    let want: BTreeSet<Ipv4Net> = needed
+        .lease_cidrs
+        .iter()
+        .filter(|c| **c != routes.cidr)
+        .copied()
+        .collect();
+    for missing in want.difference(&applied) {
+        out.push(format!("agent on {name} has no route to {missing} yet"));
+    }
+    for stale in applied.difference(&want) {
+        out.push(format!(
+            "agent on {name} still routes {stale}, whose lease is gone"
+        ));
+    }
+}
+
 /// The lab's ingress gateway's part: every Ingress it serves (class `flatnet`, or no class)
 /// shows the addresses the gateway publishes. Nothing to wait for when the gateway's Service
 /// does not exist.
@@ -252,9 +261,9 @@ async fn ingress_pending(
     nodes: &[store::KeyValue],
     out: &mut Vec<String>,
 ) -> Result<(), StoreError> {
-    use crate::topology::{INGRESS_GATEWAY, INGRESS_GATEWAY_NAMESPACE};
-    let key = store::keys::object(
-        model::Kind::Service,
+    use lab::topology::{INGRESS_GATEWAY, INGRESS_GATEWAY_NAMESPACE};
+    let key = keys::object(
+        Kind::Service,
         Some(INGRESS_GATEWAY_NAMESPACE),
         INGRESS_GATEWAY,
     );
@@ -268,13 +277,11 @@ async fn ingress_pending(
     let nodes: Vec<model::Node> = nodes.iter().filter_map(|kv| kv.decode().ok()).collect();
     let node_refs: Vec<&model::Node> = nodes.iter().collect();
     let want = model::published_addresses(Some(&gateway), &node_refs);
-    let class_key = store::keys::object(model::Kind::IngressClass, None, model::INGRESS_CLASS);
+    let class_key = keys::object(Kind::IngressClass, None, model::INGRESS_CLASS);
     let class: Option<model::IngressClass> =
         store.get(&class_key).await?.and_then(|kv| kv.decode().ok());
     let classless = model::IngressClass::serves_classless(class.as_ref(), true);
-    let (ingresses, _) = store
-        .list(&store::keys::kind_prefix(model::Kind::Ingress))
-        .await?;
+    let (ingresses, _) = store.list(&keys::kind_prefix(Kind::Ingress)).await?;
     for kv in &ingresses {
         let Ok(ing) = kv.decode::<model::Ingress>() else {
             continue;
@@ -303,9 +310,7 @@ async fn controller_pending(
     out: &mut Vec<String>,
     notes: &mut Vec<String>,
 ) -> Result<(), StoreError> {
-    let (services, _) = store
-        .list(&store::keys::kind_prefix(model::Kind::Service))
-        .await?;
+    let (services, _) = store.list(&keys::kind_prefix(Kind::Service)).await?;
     let services: Vec<Service> = services
         .iter()
         .filter_map(|kv| kv.decode::<Service>().ok())
@@ -322,9 +327,7 @@ async fn controller_pending(
             Some((n.metadata.name, z))
         })
         .collect();
-    let (slices, _) = store
-        .list(&store::keys::kind_prefix(model::Kind::EndpointSlice))
-        .await?;
+    let (slices, _) = store.list(&keys::kind_prefix(Kind::EndpointSlice)).await?;
     let stored: BTreeMap<(String, String), EndpointSlice> = slices
         .iter()
         .filter_map(|kv| kv.decode::<EndpointSlice>().ok())
@@ -381,7 +384,7 @@ async fn controller_pending(
             ));
         }
     }
-    let pool = crate::controller::lb_pool(store).await?;
+    let pool = lab::controller::lb_pool(store).await?;
     for (id, state) in lb::allocate_lb(&services, pool) {
         let shown = services
             .iter()
@@ -443,7 +446,7 @@ mod tests {
         two_node_cluster(&s).await;
         put(
             &s,
-            "objects/networkpolicies/default/deny",
+            &keys::object(Kind::NetworkPolicy, Some("default"), "deny"),
             json!({"metadata": {"name": "deny", "namespace": "default"}, "spec": {"podSelector": {}}}),
         )
         .await;
@@ -460,14 +463,10 @@ mod tests {
             ]
         );
         for a in ["node1", "node2"] {
-            let kv = s
-                .get(&store::keys::agent(a))
-                .await
-                .expect("get")
-                .expect("agent");
+            let kv = s.get(&keys::agent(a)).await.expect("get").expect("agent");
             let mut v: Value = kv.decode().expect("json");
             v["policy"] = json!({"appliedRevision": rev, "lastError": if a == "node1" { json!("nft: Operation not permitted") } else { Value::Null }});
-            put(&s, &store::keys::agent(a), v).await;
+            put(&s, &keys::agent(a), v).await;
         }
         assert_eq!(
             pending(&s).await.expect("pending"),
@@ -481,7 +480,7 @@ mod tests {
         two_node_cluster(&s).await;
         put(
             &s,
-            "objects/services/default/x",
+            &keys::object(Kind::Service, Some("default"), "x"),
             json!({"metadata": {"name": "x", "namespace": "default"},
             "spec": {"clusterIP": "10.96.0.40", "ports": [{"port": 80}]}}),
         )
@@ -495,14 +494,10 @@ mod tests {
             ]
         );
         for a in ["node1", "node2"] {
-            let kv = s
-                .get(&store::keys::agent(a))
-                .await
-                .expect("get")
-                .expect("agent");
+            let kv = s.get(&keys::agent(a)).await.expect("get").expect("agent");
             let mut v: Value = kv.decode().expect("json");
             v["proxy"] = json!({"appliedRevision": rev, "lastError": if a == "node2" { json!("nft: No such file or directory") } else { Value::Null }});
-            put(&s, &store::keys::agent(a), v).await;
+            put(&s, &keys::agent(a), v).await;
         }
         assert_eq!(
             pending(&s).await.expect("pending"),
@@ -532,13 +527,13 @@ mod tests {
         };
         put(
             &s,
-            "objects/ingresses/default/web",
+            &keys::object(Kind::Ingress, Some("default"), "web"),
             ing("web", "flatnet", &[]),
         )
         .await;
         put(
             &s,
-            "objects/ingresses/default/other",
+            &keys::object(Kind::Ingress, Some("default"), "other"),
             ing("other", "nginx", &[]),
         )
         .await;
@@ -546,7 +541,7 @@ mod tests {
         assert_eq!(ingress_lines(&s).await, Vec::<String>::new());
         put(
             &s,
-            "objects/services/kube-system/ingress-gateway",
+            &keys::object(Kind::Service, Some("kube-system"), "ingress-gateway"),
             json!({"metadata": {"name": "ingress-gateway", "namespace": "kube-system"},
                    "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.50", "ports": [{"port": 80}]},
                    "status": {"loadBalancer": {"ingress": [{"ip": "172.20.0.240"}]}}}),
@@ -558,7 +553,7 @@ mod tests {
         );
         put(
             &s,
-            "objects/ingresses/default/web",
+            &keys::object(Kind::Ingress, Some("default"), "web"),
             ing("web", "flatnet", &["172.20.0.240"]),
         )
         .await;
@@ -567,32 +562,64 @@ mod tests {
         // `flatnet` is the default (or none is stored), not once it stops being it.
         let classless = json!({"metadata": {"name": "plain", "namespace": "default"},
             "spec": {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}}});
-        put(&s, "objects/ingresses/default/plain", classless).await;
+        put(
+            &s,
+            &keys::object(Kind::Ingress, Some("default"), "plain"),
+            classless,
+        )
+        .await;
         assert_eq!(ingress_lines(&s).await.len(), 1);
         let class = |default: &str| {
             json!({"metadata": {"name": "flatnet",
             "annotations": {"ingressclass.kubernetes.io/is-default-class": default}},
             "spec": {"controller": "flatnet.io/ingress-gateway"}})
         };
-        put(&s, "objects/ingressclasses/_/flatnet", class("true")).await;
+        put(
+            &s,
+            &keys::object(Kind::IngressClass, None, "flatnet"),
+            class("true"),
+        )
+        .await;
         assert_eq!(ingress_lines(&s).await.len(), 1);
-        put(&s, "objects/ingressclasses/_/flatnet", class("false")).await;
+        put(
+            &s,
+            &keys::object(Kind::IngressClass, None, "flatnet"),
+            class("false"),
+        )
+        .await;
         assert_eq!(ingress_lines(&s).await, Vec::<String>::new());
+    }
+
+    /// A healthy agent's status as the agent writes it (every field of `AgentStatus`).
+    fn agent(node: &str, cidr: &str, peers: &[&str], rev: i64) -> Value {
+        json!({"node": node, "healthy": true, "appliedRevision": rev, "cidr": cidr,
+               "backend": "host-gw", "underlayIP": "172.20.0.11", "mtu": 1500,
+               "peers": peers, "heartbeat": now(), "lastError": null})
     }
 
     async fn two_node_cluster(s: &MemStore) {
         for (i, n) in ["node1", "node2"].iter().enumerate() {
-            put(s, &store::keys::object(model::Kind::Node, None, n), json!({"metadata": {"name": n}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}})).await;
+            put(s, &keys::object(Kind::Node, None, n), json!({"metadata": {"name": n}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}})).await;
             put(
                 s,
-                &store::keys::subnet(&format!("10.244.{i}.0/24")),
+                &keys::subnet(&format!("10.244.{i}.0/24")),
                 json!({"node": n}),
             )
             .await;
         }
         let rev = s.revision().await.expect("rev");
-        put(s, &store::keys::agent("node1"), json!({"node": "node1", "healthy": true, "appliedRevision": rev, "cidr": "10.244.0.0/24", "peers": ["10.244.1.0/24"], "heartbeat": now(), "lastError": null})).await;
-        put(s, &store::keys::agent("node2"), json!({"node": "node2", "healthy": true, "appliedRevision": rev, "cidr": "10.244.1.0/24", "peers": ["10.244.0.0/24"], "heartbeat": now(), "lastError": null})).await;
+        put(
+            s,
+            &keys::agent("node1"),
+            agent("node1", "10.244.0.0/24", &["10.244.1.0/24"], rev),
+        )
+        .await;
+        put(
+            s,
+            &keys::agent("node2"),
+            agent("node2", "10.244.1.0/24", &["10.244.0.0/24"], rev),
+        )
+        .await;
     }
 
     #[tokio::test]
@@ -607,13 +634,20 @@ mod tests {
         let s = MemStore::new();
         two_node_cluster(&s).await;
         // a third lease nobody routes to yet
-        put(
-            &s,
-            &store::keys::subnet("10.244.2.0/24"),
-            json!({"node": "node3"}),
-        )
+        put(&s, &keys::subnet("10.244.2.0/24"), json!({"node": "node3"})).await;
+        put(&s, &keys::agent("node2"), {
+            let mut a = agent(
+                "node2",
+                "10.244.1.0/24",
+                &["10.244.0.0/24", "10.244.9.0/24"],
+                1,
+            );
+            a["healthy"] = json!(false);
+            a["heartbeat"] = json!(now() - 60);
+            a["lastError"] = json!("route 10.244.0.0/24: network unreachable");
+            a
+        })
         .await;
-        put(&s, &store::keys::agent("node2"), json!({"node": "node2", "healthy": false, "appliedRevision": 1, "cidr": "10.244.1.0/24", "peers": ["10.244.0.0/24", "10.244.9.0/24"], "heartbeat": now() - 60, "lastError": "route 10.244.0.0/24: network unreachable"})).await;
         let p = pending(&s).await.expect("pending").join("\n");
         for want in [
             "agent on node1 has no route to 10.244.2.0/24 yet",
@@ -633,12 +667,12 @@ mod tests {
         two_node_cluster(&s).await;
         put(
             &s,
-            "objects/deployments/default/web",
+            &keys::object(Kind::Deployment, Some("default"), "web"),
             json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"replicas": 2}}),
         )
         .await;
-        put(&s, "objects/pods/default/web-a", json!({"metadata": {"name": "web-a", "namespace": "default", "ownerReferences": [{"kind": "Deployment", "name": "web"}]}, "status": {"phase": "Pending"}})).await;
-        put(&s, "objects/pods/default/done", json!({"metadata": {"name": "done", "namespace": "default"}, "status": {"phase": "Succeeded"}})).await;
+        put(&s, &keys::object(Kind::Pod, Some("default"), "web-a"), json!({"metadata": {"name": "web-a", "namespace": "default", "ownerReferences": [{"kind": "Deployment", "name": "web"}]}, "status": {"phase": "Pending"}})).await;
+        put(&s, &keys::object(Kind::Pod, Some("default"), "done"), json!({"metadata": {"name": "done", "namespace": "default"}, "status": {"phase": "Succeeded"}})).await;
         let p = controller_only(pending(&s).await.expect("pending"));
         assert_eq!(
             p,
@@ -647,8 +681,8 @@ mod tests {
                 "pod default/web-a is Pending".to_string()
             ]
         );
-        put(&s, "objects/pods/default/web-b", json!({"metadata": {"name": "web-b", "namespace": "default", "ownerReferences": [{"kind": "Deployment", "name": "web"}]}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})).await;
-        put(&s, "objects/pods/default/web-a", json!({"metadata": {"name": "web-a", "namespace": "default", "ownerReferences": [{"kind": "Deployment", "name": "web"}]}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})).await;
+        put(&s, &keys::object(Kind::Pod, Some("default"), "web-b"), json!({"metadata": {"name": "web-b", "namespace": "default", "ownerReferences": [{"kind": "Deployment", "name": "web"}]}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})).await;
+        put(&s, &keys::object(Kind::Pod, Some("default"), "web-a"), json!({"metadata": {"name": "web-a", "namespace": "default", "ownerReferences": [{"kind": "Deployment", "name": "web"}]}, "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}})).await;
         assert_eq!(
             controller_only(pending(&s).await.expect("pending")),
             Vec::<String>::new()
@@ -661,11 +695,21 @@ mod tests {
         two_node_cluster(&s).await;
         let svc = json!({"metadata": {"name": "web", "namespace": "default", "uid": "u"},
             "spec": {"clusterIP": "10.96.0.20", "selector": {"app": "web"}, "ports": [{"port": 80}]}});
-        put(&s, "objects/services/default/web", svc.clone()).await;
+        put(
+            &s,
+            &keys::object(Kind::Service, Some("default"), "web"),
+            svc.clone(),
+        )
+        .await;
         let pod = json!({"metadata": {"name": "web-a", "namespace": "default", "labels": {"app": "web"}},
             "spec": {"nodeName": "node1", "containers": [{"name": "c"}]},
             "status": {"phase": "Running", "podIP": "10.244.0.5", "conditions": [{"type": "Ready", "status": "True"}]}});
-        put(&s, "objects/pods/default/web-a", pod.clone()).await;
+        put(
+            &s,
+            &keys::object(Kind::Pod, Some("default"), "web-a"),
+            pod.clone(),
+        )
+        .await;
         assert_eq!(
             controller_only(pending(&s).await.expect("pending")),
             vec!["service default/web: endpointslices not up to date yet (controller)".to_string()]
@@ -674,7 +718,7 @@ mod tests {
         let pod: Pod = serde_json::from_value(pod).expect("pod");
         let want = endpoints::desired_slices(&[svc], &[pod], &BTreeMap::new());
         assert_eq!(want.len(), 1);
-        let key = format!("objects/endpointslices/default/{}", want[0].metadata.name);
+        let key = keys::object(Kind::EndpointSlice, Some("default"), &want[0].metadata.name);
         put(
             &s,
             &key,
@@ -690,7 +734,7 @@ mod tests {
         stale.metadata.name = "web-zzzzz".into();
         put(
             &s,
-            "objects/endpointslices/default/web-zzzzz",
+            &keys::object(Kind::EndpointSlice, Some("default"), "web-zzzzz"),
             endpoints::to_stored(&stale, None, "y", "2026-01-01T00:00:00Z"),
         )
         .await;
@@ -706,24 +750,20 @@ mod tests {
         two_node_cluster(&s).await;
         put(
             &s,
-            store::keys::CONFIG,
+            keys::CONFIG,
             json!({"loadBalancerPool": "172.20.0.240/28"}),
         )
         .await;
         let rev = s.revision().await.expect("rev");
         for a in ["node1", "node2"] {
-            let kv = s
-                .get(&store::keys::agent(a))
-                .await
-                .expect("get")
-                .expect("agent");
+            let kv = s.get(&keys::agent(a)).await.expect("get").expect("agent");
             let mut v: Value = kv.decode().expect("json");
             v["appliedRevision"] = json!(rev);
-            put(&s, &store::keys::agent(a), v).await;
+            put(&s, &keys::agent(a), v).await;
         }
         put(
             &s,
-            "objects/services/default/lb",
+            &keys::object(Kind::Service, Some("default"), "lb"),
             json!({"metadata": {"name": "lb", "namespace": "default"},
             "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.30", "ports": [{"port": 80}]}}),
         )
@@ -734,7 +774,7 @@ mod tests {
         );
         put(
             &s,
-            "objects/services/default/lb",
+            &keys::object(Kind::Service, Some("default"), "lb"),
             json!({"metadata": {"name": "lb", "namespace": "default"},
             "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.30", "ports": [{"port": 80}]},
             "status": {"loadBalancer": {"ingress": [{"ip": "172.20.0.240"}]}}}),
@@ -747,7 +787,7 @@ mod tests {
         // no longer a LoadBalancer but still showing the address
         put(
             &s,
-            "objects/services/default/lb",
+            &keys::object(Kind::Service, Some("default"), "lb"),
             json!({"metadata": {"name": "lb", "namespace": "default"},
             "spec": {"clusterIP": "10.96.0.30", "ports": [{"port": 80}]},
             "status": {"loadBalancer": {"ingress": [{"ip": "172.20.0.240"}]}}}),
@@ -757,5 +797,76 @@ mod tests {
             controller_only(pending(&s).await.expect("pending")),
             vec!["service default/lb is not a LoadBalancer but still shows address 172.20.0.240 (controller)".to_string()]
         );
+    }
+
+    #[tokio::test]
+    async fn a_status_that_does_not_decode_is_pending_with_its_error() {
+        let s = MemStore::new();
+        two_node_cluster(&s).await;
+        // An agent of another version that renamed a field.
+        let mut a = agent("node2", "10.244.1.0/24", &["10.244.0.0/24"], 0);
+        let rev = a["appliedRevision"].take();
+        a.as_object_mut().map(|m| m.remove("appliedRevision"));
+        a["applied"] = rev;
+        put(&s, &keys::agent("node2"), a).await;
+        let p = pending(&s).await.expect("pending");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("agent on node2: unreadable status: ")
+                && p[0].contains("agents/node2")
+                && p[0].contains("appliedRevision"),
+            "{p:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_load_balancer_pool_is_a_note_not_pending() {
+        let s = MemStore::new();
+        two_node_cluster(&s).await;
+        // The pool holds two addresses; three LoadBalancers as the controller leaves them.
+        put(
+            &s,
+            keys::CONFIG,
+            json!({"loadBalancerPool": "172.20.0.240/31"}),
+        )
+        .await;
+        let rev = s.revision().await.expect("rev");
+        for (node, cidr, peer) in [
+            ("node1", "10.244.0.0/24", "10.244.1.0/24"),
+            ("node2", "10.244.1.0/24", "10.244.0.0/24"),
+        ] {
+            put(&s, &keys::agent(node), agent(node, cidr, &[peer], rev)).await;
+        }
+        let lb = |name: &str, ip: Option<&str>| {
+            let status = match ip {
+                Some(ip) => json!({"loadBalancer": {"ingress": [{"ip": ip}]}}),
+                None => json!({"loadBalancer": {}}),
+            };
+            json!({"metadata": {"name": name, "namespace": "default"},
+                   "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.30", "ports": [{"port": 80}]},
+                   "status": status})
+        };
+        let key = |name: &str| keys::object(Kind::Service, Some("default"), name);
+        put(&s, &key("a"), lb("a", Some("172.20.0.240"))).await;
+        put(&s, &key("bb"), lb("bb", Some("172.20.0.241"))).await;
+        put(&s, &key("ccc"), lb("ccc", None)).await;
+        let r = report(&s).await.expect("report");
+        let controller = controller_only(r.pending);
+        assert!(
+            controller.iter().all(|p| !p.contains("LoadBalancer")),
+            "{controller:?}"
+        );
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("service default/ccc: LoadBalancer address pending")),
+            "{:?}",
+            r.notes
+        );
+        // bb deleted and its address taken by ccc: nothing left to note.
+        s.delete(&key("bb")).await.expect("delete");
+        put(&s, &key("ccc"), lb("ccc", Some("172.20.0.241"))).await;
+        let r = report(&s).await.expect("report");
+        assert!(r.notes.is_empty(), "{:?}", r.notes);
     }
 }

@@ -1,4 +1,4 @@
-//! Tier 1: `lab::connectivity::probe` with real packets between pod namespaces wired like
+//! Tier 1: `inspect::connectivity::probe` with real packets between pod namespaces wired like
 //! flatnet-cni wires them (a node namespace, /32 routes, link-local gateway), without a lab:
 //! connected, refused, silently dropped, UDP with and without a listener, the diagonal, and
 //! an unsupported protocol. Needs root; skips with a notice, fails under `REQUIRE_NETNS=1`.
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use lab::connectivity::{ConnectivityError, Member, Outcome, check_supported, probe, to_cells};
+use inspect::connectivity::{ConnectivityError, Member, Outcome, check_supported, probe, to_cells};
 use netpol::Protocol;
 use testkit::{TestNs, name_server, pod};
 

@@ -804,7 +804,7 @@ pub async fn annotate_nodes(store: &EtcdStore, nodes: &mut [Value]) -> Result<()
                 let a: Value = kv.decode()?;
                 n["metadata"]["annotations"]["flatnet.io/applied-revision"] =
                     json!(a["appliedRevision"].to_string());
-                if now - a["heartbeat"].as_i64().unwrap_or(0) > crate::converge::AGENT_STALE_SECS {
+                if now - a["heartbeat"].as_i64().unwrap_or(0) > store::contract::AGENT_STALE_SECS {
                     "stale".into()
                 } else if a["healthy"] == true {
                     "healthy".into()

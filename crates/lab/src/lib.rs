@@ -11,15 +11,15 @@
 //! - `runtime`: a minimal CNI runtime (conflist in, plugin chain executed as the spec says).
 //! - `controller`: keeps Deployments at their replica count, writes EndpointSlices and
 //!   LoadBalancer IPs (decided by `endpoints`, pure).
-//! - `converge`: what is not converged yet (for `wait --converged` and `status`).
 //! - `daemons`: the lab's long-running processes; stop (kill -9) and start them by name.
 //! - `kubelet`: the kubelet role, one process per node: pods in, sandboxes and processes out.
 //! - `resolv`: the pod's resolv.conf as the kubelet writes it (pure).
 //! - `kube_dns`: the cluster DNS (`flatnet dns`) as `lab up` deploys it.
 //! - `responder`: the built-in container that answers with the pod's name.
 //! - `client`: how the CLI finds and connects to a running lab's store.
-//! - `connectivity`: `flatnet connectivity`: which pods, real probes from inside their
-//!   namespaces, the same matrix from the compiled policy, and how both print.
+//!
+//! Diagnostics (`trace`, `connectivity`, convergence, `status`) are the `inspect` crate's; it
+//! uses the lab, the lab must not use it.
 //!
 //! The lab plays the parts a real cluster gets from elsewhere (kubelet, runtime, the machines
 //! and their cabling). It must not reach into the agent, the plugin or the store's contents
@@ -29,9 +29,7 @@ pub mod allocator;
 pub mod api;
 pub mod cleanup;
 pub mod client;
-pub mod connectivity;
 pub mod controller;
-pub mod converge;
 pub mod daemons;
 pub mod endpoints;
 pub mod kube_dns;
@@ -42,7 +40,6 @@ pub mod responder;
 pub mod runtime;
 pub mod shell;
 pub mod topology;
-pub mod trace;
 
 pub use names::Lab;
 

@@ -63,6 +63,10 @@ pub fn network_config(opts: &UpOptions) -> serde_json::Value {
 /// directory (and the kubelet reads).
 pub const CONFLIST_NAME: &str = "10-flatnet.conflist";
 
+/// Each machine's link to the fabric (in node and external namespaces), and so every node
+/// agent's underlay device.
+pub const UNDERLAY_DEV: &str = "eth0";
+
 /// Builds the lab. `progress` gets one line per step. On failure everything made so far is
 /// removed again.
 pub async fn up(
@@ -178,7 +182,7 @@ async fn build(
                 format!("--node={node}"),
                 format!("--etcd={endpoint}"),
                 format!("--netns={}", shell::netns_path(&lab.node_netns(&node))),
-                "--underlay-dev=eth0".into(),
+                format!("--underlay-dev={UNDERLAY_DEV}"),
                 format!(
                     "--cni-conf={}",
                     lab.cni_conf_dir(&node).join(CONFLIST_NAME).display()
@@ -344,7 +348,17 @@ fn wire(lab: &Lab, opts: &UpOptions) -> Result<(), LabError> {
         let port = format!("p{}", i + 1);
         // Both ends are born in their namespaces: nothing appears in the root namespace.
         shell::ip([
-            "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", &port, "netns",
+            "link",
+            "add",
+            UNDERLAY_DEV,
+            "netns",
+            ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
             &fabric,
         ])?;
         fabric_cmds.push(format!("link set {port} master br0"));
@@ -353,8 +367,8 @@ fn wire(lab: &Lab, opts: &UpOptions) -> Result<(), LabError> {
             ns,
             &[
                 "link set lo up".into(),
-                format!("addr add {ip}/{prefix} dev eth0"),
-                "link set eth0 up".into(),
+                format!("addr add {ip}/{prefix} dev {UNDERLAY_DEV}"),
+                format!("link set {UNDERLAY_DEV} up"),
             ],
         )?;
         let nsf = datapath::NetNs::open(shell::netns_path(ns))

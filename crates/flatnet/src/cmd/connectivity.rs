@@ -1,11 +1,11 @@
 //! `flatnet connectivity [--port 80] [--protocol TCP|UDP|SCTP] [-n NS ...] [--static]
 //! [-o table|json]`: the pod-to-pod connectivity matrix, probed with real packets from inside
 //! each pod, or computed from the compiled NetworkPolicies (`--static`). See
-//! `lab::connectivity` for which pods take part and how probes count.
+//! `inspect::connectivity` for which pods take part and how probes count.
 
 use std::time::Duration;
 
-use lab::connectivity::{self, Matrix};
+use inspect::connectivity::{self, Matrix};
 use model::Kind;
 use netpol::Protocol;
 

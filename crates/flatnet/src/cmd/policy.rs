@@ -69,7 +69,7 @@ async fn explain(a: ExplainArgs, lab: lab::Lab) -> anyhow::Result<i32> {
     for kind in [Kind::Namespace, Kind::Pod, Kind::NetworkPolicy] {
         values.extend(lab::api::get(&store, kind, None, None).await?);
     }
-    let objects = lab::connectivity::policy_objects(values)?;
+    let objects = inspect::connectivity::policy_objects(values)?;
     let cp = Cluster::from_objects(&objects)?.compile();
     let verdict = cp.verdict(&flow)?;
     let report = Report::new(&cp, &objects, &flow, verdict);

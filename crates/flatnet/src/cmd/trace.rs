@@ -1,5 +1,5 @@
 //! `flatnet trace SRC DST [--port P] [--protocol TCP|UDP|SCTP] [-o json]`: the path of a flow's
-//! first packet, from the same compiled state the agents apply (`lab::trace`).
+//! first packet, from the same compiled state the agents apply (`inspect::trace`).
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -18,7 +18,8 @@ pub struct Args {
 
 pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
     let store = lab::client::connect(&lab).await?;
-    let report = lab::trace::trace(&store, &args.src, &args.dst, args.port, &args.protocol).await?;
+    let report =
+        inspect::trace::trace(&store, &args.src, &args.dst, args.port, &args.protocol).await?;
     if args.output.as_deref() == Some("json") {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -1,5 +1,5 @@
 //! `flatnet wait --converged [--timeout 60s]`: returns 0 once the cluster reflects the store as
-//! it was when the command started (see `lab::converge`).
+//! it was when the command started (see `inspect::converge`).
 
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,7 @@ pub async fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
     let store = lab::client::connect(&lab).await?;
     let revision = store.revision().await?;
     loop {
-        let pending = match lab::converge::pending(&store).await {
+        let pending = match inspect::converge::pending(&store).await {
             Ok(p) => p,
             Err(e) => vec![format!("store: {e}")],
         };
