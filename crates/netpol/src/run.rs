@@ -5,29 +5,26 @@
 //! first apply after a start writes the table's structure and then flushes and reloads its
 //! sets in one transaction (packets see the old or the new elements, never none); after that
 //! only changed elements are touched. The rules never change, so a packet's cost does not
-//! depend on the number of pods, policies or rules (see [`nft`]).
+//! depend on the number of pods, policies or rules (see [`nft`]). Listing, watching and
+//! retrying are [`store::reflector`]'s.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Instant;
 
-use model::NetworkPolicy;
-use store::contract::{PolicyStatus, Report};
-use store::{KeyValue, Store, StoreError, WatchEvent};
-use tokio::time::sleep;
+use model::{Kind, NetworkPolicy};
+use store::contract::{PolicyStatus, Report, keys};
+use store::reflector::{Batch, Event, Reflector};
+use store::{KeyValue, Store, WatchEvent};
 
 use crate::nft::{self, PolicyOp, PolicyPlan, compile_node, diff};
 use crate::{Cluster, NamespaceInfo, PodInfo};
 
-/// First wait after the store failed; doubles up to [`BACKOFF_MAX`].
-const BACKOFF_MIN: std::time::Duration = std::time::Duration::from_secs(1);
-const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Store prefixes the policy task follows.
-pub const PODS_PREFIX: &str = "objects/pods/";
-pub const NAMESPACES_PREFIX: &str = "objects/namespaces/";
-pub const POLICIES_PREFIX: &str = "objects/networkpolicies/";
-const PREFIXES: [&str; 3] = [NAMESPACES_PREFIX, PODS_PREFIX, POLICIES_PREFIX];
+/// Store prefixes the policy task follows, listed in this order: Namespaces, Pods,
+/// NetworkPolicies.
+static NAMESPACES_PREFIX: LazyLock<String> = LazyLock::new(|| keys::kind_prefix(Kind::Namespace));
+static PODS_PREFIX: LazyLock<String> = LazyLock::new(|| keys::kind_prefix(Kind::Pod));
+static POLICIES_PREFIX: LazyLock<String> = LazyLock::new(|| keys::kind_prefix(Kind::NetworkPolicy));
 
 /// The kernel side of policy enforcement, implemented by `NetnsPolicy` and by [`crate::MemPolicy`].
 pub trait PolicyDataplane: Send + 'static {
@@ -62,11 +59,11 @@ fn key_namespace<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
 impl View {
     fn take(&mut self, kv: &KeyValue) {
         self.forget(&kv.key);
-        let result = if kv.key.starts_with(PODS_PREFIX) {
+        let result = if kv.key.starts_with(PODS_PREFIX.as_str()) {
             kv.decode::<model::Pod>()
                 .map_err(|e| e.to_string())
                 .and_then(|mut pod| {
-                    if let Some(ns) = key_namespace(&kv.key, PODS_PREFIX) {
+                    if let Some(ns) = key_namespace(&kv.key, &PODS_PREFIX) {
                         pod.metadata.namespace = Some(ns.to_string());
                     }
                     // A pod that has finished has no network any more and its address may
@@ -86,18 +83,18 @@ impl View {
                         self.pods.insert(kv.key.clone(), p);
                     }
                 })
-        } else if kv.key.starts_with(NAMESPACES_PREFIX) {
+        } else if kv.key.starts_with(NAMESPACES_PREFIX.as_str()) {
             kv.decode::<model::Namespace>()
                 .map_err(|e| e.to_string())
                 .map(|ns| {
                     self.namespaces
                         .insert(kv.key.clone(), NamespaceInfo::from_namespace(&ns));
                 })
-        } else if kv.key.starts_with(POLICIES_PREFIX) {
+        } else if kv.key.starts_with(POLICIES_PREFIX.as_str()) {
             kv.decode::<NetworkPolicy>()
                 .map_err(|e| e.to_string())
                 .and_then(|mut p| {
-                    if let Some(ns) = key_namespace(&kv.key, POLICIES_PREFIX) {
+                    if let Some(ns) = key_namespace(&kv.key, &POLICIES_PREFIX) {
                         p.metadata.namespace = Some(ns.to_string());
                     }
                     // A policy the compiler refuses would stop every other one from being
@@ -123,6 +120,22 @@ impl View {
         self.pods.remove(key);
         self.policies.remove(key);
         self.ignored.remove(key);
+    }
+
+    /// Takes one reflector event. A listing is taken into a fresh view (the old one is dropped
+    /// first); the applier keeps the plan the kernel holds, so the next apply is the
+    /// difference to it.
+    fn follow(&mut self, ev: Event) {
+        match ev {
+            Event::Init => *self = View::default(),
+            Event::InitApply(kv) => self.take(&kv),
+            Event::InitDone { revision } => self.revision = self.revision.max(revision),
+            ev => {
+                if let Some(change) = ev.into_change() {
+                    self.take_event(&change);
+                }
+            }
+        }
     }
 
     fn take_event(&mut self, ev: &WatchEvent) {
@@ -151,6 +164,7 @@ pub struct Applier {
 }
 
 impl Applier {
+    /// The plan the kernel holds as of the last apply, if known.
     pub fn applied(&self) -> Option<&PolicyPlan> {
         self.applied.as_ref()
     }
@@ -185,21 +199,6 @@ impl Applier {
     }
 }
 
-async fn list_all<S: Store>(store: &S, view: &mut View) -> Result<i64, StoreError> {
-    let mut fresh = View::default();
-    let mut first = None;
-    for prefix in PREFIXES {
-        let (kvs, rev) = store.list(prefix).await?;
-        first.get_or_insert(rev);
-        fresh.revision = fresh.revision.max(rev);
-        for kv in &kvs {
-            fresh.take(kv);
-        }
-    }
-    *view = fresh;
-    Ok(first.unwrap_or(0))
-}
-
 /// Runs policy enforcement for the pods of `node` until the future is dropped. Store outages
 /// keep the dataplane as it is.
 pub async fn run<S: Store, P: PolicyDataplane>(
@@ -208,82 +207,49 @@ pub async fn run<S: Store, P: PolicyDataplane>(
     node: String,
     report: PolicyReport,
 ) {
-    let mut applier = Applier::default();
-    let mut backoff = BACKOFF_MIN;
+    let mut ctx = Ctx {
+        dp,
+        applier: Applier::default(),
+        node,
+        report,
+    };
+    let mut reflector = Reflector::new(
+        store,
+        &[
+            NAMESPACES_PREFIX.as_str(),
+            PODS_PREFIX.as_str(),
+            POLICIES_PREFIX.as_str(),
+        ],
+    );
+    let mut batch = Batch::new();
+    let mut view = View::default();
     loop {
-        let mut view = View::default();
-        let first = match list_all(&store, &mut view).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot list pods and policies; dataplane kept as it is");
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
-        // Later listings happened after the first: watching every prefix from the first
-        // listing on sees some events twice, which is harmless.
-        let watches = async {
-            let mut w = Vec::new();
-            for prefix in PREFIXES {
-                w.push(store.watch(prefix, first + 1).await?);
-            }
-            Ok::<_, StoreError>(w)
-        };
-        let mut watches = match watches.await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot watch pods and policies");
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
-        backoff = BACKOFF_MIN;
-        let mut ctx = Ctx {
-            dp: &dp,
-            applier: &mut applier,
-            node: &node,
-            report: &report,
-        };
-        let ok = ctx.apply_view(&view).await;
-        let ended = match &mut watches[..] {
-            [wa, wb, wc] => store::batch::follow(&mut ctx, &mut view, ok, [wa, wb, wc]).await,
-            _ => StoreError::Unavailable("policy watches not started".into()),
-        };
-        match ended {
-            StoreError::Compacted { revision } => {
-                tracing::info!(revision, "policy watch fell behind compaction, re-listing");
-            }
-            e => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "policy watch broke; dataplane kept as it is");
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            ev = reflector.next() => match ev {
+                Ok(ev) => {
+                    batch.saw(&ev);
+                    view.follow(ev);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?reflector.retry_in(), "cannot follow pods and policies; dataplane kept as it is");
+                }
+            },
+            () = batch.ready() => {
+                let ok = ctx.apply_view(&view).await;
+                batch.applied(ok);
             }
         }
     }
 }
 
-struct Ctx<'a, P: PolicyDataplane> {
-    dp: &'a Arc<Mutex<P>>,
-    applier: &'a mut Applier,
-    node: &'a str,
-    report: &'a PolicyReport,
+struct Ctx<P: PolicyDataplane> {
+    dp: Arc<Mutex<P>>,
+    applier: Applier,
+    node: String,
+    report: PolicyReport,
 }
 
-impl<P: PolicyDataplane> store::batch::Batcher for Ctx<'_, P> {
-    type View = View;
-
-    fn take(view: &mut View, ev: &WatchEvent) {
-        view.take_event(ev);
-    }
-
-    async fn apply(&mut self, view: &mut View) -> bool {
-        self.apply_view(view).await
-    }
-}
-
-impl<P: PolicyDataplane> Ctx<'_, P> {
+impl<P: PolicyDataplane> Ctx<P> {
     /// Compiles the view and applies it; reports the outcome. Returns whether it applied.
     async fn apply_view(&mut self, view: &View) -> bool {
         let started = Instant::now();
@@ -304,7 +270,7 @@ impl<P: PolicyDataplane> Ctx<'_, P> {
         let read = started.elapsed();
         let compiled = cluster.compile();
         let compiled_at = started.elapsed();
-        let plan = compile_node(&compiled, self.node);
+        let plan = compile_node(&compiled, &self.node);
         let compile_time = started.elapsed();
         tracing::debug!(read = ?read, compile = ?(compiled_at - read), node = ?(compile_time - compiled_at), "policy compile phases");
         let counts = (
@@ -315,7 +281,7 @@ impl<P: PolicyDataplane> Ctx<'_, P> {
             plan.elements(),
         );
         let dp = self.dp.clone();
-        let mut applier = std::mem::take(self.applier);
+        let mut applier = std::mem::take(&mut self.applier);
         let (applier, result) = tokio::task::spawn_blocking(move || {
             let mut d = dp.lock().unwrap_or_else(|p| p.into_inner());
             let r = applier.apply(&mut *d, plan);
@@ -323,7 +289,7 @@ impl<P: PolicyDataplane> Ctx<'_, P> {
         })
         .await
         .unwrap_or_else(|e| (Applier::default(), Err(format!("policy worker: {e}"))));
-        *self.applier = applier;
+        self.applier = applier;
         let elapsed = started.elapsed();
         match result {
             Ok(changes) => {

@@ -1,32 +1,29 @@
 //! The service proxy loop (design.md §6): lists and watches Services and EndpointSlices,
 //! compiles them ([`crate::plan`]) into the elements of the node's `inet flatnet` maps, and
 //! applies the difference to the previous plan as one element transaction per batch of store
-//! events. The first apply after a start flushes and reloads the maps in one transaction
-//! (packets see the old or the new elements, never none); after that only changed elements
-//! are touched.
+//! events. The first apply after a listing (a start, or a relist after compaction) flushes and
+//! reloads the maps in one transaction (packets see the old or the new elements, never none);
+//! after that only changed elements are touched. Listing, watching and retrying are
+//! [`store::reflector`]'s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use ipnet::Ipv4Net;
-use model::{EndpointSlice, Service};
+use model::{EndpointSlice, Kind, Service};
 use store::contract::{ProxyStatus, Report, keys};
-use store::{KeyValue, Store, StoreError, WatchEvent};
-use tokio::time::sleep;
+use store::reflector::{Batch, Event, Reflector};
+use store::{KeyValue, Store, WatchEvent};
 
 use crate::health_server::ProxyHealth;
 use crate::plan::{self as svc, Backend, Compiler, DynChain, ElemOp, Frontend, NodeView};
 
-/// First wait after the store failed; doubles up to [`BACKOFF_MAX`].
-const BACKOFF_MIN: std::time::Duration = std::time::Duration::from_secs(1);
-const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Store prefixes the proxy follows.
-pub const SERVICES_PREFIX: &str = "objects/services/";
-pub const SLICES_PREFIX: &str = "objects/endpointslices/";
-/// Subnet leases: the nodes that share the LoadBalancer announcements.
-pub const LEASES_PREFIX: &str = keys::SUBNETS;
+/// Store prefixes the proxy follows, listed in this order: Services, EndpointSlices, and the
+/// subnet leases (the nodes that share the LoadBalancer announcements).
+static SERVICES_PREFIX: LazyLock<String> = LazyLock::new(|| keys::kind_prefix(Kind::Service));
+static SLICES_PREFIX: LazyLock<String> = LazyLock::new(|| keys::kind_prefix(Kind::EndpointSlice));
+const LEASES_PREFIX: &str = keys::SUBNETS;
 
 /// The kernel side of the proxy, implemented by `NetnsProxy` and by [`crate::MemNft`].
 pub trait ProxyDataplane: Send + 'static {
@@ -79,10 +76,10 @@ impl View {
     }
 
     fn take(&mut self, kv: &KeyValue) {
-        if let Some(id) = kv.key.strip_prefix(SERVICES_PREFIX) {
+        if let Some(id) = kv.key.strip_prefix(SERVICES_PREFIX.as_str()) {
             match kv.decode::<Service>() {
                 Ok(mut s) => {
-                    fill_namespace(&kv.key, SERVICES_PREFIX, &mut s.metadata);
+                    fill_namespace(&kv.key, &SERVICES_PREFIX, &mut s.metadata);
                     self.compiler.upsert_service(&s);
                 }
                 Err(e) => {
@@ -106,10 +103,10 @@ impl View {
                 }
             }
             self.compiler.set_nodes(self.nodes.values().cloned());
-        } else if let Some(id) = kv.key.strip_prefix(SLICES_PREFIX) {
+        } else if let Some(id) = kv.key.strip_prefix(SLICES_PREFIX.as_str()) {
             match kv.decode::<EndpointSlice>() {
                 Ok(mut s) => {
-                    fill_namespace(&kv.key, SLICES_PREFIX, &mut s.metadata);
+                    fill_namespace(&kv.key, &SLICES_PREFIX, &mut s.metadata);
                     self.compiler.upsert_slice(&s);
                 }
                 Err(e) => {
@@ -129,12 +126,12 @@ impl View {
             WatchEvent::Put(kv) => self.take(kv),
             WatchEvent::Delete { key, .. } => {
                 if let Some((ns, name)) = key
-                    .strip_prefix(SERVICES_PREFIX)
+                    .strip_prefix(SERVICES_PREFIX.as_str())
                     .and_then(|id| id.split_once('/'))
                 {
                     self.compiler.remove_service(ns, name);
                 } else if let Some((ns, name)) = key
-                    .strip_prefix(SLICES_PREFIX)
+                    .strip_prefix(SLICES_PREFIX.as_str())
                     .and_then(|id| id.split_once('/'))
                 {
                     self.compiler.remove_slice(ns, name);
@@ -160,12 +157,17 @@ fn fill_namespace(key: &str, prefix: &str, meta: &mut model::ObjectMeta) {
 /// The proxy's node.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
+    /// The Kubernetes Node name.
     pub node: String,
+    /// Addresses NodePorts answer on (the node's InternalIP).
     pub addresses: Vec<Ipv4Addr>,
+    /// The pod CIDR of the whole cluster: sources inside it are pods.
     pub cluster_cidr: Ipv4Net,
+    /// The service CIDR, when the config names one.
     pub service_cidr: Option<Ipv4Net>,
     /// The underlay device, which carries the announced LoadBalancer IPs.
     pub underlay_dev: String,
+    /// The LoadBalancer address pool, when LoadBalancer IPs are announced.
     pub lb_pool: Option<Ipv4Net>,
 }
 
@@ -335,26 +337,6 @@ impl Work {
     }
 }
 
-/// Lists everything into a fresh view; returns the services listing's revision.
-async fn list_all<S: Store>(
-    store: &S,
-    view: &mut View,
-    node: &NodeView,
-) -> Result<i64, StoreError> {
-    *view = View::new(node, &view.health);
-    let mut revision = None;
-    // One prefix at a time, each decoded and dropped before the next is listed.
-    for prefix in [SERVICES_PREFIX, SLICES_PREFIX, LEASES_PREFIX] {
-        let (kvs, r) = store.list(prefix).await?;
-        for kv in &kvs {
-            view.take(kv);
-        }
-        revision.get_or_insert(r);
-        view.revision = view.revision.max(r);
-    }
-    Ok(revision.unwrap_or_default())
-}
-
 /// Runs the proxy until the future is dropped. Store outages keep the dataplane as it is.
 /// `health` learns when changes arrive and are applied, and the applied health checks.
 pub async fn run<S: Store, P: ProxyDataplane>(
@@ -372,81 +354,73 @@ pub async fn run<S: Store, P: ProxyDataplane>(
         nodes: Vec::new(),
     };
     let announcer = cfg.lb_pool.map(|pool| (cfg.underlay_dev.clone(), pool));
-    let mut applier = Applier {
-        announcer,
-        ..Applier::default()
+    let mut ctx = Ctx {
+        dp,
+        applier: Applier {
+            announcer,
+            ..Applier::default()
+        },
+        report,
     };
-    let mut backoff = BACKOFF_MIN;
+    let mut reflector = Reflector::new(
+        store,
+        &[
+            SERVICES_PREFIX.as_str(),
+            SLICES_PREFIX.as_str(),
+            LEASES_PREFIX,
+        ],
+    );
+    let mut batch = Batch::new();
+    let mut view = View::new(&node, &health);
     loop {
-        let mut view = View::new(&node, &health);
-        let first = match list_all(&store, &mut view, &node).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot list services; dataplane kept as it is");
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
-        let watches = async {
-            let a = store.watch(SERVICES_PREFIX, first + 1).await?;
-            // Slices were listed after services: watch them from their own listing onwards
-            // (events between the two listings are then seen twice, which is harmless).
-            let b = store.watch(SLICES_PREFIX, first + 1).await?;
-            let c = store.watch(LEASES_PREFIX, first + 1).await?;
-            Ok::<_, StoreError>((a, b, c))
-        };
-        let (mut wa, mut wb, mut wc) = match watches.await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "cannot watch services");
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
-        };
-        backoff = BACKOFF_MIN;
-        let mut ctx = Ctx {
-            dp: &dp,
-            applier: &mut applier,
-            report: &report,
-        };
-        let ok = ctx.apply_view(&mut view).await;
-        let ended =
-            store::batch::follow(&mut ctx, &mut view, ok, [&mut wa, &mut wb, &mut wc]).await;
-        match ended {
-            StoreError::Compacted { revision } => {
-                tracing::info!(revision, "service watch fell behind compaction, re-listing");
-            }
-            e => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "service watch broke; dataplane kept as it is");
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            ev = reflector.next() => match ev {
+                Ok(ev) => {
+                    batch.saw(&ev);
+                    ctx.take(&mut view, ev, &node);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?reflector.retry_in(), "cannot follow services; dataplane kept as it is");
+                }
+            },
+            () = batch.ready() => {
+                let ok = ctx.apply_view(&mut view).await;
+                batch.applied(ok);
             }
         }
     }
 }
 
-/// What the follow loop works with.
-struct Ctx<'a, P: ProxyDataplane> {
-    dp: &'a Arc<Mutex<P>>,
-    applier: &'a mut Applier,
-    report: &'a ProxyReport,
+/// What the loop applies with.
+struct Ctx<P: ProxyDataplane> {
+    dp: Arc<Mutex<P>>,
+    applier: Applier,
+    report: ProxyReport,
 }
 
-impl<P: ProxyDataplane> store::batch::Batcher for Ctx<'_, P> {
-    type View = View;
-
-    fn take(view: &mut View, ev: &WatchEvent) {
-        view.take_event(ev);
+impl<P: ProxyDataplane> Ctx<P> {
+    /// Takes one reflector event into the view. A listing is decoded into a fresh view, one
+    /// key at a time (the old view is dropped first: no second copy while relisting), and is
+    /// applied as a full reload: a fresh compiler knows nothing of what the kernel holds, so
+    /// its diff would add elements that exist (the transaction fails) and miss those of
+    /// objects deleted before the listing.
+    fn take(&mut self, view: &mut View, ev: Event, node: &NodeView) {
+        match ev {
+            Event::Init => {
+                let health = view.health.clone();
+                *view = View::new(node, &health);
+                self.applier.synced = false;
+            }
+            Event::InitApply(kv) => view.take(&kv),
+            Event::InitDone { revision } => view.revision = view.revision.max(revision),
+            ev => {
+                if let Some(change) = ev.into_change() {
+                    view.take_event(&change);
+                }
+            }
+        }
     }
 
-    async fn apply(&mut self, view: &mut View) -> bool {
-        self.apply_view(view).await
-    }
-}
-
-impl<P: ProxyDataplane> Ctx<'_, P> {
     /// Compiles what changed in the view and applies it; reports the outcome. Returns whether
     /// it applied.
     async fn apply_view(&mut self, view: &mut View) -> bool {
@@ -509,5 +483,85 @@ fn release_freed_memory() {
     // preconditions.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+    use crate::MemNft;
+    use serde_json::json;
+
+    fn node() -> NodeView {
+        NodeView {
+            name: "n1".into(),
+            addresses: vec![Ipv4Addr::new(10, 99, 0, 1)],
+            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
+            service_cidr: None,
+            nodes: Vec::new(),
+        }
+    }
+
+    fn service(name: &str, ip: &str, revision: i64) -> KeyValue {
+        let v = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}});
+        KeyValue {
+            key: keys::object(Kind::Service, Some("default"), name),
+            value: serde_json::to_vec(&v).unwrap(),
+            mod_revision: revision,
+            create_revision: revision,
+            lease: 0,
+        }
+    }
+
+    fn has_frontend(dp: &Arc<Mutex<MemNft>>, ip: &str) -> bool {
+        dp.lock()
+            .unwrap()
+            .elements
+            .keys()
+            .any(|(_, k)| k.contains(ip))
+    }
+
+    #[tokio::test]
+    async fn a_relist_is_a_full_reload_so_services_deleted_before_it_lose_their_elements() {
+        let dp = Arc::new(Mutex::new(MemNft::default()));
+        let mut ctx = Ctx {
+            dp: dp.clone(),
+            applier: Applier::default(),
+            report: ProxyReport::default(),
+        };
+        let node = node();
+        let mut view = View::new(&node, &ProxyHealth::default());
+        let listing = |kvs: Vec<KeyValue>, revision| {
+            std::iter::once(Event::Init)
+                .chain(kvs.into_iter().map(Event::InitApply))
+                .chain([Event::InitDone { revision }])
+        };
+        for ev in listing(
+            vec![service("a", "10.96.0.10", 2), service("b", "10.96.0.11", 3)],
+            3,
+        ) {
+            ctx.take(&mut view, ev, &node);
+        }
+        assert!(ctx.apply_view(&mut view).await);
+        assert!(has_frontend(&dp, "10.96.0.10") && has_frontend(&dp, "10.96.0.11"));
+        assert_eq!(ctx.report.get().applied_revision, 3);
+
+        // `a` was deleted while the watch was behind compaction: only the relist tells.
+        for ev in listing(vec![service("b", "10.96.0.11", 3)], 9) {
+            ctx.take(&mut view, ev, &node);
+        }
+        assert!(ctx.apply_view(&mut view).await);
+        assert!(!has_frontend(&dp, "10.96.0.10"), "a's elements are gone");
+        assert!(has_frontend(&dp, "10.96.0.11"));
+        let last = dp.lock().unwrap().transactions.last().copied();
+        assert_eq!(
+            last.map(|(_, flush)| flush),
+            Some(true),
+            "one flush and load"
+        );
+        assert_eq!(ctx.report.get().applied_revision, 9);
     }
 }

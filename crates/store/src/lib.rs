@@ -20,7 +20,6 @@
 //! Apart from `contract`, this crate must not know what the values mean (no Kubernetes or
 //! dataplane types); nothing in it retries on its own: it reports [`StoreError::Unavailable`] and the caller decides.
 
-pub mod batch;
 pub mod contract;
 mod error;
 mod etcd;
