@@ -10,6 +10,7 @@ use routes::{Dataplane, Routes, RoutesConfig};
 use services::{HealthConfig, ProxyConfig, ProxyDataplane, ProxyHealth, ProxyReport};
 use store::Store;
 use store::contract::{self, AgentStatus, ConfigError, NetworkConfig, Report, RoutesStatus, keys};
+use store::reflector::Backoff;
 use tokio::sync::Notify;
 use tokio::time::sleep;
 use tracing::Instrument;
@@ -134,7 +135,7 @@ async fn publish<S: Store>(store: S, node: String, changed: Arc<Notify>, reports
 
 /// Waits out store outages (and a missing config key) with backoff; an invalid config ends it.
 async fn wait_config<S: Store>(store: &S) -> Result<NetworkConfig, AgentError> {
-    let mut backoff = routes::BACKOFF_MIN;
+    let mut backoff = Backoff::new();
     loop {
         match contract::read_config(store).await {
             Ok(net) => return Ok(net),
@@ -153,7 +154,6 @@ async fn wait_config<S: Store>(store: &S) -> Result<NetworkConfig, AgentError> {
             }
             Err(ConfigError::Store(e)) => return Err(e.into()),
         }
-        sleep(backoff).await;
-        backoff = (backoff * 2).min(routes::BACKOFF_MAX);
+        sleep(backoff.next_delay()).await;
     }
 }

@@ -148,17 +148,17 @@ pub async fn run(
     let dp = NetnsDataplanes::open(cfg.netns.as_deref())?;
     let span = tracing::info_span!("agent", node = %cfg.node);
     let connect = async {
-        let mut backoff = routes::BACKOFF_MIN;
+        let mut backoff = store::reflector::Backoff::new();
         loop {
             match store::EtcdStore::connect(&cfg.etcd_endpoints, &cfg.store_prefix).await {
                 Ok(store) => return Ok(store),
                 Err(e) if e.is_retryable() => {
-                    tracing::warn!(parent: &span, error = %e, retry_in = ?backoff, "etcd unreachable");
+                    let retry_in = backoff.next_delay();
+                    tracing::warn!(parent: &span, error = %e, ?retry_in, "etcd unreachable");
+                    tokio::time::sleep(retry_in).await;
                 }
                 Err(e) => return Err(AgentError::Store(e)),
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(routes::BACKOFF_MAX);
         }
     };
     let mut shutdown = std::pin::pin!(shutdown);

@@ -32,4 +32,4 @@ pub use dataplane::{Dataplane, DataplaneError, MemRoutes};
 pub use kernel::NetnsRoutes;
 pub use lease::LeaseError;
 pub use plan::{Change, NodePlan, UnderlayInfo, compile, diff};
-pub use run::{BACKOFF_MAX, BACKOFF_MIN, Routes, RoutesConfig, RoutesError, Shared};
+pub use run::{Routes, RoutesConfig, RoutesError, Shared};

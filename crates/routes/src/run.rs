@@ -1,6 +1,6 @@
-//! The routing loop: lease the node's subnet, list + watch `subnets/`, compile, diff against
-//! what the kernel holds, apply, write the CNI conflist, report. One task; every wait is in one
-//! `select!`.
+//! The routing loop: lease the node's subnet, list + watch `subnets/` (through
+//! [`store::reflector`], re-listed at every renewal), compile, diff against what the kernel
+//! holds, apply, write the CNI conflist, report. One task; every wait is in one `select!`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::Ipv4Net;
 use store::contract::{Lease, LeaseAttrs, NetworkConfig, Report, RoutesStatus, key_cidr, keys};
-use store::{KeyValue, Store, StoreError, WatchEvent, WatchReceiver};
-use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until};
+use store::reflector::{Backoff, Batch, Event, Reflector};
+use store::{KeyValue, Store, StoreError, WatchEvent};
+use tokio::time::{Instant, MissedTickBehavior, sleep};
 
 use crate::conflist::{render_conflist, write_atomic};
 use crate::dataplane::{Dataplane, DataplaneError};
@@ -59,11 +60,6 @@ pub enum RoutesError {
     Store(#[from] StoreError),
 }
 
-/// First wait after the store failed; doubles up to [`BACKOFF_MAX`].
-pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
-/// Longest wait between retries.
-pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
 pub(crate) fn lock<D>(dp: &Shared<D>) -> MutexGuard<'_, D> {
     // A panic inside a dataplane call leaves no half-made Rust state worth protecting; the
     // kernel state is re-read before every apply anyway.
@@ -79,10 +75,6 @@ async fn blocking<D: Dataplane, T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&mut lock(&dp)))
         .await
         .map_err(|e| DataplaneError::Other(format!("dataplane worker: {e}")))?
-}
-
-fn next_backoff(b: Duration) -> Duration {
-    (b * 2).min(BACKOFF_MAX)
 }
 
 /// One node's routing, started ([`Routes::start`]) and then run ([`Routes::run`]).
@@ -140,7 +132,7 @@ impl<S: Store, D: Dataplane> Routes<S, D> {
             ttl_secs: cfg.lease_ttl.as_secs_f64().ceil().max(1.0) as i64,
             state_dir: cfg.state_dir.clone(),
         };
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::new();
         let held = loop {
             match lease::acquire(&store, &req).await {
                 Ok(held) => break held,
@@ -149,8 +141,7 @@ impl<S: Store, D: Dataplane> Routes<S, D> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            sleep(backoff).await;
-            backoff = next_backoff(backoff);
+            sleep(backoff.next_delay()).await;
         };
         Ok(Routes {
             cfg,
@@ -178,81 +169,75 @@ impl<S: Store, D: Dataplane> Routes<S, D> {
     }
 
     /// Runs until an error a retry cannot fix; store outages keep the dataplane as it is.
+    ///
+    /// Follows `subnets/` through a [`Reflector`]: a listing replaces the view of the other
+    /// nodes and is applied at once; later changes are applied after a [`Batch`] window, those
+    /// older than the view ignored. Every renewal re-lists ([`Reflector::relist`]) and
+    /// re-claims the own key if the listing lacks it.
     pub async fn run(&mut self) -> Result<(), RoutesError> {
         let period = (self.cfg.lease_ttl / 3).max(Duration::from_millis(100));
         let mut tick = tokio::time::interval_at(Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut watch: Option<WatchReceiver> = None;
-        let mut resync_at = Instant::now();
-        let mut backoff = BACKOFF_MIN;
+        let mut reflector = Reflector::new(self.store.clone(), &[keys::SUBNETS]);
+        let mut batch = Batch::new();
+        // The listing under way, taken as a whole at its end (it names every node: small).
+        let mut listing: Vec<KeyValue> = Vec::new();
+        // Changes taken since the last reconcile.
+        let mut changed = false;
+        // A renewal re-listed and its status is not written yet: the listing's reconcile
+        // writes it, or, when the store fails first, the failure does.
+        let mut renewal_unreported = false;
         loop {
             tokio::select! {
-                _ = tick.tick() => self.heartbeat().await?,
-                () = sleep_until(resync_at), if watch.is_none() => match self.resync().await {
-                    Ok(rx) => {
-                        watch = Some(rx);
-                        backoff = BACKOFF_MIN;
+                _ = tick.tick() => {
+                    self.heartbeat().await?;
+                    if renewal_unreported {
+                        // The previous renewal's listing has not come yet.
+                        self.write_status();
                     }
-                    Err(RoutesError::Store(e)) => {
-                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot list and watch subnets; dataplane kept as it is");
-                        resync_at = Instant::now() + backoff;
-                        backoff = next_backoff(backoff);
-                    }
-                    Err(e) => return Err(e),
-                },
-                ev = next_event(&mut watch), if watch.is_some() => match ev {
-                    Some(Ok(first)) => {
-                        let mut batch = vec![first];
-                        let mut ended = None;
-                        if let Some(rx) = watch.as_mut() {
-                            while let Ok(more) = rx.try_recv() {
-                                match more {
-                                    Ok(ev) => batch.push(ev),
-                                    Err(e) => {
-                                        ended = Some(e);
-                                        break;
-                                    }
+                    reflector.relist();
+                    renewal_unreported = true;
+                }
+                ev = reflector.next() => match ev {
+                    Ok(ev) => {
+                        batch.saw(&ev);
+                        match ev {
+                            Event::Init => listing.clear(),
+                            Event::InitApply(kv) => listing.push(kv),
+                            Event::InitDone { revision } => {
+                                let kvs = std::mem::take(&mut listing);
+                                self.take_listing(&kvs, revision)?;
+                                self.fix_own_lease().await?;
+                                self.reconcile().await;
+                                changed = false;
+                                renewal_unreported = false;
+                                batch.applied(true);
+                            }
+                            ev => {
+                                if let Some(change) = ev.into_change() {
+                                    changed |= self.take_event(change)?;
                                 }
                             }
                         }
-                        self.on_events(batch).await?;
-                        if let Some(e) = ended {
-                            watch = None;
-                            resync_at = self.watch_ended(e, &mut backoff);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?reflector.retry_in(), "cannot list and watch subnets; dataplane kept as it is");
+                        if renewal_unreported {
+                            self.write_status();
+                            renewal_unreported = false;
                         }
                     }
-                    Some(Err(e)) => {
-                        watch = None;
-                        resync_at = self.watch_ended(e, &mut backoff);
-                    }
-                    None => {
-                        watch = None;
-                        resync_at = self.watch_ended(StoreError::Unavailable("watch closed".into()), &mut backoff);
-                    }
                 },
+                () = batch.ready() => {
+                    self.fix_own_lease().await?;
+                    if std::mem::take(&mut changed) {
+                        self.reconcile().await;
+                    }
+                    // A failed apply is retried at the next renewal.
+                    batch.applied(true);
+                }
             }
         }
-    }
-
-    /// When to list and watch again after the watch ended with `e`.
-    fn watch_ended(&self, e: StoreError, backoff: &mut Duration) -> Instant {
-        if let StoreError::Compacted { revision } = e {
-            tracing::info!(revision, "watch fell behind compaction, re-listing");
-            return Instant::now();
-        }
-        tracing::warn!(error = %e, retry_in = ?*backoff, "subnet watch broke; dataplane kept as it is");
-        let at = Instant::now() + *backoff;
-        *backoff = next_backoff(*backoff);
-        at
-    }
-
-    /// List `subnets/`, converge on it, and watch from the listing revision + 1.
-    async fn resync(&mut self) -> Result<WatchReceiver, RoutesError> {
-        let (kvs, revision) = self.store.list(keys::SUBNETS).await?;
-        self.take_listing(&kvs, revision)?;
-        self.fix_own_lease().await?;
-        self.reconcile().await;
-        Ok(self.store.watch(keys::SUBNETS, revision + 1).await?)
     }
 
     /// Replaces the view of the other nodes with a listing read at `revision`.
@@ -346,28 +331,21 @@ impl<S: Store, D: Dataplane> Routes<S, D> {
         }
     }
 
-    async fn on_events(&mut self, events: Vec<WatchEvent>) -> Result<(), RoutesError> {
-        let mut changed = false;
-        for ev in events {
-            if ev.mod_revision() <= self.view_revision {
-                continue;
-            }
-            self.view_revision = ev.mod_revision();
-            changed = true;
-            match ev {
-                WatchEvent::Put(kv) => self.take_put(&kv)?,
-                WatchEvent::Delete { key, .. } if key == self.held.key => {
-                    tracing::warn!(key = %key, "own subnet lease vanished");
-                    self.need_reclaim = true;
-                }
-                WatchEvent::Delete { key, .. } => self.take_delete(&key),
-            }
+    /// Takes one watched change, unless the view is already newer; whether it changed the view.
+    fn take_event(&mut self, ev: WatchEvent) -> Result<bool, RoutesError> {
+        if ev.mod_revision() <= self.view_revision {
+            return Ok(false);
         }
-        self.fix_own_lease().await?;
-        if changed {
-            self.reconcile().await;
+        self.view_revision = ev.mod_revision();
+        match ev {
+            WatchEvent::Put(kv) => self.take_put(&kv)?,
+            WatchEvent::Delete { key, .. } if key == self.held.key => {
+                tracing::warn!(key = %key, "own subnet lease vanished");
+                self.need_reclaim = true;
+            }
+            WatchEvent::Delete { key, .. } => self.take_delete(&key),
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Re-claims the own key when it vanished; store outages are retried at the next tick.
@@ -389,7 +367,8 @@ impl<S: Store, D: Dataplane> Routes<S, D> {
         }
     }
 
-    /// Every TTL/3: renew the lease, refresh the underlay, re-list, converge, report.
+    /// Every TTL/3: renew the lease and refresh the underlay; [`run`](Self::run) then re-lists,
+    /// converges and reports.
     async fn heartbeat(&mut self) -> Result<(), RoutesError> {
         match lease::renew(&self.store, &self.held).await {
             Ok(true) => {}
@@ -418,17 +397,6 @@ impl<S: Store, D: Dataplane> Routes<S, D> {
                 self.underlay = u;
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the underlay device"),
-        }
-        match self.store.list(keys::SUBNETS).await {
-            Ok((kvs, revision)) => {
-                self.take_listing(&kvs, revision)?;
-                self.fix_own_lease().await?;
-                self.reconcile().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list subnets; dataplane kept as it is");
-                self.write_status();
-            }
         }
         Ok(())
     }
@@ -518,12 +486,5 @@ impl<S: Store, D: Dataplane> Routes<S, D> {
 fn log_changes(changes: &[Change]) {
     for change in changes {
         tracing::info!(%change, "dataplane change");
-    }
-}
-
-async fn next_event(watch: &mut Option<WatchReceiver>) -> Option<Result<WatchEvent, StoreError>> {
-    match watch.as_mut() {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
     }
 }
