@@ -8,14 +8,14 @@
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::Value;
-use testkit::{TempDir, TestNs, ask, http_get, name_server, pod, two_nodes, within};
+use testkit::{TempDir, TestNs, ask, http_get, name_server, pod, tcp_server, two_nodes, within};
 
 fn web_service(endpoints: &[&str]) -> (Vec<model::Service>, Vec<model::EndpointSlice>) {
     let svc = serde_json::json!({"metadata": {"name": "web", "namespace": "default"},
@@ -374,31 +374,17 @@ fn session_affinity_is_shared_by_the_cluster_ip_and_the_node_port() {
 
 /// A TCP server in `ns` on `port` that echoes what each connection sends until it closes.
 fn echo_server(ns: &TestNs, port: u16) -> Arc<AtomicBool> {
-    let listener = ns
-        .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
-        .unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = stop.clone();
-    std::thread::spawn(move || {
-        while !stopped.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((mut s, _)) => {
-                    s.set_nonblocking(false).unwrap();
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 256];
-                        while let Ok(n) = s.read(&mut buf) {
-                            if n == 0 || s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    });
+    tcp_server(ns, port, |mut s| {
+        s.set_nonblocking(false).unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 256];
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 || s.write_all(&buf[..n]).is_err() {
+                    break;
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
-        }
-    });
-    stop
+        });
+    })
 }
 
 /// kube-proxy's terminating-endpoint rules in a real kernel: a connection established to an

@@ -18,8 +18,8 @@
 //! - `netns.rs` — [`TestNs`]: a named namespace (`/run/netns/NAME`, loopback up) removed on
 //!   drop, commands inside it (`ip -n`, `nsenter --net=`), code inside it ([`TestNs::run`])
 //! - `wire.rs` — veth pairs, two nodes on an underlay, a pod wired like flatnet-cni wires it
-//! - `probe.rs` — a TCP server naming itself, a client asking it and an HTTP GET, inside
-//!   namespaces
+//! - `probe.rs` — TCP servers (one naming itself), a client asking them and an HTTP GET,
+//!   inside namespaces
 //! - `kernel.rs` — what a namespace's kernel holds and reports: [`kernel_routes`] of one
 //!   protocol, [`IpMonitor`]
 //! - `wait.rs` — [`within`]: poll a condition with a limit
@@ -41,7 +41,7 @@ mod wire;
 pub use etcd::start_etcd;
 pub use kernel::{IpMonitor, kernel_routes};
 pub use netns::{NsError, TestNs};
-pub use probe::{ask, ask_within, http_get, name_server};
+pub use probe::{ask, ask_within, http_get, name_server, tcp_server};
 pub use tempdir::TempDir;
 pub use wait::within;
 pub use wire::{Nodes, pod, two_nodes, veth_pair};

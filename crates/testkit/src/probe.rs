@@ -1,5 +1,5 @@
-//! Probes across namespaces: a TCP server that answers with its name, a client asking it, and
-//! an HTTP GET.
+//! Probes across namespaces: TCP servers (one that answers with its name), a client asking
+//! them, and an HTTP GET.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -12,6 +12,19 @@ use crate::TestNs;
 /// A TCP server in `ns` on `port` (all addresses) that answers every connection with `name`
 /// and closes it; it stops when the returned flag is set. Panics when it cannot listen.
 pub fn name_server(ns: &TestNs, port: u16, name: &'static str) -> Arc<AtomicBool> {
+    tcp_server(ns, port, move |mut s| {
+        let _ = s.write_all(name.as_bytes());
+    })
+}
+
+/// A TCP server in `ns` on `port` (all addresses) that hands every connection it accepts to
+/// `serve`, on its accepting thread, until the returned flag is set. Panics when it cannot
+/// listen.
+pub fn tcp_server(
+    ns: &TestNs,
+    port: u16,
+    serve: impl Fn(TcpStream) + Send + 'static,
+) -> Arc<AtomicBool> {
     let listener = ns
         .run(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
         .unwrap_or_else(|e| panic!("listen on {port} in {}: {e}", ns.name()));
@@ -23,9 +36,7 @@ pub fn name_server(ns: &TestNs, port: u16, name: &'static str) -> Arc<AtomicBool
     std::thread::spawn(move || {
         while !stopped.load(Ordering::Relaxed) {
             match listener.accept() {
-                Ok((mut s, _)) => {
-                    let _ = s.write_all(name.as_bytes());
-                }
+                Ok((s, _)) => serve(s),
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
