@@ -1,7 +1,7 @@
 //! [`MemPolicy`]: the policy table in memory, the fake the loop and the plan tests run against.
 
 use crate::nft::{AllowRange, PolicyOp};
-use crate::run::PolicyDataplane;
+use crate::run::{KernelError, PolicyDataplane};
 
 /// The policy table in memory: elements per set, the scripts run, the transactions.
 #[derive(Debug, Clone, Default)]
@@ -36,10 +36,10 @@ impl MemPolicy {
 }
 
 impl PolicyDataplane for MemPolicy {
-    fn policy_script(&mut self, script: &str) -> Result<(), String> {
+    fn policy_script(&mut self, script: &str) -> Result<(), KernelError> {
         let p = self;
         if let Some(f) = &p.fail {
-            return Err(f.clone());
+            return Err(KernelError::Refused(f.clone()));
         }
         p.scripts.push(script.to_string());
         Ok(())
@@ -48,10 +48,10 @@ impl PolicyDataplane for MemPolicy {
     /// Like the kernel, refuses (and then changes nothing) to delete what is not there and
     /// to add an address twice; stricter than the kernel, refuses any range that overlaps
     /// one the set holds.
-    fn policy_elements(&mut self, ops: &[PolicyOp], flush: bool) -> Result<(), String> {
+    fn policy_elements(&mut self, ops: &[PolicyOp], flush: bool) -> Result<(), KernelError> {
         let p = self;
         if let Some(f) = &p.fail {
-            return Err(f.clone());
+            return Err(KernelError::Refused(f.clone()));
         }
         let (mut addrs, mut ranges) = (p.addrs.clone(), p.ranges.clone());
         if flush {
@@ -66,25 +66,25 @@ impl PolicyDataplane for MemPolicy {
                 }
                 PolicyOp::DelAddr { ip, .. } => {
                     if !addrs.entry(set.clone()).or_default().remove(ip) {
-                        return Err(format!(
+                        return Err(KernelError::Refused(format!(
                             "set {set}: delete element {ip}: No such file or directory"
-                        ));
+                        )));
                     }
                 }
                 PolicyOp::AddRange { range, .. } => {
                     let held = ranges.entry(set.clone()).or_default();
                     if let Some(o) = held.iter().find(|o| *o != range && o.overlaps(range)) {
-                        return Err(format!(
+                        return Err(KernelError::Refused(format!(
                             "set {set}: add element {range}: overlaps {o}: File exists"
-                        ));
+                        )));
                     }
                     held.insert(*range);
                 }
                 PolicyOp::DelRange { range, .. } => {
                     if !ranges.entry(set.clone()).or_default().remove(range) {
-                        return Err(format!(
+                        return Err(KernelError::Refused(format!(
                             "set {set}: delete element {range}: No such file or directory"
-                        ));
+                        )));
                     }
                 }
             }

@@ -6,7 +6,7 @@ use std::path::Path;
 use datapath::{NetNs, nft};
 
 use crate::nft::{self as pol, AllowRange, PolicyOp};
-use crate::run::PolicyDataplane;
+use crate::run::{KernelError, PolicyDataplane};
 
 /// A node's network namespace (or the caller's own) as policy enforcement programs it:
 /// structure through `nft -f`, elements over one nfnetlink socket opened on first use.
@@ -34,25 +34,23 @@ impl NetnsPolicy {
         self.ns.as_ref().map(NetNs::path)
     }
 
-    fn nft(&mut self) -> Result<&mut nft::Nft, String> {
-        if self.nft.is_none() {
-            let nft = nft::Nft::open(self.ns_path()).map_err(|e| e.to_string())?;
-            self.nft = Some(nft);
-        }
-        self.nft
-            .as_mut()
-            .ok_or_else(|| "nfnetlink socket not open".to_string())
+    fn nft(&mut self) -> Result<&mut nft::Nft, KernelError> {
+        let nft = match self.nft.take() {
+            Some(nft) => nft,
+            None => nft::Nft::open(self.ns_path())?,
+        };
+        Ok(self.nft.insert(nft))
     }
 }
 
 /// The policy table: structure through `nft -f`, elements through one nfnetlink batch per
 /// transaction (the allow sets are concatenated interval sets: one range per field).
 impl PolicyDataplane for NetnsPolicy {
-    fn policy_script(&mut self, script: &str) -> Result<(), String> {
-        nft::run_script(self.ns_path(), script).map_err(|e| e.to_string())
+    fn policy_script(&mut self, script: &str) -> Result<(), KernelError> {
+        Ok(nft::run_script(self.ns_path(), script)?)
     }
 
-    fn policy_elements(&mut self, ops: &[PolicyOp], flush: bool) -> Result<(), String> {
+    fn policy_elements(&mut self, ops: &[PolicyOp], flush: bool) -> Result<(), KernelError> {
         let mut batch = nft::Batch::new(nft::Family::Inet, pol::TABLE);
         if flush {
             for set in pol::sets::ALL {
@@ -94,6 +92,6 @@ impl PolicyDataplane for NetnsPolicy {
         if batch.is_empty() {
             return Ok(());
         }
-        self.nft()?.commit(&batch).map_err(|e| e.to_string())
+        Ok(self.nft()?.commit(&batch)?)
     }
 }

@@ -69,7 +69,7 @@ pub use input::{Endpoint, Flow, NamedPort, NamespaceInfo, PodInfo, PodRef, Proto
 #[cfg(feature = "kernel")]
 pub use kernel::NetnsPolicy;
 pub use nft::{AllowRange, PolicyOp, PolicyPlan, compile_node, diff};
-pub use run::{Applier, PolicyDataplane, PolicyReport};
+pub use run::{Applier, KernelError, PolicyDataplane, PolicyReport};
 
 /// Why a cluster state could not be compiled or a question not answered.
 #[derive(thiserror::Error, Debug, Clone, PartialEq)]

@@ -26,13 +26,41 @@ static NAMESPACES_PREFIX: LazyLock<String> = LazyLock::new(|| keys::kind_prefix(
 static PODS_PREFIX: LazyLock<String> = LazyLock::new(|| keys::kind_prefix(Kind::Pod));
 static POLICIES_PREFIX: LazyLock<String> = LazyLock::new(|| keys::kind_prefix(Kind::NetworkPolicy));
 
+/// Why the kernel (or its fake) did not take a change of the policy table.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// nftables refused or failed (`nft -f`, an element batch); names the table or set.
+    #[cfg(feature = "kernel")]
+    #[error(transparent)]
+    Nft(#[from] datapath::nft::NftError),
+    /// The blocking task that ran the apply panicked or was cancelled.
+    #[error("policy worker: {0}")]
+    Worker(tokio::task::JoinError),
+    /// The fake's refusal, worded as the kernel's (`set ...: delete element ...: No such file
+    /// or directory`).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Why a stored object is left out of enforcement (shown in the status's `ignored`).
+#[derive(Debug, thiserror::Error)]
+enum Ignored {
+    /// The value does not decode as its kind.
+    #[error(transparent)]
+    Decode(#[from] store::StoreError),
+    /// The compiler refuses it (a policy the API server would have rejected, a pod without a
+    /// usable address).
+    #[error(transparent)]
+    Policy(#[from] crate::PolicyError),
+}
+
 /// The kernel side of policy enforcement, implemented by `NetnsPolicy` and by [`crate::MemPolicy`].
 pub trait PolicyDataplane: Send + 'static {
     /// Runs an `nft -f` script as one transaction (the table, its sets, chains and rules).
-    fn policy_script(&mut self, script: &str) -> Result<(), String>;
+    fn policy_script(&mut self, script: &str) -> Result<(), KernelError>;
     /// Applies element changes as one transaction; with `flush`, every set of the table is
     /// emptied first inside the same transaction.
-    fn policy_elements(&mut self, ops: &[PolicyOp], flush: bool) -> Result<(), String>;
+    fn policy_elements(&mut self, ops: &[PolicyOp], flush: bool) -> Result<(), KernelError>;
 }
 
 /// What policy enforcement reports in the agent's status (`policy`).
@@ -61,7 +89,7 @@ impl View {
         self.forget(&kv.key);
         let result = if kv.key.starts_with(PODS_PREFIX.as_str()) {
             kv.decode::<model::Pod>()
-                .map_err(|e| e.to_string())
+                .map_err(Ignored::from)
                 .and_then(|mut pod| {
                     if let Some(ns) = key_namespace(&kv.key, &PODS_PREFIX) {
                         pod.metadata.namespace = Some(ns.to_string());
@@ -76,7 +104,7 @@ impl View {
                     if done {
                         return Ok(None);
                     }
-                    PodInfo::from_pod(&pod).map(Some).map_err(|e| e.to_string())
+                    Ok(PodInfo::from_pod(&pod).map(Some)?)
                 })
                 .map(|p| {
                     if let Some(p) = p {
@@ -85,23 +113,21 @@ impl View {
                 })
         } else if kv.key.starts_with(NAMESPACES_PREFIX.as_str()) {
             kv.decode::<model::Namespace>()
-                .map_err(|e| e.to_string())
+                .map_err(Ignored::from)
                 .map(|ns| {
                     self.namespaces
                         .insert(kv.key.clone(), NamespaceInfo::from_namespace(&ns));
                 })
         } else if kv.key.starts_with(POLICIES_PREFIX.as_str()) {
             kv.decode::<NetworkPolicy>()
-                .map_err(|e| e.to_string())
+                .map_err(Ignored::from)
                 .and_then(|mut p| {
                     if let Some(ns) = key_namespace(&kv.key, &POLICIES_PREFIX) {
                         p.metadata.namespace = Some(ns.to_string());
                     }
                     // A policy the compiler refuses would stop every other one from being
                     // enforced: check it alone, leave it out if it is bad.
-                    Cluster::new(Vec::new(), Vec::new(), vec![p.clone()])
-                        .map(|_| p)
-                        .map_err(|e| e.to_string())
+                    Ok(Cluster::new(Vec::new(), Vec::new(), vec![p.clone()]).map(|_| p)?)
                 })
                 .map(|p| {
                     self.policies.insert(kv.key.clone(), p);
@@ -111,7 +137,7 @@ impl View {
         };
         if let Err(why) = result {
             tracing::warn!(key = %kv.key, error = %why, "object left out of policy enforcement");
-            self.ignored.insert(kv.key.clone(), why);
+            self.ignored.insert(kv.key.clone(), why.to_string());
         }
     }
 
@@ -146,13 +172,12 @@ impl View {
         }
     }
 
-    fn cluster(&self) -> Result<Cluster, String> {
+    fn cluster(&self) -> Result<Cluster, crate::PolicyError> {
         Cluster::new(
             self.namespaces.values().cloned().collect(),
             self.pods.values().cloned().collect(),
             self.policies.values().cloned().collect(),
         )
-        .map_err(|e| e.to_string())
     }
 }
 
@@ -175,7 +200,7 @@ impl Applier {
         &mut self,
         dp: &mut impl PolicyDataplane,
         new: PolicyPlan,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, KernelError> {
         let result = match self.applied.take() {
             None => {
                 let ops = new.all_ops();
@@ -263,7 +288,7 @@ impl<P: PolicyDataplane> Ctx<P> {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot compile network policies");
-                self.report.set(|s| s.last_error = Some(e));
+                self.report.set(|s| s.last_error = Some(e.to_string()));
                 return false;
             }
         };
@@ -288,7 +313,7 @@ impl<P: PolicyDataplane> Ctx<P> {
             (applier, r)
         })
         .await
-        .unwrap_or_else(|e| (Applier::default(), Err(format!("policy worker: {e}"))));
+        .unwrap_or_else(|e| (Applier::default(), Err(KernelError::Worker(e))));
         self.applier = applier;
         let elapsed = started.elapsed();
         match result {
@@ -317,7 +342,7 @@ impl<P: PolicyDataplane> Ctx<P> {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "applying network policy failed; will reload");
-                self.report.set(|s| s.last_error = Some(e));
+                self.report.set(|s| s.last_error = Some(e.to_string()));
                 false
             }
         }

@@ -34,7 +34,8 @@ use datapath::nft::{Data, Field, FieldKind, Nft};
 use model::{EndpointSlice, Service};
 use serde_json::{Value, json};
 use services::{
-    self as svc, Applier, Backend, Compiler, ElemOp, Frontend, NetnsProxy, NodeView, ProxyDataplane,
+    self as svc, Applier, Backend, Compiler, ElemOp, Frontend, KernelError, NetnsProxy, NodeView,
+    ProxyDataplane,
 };
 
 /// A [`ProxyDataplane`] that times every call of the one it wraps.
@@ -88,23 +89,23 @@ impl<D: ProxyDataplane> Timed<D> {
 }
 
 impl<D: ProxyDataplane> ProxyDataplane for Timed<D> {
-    fn nft_script(&mut self, script: &str) -> Result<(), String> {
+    fn nft_script(&mut self, script: &str) -> Result<(), KernelError> {
         self.time("nft_script", script.len(), |d| d.nft_script(script))
     }
 
-    fn nft_elements(&mut self, ops: &[ElemOp], flush: bool) -> Result<(), String> {
+    fn nft_elements(&mut self, ops: &[ElemOp], flush: bool) -> Result<(), KernelError> {
         self.time("nft_elements", ops.len(), |d| d.nft_elements(ops, flush))
     }
 
-    fn nft_chains(&mut self) -> Result<Vec<String>, String> {
+    fn nft_chains(&mut self) -> Result<Vec<String>, KernelError> {
         self.time("nft_chains", 0, |d| d.nft_chains())
     }
 
-    fn forget_udp(&mut self, fe: &Frontend, endpoint: Option<Ipv4Addr>) -> Result<(), String> {
+    fn forget_udp(&mut self, fe: &Frontend, endpoint: Option<Ipv4Addr>) -> Result<(), KernelError> {
         self.time("conntrack", 1, |d| d.forget_udp(fe, endpoint))
     }
 
-    fn forget_affinity(&mut self, mark: u32, gone: &[Backend]) -> Result<(), String> {
+    fn forget_affinity(&mut self, mark: u32, gone: &[Backend]) -> Result<(), KernelError> {
         self.time("conntrack", gone.len(), |d| d.forget_affinity(mark, gone))
     }
 
@@ -113,7 +114,7 @@ impl<D: ProxyDataplane> ProxyDataplane for Timed<D> {
         dev: &str,
         pool: ipnet::Ipv4Net,
         ips: &std::collections::BTreeSet<Ipv4Addr>,
-    ) -> Result<(), String> {
+    ) -> Result<(), KernelError> {
         self.inner.announce(dev, pool, ips)
     }
 }
@@ -258,7 +259,7 @@ impl Bench {
         let t = Instant::now();
         let result = work.run(&mut self.dp);
         self.applier.finish(&result);
-        result?;
+        result.map_err(|e| e.to_string())?;
         let apply_ms = ms(t);
         let rss_applied = rss_mib();
         let (vmalloc1, slab1) = kernel_mem();
@@ -290,7 +291,7 @@ impl Bench {
         let t = Instant::now();
         let result = work.run(&mut self.dp);
         self.applier.finish(&result);
-        result?;
+        result.map_err(|e| e.to_string())?;
         let apply_ms = ms(t);
         out.take.push(take_ms);
         out.compile.push(compile_ms);

@@ -1,6 +1,6 @@
 //! [`MemNft`]: the proxy's table in memory, the fake the loop and the plan tests run against.
 
-use crate::proxy::ProxyDataplane;
+use crate::proxy::{KernelError, ProxyDataplane};
 
 /// The service proxy's table in memory: elements as their `nft` text, the scripts run, the
 /// cleanups asked for.
@@ -25,10 +25,10 @@ pub struct MemNft {
 impl ProxyDataplane for MemNft {
     /// Keeps chains and their rules; like the kernel, refuses (and then changes nothing) to
     /// delete a chain that a rule or a map element still jumps to.
-    fn nft_script(&mut self, script: &str) -> Result<(), String> {
+    fn nft_script(&mut self, script: &str) -> Result<(), KernelError> {
         let n = self;
         if let Some(f) = &n.fail {
-            return Err(f.clone());
+            return Err(KernelError::Refused(f.clone()));
         }
         let mut rules = n.rules.clone();
         for line in script.lines() {
@@ -58,7 +58,9 @@ impl ProxyDataplane for MemNft {
                     });
                     let used_by_element = n.elements.values().any(|v| target.contains(v));
                     if used_by_rule || used_by_element {
-                        return Err(format!("delete chain {name}: Device or resource busy"));
+                        return Err(KernelError::Refused(format!(
+                            "delete chain {name}: Device or resource busy"
+                        )));
                     }
                     rules.remove(*name);
                 }
@@ -71,11 +73,15 @@ impl ProxyDataplane for MemNft {
         Ok(())
     }
 
-    fn nft_elements(&mut self, ops: &[crate::plan::ElemOp], flush: bool) -> Result<(), String> {
+    fn nft_elements(
+        &mut self,
+        ops: &[crate::plan::ElemOp],
+        flush: bool,
+    ) -> Result<(), KernelError> {
         use crate::plan::{ElemOp, STATIC_MAPS, render_ops};
         let n = self;
         if let Some(f) = &n.fail {
-            return Err(f.clone());
+            return Err(KernelError::Refused(f.clone()));
         }
         let mut next = n.elements.clone();
         if flush {
@@ -96,14 +102,16 @@ impl ProxyDataplane for MemNft {
             match op {
                 ElemOp::Add { map, .. } => {
                     if next.insert((map.to_string(), key.clone()), value).is_some() {
-                        return Err(format!("map {map}: add element {key}: File exists"));
+                        return Err(KernelError::Refused(format!(
+                            "map {map}: add element {key}: File exists"
+                        )));
                     }
                 }
                 ElemOp::Delete { map, .. } => {
                     if next.remove(&(map.to_string(), key.clone())).is_none() {
-                        return Err(format!(
+                        return Err(KernelError::Refused(format!(
                             "map {map}: delete element {key}: No such file or directory"
-                        ));
+                        )));
                     }
                 }
             }
@@ -113,7 +121,7 @@ impl ProxyDataplane for MemNft {
         Ok(())
     }
 
-    fn nft_chains(&mut self) -> Result<Vec<String>, String> {
+    fn nft_chains(&mut self) -> Result<Vec<String>, KernelError> {
         Ok(self.chains.iter().cloned().collect())
     }
 
@@ -122,9 +130,9 @@ impl ProxyDataplane for MemNft {
         _dev: &str,
         pool: ipnet::Ipv4Net,
         ips: &std::collections::BTreeSet<std::net::Ipv4Addr>,
-    ) -> Result<(), String> {
+    ) -> Result<(), KernelError> {
         if let Some(outside) = ips.iter().find(|ip| !pool.contains(*ip)) {
-            return Err(format!("{outside} is outside the pool {pool}"));
+            return Err(KernelError::OutsidePool { ip: *outside, pool });
         }
         self.announced = ips.clone();
         Ok(())
@@ -134,7 +142,7 @@ impl ProxyDataplane for MemNft {
         &mut self,
         fe: &crate::plan::Frontend,
         endpoint: Option<std::net::Ipv4Addr>,
-    ) -> Result<(), String> {
+    ) -> Result<(), KernelError> {
         self.forgotten_udp.push(match endpoint {
             Some(ep) => format!("{fe} via {ep}"),
             None => fe.to_string(),
@@ -142,7 +150,11 @@ impl ProxyDataplane for MemNft {
         Ok(())
     }
 
-    fn forget_affinity(&mut self, mark: u32, gone: &[crate::plan::Backend]) -> Result<(), String> {
+    fn forget_affinity(
+        &mut self,
+        mark: u32,
+        gone: &[crate::plan::Backend],
+    ) -> Result<(), KernelError> {
         self.forgotten_affinity
             .push((mark, gone.iter().map(ToString::to_string).collect()));
         Ok(())

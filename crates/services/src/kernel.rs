@@ -8,7 +8,7 @@ use datapath::{Handle, NetNs, nft};
 use ipnet::Ipv4Net;
 
 use crate::plan::{self as svc, Backend as SvcBackend, ElemOp, Frontend, Key, Value};
-use crate::proxy::ProxyDataplane;
+use crate::proxy::{KernelError, ProxyDataplane};
 
 /// A node's network namespace (or the caller's own) as the service proxy programs it: the
 /// table's structure through `nft -f`, elements over one nfnetlink socket (opened on first
@@ -66,25 +66,23 @@ impl NetnsProxy {
         self.ns.as_ref().map(NetNs::path)
     }
 
-    fn nft(&mut self) -> Result<&mut nft::Nft, String> {
-        if self.nft.is_none() {
-            let nft = nft::Nft::open(self.ns_path()).map_err(|e| e.to_string())?;
-            self.nft = Some(nft);
-        }
-        self.nft
-            .as_mut()
-            .ok_or_else(|| "nfnetlink socket not open".to_string())
+    fn nft(&mut self) -> Result<&mut nft::Nft, KernelError> {
+        let nft = match self.nft.take() {
+            Some(nft) => nft,
+            None => nft::Nft::open(self.ns_path())?,
+        };
+        Ok(self.nft.insert(nft))
     }
 }
 
 /// The service proxy's table: structure through `nft -f`, elements through one nfnetlink
 /// batch per transaction, conntrack through the `conntrack` tool.
 impl ProxyDataplane for NetnsProxy {
-    fn nft_script(&mut self, script: &str) -> Result<(), String> {
-        nft::run_script(self.ns_path(), script).map_err(|e| e.to_string())
+    fn nft_script(&mut self, script: &str) -> Result<(), KernelError> {
+        Ok(nft::run_script(self.ns_path(), script)?)
     }
 
-    fn nft_elements(&mut self, ops: &[ElemOp], flush: bool) -> Result<(), String> {
+    fn nft_elements(&mut self, ops: &[ElemOp], flush: bool) -> Result<(), KernelError> {
         let mut batch = nft::Batch::new(nft::Family::Inet, svc::TABLE);
         if flush {
             for map in svc::STATIC_MAPS {
@@ -107,21 +105,24 @@ impl ProxyDataplane for NetnsProxy {
         if batch.is_empty() {
             return Ok(());
         }
-        self.nft()?.commit(&batch).map_err(|e| e.to_string())
+        Ok(self.nft()?.commit(&batch)?)
     }
 
-    fn nft_chains(&mut self) -> Result<Vec<String>, String> {
-        datapath::tools::nft_chains(self.ns_path(), "inet", svc::TABLE).map_err(|e| e.to_string())
+    fn nft_chains(&mut self) -> Result<Vec<String>, KernelError> {
+        Ok(datapath::tools::nft_chains(
+            self.ns_path(),
+            "inet",
+            svc::TABLE,
+        )?)
     }
 
-    fn forget_udp(&mut self, fe: &Frontend, endpoint: Option<Ipv4Addr>) -> Result<(), String> {
-        datapath::tools::conntrack_delete_udp(self.ns_path(), fe.ip, fe.port, endpoint)
+    fn forget_udp(&mut self, fe: &Frontend, endpoint: Option<Ipv4Addr>) -> Result<(), KernelError> {
+        Ok(datapath::tools::conntrack_delete_udp(self.ns_path(), fe.ip, fe.port, endpoint)
             .map(|n| {
                 if n > 0 {
                     tracing::info!(frontend = %fe, endpoint = ?endpoint, flows = n, "forgot stale UDP flows");
                 }
-            })
-            .map_err(|e| e.to_string())
+            })?)
     }
 
     fn announce(
@@ -129,16 +130,17 @@ impl ProxyDataplane for NetnsProxy {
         dev: &str,
         pool: Ipv4Net,
         ips: &std::collections::BTreeSet<Ipv4Addr>,
-    ) -> Result<(), String> {
+    ) -> Result<(), KernelError> {
+        let nl = |op: String| move |source| KernelError::Netlink { op, source };
         let link = self
             .handle
             .link(dev)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("underlay device {dev} not found"))?;
+            .map_err(nl(format!("get link {dev}")))?
+            .ok_or_else(|| KernelError::NoDevice(dev.to_string()))?;
         let held: Vec<Ipv4Net> = self
             .handle
             .addrs(link.index)
-            .map_err(|e| e.to_string())?
+            .map_err(nl(format!("list addresses of {dev}")))?
             .into_iter()
             .filter(|a| a.prefix_len() == 32 && pool.contains(&a.addr()))
             .collect();
@@ -146,7 +148,7 @@ impl ProxyDataplane for NetnsProxy {
             if !ips.contains(&a.addr()) {
                 self.handle
                     .del_addr(link.index, *a)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(nl(format!("delete LoadBalancer address {a} from {dev}")))?;
                 tracing::info!(ip = %a.addr(), "no longer announcing LoadBalancer IP");
             }
         }
@@ -157,7 +159,7 @@ impl ProxyDataplane for NetnsProxy {
             let net = Ipv4Net::from(*ip);
             self.handle
                 .add_addr(link.index, net)
-                .map_err(|e| e.to_string())?;
+                .map_err(nl(format!("add LoadBalancer address {net} on {dev}")))?;
             tracing::info!(ip = %ip, dev, "announcing LoadBalancer IP");
             if let Err(e) = datapath::tools::gratuitous_arp(self.ns_path(), dev, *ip) {
                 tracing::warn!(ip = %ip, error = %e, "gratuitous ARP failed; neighbours learn the new owner when their ARP entry expires");
@@ -166,17 +168,15 @@ impl ProxyDataplane for NetnsProxy {
         Ok(())
     }
 
-    fn forget_affinity(&mut self, mark: u32, gone: &[SvcBackend]) -> Result<(), String> {
+    fn forget_affinity(&mut self, mark: u32, gone: &[SvcBackend]) -> Result<(), KernelError> {
         use nft::{Data, Field, FieldKind};
         let nft = self.nft()?;
-        let elems = nft
-            .list_elements(
-                svc::TABLE,
-                svc::maps::AFFINITY,
-                &[FieldKind::Ipv4, FieldKind::Mark],
-                Some(&[FieldKind::Ipv4, FieldKind::Port]),
-            )
-            .map_err(|e| e.to_string())?;
+        let elems = nft.list_elements(
+            svc::TABLE,
+            svc::maps::AFFINITY,
+            &[FieldKind::Ipv4, FieldKind::Mark],
+            Some(&[FieldKind::Ipv4, FieldKind::Port]),
+        )?;
         let mut batch = nft::Batch::new(nft::Family::Inet, svc::TABLE);
         for e in elems {
             let pinned = match &e.data {
@@ -197,7 +197,7 @@ impl ProxyDataplane for NetnsProxy {
         if batch.is_empty() {
             return Ok(());
         }
-        nft.commit(&batch).map_err(|e| e.to_string())
+        Ok(nft.commit(&batch)?)
     }
 }
 

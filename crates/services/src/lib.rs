@@ -30,4 +30,4 @@ pub use health_server::{HealthConfig, ProxyHealth};
 #[cfg(feature = "kernel")]
 pub use kernel::{NetnsProxy, OpenError};
 pub use plan::*;
-pub use proxy::{Applier, ProxyConfig, ProxyDataplane, ProxyReport};
+pub use proxy::{Applier, KernelError, ProxyConfig, ProxyDataplane, ProxyReport};

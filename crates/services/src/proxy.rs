@@ -25,20 +25,59 @@ static SERVICES_PREFIX: LazyLock<String> = LazyLock::new(|| keys::kind_prefix(Ki
 static SLICES_PREFIX: LazyLock<String> = LazyLock::new(|| keys::kind_prefix(Kind::EndpointSlice));
 const LEASES_PREFIX: &str = keys::SUBNETS;
 
+/// Why the kernel (or its fake) did not take a change of the proxy's table.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// nftables refused or failed (`nft -f`, an element batch, a listing); names the table.
+    #[cfg(feature = "kernel")]
+    #[error(transparent)]
+    Nft(#[from] datapath::nft::NftError),
+    /// `conntrack` or `nft -j list` failed; names the tool and its arguments.
+    #[cfg(feature = "kernel")]
+    #[error(transparent)]
+    Tool(#[from] datapath::tools::ToolError),
+    /// An address change on the underlay device failed.
+    #[cfg(feature = "kernel")]
+    #[error("{op}: {source}")]
+    Netlink {
+        /// What was asked (`add LoadBalancer address 172.20.0.240 on eth0`).
+        op: String,
+        /// What netlink said.
+        source: datapath::NetlinkError,
+    },
+    /// The device the LoadBalancer addresses go on is missing.
+    #[error("underlay device {0} not found")]
+    NoDevice(String),
+    /// An address outside the LoadBalancer pool was asked for.
+    #[error("{ip} is outside the pool {pool}")]
+    OutsidePool {
+        /// The address.
+        ip: Ipv4Addr,
+        /// The pool.
+        pool: Ipv4Net,
+    },
+    /// The blocking task that ran the apply panicked or was cancelled.
+    #[error("proxy worker: {0}")]
+    Worker(tokio::task::JoinError),
+    /// The fake's refusal, worded as the kernel's (`map services: add element ...: File exists`).
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// The kernel side of the proxy, implemented by `NetnsProxy` and by [`crate::MemNft`].
 pub trait ProxyDataplane: Send + 'static {
     /// Runs an `nft -f` script as one transaction (table, maps, chains and their rules).
-    fn nft_script(&mut self, script: &str) -> Result<(), String>;
+    fn nft_script(&mut self, script: &str) -> Result<(), KernelError>;
     /// Applies element changes as one transaction; with `flush`, the maps in
     /// [`svc::STATIC_MAPS`] are emptied first inside the same transaction.
-    fn nft_elements(&mut self, ops: &[ElemOp], flush: bool) -> Result<(), String>;
+    fn nft_elements(&mut self, ops: &[ElemOp], flush: bool) -> Result<(), KernelError>;
     /// Names of the chains of the proxy's table that the kernel holds now.
-    fn nft_chains(&mut self) -> Result<Vec<String>, String>;
+    fn nft_chains(&mut self) -> Result<Vec<String>, KernelError>;
     /// Forgets UDP conntrack entries addressed to `fe` (only those whose reply comes from
     /// `endpoint`, if given).
-    fn forget_udp(&mut self, fe: &Frontend, endpoint: Option<Ipv4Addr>) -> Result<(), String>;
+    fn forget_udp(&mut self, fe: &Frontend, endpoint: Option<Ipv4Addr>) -> Result<(), KernelError>;
     /// Forgets the clients the affinity map pins to any of `gone` under affinity mark `mark`.
-    fn forget_affinity(&mut self, mark: u32, gone: &[Backend]) -> Result<(), String>;
+    fn forget_affinity(&mut self, mark: u32, gone: &[Backend]) -> Result<(), KernelError>;
     /// Makes `dev` hold exactly `ips` (as /32) of the addresses inside `pool`, so the node
     /// answers ARP for the LoadBalancer IPs it announces; announces new ones with a
     /// gratuitous ARP.
@@ -47,7 +86,7 @@ pub trait ProxyDataplane: Send + 'static {
         dev: &str,
         pool: Ipv4Net,
         ips: &BTreeSet<Ipv4Addr>,
-    ) -> Result<(), String>;
+    ) -> Result<(), KernelError>;
 }
 
 /// What the proxy reports in the agent's status (`proxy`).
@@ -277,12 +316,16 @@ impl Applier {
     }
 
     /// Takes the outcome of the prepared work: after an error everything is reloaded next.
-    pub fn finish(&mut self, result: &Result<(), String>) {
+    pub fn finish(&mut self, result: &Result<(), KernelError>) {
         self.synced = result.is_ok();
     }
 
     /// [`prepare`](Self::prepare), [`Work::run`] and [`finish`](Self::finish) in one.
-    pub fn apply(&mut self, dp: &mut impl ProxyDataplane, c: &mut Compiler) -> Result<(), String> {
+    pub fn apply(
+        &mut self,
+        dp: &mut impl ProxyDataplane,
+        c: &mut Compiler,
+    ) -> Result<(), KernelError> {
         let result = self.prepare(c).run(dp);
         self.finish(&result);
         result
@@ -297,7 +340,7 @@ impl Work {
 
     /// Does the work: structure, then elements in one transaction, then chain deletions and
     /// conntrack and affinity cleanups, then the LoadBalancer announcements.
-    pub fn run(self, dp: &mut impl ProxyDataplane) -> Result<(), String> {
+    pub fn run(self, dp: &mut impl ProxyDataplane) -> Result<(), KernelError> {
         if let Some(script) = &self.structure {
             dp.nft_script(script)?;
         }
@@ -440,7 +483,7 @@ impl<P: ProxyDataplane> Ctx<P> {
             r
         })
         .await
-        .unwrap_or_else(|e| Err(format!("proxy worker: {e}")));
+        .unwrap_or_else(|e| Err(KernelError::Worker(e)));
         self.applier.finish(&result);
         let c = &view.compiler;
         let plan = c.plan();
@@ -468,7 +511,7 @@ impl<P: ProxyDataplane> Ctx<P> {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "applying services failed; will reload");
-                self.report.set(|s| s.last_error = Some(e));
+                self.report.set(|s| s.last_error = Some(e.to_string()));
                 false
             }
         }
