@@ -65,7 +65,7 @@ pub enum AgentError {
         /// The store key of the config.
         key: String,
         /// What is wrong.
-        reason: String,
+        reason: store::contract::InvalidConfig,
     },
     /// Routing stopped.
     #[error(transparent)]

@@ -208,11 +208,11 @@ fn config_validation_explains_what_is_wrong() {
     );
     let e =
         parse(r#"{"podCIDR":"10.244.0.0/16","nodePrefixLength":8,"backend":"vxlan"}"#).unwrap_err();
-    assert!(e.contains("nodePrefixLength 8"), "{e}");
+    assert!(e.to_string().contains("nodePrefixLength 8"), "{e}");
     let e = parse(r#"{"podCIDR":"10.244.1.0/16","nodePrefixLength":24,"backend":"vxlan"}"#)
         .unwrap_err();
-    assert!(e.contains("host bits"), "{e}");
+    assert!(e.to_string().contains("host bits"), "{e}");
     let e =
         parse(r#"{"podCIDR":"10.244.0.0/16","nodePrefixLength":24,"backend":"udp"}"#).unwrap_err();
-    assert!(e.contains("udp"), "{e}");
+    assert!(e.to_string().contains("udp"), "{e}");
 }

@@ -33,31 +33,51 @@ pub struct NetworkConfig {
     pub load_balancer_pool: Option<Ipv4Net>,
 }
 
+/// Why a network config cannot be used; each variant names the field and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidConfig {
+    /// The value is not the JSON of a config (a missing field, a wrong type, an unknown
+    /// backend); serde's message names the field.
+    #[error("invalid network config: {0}")]
+    Json(String),
+    /// `podCIDR` is not a network address.
+    #[error("podCIDR {cidr} has host bits set (did you mean {}?)", cidr.trunc())]
+    HostBits {
+        /// The `podCIDR` as given.
+        cidr: Ipv4Net,
+    },
+    /// `nodePrefixLength` does not cut `podCIDR` into node subnets of at least 4 addresses.
+    #[error("nodePrefixLength {length} must be between the podCIDR prefix length {min} and 30")]
+    NodePrefixLength {
+        /// The `nodePrefixLength` as given.
+        length: u8,
+        /// The prefix length of `podCIDR`.
+        min: u8,
+    },
+}
+
 impl NetworkConfig {
     /// Parses and validates the JSON value of the `config` key; the error says what is wrong.
-    pub fn parse(json: &[u8]) -> Result<Self, String> {
+    pub fn parse(json: &[u8]) -> Result<Self, InvalidConfig> {
         let cfg: NetworkConfig =
-            serde_json::from_slice(json).map_err(|e| format!("invalid network config: {e}"))?;
+            serde_json::from_slice(json).map_err(|e| InvalidConfig::Json(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Checks what serde cannot: no host bits in `podCIDR`, a node prefix between its prefix and
     /// /30.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
         if self.pod_cidr != self.pod_cidr.trunc() {
-            return Err(format!(
-                "podCIDR {} has host bits set (did you mean {}?)",
-                self.pod_cidr,
-                self.pod_cidr.trunc()
-            ));
+            return Err(InvalidConfig::HostBits {
+                cidr: self.pod_cidr,
+            });
         }
         if self.node_prefix_length < self.pod_cidr.prefix_len() || self.node_prefix_length > 30 {
-            return Err(format!(
-                "nodePrefixLength {} must be between the podCIDR prefix length {} and 30",
-                self.node_prefix_length,
-                self.pod_cidr.prefix_len()
-            ));
+            return Err(InvalidConfig::NodePrefixLength {
+                length: self.node_prefix_length,
+                min: self.pod_cidr.prefix_len(),
+            });
         }
         Ok(())
     }

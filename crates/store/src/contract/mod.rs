@@ -14,7 +14,7 @@ mod config;
 mod lease;
 mod status;
 
-pub use config::NetworkConfig;
+pub use config::{InvalidConfig, NetworkConfig};
 pub use lease::{
     Backend, Lease, LeaseAttrs, Mac, VXLAN_OVERHEAD, VXLAN_VNI, decode_leases, key_cidr,
 };
@@ -35,18 +35,18 @@ pub enum ConfigError {
     Missing,
     /// The value does not parse or validate.
     #[error("network config (store key config): {0}")]
-    Invalid(String),
+    Invalid(#[from] InvalidConfig),
 }
 
 /// Reads and validates the network config.
 pub async fn read_config<S: Store>(store: &S) -> Result<NetworkConfig, ConfigError> {
     let kv = store.get(keys::CONFIG).await?.ok_or(ConfigError::Missing)?;
-    NetworkConfig::parse(&kv.value).map_err(ConfigError::Invalid)
+    Ok(NetworkConfig::parse(&kv.value)?)
 }
 
 /// Writes the network config (validated first).
 pub async fn write_config<S: Store>(store: &S, cfg: &NetworkConfig) -> Result<i64, ConfigError> {
-    cfg.validate().map_err(ConfigError::Invalid)?;
+    cfg.validate()?;
     let value = crate::encode(keys::CONFIG, cfg)?;
     Ok(store.put(keys::CONFIG, value).await?)
 }
