@@ -131,7 +131,7 @@ pub struct RouteInputs {
     pub leases: Vec<Lease>,
     /// The agents' statuses by node (those that decode).
     pub statuses: BTreeMap<String, AgentStatus>,
-    /// The underlay device of every node (the lab's).
+    /// The underlay device of a node whose agent does not report one (the lab's).
     pub underlay_dev: String,
 }
 
@@ -153,7 +153,10 @@ impl RouteInputs {
         let status = self.statuses.get(node);
         let backend = self.config.backend;
         let underlay = UnderlayInfo {
-            dev: self.underlay_dev.clone(),
+            dev: status
+                .map(|s| s.routes.underlay_dev.clone())
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| self.underlay_dev.clone()),
             ip: status.map_or(own.attrs.underlay_ip, |s| s.routes.underlay_ip),
             mtu: status.map_or(1500, |s| s.routes.mtu + backend.overhead()),
         };

@@ -766,13 +766,15 @@ pub async fn get(
 
 /// Adds what the network knows about each node, as annotations (as flannel annotates nodes
 /// with its backend and public IP): `flatnet.io/backend-type`, `flatnet.io/public-ip`,
-/// `flatnet.io/agent-health` (healthy, unhealthy, stale, none) and
+/// `flatnet.io/agent-health` (healthy, unhealthy, stale, unreadable, none) and
 /// `flatnet.io/applied-revision`; `spec.podCIDR` comes from the node's subnet lease.
 pub async fn annotate_nodes(store: &EtcdStore, nodes: &mut [Value]) -> Result<(), ApiError> {
     let (subnets, _) = store.list(store::keys::SUBNETS).await?;
+    let leases = store::contract::decode_leases(&subnets);
+    let (statuses, _) = store::contract::read_statuses(store).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
+        .map(|d| d.as_secs())
         .unwrap_or(0);
     for n in nodes.iter_mut() {
         let name = n
@@ -786,27 +788,28 @@ pub async fn annotate_nodes(store: &EtcdStore, nodes: &mut [Value]) -> Result<()
         {
             n["metadata"]["annotations"] = json!({});
         }
-        let lease = subnets.iter().find_map(|kv| {
-            let v: Value = kv.decode().ok()?;
-            (v["node"] == name.as_str()).then(|| (store::keys::subnet_cidr(&kv.key), v))
-        });
-        if let Some((cidr, v)) = lease {
-            if let Some(cidr) = cidr {
-                n["spec"]["podCIDR"] = json!(cidr);
-                n["spec"]["podCIDRs"] = json!([cidr]);
-            }
-            n["metadata"]["annotations"]["flatnet.io/backend-type"] = v["backend"].clone();
-            n["metadata"]["annotations"]["flatnet.io/public-ip"] = v["underlayIP"].clone();
+        if let Some((_, lease)) = leases.iter().find(|(_, l)| l.attrs.node == name) {
+            let cidr = lease.cidr.to_string();
+            n["spec"]["podCIDR"] = json!(cidr);
+            n["spec"]["podCIDRs"] = json!([cidr]);
+            n["metadata"]["annotations"]["flatnet.io/backend-type"] =
+                json!(lease.attrs.backend.to_string());
+            n["metadata"]["annotations"]["flatnet.io/public-ip"] =
+                json!(lease.attrs.underlay_ip.to_string());
         }
-        let health = match store.get(&store::keys::agent(&name)).await? {
+        let health = match statuses.get(&name) {
             None => "none".to_string(),
-            Some(kv) => {
-                let a: Value = kv.decode()?;
+            Some(Err(e)) => {
+                tracing::warn!(node = %name, error = %e, "agent status unreadable");
+                "unreadable".to_string()
+            }
+            Some(Ok(a)) => {
                 n["metadata"]["annotations"]["flatnet.io/applied-revision"] =
-                    json!(a["appliedRevision"].to_string());
-                if now - a["heartbeat"].as_i64().unwrap_or(0) > store::contract::AGENT_STALE_SECS {
+                    json!(a.routes.applied_revision.to_string());
+                let age = now.saturating_sub(a.routes.heartbeat);
+                if i64::try_from(age).unwrap_or(i64::MAX) > store::contract::AGENT_STALE_SECS {
                     "stale".into()
-                } else if a["healthy"] == true {
+                } else if a.routes.healthy {
                     "healthy".into()
                 } else {
                     "unhealthy".into()

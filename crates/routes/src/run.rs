@@ -466,6 +466,7 @@ impl<S: Store, D: Dataplane> Routes<S, D> {
             cidr: self.held.lease.cidr,
             backend: self.net.backend,
             underlay_ip: self.underlay.ip,
+            underlay_dev: self.underlay.dev.clone(),
             mtu: pod_mtu(self.net.backend, self.underlay.mtu),
             last_error: match (&self.apply_error, &self.underlay_error) {
                 (Some(a), Some(u)) => Some(format!("{a}; {u}")),

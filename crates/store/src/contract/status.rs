@@ -48,6 +48,9 @@ pub struct RoutesStatus {
     /// The node's underlay address.
     #[serde(rename = "underlayIP")]
     pub underlay_ip: Ipv4Addr,
+    /// The node's underlay device (the one holding `underlayIP`, where host-gw routes point).
+    #[serde(default)]
+    pub underlay_dev: String,
     /// Pod interface MTU written to the CNI conflist.
     pub mtu: u32,
     /// Why the last apply was not complete.
