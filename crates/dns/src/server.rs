@@ -326,7 +326,7 @@ pub fn udp_max_size(request: &Request) -> u16 {
 /// Sends queries for names outside the zone to the upstream servers over UDP and hands back
 /// their responses, under the client's query id. A truncated (TC) response is asked again
 /// over TCP, as a resolver does; the TCP sockets are made in the network namespace of the UDP
-/// socket (see [`TcpMaker`]), so they reach the same upstreams after the process moved.
+/// socket (see `TcpMaker`), so they reach the same upstreams after the process moved.
 pub struct Forwarder {
     socket: Arc<tokio::net::UdpSocket>,
     upstreams: Vec<SocketAddr>,

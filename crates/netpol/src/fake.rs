@@ -10,6 +10,7 @@ pub struct MemPolicy {
     pub addrs: std::collections::BTreeMap<String, std::collections::BTreeSet<std::net::Ipv4Addr>>,
     /// Interval sets: set -> ranges.
     pub ranges: std::collections::BTreeMap<String, std::collections::BTreeSet<AllowRange>>,
+    /// Every `nft -f` script run (the table's structure), in order.
     pub scripts: Vec<String>,
     /// Element transactions: (number of operations, flushed first).
     pub transactions: Vec<(usize, bool)>,

@@ -8,8 +8,8 @@ use std::path::Path;
 use routes::LeaseError;
 use routes::lease::{self, LeaseRequest};
 use store::contract::{Backend, LeaseAttrs, NetworkConfig};
-use testkit::TempDir;
 use store::{MemStore, Store, keys};
+use testkit::TempDir;
 
 fn net(pod: &str, prefix: u8) -> NetworkConfig {
     NetworkConfig {

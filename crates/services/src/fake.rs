@@ -8,13 +8,17 @@ use crate::proxy::{KernelError, ProxyDataplane};
 pub struct MemNft {
     /// `(map, key)` -> value, as `render_ops` prints them.
     pub elements: std::collections::BTreeMap<(String, String), String>,
+    /// Names of the chains the table holds.
     pub chains: std::collections::BTreeSet<String>,
     /// Chain -> its rules.
     pub rules: std::collections::BTreeMap<String, Vec<String>>,
+    /// Every `nft -f` script run, in order.
     pub scripts: Vec<String>,
     /// Element transactions: (number of operations, flushed first).
     pub transactions: Vec<(usize, bool)>,
+    /// UDP conntrack cleanups asked for: `frontend` or `frontend via endpoint`.
     pub forgotten_udp: Vec<String>,
+    /// Affinity cleanups asked for: (affinity mark, the endpoints forgotten).
     pub forgotten_affinity: Vec<(u32, Vec<String>)>,
     /// LoadBalancer IPs announced on the underlay.
     pub announced: std::collections::BTreeSet<std::net::Ipv4Addr>,

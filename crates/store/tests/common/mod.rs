@@ -5,9 +5,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+use store::{KeyValue, Store, StoreError, WatchEvent, WatchReceiver};
 #[allow(unused_imports)] // only the etcd suite uses these
 pub use testkit::{TempDir, start_etcd};
-use store::{KeyValue, Store, StoreError, WatchEvent, WatchReceiver};
 
 /// Every wait in these tests ends by this.
 pub const WAIT: Duration = Duration::from_secs(15);
