@@ -14,10 +14,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use model::{EndpointSlice, Pod, Service};
+use model::{EndpointSlice, Kind, Pod, Service};
 use serde_json::Value;
+use store::contract::ConfigError;
 use store::reflector::{Batch, Event, Reflector};
-use store::{KeyValue, Store, StoreError, WatchEvent};
+use store::{KeyValue, Store, StoreError, WatchEvent, keys};
 
 use crate::api;
 use crate::endpoints;
@@ -25,17 +26,13 @@ use crate::names::Lab;
 use crate::topology::LabError;
 use services::lb::{self, LbState};
 
-const OBJECTS: &str = "objects/";
-
 /// The namespace/name of the Deployment an object key concerns: the Deployment itself, or
 /// the owner of a pod.
 fn deployment_of(key: &str, value: Option<&Value>) -> Option<(String, String)> {
-    let rest = key.strip_prefix(OBJECTS)?;
-    let mut parts = rest.splitn(3, '/');
-    let (kind, ns, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let (kind, ns, name) = split_key(key)?;
     match kind {
-        "deployments" => Some((ns.to_string(), name.to_string())),
-        "pods" => {
+        Kind::Deployment => Some((ns.to_string(), name.to_string())),
+        Kind::Pod => {
             let owner = value?
                 .pointer("/metadata/ownerReferences")?
                 .as_array()?
@@ -47,23 +44,28 @@ fn deployment_of(key: &str, value: Option<&Value>) -> Option<(String, String)> {
     }
 }
 
-/// (plural kind, namespace, name) of an object key.
-fn split_key(key: &str) -> Option<(&str, &str, &str)> {
-    let rest = key.strip_prefix(OBJECTS)?;
-    let mut parts = rest.splitn(3, '/');
-    Some((parts.next()?, parts.next()?, parts.next()?))
+/// (kind, namespace, name) of an object key.
+fn split_key(key: &str) -> Option<(Kind, &str, &str)> {
+    keys::parse_object(key).map(|k| (k.kind, k.namespace, k.name))
+}
+
+/// The store key of the object of `kind` named `id` (`namespace/name`).
+fn key_of(kind: Kind, id: &str) -> String {
+    let (ns, name) = id.split_once('/').unwrap_or(("default", id));
+    keys::object(kind, Some(ns), name)
 }
 
 /// The LoadBalancer pool of the network config (`loadBalancerPool`), if any.
 pub async fn lb_pool(store: &impl Store) -> Result<Option<Ipv4Net>, StoreError> {
-    let Some(kv) = store.get(store::keys::CONFIG).await? else {
-        return Ok(None);
-    };
-    let cfg: Value = kv.decode()?;
-    Ok(cfg
-        .get("loadBalancerPool")
-        .and_then(Value::as_str)
-        .and_then(|s| s.parse().ok()))
+    match store::contract::read_config(store).await {
+        Ok(cfg) => Ok(cfg.load_balancer_pool),
+        Err(ConfigError::Missing) => Ok(None),
+        Err(ConfigError::Store(e)) => Err(e),
+        Err(ConfigError::Invalid(e)) => Err(StoreError::Invalid(format!(
+            "network config (store key {}): {e}",
+            keys::CONFIG
+        ))),
+    }
 }
 
 /// The endpoints and LoadBalancer part of the controller: a cache of Services, pods,
@@ -140,7 +142,7 @@ impl<S: Store> Endpoints<S> {
             }
         };
         match kind {
-            "services" => match serde_json::from_value::<Service>(value.clone()) {
+            Kind::Service => match serde_json::from_value::<Service>(value.clone()) {
                 Ok(s) => {
                     self.services.insert(id, (s, value, kv.mod_revision));
                     self.dirty.insert(ns.to_string());
@@ -148,21 +150,21 @@ impl<S: Store> Endpoints<S> {
                 }
                 Err(e) => tracing::warn!(key = %kv.key, "not a Service: {e}"),
             },
-            "pods" => match serde_json::from_value::<Pod>(value) {
+            Kind::Pod => match serde_json::from_value::<Pod>(value) {
                 Ok(p) => {
                     self.pods.insert(id, p);
                     self.dirty.insert(ns.to_string());
                 }
                 Err(e) => tracing::warn!(key = %kv.key, "not a Pod: {e}"),
             },
-            "endpointslices" => match serde_json::from_value::<EndpointSlice>(value) {
+            Kind::EndpointSlice => match serde_json::from_value::<EndpointSlice>(value) {
                 Ok(s) => {
                     self.slices.insert(id, (s, kv.mod_revision));
                     self.dirty.insert(ns.to_string());
                 }
                 Err(e) => tracing::warn!(key = %kv.key, "not an EndpointSlice: {e}"),
             },
-            "nodes" => {
+            Kind::Node => {
                 let zone = value
                     .pointer("/metadata/labels")
                     .and_then(|l| l.get(endpoints::LABEL_ZONE))
@@ -186,13 +188,13 @@ impl<S: Store> Endpoints<S> {
         };
         let id = format!("{ns}/{name}");
         let hit = match kind {
-            "services" => {
+            Kind::Service => {
                 self.lb_dirty = true;
                 self.services.remove(&id).is_some()
             }
-            "pods" => self.pods.remove(&id).is_some(),
-            "endpointslices" => self.slices.remove(&id).is_some(),
-            "nodes" => {
+            Kind::Pod => self.pods.remove(&id).is_some(),
+            Kind::EndpointSlice => self.slices.remove(&id).is_some(),
+            Kind::Node => {
                 if self.zones.remove(name).is_some() {
                     self.all_dirty();
                 }
@@ -271,7 +273,7 @@ impl<S: Store> Endpoints<S> {
                 &api::new_uid(),
                 &crate::now_rfc3339(),
             );
-            let key = format!("{OBJECTS}endpointslices/{id}");
+            let key = key_of(Kind::EndpointSlice, &id);
             match self
                 .store
                 .put_if(&key, store::encode(&key, &value)?, rev)
@@ -303,11 +305,7 @@ impl<S: Store> Endpoints<S> {
             .map(|(k, _)| k.clone())
             .collect();
         for id in stale {
-            match self
-                .store
-                .delete(&format!("{OBJECTS}endpointslices/{id}"))
-                .await
-            {
+            match self.store.delete(&key_of(Kind::EndpointSlice, &id)).await {
                 Ok(_) => {
                     tracing::info!(slice = %id, "endpointslice deleted");
                     self.slices.remove(&id);
@@ -335,7 +333,7 @@ impl<S: Store> Endpoints<S> {
             }
             let mut new = raw.clone();
             new["status"] = want;
-            let key = format!("{OBJECTS}services/{id}");
+            let key = key_of(Kind::Service, &id);
             match self
                 .store
                 .put_if(&key, store::encode(&key, &new)?, *rev)
@@ -379,7 +377,7 @@ pub async fn run(lab: Lab) -> Result<(), LabError> {
             }
         }
     };
-    let mut reflector = Reflector::new(store.clone(), &[OBJECTS]);
+    let mut reflector = Reflector::new(store.clone(), &[keys::OBJECTS]);
     let mut batch = Batch::new();
     // Owners of deleted pods are remembered from the last value seen.
     let mut owners: std::collections::HashMap<String, (String, String)> = Default::default();
@@ -447,7 +445,10 @@ fn take_event<S: Store>(
     let deployment = |kv: &KeyValue, owners: &mut std::collections::HashMap<_, _>| {
         let v: Option<Value> = kv.decode().ok();
         let d = deployment_of(&kv.key, v.as_ref());
-        if let (Some(d), true) = (&d, kv.key.starts_with("objects/pods/")) {
+        if let (Some(d), true) = (
+            &d,
+            split_key(&kv.key).is_some_and(|(k, _, _)| k == Kind::Pod),
+        ) {
             owners.insert(kv.key.clone(), d.clone());
         }
         d

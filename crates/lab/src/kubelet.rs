@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use model::{Container, Pod};
 use serde_json::{Value, json};
-use store::reflector::{Event, Reflector};
-use store::{EtcdStore, Store, StoreError};
+use store::reflector::{Backoff, Event, Reflector};
+use store::{EtcdStore, Store, StoreError, keys};
 use tokio::sync::mpsc;
 
 use crate::names::Lab;
@@ -67,8 +67,6 @@ struct Exited {
     code: Option<i32>,
 }
 
-const PODS: &str = "objects/pods/";
-
 /// The kubelet process: registers the node once its network plugin is ready, then runs the
 /// pods bound to it until the process is stopped; fails only if the node cannot be registered.
 pub async fn run(cfg: KubeletConfig) -> Result<(), LabError> {
@@ -86,7 +84,8 @@ pub async fn run(cfg: KubeletConfig) -> Result<(), LabError> {
     register_node(&store, &cfg, pod_cidr).await?;
     let (exit_tx, mut exit_rx) = mpsc::channel::<Exited>(64);
     let mut pods: HashMap<String, RunningPod> = recover(&cfg, &store).await;
-    let mut reflector = Reflector::new(store.clone(), &[PODS]);
+    let pods_prefix = keys::kind_prefix(model::Kind::Pod);
+    let mut reflector = Reflector::new(store.clone(), &[pods_prefix.as_str()]);
     // The pods bound to this node in the listing under way.
     let mut desired = HashMap::new();
     loop {
@@ -491,7 +490,7 @@ fn create_sandbox(cfg: &KubeletConfig, pod: &Pod) -> Result<(String, Value, Ipv4
         cfg,
         &netns,
         &SandboxRecord {
-            key: object_key(&ns, name),
+            key: store::keys::object(model::Kind::Pod, Some(&ns), name),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             result: Some(result.clone()),
         },
@@ -1050,10 +1049,6 @@ fn sandbox_dir(cfg: &KubeletConfig) -> PathBuf {
     cfg.lab.node_dir(&cfg.node).join("sandboxes")
 }
 
-fn object_key(ns: &str, name: &str) -> String {
-    store::keys::object(model::Kind::Pod, Some(ns), name)
-}
-
 fn write_sandbox_record(cfg: &KubeletConfig, netns: &str, rec: &SandboxRecord) {
     let dir = sandbox_dir(cfg);
     let _ = std::fs::create_dir_all(&dir);
@@ -1082,12 +1077,14 @@ async fn recover(cfg: &KubeletConfig, store: &EtcdStore) -> HashMap<String, Runn
             ))
         })
         .collect();
+    let mut backoff = Backoff::new();
     let pods = loop {
-        match store.list(PODS).await {
+        match store.list(&keys::kind_prefix(model::Kind::Pod)).await {
             Ok((kvs, _)) => break kvs,
             Err(e) => {
-                tracing::warn!("list pods: {e}; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot list pods to recover sandboxes");
+                tokio::time::sleep(wait).await;
             }
         }
     };

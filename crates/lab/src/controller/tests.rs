@@ -52,10 +52,10 @@ mod endpoints_controller {
 
     /// A controller over `s` that has taken the current listing, and a watch from there.
     async fn start(s: &MemStore, pool: &str) -> (Endpoints<MemStore>, WatchReceiver) {
-        let (kvs, rev) = s.list(OBJECTS).await.expect("list");
+        let (kvs, rev) = s.list(store::keys::OBJECTS).await.expect("list");
         let mut eps = Endpoints::new(s.clone(), Some(pool.parse().expect("pool")));
         eps.reset(&kvs);
-        let w = s.watch(OBJECTS, rev + 1).await.expect("watch");
+        let w = s.watch(store::keys::OBJECTS, rev + 1).await.expect("watch");
         (eps, w)
     }
 
@@ -118,7 +118,7 @@ mod endpoints_controller {
         // nothing changed: nothing written (its own events and a full relist included)
         let rev = s.revision().await.expect("rev");
         settle(&mut eps, &mut w).await;
-        let (kvs, _) = s.list(OBJECTS).await.expect("list");
+        let (kvs, _) = s.list(store::keys::OBJECTS).await.expect("list");
         eps.reset(&kvs);
         settle(&mut eps, &mut w).await;
         assert_eq!(
