@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::names::{Addressing, Lab, node_name};
-use store::Store;
 
 use crate::daemons::{self, Daemon};
 use crate::{cleanup, shell};
@@ -49,13 +48,19 @@ pub struct UpOptions {
 }
 
 /// Network config stored under `config` (design.md §4).
-pub fn network_config(opts: &UpOptions) -> serde_json::Value {
-    json!({
-        "podCIDR": opts.addressing.pod_cidr.to_string(),
-        "nodePrefixLength": opts.addressing.node_prefix,
-        "serviceCIDR": opts.addressing.service_cidr.to_string(),
-        "backend": opts.backend,
-        "loadBalancerPool": opts.addressing.lb_pool.to_string(),
+pub fn network_config(opts: &UpOptions) -> Result<store::contract::NetworkConfig, LabError> {
+    let backend = serde_json::from_value(json!(opts.backend)).map_err(|_| {
+        LabError::Other(format!(
+            "unknown backend {:?} (host-gw or vxlan)",
+            opts.backend
+        ))
+    })?;
+    Ok(store::contract::NetworkConfig {
+        pod_cidr: opts.addressing.pod_cidr,
+        node_prefix_length: opts.addressing.node_prefix,
+        service_cidr: Some(opts.addressing.service_cidr),
+        backend,
+        load_balancer_pool: Some(opts.addressing.lb_pool),
     })
 }
 
@@ -77,6 +82,10 @@ pub async fn up(
     if lab.etcd_endpoint_file().exists() {
         return Err(LabError::AlreadyUp(lab.name.clone()));
     }
+    // Checked before anything is made: a config the agents would refuse is refused here.
+    network_config(opts)?
+        .validate()
+        .map_err(|e| LabError::Other(format!("--pod-cidr/--node-prefix: {e}")))?;
     if cleanup::anything_left(lab) {
         progress("removing leftovers of an earlier lab with this name");
         let r = cleanup::remove_all(lab);
@@ -155,13 +164,9 @@ async fn build(
 
     let store =
         store::EtcdStore::connect(std::slice::from_ref(&endpoint), crate::client::PREFIX).await?;
-    let cfg = network_config(opts);
-    store
-        .put(
-            store::keys::CONFIG,
-            store::encode(store::keys::CONFIG, &cfg)?,
-        )
-        .await?;
+    store::contract::write_config(&store, &network_config(opts)?)
+        .await
+        .map_err(|e| LabError::Other(e.to_string()))?;
     // The endpoint file marks the lab as up; written once the store answers.
     std::fs::write(lab.etcd_endpoint_file(), &endpoint).map_err(|e| {
         LabError::Other(format!("write {}: {e}", lab.etcd_endpoint_file().display()))

@@ -15,7 +15,7 @@ use dns::follow;
 use dns::server::{Forwarder, Handler, UdpMode, spawn_udp_workers};
 use dns::{Zone, ZoneConfig};
 use ipnet::{IpNet, Ipv4Net};
-use store::Store;
+use store::reflector::Backoff;
 
 fn upstream(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
@@ -245,14 +245,14 @@ async fn serve(
 }
 
 async fn connect(a: &Args) -> store::EtcdStore {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new();
     loop {
         match store::EtcdStore::connect(&a.etcd, &a.store_prefix).await {
             Ok(s) => return s,
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "store not reachable");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?wait, "store not reachable");
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -260,17 +260,20 @@ async fn connect(a: &Args) -> store::EtcdStore {
 
 /// (serviceCIDR, podCIDR) from the store's network config, when it is there.
 async fn read_config(s: &store::EtcdStore) -> (Option<Ipv4Net>, Option<Ipv4Net>) {
+    use store::contract::ConfigError;
+    let mut backoff = Backoff::new();
     for _ in 0..20 {
-        match s.get(store::keys::CONFIG).await {
-            Ok(Some(kv)) => {
-                let v: serde_json::Value = kv.decode().unwrap_or_default();
-                let cidr = |k: &str| v[k].as_str().and_then(|c| c.parse().ok());
-                return (cidr("serviceCIDR"), cidr("podCIDR"));
+        match store::contract::read_config(s).await {
+            Ok(c) => return (c.service_cidr, Some(c.pod_cidr)),
+            Err(ConfigError::Missing) => return (None, None),
+            Err(e @ ConfigError::Invalid(_)) => {
+                tracing::warn!(error = %e, "network config ignored");
+                return (None, None);
             }
-            Ok(None) => return (None, None),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the network config; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+            Err(ConfigError::Store(e)) => {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot read the network config");
+                tokio::time::sleep(wait).await;
             }
         }
     }
