@@ -404,15 +404,17 @@ async fn main() {
     }
     let dir = std::env::temp_dir().join(format!("fpb{}", std::process::id()));
     let agent_cfg = AgentConfig {
-        node: NODE.into(),
         netns: Some(node.path()),
         etcd_endpoints: vec![],
         store_prefix: agent::DEFAULT_STORE_PREFIX.into(),
-        underlay_dev: "eth0".into(),
-        cni_conf_path: dir.join("net.d/10-flatnet.conflist"),
-        ipam_dir: dir.join("ipam"),
-        state_dir: dir.join("state"),
-        lease_ttl: Duration::from_secs(15),
+        routes: agent::RoutesConfig {
+            node: NODE.into(),
+            underlay_dev: "eth0".into(),
+            cni_conf_path: dir.join("net.d/10-flatnet.conflist"),
+            ipam_dir: dir.join("ipam"),
+            state_dir: dir.join("state"),
+            lease_ttl: Duration::from_secs(15),
+        },
     };
     let dp = NetnsDataplanes::open(Some(&node.path())).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

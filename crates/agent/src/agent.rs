@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use netpol::{PolicyDataplane, PolicyReport};
-use routes::{Dataplane, Routes, RoutesConfig};
+use routes::{Dataplane, Routes};
 use services::{HealthConfig, ProxyConfig, ProxyDataplane, ProxyHealth, ProxyReport};
 use store::Store;
 use store::contract::{self, AgentStatus, ConfigError, NetworkConfig, Report, RoutesStatus, keys};
@@ -39,7 +39,7 @@ pub async fn run_with_health<S: Store, R: Dataplane, P: ProxyDataplane, Q: Polic
     health: HealthConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
-    let span = tracing::info_span!("agent", node = %cfg.node);
+    let span = tracing::info_span!("agent", node = %cfg.routes.node);
     let body = async move {
         let net = wait_config(&store).await?;
         let changed = Arc::new(Notify::new());
@@ -48,19 +48,12 @@ pub async fn run_with_health<S: Store, R: Dataplane, P: ProxyDataplane, Q: Polic
             proxy: ProxyReport::notifying(changed.clone()),
             policy: PolicyReport::notifying(changed.clone()),
         };
-        let routes_cfg = RoutesConfig {
-            node: cfg.node.clone(),
-            underlay_dev: cfg.underlay_dev.clone(),
-            cni_conf_path: cfg.cni_conf_path.clone(),
-            ipam_dir: cfg.ipam_dir.clone(),
-            state_dir: cfg.state_dir.clone(),
-            lease_ttl: cfg.lease_ttl,
-        };
+        let node = cfg.routes.node.clone();
         let mut routes = Routes::start(
             store.clone(),
             dp.routes.clone(),
             net.clone(),
-            routes_cfg,
+            cfg.routes.clone(),
             reports.routes.clone(),
         )
         .await?;
@@ -72,7 +65,7 @@ pub async fn run_with_health<S: Store, R: Dataplane, P: ProxyDataplane, Q: Polic
             store.clone(),
             dp.proxy.clone(),
             ProxyConfig {
-                node: cfg.node.clone(),
+                node: node.clone(),
                 addresses: vec![underlay.ip],
                 cluster_cidr: net.pod_cidr,
                 service_cidr: net.service_cidr,
@@ -85,10 +78,10 @@ pub async fn run_with_health<S: Store, R: Dataplane, P: ProxyDataplane, Q: Polic
         let policy = netpol::run::run(
             store.clone(),
             dp.policy.clone(),
-            cfg.node.clone(),
+            node.clone(),
             reports.policy.clone(),
         );
-        let status = publish(store.clone(), cfg.node.clone(), changed, reports);
+        let status = publish(store.clone(), node, changed, reports);
         tokio::select! {
             r = routes.run() => r.map_err(AgentError::from),
             () = proxy => Ok(()),

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 pub use agent::{run_with, run_with_health};
 use netpol::{MemPolicy, NetnsPolicy};
+pub use routes::RoutesConfig;
 use routes::{MemRoutes, NetnsRoutes, Shared, UnderlayInfo};
 use services::{HealthConfig, MemNft, NetnsProxy};
 
@@ -32,11 +33,11 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
 /// Default store prefix (design.md §4).
 pub const DEFAULT_STORE_PREFIX: &str = "/flatnet/";
 
-/// How to run one node's agent.
+/// How to run one node's agent: where it works and how it reaches the store; the rest is
+/// routing's ([`RoutesConfig`]), whose `node` names the agent too (the span field of every
+/// log line, the lease's `node`, `agents/<node>`).
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// Node name: the span field of every log line, the lease's `node`, `agents/<node>`.
-    pub node: String,
     /// Network namespace the agent programs (`/run/netns/NAME`); `None`: its own. The agent
     /// process itself stays where it is (it reaches etcd from there).
     pub netns: Option<PathBuf>,
@@ -44,16 +45,8 @@ pub struct AgentConfig {
     pub etcd_endpoints: Vec<String>,
     /// Usually [`DEFAULT_STORE_PREFIX`].
     pub store_prefix: String,
-    /// Underlay link in that namespace; its first IPv4 address is the node's underlay IP.
-    pub underlay_dev: String,
-    /// Where the node's CNI conflist goes (written through a temporary file and a rename).
-    pub cni_conf_path: PathBuf,
-    /// `dataDir` in the conflist: the IPAM directory of `flatnet-cni`.
-    pub ipam_dir: PathBuf,
-    /// Small local state (the last leased subnet) for restarts after the lease expired.
-    pub state_dir: PathBuf,
-    /// TTL of the subnet lease (whole seconds, at least 1); renewed every third of it.
-    pub lease_ttl: Duration,
+    /// The node, its underlay device, CNI conflist and IPAM paths, state and lease TTL.
+    pub routes: RoutesConfig,
 }
 
 /// Why the agent stopped.
@@ -133,7 +126,7 @@ impl MemDataplanes {
     }
 }
 
-/// Runs the agent for `cfg.node` until `shutdown` completes (then `Ok(())`), against etcd and
+/// Runs the agent for `cfg.routes.node` until `shutdown` completes (then `Ok(())`), against etcd and
 /// the namespace `cfg.netns`, with the proxy's health servers `health` (kube-proxy's
 /// defaults, [`HealthConfig::default`]: `/healthz` on 0.0.0.0:10256 and the health-check node
 /// ports).
@@ -146,7 +139,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let dp = NetnsDataplanes::open(cfg.netns.as_deref())?;
-    let span = tracing::info_span!("agent", node = %cfg.node);
+    let span = tracing::info_span!("agent", node = %cfg.routes.node);
     let connect = async {
         let mut backoff = store::reflector::Backoff::new();
         loop {

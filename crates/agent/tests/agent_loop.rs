@@ -176,11 +176,11 @@ async fn two_agents_started_together_lease_different_subnets_and_route_to_each_o
     // The conflist names the leased subnet, the IPAM dir and the MTU.
     let cfg = agent_config("n1", dir.path(), TTL);
     let conf: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&cfg.cni_conf_path).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(&cfg.routes.cni_conf_path).unwrap()).unwrap();
     assert_eq!(
         conf,
         serde_json::json!({"cniVersion": "1.1.0", "name": "flatnet", "plugins": [
-            {"type": "flatnet-cni", "subnet": c1, "dataDir": cfg.ipam_dir, "mtu": 1500}]})
+            {"type": "flatnet-cni", "subnet": c1, "dataDir": cfg.routes.ipam_dir, "mtu": 1500}]})
     );
     a1.stop().await.unwrap();
     a2.stop().await.unwrap();

@@ -527,6 +527,53 @@ fn wait_readable(socket: &Socket) -> bool {
     r > 0
 }
 
+/// One namespace's nftables, as a feature's kernel adapter holds it: `nft -f` scripts run
+/// inside the namespace, and one nfnetlink socket opened there on first use and kept.
+pub struct Tables {
+    ns: Option<NetNs>,
+    socket: Option<Nft>,
+}
+
+impl std::fmt::Debug for Tables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tables")
+            .field("ns", &self.ns.as_ref().map(NetNs::path))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tables {
+    /// Opens `netns` (a path such as `/run/netns/NAME`); `None` means the caller's own.
+    pub fn open(netns: Option<&Path>) -> Result<Self, NetnsError> {
+        let ns = netns.map(NetNs::open).transpose()?;
+        Ok(Tables { ns, socket: None })
+    }
+
+    /// The namespace, when it is not the caller's own.
+    pub fn netns(&self) -> Option<&NetNs> {
+        self.ns.as_ref()
+    }
+
+    /// Its path, when it is not the caller's own.
+    pub fn netns_path(&self) -> Option<&Path> {
+        self.ns.as_ref().map(NetNs::path)
+    }
+
+    /// Runs an `nft -f` script inside the namespace, as one transaction.
+    pub fn run_script(&self, script: &str) -> Result<(), NftError> {
+        run_script(self.netns_path(), script)
+    }
+
+    /// The nfnetlink socket, opened on first use.
+    pub fn socket(&mut self) -> Result<&mut Nft, NftError> {
+        let socket = match self.socket.take() {
+            Some(s) => s,
+            None => Nft::open(self.netns_path())?,
+        };
+        Ok(self.socket.insert(socket))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

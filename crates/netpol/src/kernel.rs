@@ -3,43 +3,24 @@
 
 use std::path::Path;
 
-use datapath::{NetNs, nft};
+use datapath::nft;
 
 use crate::nft::{self as pol, AllowRange, PolicyOp};
 use crate::run::{KernelError, PolicyDataplane};
 
 /// A node's network namespace (or the caller's own) as policy enforcement programs it:
 /// structure through `nft -f`, elements over one nfnetlink socket opened on first use.
+#[derive(Debug)]
 pub struct NetnsPolicy {
-    ns: Option<NetNs>,
-    nft: Option<nft::Nft>,
-}
-
-impl std::fmt::Debug for NetnsPolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NetnsPolicy")
-            .field("ns", &self.ns.as_ref().map(|n| n.path()))
-            .finish_non_exhaustive()
-    }
+    tables: nft::Tables,
 }
 
 impl NetnsPolicy {
     /// Opens `netns` (a path such as `/run/netns/NAME`); `None` means the caller's own.
     pub fn open(netns: Option<&Path>) -> Result<Self, datapath::NetnsError> {
-        let ns = netns.map(NetNs::open).transpose()?;
-        Ok(NetnsPolicy { ns, nft: None })
-    }
-
-    fn ns_path(&self) -> Option<&Path> {
-        self.ns.as_ref().map(NetNs::path)
-    }
-
-    fn nft(&mut self) -> Result<&mut nft::Nft, KernelError> {
-        let nft = match self.nft.take() {
-            Some(nft) => nft,
-            None => nft::Nft::open(self.ns_path())?,
-        };
-        Ok(self.nft.insert(nft))
+        Ok(NetnsPolicy {
+            tables: nft::Tables::open(netns)?,
+        })
     }
 }
 
@@ -47,7 +28,7 @@ impl NetnsPolicy {
 /// transaction (the allow sets are concatenated interval sets: one range per field).
 impl PolicyDataplane for NetnsPolicy {
     fn policy_script(&mut self, script: &str) -> Result<(), KernelError> {
-        Ok(nft::run_script(self.ns_path(), script)?)
+        Ok(self.tables.run_script(script)?)
     }
 
     fn policy_elements(&mut self, ops: &[PolicyOp], flush: bool) -> Result<(), KernelError> {
@@ -92,6 +73,6 @@ impl PolicyDataplane for NetnsPolicy {
         if batch.is_empty() {
             return Ok(());
         }
-        Ok(self.nft()?.commit(&batch)?)
+        Ok(self.tables.socket()?.commit(&batch)?)
     }
 }

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use datapath::{Handle, NetNs, nft};
+use datapath::{Handle, nft};
 use ipnet::Ipv4Net;
 
 use crate::plan::{self as svc, Backend as SvcBackend, ElemOp, Frontend, Key, Value};
@@ -14,15 +14,14 @@ use crate::proxy::{KernelError, ProxyDataplane};
 /// table's structure through `nft -f`, elements over one nfnetlink socket (opened on first
 /// use), LoadBalancer addresses over rtnetlink, conntrack through the `conntrack` tool.
 pub struct NetnsProxy {
-    ns: Option<NetNs>,
+    tables: nft::Tables,
     handle: Handle,
-    nft: Option<nft::Nft>,
 }
 
 impl std::fmt::Debug for NetnsProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetnsProxy")
-            .field("ns", &self.ns.as_ref().map(|n| n.path()))
+            .field("tables", &self.tables)
             .finish_non_exhaustive()
     }
 }
@@ -46,8 +45,8 @@ pub enum OpenError {
 impl NetnsProxy {
     /// Opens `netns` (a path such as `/run/netns/NAME`); `None` means the caller's own.
     pub fn open(netns: Option<&Path>) -> Result<Self, OpenError> {
-        let ns = netns.map(NetNs::open).transpose()?;
-        let handle = match &ns {
+        let tables = nft::Tables::open(netns)?;
+        let handle = match tables.netns() {
             Some(ns) => Handle::in_netns(ns),
             None => Handle::new(),
         }
@@ -55,23 +54,11 @@ impl NetnsProxy {
             ns: netns.map_or("own".into(), |p| p.display().to_string()),
             source,
         })?;
-        Ok(NetnsProxy {
-            ns,
-            handle,
-            nft: None,
-        })
+        Ok(NetnsProxy { tables, handle })
     }
 
     fn ns_path(&self) -> Option<&Path> {
-        self.ns.as_ref().map(NetNs::path)
-    }
-
-    fn nft(&mut self) -> Result<&mut nft::Nft, KernelError> {
-        let nft = match self.nft.take() {
-            Some(nft) => nft,
-            None => nft::Nft::open(self.ns_path())?,
-        };
-        Ok(self.nft.insert(nft))
+        self.tables.netns_path()
     }
 }
 
@@ -79,7 +66,7 @@ impl NetnsProxy {
 /// batch per transaction, conntrack through the `conntrack` tool.
 impl ProxyDataplane for NetnsProxy {
     fn nft_script(&mut self, script: &str) -> Result<(), KernelError> {
-        Ok(nft::run_script(self.ns_path(), script)?)
+        Ok(self.tables.run_script(script)?)
     }
 
     fn nft_elements(&mut self, ops: &[ElemOp], flush: bool) -> Result<(), KernelError> {
@@ -105,7 +92,7 @@ impl ProxyDataplane for NetnsProxy {
         if batch.is_empty() {
             return Ok(());
         }
-        Ok(self.nft()?.commit(&batch)?)
+        Ok(self.tables.socket()?.commit(&batch)?)
     }
 
     fn nft_chains(&mut self) -> Result<Vec<String>, KernelError> {
@@ -170,7 +157,7 @@ impl ProxyDataplane for NetnsProxy {
 
     fn forget_affinity(&mut self, mark: u32, gone: &[SvcBackend]) -> Result<(), KernelError> {
         use nft::{Data, Field, FieldKind};
-        let nft = self.nft()?;
+        let nft = self.tables.socket()?;
         let elems = nft.list_elements(
             svc::TABLE,
             svc::maps::AFFINITY,

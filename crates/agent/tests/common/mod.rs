@@ -27,15 +27,17 @@ pub use testkit::TempDir;
 pub fn agent_config(node: &str, dir: &Path, ttl: Duration) -> AgentConfig {
     let base = dir.join(node);
     AgentConfig {
-        node: node.to_string(),
         netns: None,
         etcd_endpoints: vec![],
         store_prefix: agent::DEFAULT_STORE_PREFIX.to_string(),
-        underlay_dev: "eth0".to_string(),
-        cni_conf_path: base.join("net.d/10-flatnet.conflist"),
-        ipam_dir: base.join("ipam"),
-        state_dir: base.join("state"),
-        lease_ttl: ttl,
+        routes: agent::RoutesConfig {
+            node: node.to_string(),
+            underlay_dev: "eth0".to_string(),
+            cni_conf_path: base.join("net.d/10-flatnet.conflist"),
+            ipam_dir: base.join("ipam"),
+            state_dir: base.join("state"),
+            lease_ttl: ttl,
+        },
     }
 }
 

@@ -61,15 +61,17 @@ fn parse_bind(s: &str) -> Result<Bind, String> {
 
 pub async fn run(a: Args) -> anyhow::Result<i32> {
     let cfg = agent::AgentConfig {
-        node: a.node,
         netns: a.netns,
         etcd_endpoints: a.etcd,
         store_prefix: a.store_prefix,
-        underlay_dev: a.underlay_dev,
-        cni_conf_path: a.cni_conf,
-        ipam_dir: a.ipam_dir,
-        state_dir: a.state_dir,
-        lease_ttl: Duration::from_secs(a.lease_ttl.max(1)),
+        routes: agent::RoutesConfig {
+            node: a.node,
+            underlay_dev: a.underlay_dev,
+            cni_conf_path: a.cni_conf,
+            ipam_dir: a.ipam_dir,
+            state_dir: a.state_dir,
+            lease_ttl: Duration::from_secs(a.lease_ttl.max(1)),
+        },
     };
     let shutdown = async {
         let mut term =
