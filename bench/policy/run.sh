@@ -14,7 +14,7 @@
 #
 # Needs root (network namespaces), nft, ip, jq and the release build of the example
 # (`cargo build --release --example policy_bench -p agent`, done here if missing). The root
-# network namespace is never touched: the example makes namespaces named fpb<pid>-* and
+# network namespace is never touched: the example makes namespaces named fpb-<pid>-* (testkit) and
 # deletes them on exit. Prints Markdown on stdout; the raw JSON goes to $OUT.
 set -euo pipefail
 

@@ -27,8 +27,7 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::Command;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -38,118 +37,25 @@ use datapath::NetNs;
 use serde_json::{Value, json};
 use store::contract::AgentStatus;
 use store::{MemStore, Store};
+use testkit::TestNs;
 
 const CLIENT: &str = "10.244.0.5";
 const SERVER: &str = "10.244.0.7";
 const PORT: u16 = 5000;
 const NODE: &str = "bench";
 
-struct Ns(String);
-
-impl Ns {
-    fn new(tag: &str) -> Ns {
-        let name = format!("fpb{}-{tag}", std::process::id());
-        sh(&["ip", "netns", "add", &name]);
-        let ns = Ns(name);
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-    fn path(&self) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.0)
-    }
-    fn ip(&self, args: &[&str]) {
-        let mut full = vec!["ip", "-n", &self.0];
-        full.extend_from_slice(args);
-        sh(&full);
-    }
-    fn sysctl(&self, kv: &str) {
-        sh(&["ip", "netns", "exec", &self.0, "sysctl", "-qw", kv]);
-    }
-    fn mac(&self, dev: &str) -> String {
-        let out = Command::new("ip")
-            .args(["-n", &self.0, "-j", "link", "show", dev])
-            .output()
-            .unwrap();
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v[0]["address"].as_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+/// Runs `sysctl -qw kv` inside `ns`.
+fn sysctl(ns: &TestNs, kv: &str) {
     assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        ns.exec_ok(&["sysctl", "-qw", kv]),
+        "sysctl {kv} in {}",
+        ns.name()
     );
 }
 
-/// A pod behind `node` as flatnet-cni wires it.
-fn pod(node: &Ns, tag: &str, ip: &str) -> Ns {
-    let p = Ns::new(tag);
-    let veth = format!("fl{tag}");
-    node.ip(&[
-        "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &p.0,
-    ]);
-    node.ip(&["link", "set", &veth, "up"]);
-    p.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"]);
-    p.ip(&["link", "set", "eth0", "up"]);
-    p.ip(&[
-        "route",
-        "add",
-        "169.254.1.1/32",
-        "dev",
-        "eth0",
-        "scope",
-        "link",
-    ]);
-    p.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-    ]);
-    p.ip(&[
-        "neigh",
-        "replace",
-        "169.254.1.1",
-        "lladdr",
-        &node.mac(&veth),
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
-    node.ip(&[
-        "route",
-        "add",
-        &format!("{ip}/32"),
-        "dev",
-        &veth,
-        "scope",
-        "link",
-    ]);
-    node.ip(&[
-        "neigh",
-        "replace",
-        ip,
-        "lladdr",
-        &p.mac("eth0"),
-        "dev",
-        &veth,
-        "nud",
-        "permanent",
-    ]);
-    p
+/// A namespace for the bench (`fpb-<pid>-<n>`), removed on drop.
+fn netns() -> TestNs {
+    TestNs::create("fpb").unwrap_or_else(|e| panic!("cannot make a namespace (root?): {e}"))
 }
 
 /// Address of synthetic peer pod `i`: non-adjacent, so no two peers merge into one range.
@@ -338,8 +244,8 @@ async fn main() {
         .with_writer(std::io::stderr)
         .try_init();
     let o = opts();
-    let node = Ns::new("node");
-    node.sysctl("net.ipv4.ip_forward=1");
+    let node = netns();
+    sysctl(&node, "net.ipv4.ip_forward=1");
     // The agent's underlay: any link with an address.
     node.ip(&[
         "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
@@ -347,11 +253,11 @@ async fn main() {
     node.ip(&["addr", "add", "10.99.0.1/24", "dev", "eth0"]);
     node.ip(&["link", "set", "eth0", "up"]);
     // CRR makes thousands of connections per second: let them not pile up.
-    node.sysctl("net.netfilter.nf_conntrack_tcp_timeout_time_wait=1");
-    let client_ns = pod(&node, "c", CLIENT);
-    client_ns.sysctl("net.ipv4.tcp_tw_reuse=1");
-    client_ns.sysctl("net.ipv4.ip_local_port_range=1024 65000");
-    let server_ns = pod(&node, "s", SERVER);
+    sysctl(&node, "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1");
+    let client_ns = testkit::pod(&node, CLIENT, "flc");
+    sysctl(&client_ns, "net.ipv4.tcp_tw_reuse=1");
+    sysctl(&client_ns, "net.ipv4.ip_local_port_range=1024 65000");
+    let server_ns = testkit::pod(&node, SERVER, "fls");
     let client = NetNs::open(client_ns.path()).unwrap();
     let server = NetNs::open(server_ns.path()).unwrap();
     let listener = server
