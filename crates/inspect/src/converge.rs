@@ -751,7 +751,7 @@ mod tests {
         put(
             &s,
             keys::CONFIG,
-            json!({"loadBalancerPool": "172.20.0.240/28"}),
+            json!({"podCIDR": "10.244.0.0/16", "nodePrefixLength": 24, "backend": "host-gw", "loadBalancerPool": "172.20.0.240/28"}),
         )
         .await;
         let rev = s.revision().await.expect("rev");
@@ -827,7 +827,7 @@ mod tests {
         put(
             &s,
             keys::CONFIG,
-            json!({"loadBalancerPool": "172.20.0.240/31"}),
+            json!({"podCIDR": "10.244.0.0/16", "nodePrefixLength": 24, "backend": "host-gw", "loadBalancerPool": "172.20.0.240/31"}),
         )
         .await;
         let rev = s.revision().await.expect("rev");

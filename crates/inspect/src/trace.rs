@@ -190,7 +190,9 @@ impl RouteInputs {
             .leases
             .iter()
             .find(|l| l.cidr.contains(&ip) && l.cidr != own.cidr)?;
-        routes::plan::check_remote(own, remote, self.config.backend).err()
+        routes::plan::check_remote(own, remote, self.config.backend)
+            .err()
+            .map(|e| e.to_string())
     }
 }
 

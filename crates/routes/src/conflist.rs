@@ -23,9 +23,23 @@ struct Plugin<'a> {
     mtu: u32,
 }
 
+/// The conflist cannot be rendered: `dataDir` (the IPAM directory) is not UTF-8.
+#[derive(Debug, thiserror::Error)]
+#[error("render CNI conflist (dataDir {}): {source}", dir.display())]
+pub struct ConflistError {
+    /// The IPAM directory.
+    pub dir: std::path::PathBuf,
+    /// What serde said.
+    pub source: serde_json::Error,
+}
+
 /// The node's CNI network configuration list for `flatnet-cni`; fails only when `ipam_dir`
 /// is not UTF-8.
-pub fn render_conflist(subnet: Ipv4Net, ipam_dir: &Path, mtu: u32) -> Result<String, String> {
+pub fn render_conflist(
+    subnet: Ipv4Net,
+    ipam_dir: &Path,
+    mtu: u32,
+) -> Result<String, ConflistError> {
     let conflist = Conflist {
         cni_version: "1.1.0",
         name: "flatnet",
@@ -36,8 +50,10 @@ pub fn render_conflist(subnet: Ipv4Net, ipam_dir: &Path, mtu: u32) -> Result<Str
             mtu,
         }],
     };
-    let mut text = serde_json::to_string_pretty(&conflist)
-        .map_err(|e| format!("render CNI conflist (dataDir {}): {e}", ipam_dir.display()))?;
+    let mut text = serde_json::to_string_pretty(&conflist).map_err(|source| ConflistError {
+        dir: ipam_dir.to_path_buf(),
+        source,
+    })?;
     text.push('\n');
     Ok(text)
 }

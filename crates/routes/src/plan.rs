@@ -138,29 +138,65 @@ pub struct NodePlan {
     pub fdb: BTreeSet<FdbEntry>,
 }
 
+/// Why a remote lease takes no part in the plan.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteRefused {
+    /// The lease belongs to this node too (an older lease it has not let go of).
+    #[error("{cidr} is another lease of this node")]
+    OwnNode {
+        /// The remote lease's CIDR.
+        cidr: Ipv4Net,
+    },
+    /// The remote subnet overlaps the local one.
+    #[error("{cidr} overlaps the local subnet {local}")]
+    Overlaps {
+        /// The remote lease's CIDR.
+        cidr: Ipv4Net,
+        /// The local lease's CIDR.
+        local: Ipv4Net,
+    },
+    /// The remote lease names this node's underlay address.
+    #[error("{cidr} names this node's underlay IP {ip}")]
+    SameUnderlay {
+        /// The remote lease's CIDR.
+        cidr: Ipv4Net,
+        /// The underlay address both name.
+        ip: Ipv4Addr,
+    },
+    /// A VXLAN lease without the VTEP MAC the FDB and neighbour entries need.
+    #[error("{cidr} of node {node} has no vtepMAC")]
+    NoVtepMac {
+        /// The remote lease's CIDR.
+        cidr: Ipv4Net,
+        /// The remote node.
+        node: String,
+    },
+}
+
 /// Why a remote lease takes no part in the plan; `Ok` when it does.
-pub fn check_remote(local: &Lease, remote: &Lease, backend: Backend) -> Result<(), String> {
+pub fn check_remote(local: &Lease, remote: &Lease, backend: Backend) -> Result<(), RemoteRefused> {
     let overlaps = |a: &Ipv4Net, b: &Ipv4Net| a.contains(&b.network()) || b.contains(&a.network());
+    let cidr = remote.cidr;
     if remote.attrs.node == local.attrs.node {
-        return Err(format!("{} is another lease of this node", remote.cidr));
+        return Err(RemoteRefused::OwnNode { cidr });
     }
     if overlaps(&remote.cidr, &local.cidr) {
-        return Err(format!(
-            "{} overlaps the local subnet {}",
-            remote.cidr, local.cidr
-        ));
+        return Err(RemoteRefused::Overlaps {
+            cidr,
+            local: local.cidr,
+        });
     }
     if remote.attrs.underlay_ip == local.attrs.underlay_ip {
-        return Err(format!(
-            "{} names this node's underlay IP {}",
-            remote.cidr, remote.attrs.underlay_ip
-        ));
+        return Err(RemoteRefused::SameUnderlay {
+            cidr,
+            ip: remote.attrs.underlay_ip,
+        });
     }
     if backend == Backend::Vxlan && remote.attrs.vtep_mac.is_none() {
-        return Err(format!(
-            "{} of node {} has no vtepMAC",
-            remote.cidr, remote.attrs.node
-        ));
+        return Err(RemoteRefused::NoVtepMac {
+            cidr,
+            node: remote.attrs.node.clone(),
+        });
     }
     Ok(())
 }

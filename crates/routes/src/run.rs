@@ -38,6 +38,36 @@ pub struct RoutesConfig {
     pub lease_ttl: Duration,
 }
 
+/// Why a key under `subnets/` other than the own takes no part in the plan (logged once).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+enum Ignored {
+    /// The key names no IPv4 CIDR.
+    #[error("the key names no IPv4 CIDR")]
+    NoCidr,
+    /// The value is not a lease.
+    #[error("{0}")]
+    Decode(String),
+    /// The CIDR is not one of the config's node subnets.
+    #[error("{cidr} is not a /{prefix} of pod CIDR {pod_cidr}")]
+    NotANodeSubnet {
+        /// The lease's CIDR.
+        cidr: Ipv4Net,
+        /// The node prefix length of the config.
+        prefix: u8,
+        /// The config's pod CIDR.
+        pod_cidr: Ipv4Net,
+    },
+    /// The compiler would leave it out.
+    #[error(transparent)]
+    Remote(#[from] crate::plan::RemoteRefused),
+}
+
+impl From<StoreError> for Ignored {
+    fn from(e: StoreError) -> Self {
+        Ignored::Decode(e.to_string())
+    }
+}
+
 /// Why routing stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RoutesError {
@@ -89,7 +119,7 @@ pub struct Routes<S: Store, D: Dataplane> {
     /// Other nodes' leases by key, as of `view_revision`.
     remotes: BTreeMap<String, Lease>,
     /// Keys under `subnets/` left out of the plan, with the reason (logged once).
-    ignored: BTreeMap<String, String>,
+    ignored: BTreeMap<String, Ignored>,
     view_revision: i64,
     applied_revision: i64,
     /// Remote CIDRs routed as of `applied_revision`.
@@ -271,15 +301,16 @@ impl<S: Store, D: Dataplane> Routes<S, D> {
 
     /// What a subnet key other than our own means for this node: a usable remote lease, or
     /// why it is ignored.
-    fn classify(&self, kv: &KeyValue) -> Result<Lease, String> {
-        let cidr = key_cidr(&kv.key).ok_or("the key names no IPv4 CIDR")?;
-        let attrs = kv.decode::<LeaseAttrs>().map_err(|e| e.to_string())?;
+    fn classify(&self, kv: &KeyValue) -> Result<Lease, Ignored> {
+        let cidr = key_cidr(&kv.key).ok_or(Ignored::NoCidr)?;
+        let attrs = kv.decode::<LeaseAttrs>()?;
         let lease = Lease { cidr, attrs };
         if !self.net.fits(&lease.cidr) {
-            return Err(format!(
-                "{} is not a /{} of pod CIDR {}",
-                lease.cidr, self.net.node_prefix_length, self.net.pod_cidr
-            ));
+            return Err(Ignored::NotANodeSubnet {
+                cidr,
+                prefix: self.net.node_prefix_length,
+                pod_cidr: self.net.pod_cidr,
+            });
         }
         check_remote(&self.held.lease, &lease, self.net.backend)?;
         Ok(lease)
@@ -446,7 +477,7 @@ impl<S: Store, D: Dataplane> Routes<S, D> {
                     self.cfg.cni_conf_path.display()
                 )),
             },
-            Err(e) => errors.push(e),
+            Err(e) => errors.push(e.to_string()),
         }
         self.apply_error = if errors.is_empty() {
             None

@@ -243,7 +243,7 @@ mod endpoints_controller {
         put(
             &s,
             store::keys::CONFIG,
-            json!({"loadBalancerPool": "172.20.0.240/31"}),
+            json!({"podCIDR": "10.244.0.0/16", "nodePrefixLength": 24, "backend": "host-gw", "loadBalancerPool": "172.20.0.240/31"}),
         )
         .await;
         let (mut eps, mut w) = start(&s, "172.20.0.240/31").await;
