@@ -200,23 +200,51 @@ impl Objects {
     }
 }
 
+/// Why a static object list cannot be served; names the item by its index.
+#[derive(Debug, thiserror::Error)]
+pub enum StaticError {
+    /// An item has no `metadata.name`.
+    #[error("items[{0}]: metadata.name missing")]
+    NoName(usize),
+    /// An item's kind is not one DNS serves (Namespace, Service, EndpointSlice, Pod).
+    #[error("items[{index}]: kind {kind:?} is not served by DNS")]
+    Kind {
+        /// The item's index.
+        index: usize,
+        /// Its `kind`.
+        kind: String,
+    },
+    /// An item does not serialize back (not expected of parsed JSON).
+    #[error("items[{index}]: {source}")]
+    Json {
+        /// The item's index.
+        index: usize,
+        /// What serde said.
+        source: serde_json::Error,
+    },
+}
+
 /// Loads objects from JSON values (Kubernetes-shaped, as `get -o json` prints them) into a
 /// synced zone, for serving a fixed set of records without a store (benchmarks, tests).
-pub fn load_static(zone: &mut Zone, items: &[serde_json::Value]) -> Result<usize, String> {
+pub fn load_static(zone: &mut Zone, items: &[serde_json::Value]) -> Result<usize, StaticError> {
     let mut objects = Objects::default();
     for (i, item) in items.iter().enumerate() {
         let kind = item["kind"].as_str().unwrap_or_default();
         let ns = item["metadata"]["namespace"].as_str().unwrap_or("default");
         let name = item["metadata"]["name"]
             .as_str()
-            .ok_or_else(|| format!("items[{i}]: metadata.name missing"))?;
+            .ok_or(StaticError::NoName(i))?;
         let kind = Kind::from_kind_field(kind)
             .filter(|k| KINDS.contains(k))
-            .ok_or_else(|| format!("items[{i}]: kind {kind:?} is not served by DNS"))?;
+            .ok_or_else(|| StaticError::Kind {
+                index: i,
+                kind: kind.to_string(),
+            })?;
         let key = keys::object(kind, Some(ns), name);
         let kv = KeyValue {
             key: key.clone(),
-            value: serde_json::to_vec(item).map_err(|e| format!("items[{i}]: {e}"))?,
+            value: serde_json::to_vec(item)
+                .map_err(|source| StaticError::Json { index: i, source })?,
             mod_revision: 1,
             create_revision: 1,
             lease: 0,

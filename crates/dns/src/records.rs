@@ -34,15 +34,34 @@ pub struct ZoneConfig {
     pub reverse_cidrs: Vec<IpNet>,
 }
 
+/// A cluster domain that cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    /// Not a DNS name.
+    #[error("cluster domain {domain:?}: {reason}")]
+    Invalid {
+        /// The domain as given.
+        domain: String,
+        /// What the name parser said.
+        reason: String,
+    },
+    /// The root (`.`): every name would be in the zone.
+    #[error("cluster domain {0:?}: must not be the root")]
+    Root(String),
+}
+
 impl ZoneConfig {
     /// `cluster.local` (or another domain) with the default TTL and no reverse ranges.
-    pub fn new(domain: &str) -> Result<Self, String> {
+    pub fn new(domain: &str) -> Result<Self, DomainError> {
         let mut name = Name::from_ascii(domain)
-            .map_err(|e| format!("cluster domain {domain:?}: {e}"))?
+            .map_err(|e| DomainError::Invalid {
+                domain: domain.to_string(),
+                reason: e.to_string(),
+            })?
             .to_lowercase();
         name.set_fqdn(true);
         if name.is_root() {
-            return Err(format!("cluster domain {domain:?}: must not be the root"));
+            return Err(DomainError::Root(domain.to_string()));
         }
         Ok(Self {
             domain: name,

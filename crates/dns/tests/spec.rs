@@ -598,7 +598,7 @@ fn static_objects_refuse_kinds_dns_does_not_serve() {
         &[json!({"kind": "NetworkPolicy", "metadata": {"name": "x"}})],
     )
     .unwrap_err();
-    assert!(err.contains("NetworkPolicy"), "{err}");
+    assert!(err.to_string().contains("NetworkPolicy"), "{err}");
 }
 
 // ---- wire format ----
