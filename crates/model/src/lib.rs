@@ -35,7 +35,7 @@ pub mod time;
 mod validate;
 
 pub use cluster::{Namespace, Node, NodeAddress, NodeSpec, NodeStatus};
-pub use error::ModelError;
+pub use error::{DocumentError, FieldError, ModelError};
 pub use ingress::{
     DEFAULT_CLASS_ANNOTATION, HttpIngressPath, HttpIngressRuleValue, INGRESS_CLASS,
     INGRESS_CONTROLLER, Ingress, IngressBackend, IngressClass, IngressClassSpec, IngressRule,
@@ -56,7 +56,7 @@ pub use policy::{
     NetworkPolicyPort, NetworkPolicySpec,
 };
 pub use protocol::{Protocol, UnknownProtocol};
-pub use secret::{Secret, base64_decode, base64_encode};
+pub use secret::{Base64Error, Secret, base64_decode, base64_encode};
 pub use service::{
     ClientIpConfig, DEFAULT_AFFINITY_TIMEOUT_SECONDS, Endpoint, EndpointConditions, EndpointPort,
     EndpointSlice, LoadBalancerIngress, LoadBalancerStatus, ObjectReference, Service, ServicePort,

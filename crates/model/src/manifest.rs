@@ -3,11 +3,11 @@
 
 use serde_json::{Map, Value};
 
-use crate::error::ModelError;
+use crate::error::{DocumentError, FieldError, ModelError};
 use crate::kind::Kind;
 use crate::object::Object;
 use crate::secret::base64_encode;
-use crate::validate::{check, describe};
+use crate::validate::check;
 
 /// One non-empty document of a source.
 struct Doc {
@@ -35,22 +35,25 @@ pub fn parse_manifests(text: &str, source: &str) -> Result<Vec<Object>, ModelErr
 fn each_document<T>(
     text: &str,
     source: &str,
-    read: impl Fn(&Value) -> Result<T, String>,
+    read: impl Fn(&Value) -> Result<T, DocumentError>,
 ) -> Result<Vec<T>, ModelError> {
     let mut out = Vec::new();
     for doc in documents(text, source)? {
-        let invalid = |msg: String| ModelError::Invalid {
-            source_name: source.to_string(),
-            doc: doc.index,
-            msg,
+        let invalid = |item: Option<usize>| {
+            move |reason| ModelError::Invalid {
+                source_name: source.to_string(),
+                doc: doc.index,
+                item,
+                reason: Box::new(reason),
+            }
         };
         match list_items(&doc.value) {
             Some(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    out.push(read(item).map_err(|msg| invalid(format!("items[{i}]: {msg}")))?);
+                    out.push(read(item).map_err(invalid(Some(i)))?);
                 }
             }
-            None => out.push(read(&doc.value).map_err(invalid)?),
+            None => out.push(read(&doc.value).map_err(invalid(None))?),
         }
     }
     Ok(out)
@@ -84,20 +87,33 @@ pub fn parse_object_refs(text: &str, source: &str) -> Result<Vec<ObjectRef>, Mod
     each_document(text, source, object_ref)
 }
 
-fn object_ref(value: &Value) -> Result<ObjectRef, String> {
+fn object_ref(value: &Value) -> Result<ObjectRef, DocumentError> {
     let (kind, root) = kind_and_version(value, |_| true)?;
     let meta = root.get("metadata");
     let field = |f: &str| meta.and_then(|m| m.get(f));
-    let fail = |err: String| describe(kind.as_str(), None, &[err]);
+    let fail = |name: Option<&str>, field| DocumentError::Identity {
+        kind: kind.as_str().to_string(),
+        name: name.map(str::to_string),
+        field,
+    };
     let name = match field("name") {
         Some(Value::String(n)) if !n.is_empty() => n.clone(),
-        None | Some(Value::Null) => return Err(fail("metadata.name: Required value".into())),
-        Some(Value::String(_)) => return Err(fail("metadata.name: Required value".into())),
+        None | Some(Value::Null | Value::String(_)) => {
+            return Err(fail(
+                None,
+                FieldError::Required {
+                    field: "metadata.name",
+                },
+            ));
+        }
         Some(v) => {
-            return Err(fail(format!(
-                "metadata.name: Invalid value: {}: must be a string",
-                crate::validate::show(v)
-            )));
+            return Err(fail(
+                None,
+                FieldError::NotAString {
+                    field: "metadata.name",
+                    value: v.clone(),
+                },
+            ));
         }
     };
     let namespace = match field("namespace") {
@@ -106,13 +122,12 @@ fn object_ref(value: &Value) -> Result<ObjectRef, String> {
         Some(Value::String(n)) if n.is_empty() => None,
         Some(Value::String(n)) => Some(n.clone()),
         Some(v) => {
-            return Err(describe(
-                kind.as_str(),
+            return Err(fail(
                 Some(&name),
-                &[format!(
-                    "metadata.namespace: Invalid value: {}: must be a string",
-                    crate::validate::show(v)
-                )],
+                FieldError::NotAString {
+                    field: "metadata.namespace",
+                    value: v.clone(),
+                },
             ));
         }
     };
@@ -128,66 +143,69 @@ fn object_ref(value: &Value) -> Result<ObjectRef, String> {
 fn kind_and_version(
     value: &Value,
     accept: fn(&Kind) -> bool,
-) -> Result<(Kind, &Map<String, Value>), String> {
+) -> Result<(Kind, &Map<String, Value>), DocumentError> {
     let Value::Object(root) = value else {
-        return Err(format!(
-            "a document must be a mapping with apiVersion, kind and metadata, not {}",
-            crate::validate::show(value)
-        ));
+        return Err(DocumentError::NotAMapping {
+            value: value.clone(),
+        });
     };
     let name = root
         .get("metadata")
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str);
     let kind_name = root.get("kind").and_then(Value::as_str).unwrap_or("object");
-    let fail = |err: String| describe(kind_name, name, &[err]);
+    let fail = |field| DocumentError::Identity {
+        kind: kind_name.to_string(),
+        name: name.map(str::to_string),
+        field,
+    };
     let kind = match root.get("kind") {
-        None | Some(Value::Null) => return Err(fail("kind: Required value".into())),
+        None | Some(Value::Null) => return Err(fail(FieldError::Required { field: "kind" })),
         Some(Value::String(k)) => match Kind::from_kind_field(k).filter(accept) {
             Some(kind) => kind,
             None => {
-                let accepted: Vec<String> = Kind::ALL
-                    .iter()
-                    .filter(|k| accept(k))
-                    .map(|k| format!("{:?}", k.as_str()))
-                    .collect();
-                return Err(fail(format!(
-                    "kind: Unsupported value: {k:?}: supported values: {}",
-                    accepted.join(", ")
-                )));
+                return Err(fail(FieldError::UnsupportedKind {
+                    kind: k.clone(),
+                    supported: Kind::ALL.into_iter().filter(accept).collect(),
+                }));
             }
         },
         Some(other) => {
-            return Err(fail(format!(
-                "kind: Invalid value: {}: must be a string",
-                crate::validate::show(other)
-            )));
+            return Err(fail(FieldError::NotAString {
+                field: "kind",
+                value: other.clone(),
+            }));
         }
     };
     match root.get("apiVersion") {
         Some(Value::String(v)) if v == kind.api_version() => Ok((kind, root)),
-        None | Some(Value::Null) => Err(fail("apiVersion: Required value".into())),
-        Some(v) => Err(fail(format!(
-            "apiVersion: Unsupported value: {}: supported values: {:?}",
-            crate::validate::show(v),
-            kind.api_version()
-        ))),
+        None | Some(Value::Null) => Err(fail(FieldError::Required {
+            field: "apiVersion",
+        })),
+        Some(v) => Err(fail(FieldError::UnsupportedApiVersion {
+            value: v.clone(),
+            expected: kind.api_version(),
+        })),
     }
 }
 
 /// Checks kind and apiVersion, applies create-time defaults, validates.
-fn to_object(mut value: Value) -> Result<Object, String> {
+fn to_object(mut value: Value) -> Result<Object, DocumentError> {
     let (kind, _) = kind_and_version(&value, Kind::appliable)?;
     strip_nulls(&mut value);
     if let Value::Object(root) = &mut value {
         apply_create_defaults(kind, root);
     }
     let obj = Object { kind, value };
-    let errs = check(&obj);
-    if errs.is_empty() {
+    let errors = check(&obj);
+    if errors.is_empty() {
         Ok(obj)
     } else {
-        Err(describe(kind.as_str(), Some(&obj.display_name()), &errs))
+        Err(DocumentError::Invalid {
+            kind,
+            name: obj.display_name(),
+            errors,
+        })
     }
 }
 
@@ -446,6 +464,46 @@ mod tests {
                 (1, "a: 1\n...\n".into()),
                 (3, "%YAML 1.2\n---\nb: 2\n".into())
             ]
+        );
+    }
+
+    #[test]
+    fn document_errors_carry_the_item_field_and_value() {
+        let text = "kind: List\napiVersion: v1\nitems:\n- {kind: Pod, apiVersion: v2, metadata: {name: a}}\n";
+        let err = parse_object_refs(text, "x.yaml").expect_err("bad apiVersion");
+        assert_eq!(
+            err,
+            ModelError::Invalid {
+                source_name: "x.yaml".into(),
+                doc: 1,
+                item: Some(0),
+                reason: Box::new(DocumentError::Identity {
+                    kind: "Pod".into(),
+                    name: Some("a".into()),
+                    field: FieldError::UnsupportedApiVersion {
+                        value: Value::from("v2"),
+                        expected: "v1",
+                    },
+                }),
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "x.yaml: document 1: items[0]: Pod \"a\" is invalid: apiVersion: Unsupported value: \
+             \"v2\": supported values: \"v1\""
+        );
+        let err = parse_manifests("- 1\n", "y.yaml").expect_err("not a mapping");
+        assert!(
+            matches!(
+                &err,
+                ModelError::Invalid {
+                    doc: 1,
+                    item: None,
+                    reason,
+                    ..
+                } if matches!(**reason, DocumentError::NotAMapping { .. })
+            ),
+            "{err:?}"
         );
     }
 }

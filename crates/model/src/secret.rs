@@ -32,6 +32,17 @@ impl Secret {
     }
 }
 
+/// Text that is not standard padded base64, in Go's wording (`CorruptInputError`).
+///
+/// Only the offset is kept, not the text: it is Secret material.
+#[derive(thiserror::Error, Debug, Clone, Copy, PartialEq, Eq)]
+#[error("illegal base64 data at input byte {offset}")]
+pub struct Base64Error {
+    /// 0-based offset of the first bad byte, counted after line breaks are removed (a length
+    /// that is not a multiple of 4 is reported at the start of the incomplete group).
+    pub offset: usize,
+}
+
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// Standard padded base64, as Kubernetes writes Secret `data`.
@@ -58,13 +69,12 @@ pub fn base64_encode(bytes: &[u8]) -> String {
 /// Decodes standard padded base64 (what Go's `encoding/base64.StdEncoding` accepts, which the
 /// API server uses for Secret `data`): line breaks are ignored, the error names the offset of
 /// the first bad byte (after removing line breaks).
-pub fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
+pub fn base64_decode(s: &str) -> Result<Vec<u8>, Base64Error> {
     let bytes: Vec<u8> = s.bytes().filter(|b| !matches!(b, b'\r' | b'\n')).collect();
     if !bytes.len().is_multiple_of(4) {
-        return Err(format!(
-            "illegal base64 data at input byte {}",
-            bytes.len() - bytes.len() % 4
-        ));
+        return Err(Base64Error {
+            offset: bytes.len() - bytes.len() % 4,
+        });
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
     let groups = bytes.len() / 4;
@@ -83,10 +93,10 @@ pub fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
                     pad += 1;
                     0
                 }
-                _ => return Err(format!("illegal base64 data at input byte {}", g * 4 + i)),
+                _ => return Err(Base64Error { offset: g * 4 + i }),
             };
             if pad > 0 && c != b'=' {
-                return Err(format!("illegal base64 data at input byte {}", g * 4 + i));
+                return Err(Base64Error { offset: g * 4 + i });
             }
             n = (n << 6) | u32::from(v);
         }
@@ -119,10 +129,9 @@ mod tests {
 
     #[test]
     fn base64_decode_rejects_bad_input_with_offset() {
-        assert_eq!(
-            base64_decode("Zm9v!A=="),
-            Err("illegal base64 data at input byte 4".to_string())
-        );
+        let err = base64_decode("Zm9v!A==").expect_err("bad byte");
+        assert_eq!(err, Base64Error { offset: 4 });
+        assert_eq!(err.to_string(), "illegal base64 data at input byte 4");
         assert!(base64_decode("Zm9").is_err());
         assert_eq!(base64_decode("Zm9v\r\nYg=="), Ok(b"foob".to_vec()));
         assert!(base64_decode("Z===").is_err());

@@ -279,13 +279,16 @@ fn check_host(e: &mut Errs, host: &str, p: &str) {
     }
     let name = host.strip_prefix("*.").unwrap_or(host);
     if let Err(detail) = names::dns1123_subdomain(name) {
-        let detail = if host.contains('*') && !host.starts_with("*.") {
-            "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain"
-                .to_string()
+        if host.contains('*') && !host.starts_with("*.") {
+            e.invalid(
+                p,
+                &Value::from(host),
+                "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS \
+                 subdomain",
+            );
         } else {
-            detail
-        };
-        e.invalid(p, &Value::from(host), detail);
+            e.invalid(p, &Value::from(host), detail);
+        }
     }
 }
 
