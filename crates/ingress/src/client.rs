@@ -55,9 +55,13 @@ pub enum ClientError {
     /// The backend closed the connection without sending a response head.
     #[error("connection closed before a response")]
     Closed,
-    /// The backend's response head is malformed (status line, fields or framing).
+    /// The backend's response head is malformed (status line or fields).
     #[error("invalid response: {0}")]
     Invalid(String),
+    /// The backend's response head breaks the framing rules (`Content-Length`,
+    /// `Transfer-Encoding`).
+    #[error("invalid response: {0}")]
+    Framing(FramingError),
     /// The backend sent no response head within the given time ([`RESPONSE_TIMEOUT`] by default).
     #[error("no response head within {0:?}")]
     Timeout(Duration),
@@ -330,18 +334,107 @@ pub struct HeadInfo {
     pub length: Option<u64>,
 }
 
+/// A message that breaks HTTP/1.1's framing rules (RFC 9112 §6, §7.1; RFC 9110 §8.6): where
+/// its body ends could be read two ways, so it is refused (a request with 400, a response with
+/// 502) rather than guessed at. The messages are the ones clients and logs have always seen;
+/// the fields say more, for whoever handles the error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramingError {
+    /// A `Content-Length` field value that is not a list of decimal numbers.
+    #[error("content-length {value:?}")]
+    ContentLength {
+        /// The field's whole value (lossy UTF-8).
+        value: String,
+    },
+    /// `Content-Length` values that disagree (RFC 9110 §8.6).
+    #[error("conflicting content-length fields")]
+    ConflictingContentLength {
+        /// The length earlier values said.
+        first: u64,
+        /// The value that disagrees with it.
+        other: u64,
+    },
+    /// A `Transfer-Encoding` element that is not a bare token (a parameter, a quoted string,
+    /// inner whitespace).
+    #[error("transfer-encoding {value:?}")]
+    TransferCoding {
+        /// The field's whole value (lossy UTF-8).
+        value: String,
+    },
+    /// `chunked` applied twice (RFC 9112 §6.1).
+    #[error("transfer-encoding: chunked twice")]
+    ChunkedTwice {
+        /// The value of the field holding the second `chunked` (lossy UTF-8).
+        value: String,
+    },
+    /// A chunk-size line outside RFC 9112 §7.1.1's grammar.
+    #[error("invalid chunk size line: {fault}")]
+    ChunkSizeLine {
+        /// What is wrong with it.
+        fault: ChunkLineFault,
+        /// The line up to and including the offending byte (see [`EXCERPT_MAX`]).
+        line: String,
+    },
+    /// Chunk data not followed by CRLF: the chunk size and the data disagree.
+    #[error("chunk data not followed by CRLF")]
+    ChunkDataEnd {
+        /// The bytes found where the CRLF belongs (lossy UTF-8).
+        found: String,
+    },
+    /// A trailer field line outside RFC 9112 §7.1.2 and §5 (no colon, a bad name, obs-fold,
+    /// a bare CR or LF, a control character).
+    #[error("invalid trailer field line")]
+    TrailerLine {
+        /// The line up to and including the offending byte (see [`EXCERPT_MAX`]).
+        line: String,
+    },
+}
+
+/// What is wrong with a chunk-size line ([`FramingError::ChunkSizeLine`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkLineFault {
+    /// More than sixteen significant hex digits: the size does not fit in 64 bits.
+    #[error("size too large")]
+    SizeTooLarge,
+    /// The line does not start with a hex digit.
+    #[error("no size")]
+    NoSize,
+    /// A byte not allowed in a chunk extension's quoted-string value.
+    #[error("quoted string")]
+    QuotedString,
+    /// A CR not followed by LF.
+    #[error("CR without LF")]
+    CrWithoutLf,
+    /// Any other byte out of place (bare LF, whitespace not around `;` or `=`, a non-token
+    /// character).
+    #[error("unexpected byte")]
+    UnexpectedByte,
+}
+
+/// Bytes of a line kept in a [`FramingError`] at most (the rest is left out).
+pub const EXCERPT_MAX: usize = 64;
+
+/// The first [`EXCERPT_MAX`] bytes of `bytes` as text, for an error.
+fn excerpt(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(EXCERPT_MAX)]).into_owned()
+}
+
 /// Adds one `Content-Length` field's value (`7`, or `7, 7`) to what earlier fields said: every
 /// value must be a decimal number and all must agree (RFC 9110 §8.6).
-pub fn content_length(value: &[u8], length: &mut Option<u64>) -> Result<(), String> {
+pub fn content_length(value: &[u8], length: &mut Option<u64>) -> Result<(), FramingError> {
     for v in value.split(|b| *b == b',') {
         let v = v.trim_ascii();
         let n = std::str::from_utf8(v)
             .ok()
             .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|s| s.parse::<u64>().ok())
-            .ok_or_else(|| format!("content-length {:?}", String::from_utf8_lossy(value)))?;
-        if length.is_some_and(|l| l != n) {
-            return Err("conflicting content-length fields".into());
+            .ok_or_else(|| FramingError::ContentLength {
+                value: String::from_utf8_lossy(value).into_owned(),
+            })?;
+        if let Some(first) = *length
+            && first != n
+        {
+            return Err(FramingError::ConflictingContentLength { first, other: n });
         }
         *length = Some(n);
     }
@@ -364,7 +457,7 @@ pub struct Codings {
 /// RFC 9110 §5.6.1): a list of transfer codings, each a token (no parameters; empty elements
 /// are skipped), `chunked` at most once. Anything else is an error: a message whose body's
 /// end could be read two ways.
-pub fn transfer_coding(value: &[u8], te: &mut Codings) -> Result<(), String> {
+pub fn transfer_coding(value: &[u8], te: &mut Codings) -> Result<(), FramingError> {
     te.present = true;
     for c in value.split(|b| *b == b',') {
         let c = c.trim_ascii();
@@ -372,14 +465,15 @@ pub fn transfer_coding(value: &[u8], te: &mut Codings) -> Result<(), String> {
             continue;
         }
         if !c.iter().all(|b| tchar(*b)) {
-            return Err(format!(
-                "transfer-encoding {:?}",
-                String::from_utf8_lossy(value)
-            ));
+            return Err(FramingError::TransferCoding {
+                value: String::from_utf8_lossy(value).into_owned(),
+            });
         }
         let chunked = c.eq_ignore_ascii_case(b"chunked");
         if chunked && te.chunked {
-            return Err("transfer-encoding: chunked twice".into());
+            return Err(FramingError::ChunkedTwice {
+                value: String::from_utf8_lossy(value).into_owned(),
+            });
         }
         te.chunked |= chunked;
         te.chunked_last = chunked;
@@ -399,7 +493,7 @@ pub fn head_info(
     status: u16,
     version: u8,
     headers: &[httparse::Header<'_>],
-) -> Result<HeadInfo, String> {
+) -> Result<HeadInfo, FramingError> {
     let mut close = false;
     let mut keep_alive_token = false;
     let mut length: Option<u64> = None;
@@ -654,7 +748,7 @@ fn parse_head(buf: &[u8], method: &Method) -> Result<Option<Head<Parsed>>, Clien
         ));
     }
     let info =
-        head_info(method, code, r.version.unwrap_or(1), r.headers).map_err(ClientError::Invalid)?;
+        head_info(method, code, r.version.unwrap_or(1), r.headers).map_err(ClientError::Framing)?;
     // Field values (and a body already whole here) are slices of one copy.
     let whole = match info.framing {
         Framing::Length(n) if n <= (buf.len() - head_len) as u64 => Some(n as usize),
@@ -835,7 +929,7 @@ impl Chunked {
     /// through verbatim, so a backend or client must find every chunk's end where the gateway
     /// does. No bare CR or LF, no whitespace other than around a `;` or `=` of an extension,
     /// chunk sizes of one to sixteen significant hex digits.
-    pub fn step(&mut self, buf: &[u8]) -> Result<Step, String> {
+    pub fn step(&mut self, buf: &[u8]) -> Result<Step, FramingError> {
         match *self {
             Chunked::Size => match chunk_size_line(buf)? {
                 Some((used, 0)) => {
@@ -866,7 +960,9 @@ impl Chunked {
                     Ok(Step::Skip(2))
                 }
                 [] | [b'\r'] => Ok(Step::More),
-                _ => Err("chunk data not followed by CRLF".into()),
+                _ => Err(FramingError::ChunkDataEnd {
+                    found: excerpt(&buf[..buf.len().min(2)]),
+                }),
             },
             Chunked::Trailers => match buf {
                 [b'\r', b'\n', ..] => Ok(Step::Done(2)),
@@ -901,8 +997,14 @@ enum Line {
 /// Parses a chunk-size line at the start of `buf` (RFC 9112 §7.1.1):
 /// `1*HEXDIG *( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] ) CRLF`.
 /// Ok(None): valid so far, incomplete; else the line's length and the chunk size.
-fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, String> {
-    let bad = |why: &str| Err(format!("invalid chunk size line: {why}"));
+fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, FramingError> {
+    // `end`: the line's length up to and including the offending byte.
+    let bad = |fault, end: usize| {
+        Err(FramingError::ChunkSizeLine {
+            fault,
+            line: excerpt(&buf[..end]),
+        })
+    };
     let mut size: u64 = 0;
     let mut digits = 0;
     let mut at = Line::Size;
@@ -912,22 +1014,22 @@ fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, String> {
                 let d = (b as char).to_digit(16).unwrap_or(0) as u64;
                 size = match size.checked_mul(16).and_then(|s| s.checked_add(d)) {
                     Some(s) => s,
-                    None => return bad("size too large"),
+                    None => return bad(ChunkLineFault::SizeTooLarge, i + 1),
                 };
                 digits += 1;
                 Line::Size
             }
-            (Line::Size, _) if digits == 0 => return bad("no size"),
+            (Line::Size, _) if digits == 0 => return bad(ChunkLineFault::NoSize, i + 1),
             (Line::Quoted, b'"') => Line::AfterQuoted,
             (Line::Quoted, b'\\') => Line::Escape,
             (Line::Quoted, b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff) => Line::Quoted,
             (Line::Escape, b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff) => Line::Quoted,
-            (Line::Quoted | Line::Escape, _) => return bad("quoted string"),
+            (Line::Quoted | Line::Escape, _) => return bad(ChunkLineFault::QuotedString, i + 1),
             (Line::Size | Line::Name | Line::Token | Line::AfterQuoted, b'\r') => {
                 return match buf.get(i + 1) {
                     None => Ok(None),
                     Some(b'\n') => Ok(Some((i + 2, size))),
-                    Some(_) => bad("CR without LF"),
+                    Some(_) => bad(ChunkLineFault::CrWithoutLf, i + 2),
                 };
             }
             (
@@ -950,7 +1052,7 @@ fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, String> {
             (Line::BeforeValue, b' ' | b'\t') => Line::BeforeValue,
             (Line::BeforeValue, b'"') => Line::Quoted,
             (Line::BeforeValue | Line::Token, _) if tchar(b) => Line::Token,
-            _ => return bad("unexpected byte"),
+            _ => return bad(ChunkLineFault::UnexpectedByte, i + 1),
         };
     }
     Ok(None)
@@ -959,15 +1061,20 @@ fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, String> {
 /// Checks one trailer field line at the start of `buf` (RFC 9112 §7.1.2, §5: `field-name ":"
 /// OWS field-value OWS CRLF`; no obs-fold, no bare CR or LF, no control characters). Ok(None):
 /// valid so far, incomplete; else the line's length with its CRLF.
-fn trailer_line(buf: &[u8]) -> Result<Option<usize>, String> {
-    let bad = || Err("invalid trailer field line".to_string());
+fn trailer_line(buf: &[u8]) -> Result<Option<usize>, FramingError> {
+    // `end`: the line's length up to and including the offending byte.
+    let bad = |end: usize| {
+        Err(FramingError::TrailerLine {
+            line: excerpt(&buf[..end]),
+        })
+    };
     let mut in_name = true;
     for (i, &b) in buf.iter().enumerate() {
         if in_name {
             match b {
                 b':' if i > 0 => in_name = false,
                 _ if tchar(b) => {}
-                _ => return bad(),
+                _ => return bad(i + 1),
             }
             continue;
         }
@@ -976,11 +1083,11 @@ fn trailer_line(buf: &[u8]) -> Result<Option<usize>, String> {
                 return match buf.get(i + 1) {
                     None => Ok(None),
                     Some(b'\n') => Ok(Some(i + 2)),
-                    Some(_) => bad(),
+                    Some(_) => bad(i + 2),
                 };
             }
             b'\t' | b' ' | 0x21..=0x7e | 0x80..=0xff => {}
-            _ => return bad(),
+            _ => return bad(i + 1),
         }
     }
     Ok(None)
@@ -1046,7 +1153,7 @@ impl BackendBody {
                 }
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Some(Err(
-                        self.fail("backend closed the connection mid-body".into())
+                        self.fail("backend closed the connection mid-body")
                     )));
                 }
                 Poll::Ready(Ok(_)) => {}
@@ -1066,7 +1173,8 @@ impl BackendBody {
     }
 
     /// The body broke: the connection is closed and the client's response aborted.
-    fn fail(&mut self, why: String) -> io::Error {
+    fn fail(&mut self, why: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+        let why = why.into();
         self.conn = None;
         tracing::warn!(endpoint = ?self.home.as_ref().map(|h| h.1), error = %why, "backend response body failed");
         self.home = None;
@@ -1172,8 +1280,19 @@ mod tests {
         );
     }
 
+    /// Why [`dechunk`] found no body.
+    #[derive(Debug, PartialEq, Eq, thiserror::Error)]
+    enum Dechunk {
+        /// The wire ended before the body did.
+        #[error("incomplete")]
+        Incomplete,
+        /// The decoder refused the wire.
+        #[error(transparent)]
+        Invalid(#[from] FramingError),
+    }
+
     /// Decodes `wire` fed in pieces of `step` bytes; returns the body and what was left.
-    fn dechunk(wire: &[u8], piece: usize) -> Result<(Vec<u8>, usize), String> {
+    fn dechunk(wire: &[u8], piece: usize) -> Result<(Vec<u8>, usize), Dechunk> {
         let mut c = Chunked::Size;
         let mut buf: Vec<u8> = Vec::new();
         let mut fed = 0;
@@ -1182,7 +1301,7 @@ mod tests {
             match c.step(&buf)? {
                 Step::More => {
                     if fed == wire.len() {
-                        return Err("incomplete".into());
+                        return Err(Dechunk::Incomplete);
                     }
                     let n = piece.min(wire.len() - fed);
                     buf.extend_from_slice(&wire[fed..fed + n]);
@@ -1235,7 +1354,12 @@ mod tests {
                 match dechunk(wire, piece) {
                     Ok((got, _)) => assert_eq!(got, body, "{:?}", String::from_utf8_lossy(wire)),
                     // Only the huge chunk is cut short.
-                    Err(e) => assert_eq!(e, "incomplete", "{:?}", String::from_utf8_lossy(wire)),
+                    Err(e) => assert_eq!(
+                        e,
+                        Dechunk::Incomplete,
+                        "{:?}",
+                        String::from_utf8_lossy(wire)
+                    ),
                 }
             }
         }
@@ -1275,12 +1399,99 @@ mod tests {
             for piece in [1, 3, wire.len()] {
                 let r = dechunk(wire, piece);
                 assert!(
-                    r.as_ref().is_err_and(|e| e != "incomplete"),
+                    r.as_ref().is_err_and(|e| *e != Dechunk::Incomplete),
                     "{:?} in pieces of {piece}: {r:?}",
                     String::from_utf8_lossy(wire)
                 );
             }
         }
+    }
+
+    #[test]
+    fn framing_errors_name_what_broke_and_keep_their_text() {
+        let mut length = None;
+        let e = content_length(b"7, x", &mut length).unwrap_err();
+        assert_eq!(
+            e,
+            FramingError::ContentLength {
+                value: "7, x".into()
+            }
+        );
+        assert_eq!(e.to_string(), "content-length \"7, x\"");
+        let mut length = Some(7);
+        let e = content_length(b"7, 8", &mut length).unwrap_err();
+        assert_eq!(
+            e,
+            FramingError::ConflictingContentLength { first: 7, other: 8 }
+        );
+        assert_eq!(e.to_string(), "conflicting content-length fields");
+        let e = transfer_coding(b"chunked;q=1", &mut Codings::default()).unwrap_err();
+        assert_eq!(e.to_string(), "transfer-encoding \"chunked;q=1\"");
+        let e = transfer_coding(b"chunked, chunked", &mut Codings::default()).unwrap_err();
+        assert_eq!(
+            e,
+            FramingError::ChunkedTwice {
+                value: "chunked, chunked".into()
+            }
+        );
+        assert_eq!(e.to_string(), "transfer-encoding: chunked twice");
+        let size_line = |wire: &[u8]| Chunked::Size.step(wire).unwrap_err();
+        for (wire, fault, line, text) in [
+            (&b"zz\r\n"[..], ChunkLineFault::NoSize, "z", "no size"),
+            (
+                b"5;a b\r\n",
+                ChunkLineFault::UnexpectedByte,
+                "5;a b",
+                "unexpected byte",
+            ),
+            (
+                b"5\r5",
+                ChunkLineFault::CrWithoutLf,
+                "5\r5",
+                "CR without LF",
+            ),
+            (
+                b"5;a=\"\x7f\"",
+                ChunkLineFault::QuotedString,
+                "5;a=\"\x7f",
+                "quoted string",
+            ),
+            (
+                b"10000000000000000\r\n",
+                ChunkLineFault::SizeTooLarge,
+                "10000000000000000",
+                "size too large",
+            ),
+        ] {
+            let e = size_line(wire);
+            assert_eq!(
+                e,
+                FramingError::ChunkSizeLine {
+                    fault,
+                    line: line.into()
+                }
+            );
+            assert_eq!(e.to_string(), format!("invalid chunk size line: {text}"));
+        }
+        // A long line is kept in part.
+        let mut long = b"5;".to_vec();
+        long.extend([b'a'; 100]);
+        long.extend(b" x\r\n");
+        let FramingError::ChunkSizeLine { line, .. } = size_line(&long) else {
+            panic!("not a chunk size line error");
+        };
+        assert_eq!(line.as_bytes(), &long[..EXCERPT_MAX]);
+        let e = Chunked::DataEnd.step(b"X\r\n").unwrap_err();
+        assert_eq!(
+            e,
+            FramingError::ChunkDataEnd {
+                found: "X\r".into()
+            }
+        );
+        assert_eq!(e.to_string(), "chunk data not followed by CRLF");
+        let e = Chunked::Trailers.step(b"A : v\r\n").unwrap_err();
+        assert_eq!(e, FramingError::TrailerLine { line: "A ".into() });
+        assert_eq!(e.to_string(), "invalid trailer field line");
     }
 
     #[test]
@@ -1290,7 +1501,7 @@ mod tests {
             for f in fields {
                 transfer_coding(f.as_bytes(), &mut te)?;
             }
-            Ok::<_, String>(te.chunked_last)
+            Ok::<_, FramingError>(te.chunked_last)
         };
         assert_eq!(read(&["chunked"]), Ok(true));
         assert_eq!(read(&["gzip, Chunked"]), Ok(true));

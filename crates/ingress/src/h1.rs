@@ -686,7 +686,10 @@ where
 
 /// How many leading bytes of `got` the chunked decoder in `state` gets through (framing and
 /// data alike), and whether the body ends there.
-fn chunk_span(state: &mut client::Chunked, got: &[u8]) -> Result<(usize, bool), String> {
+fn chunk_span(
+    state: &mut client::Chunked,
+    got: &[u8],
+) -> Result<(usize, bool), client::FramingError> {
     let mut k = 0;
     loop {
         match state.step(&got[k..])? {
@@ -697,7 +700,8 @@ fn chunk_span(state: &mut client::Chunked, got: &[u8]) -> Result<(usize, bool), 
     }
 }
 
-fn invalid(why: String) -> io::Error {
+/// A body whose chunks break the framing rules, as the IO error that ends its relay.
+fn invalid(why: client::FramingError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why)
 }
 
@@ -751,7 +755,7 @@ fn response_head(
         ));
     }
     let version = r.version.unwrap_or(1);
-    let info = head_info(&req.method, code, version, r.headers).map_err(ClientError::Invalid)?;
+    let info = head_info(&req.method, code, version, r.headers).map_err(ClientError::Framing)?;
     let chunked = info.framing == Framing::Chunked;
     let dechunk = chunked && req.minor == 0;
     let rechunk = info.framing == Framing::Close && req.minor >= 1;

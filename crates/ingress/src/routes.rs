@@ -303,6 +303,46 @@ pub fn compile(snap: &Snapshot, filter: &ClassFilter) -> Compiled {
     }
 }
 
+/// Why an Ingress backend has no endpoints to resolve; each names the Service
+/// (`namespace/name`). Its text is [`Backend::problem`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// No such Service.
+    #[error("service {service} not found")]
+    NotFound {
+        /// The Service, `namespace/name`.
+        service: String,
+    },
+    /// An `ExternalName` Service: a DNS name, no endpoints to forward to.
+    #[error("service {service} is of type ExternalName (not supported as a backend)")]
+    ExternalName {
+        /// The Service, `namespace/name`.
+        service: String,
+    },
+    /// The Service has no TCP port with the number the backend gives.
+    #[error("service {service} has no TCP port {port}")]
+    NoPort {
+        /// The Service, `namespace/name`.
+        service: String,
+        /// The backend's `port.number`.
+        port: u16,
+    },
+    /// The Service has no TCP port with the name the backend gives.
+    #[error("service {service} has no TCP port named {port}")]
+    NoPortNamed {
+        /// The Service, `namespace/name`.
+        service: String,
+        /// The backend's `port.name`.
+        port: String,
+    },
+    /// The backend names neither a port number nor a port name.
+    #[error("service {service}: no port given")]
+    PortNotGiven {
+        /// The Service, `namespace/name`.
+        service: String,
+    },
+}
+
 /// Resolves Ingress backends to Service ports and their ready endpoints, sharing one
 /// [`Backend`] (and so one round-robin counter) per Service port.
 struct Resolver<'a> {
@@ -352,7 +392,7 @@ impl<'a> Resolver<'a> {
             Ok(eps) => Backend::new(name, eps, None),
             Err(problem) => {
                 self.warnings.push(format!("backend {name}: {problem}"));
-                Backend::new(name, Vec::new(), Some(problem))
+                Backend::new(name, Vec::new(), Some(problem.to_string()))
             }
         };
         let backend = Arc::new(backend);
@@ -366,15 +406,14 @@ impl<'a> Resolver<'a> {
         name: &str,
         number: Option<u16>,
         port_name: &Option<String>,
-    ) -> Result<Vec<SocketAddr>, String> {
+    ) -> Result<Vec<SocketAddr>, BackendError> {
+        let service = || format!("{ns}/{name}");
         let svc = self
             .services
             .get(&(ns, name))
-            .ok_or_else(|| format!("service {ns}/{name} not found"))?;
+            .ok_or_else(|| BackendError::NotFound { service: service() })?;
         if svc.spec.type_() == "ExternalName" {
-            return Err(format!(
-                "service {ns}/{name} is of type ExternalName (not supported as a backend)"
-            ));
+            return Err(BackendError::ExternalName { service: service() });
         }
         let sp = svc
             .spec
@@ -389,9 +428,15 @@ impl<'a> Resolver<'a> {
                     }
             })
             .ok_or_else(|| match (number, port_name) {
-                (Some(n), _) => format!("service {ns}/{name} has no TCP port {n}"),
-                (None, Some(pn)) => format!("service {ns}/{name} has no TCP port named {pn}"),
-                (None, None) => format!("service {ns}/{name}: no port given"),
+                (Some(port), _) => BackendError::NoPort {
+                    service: service(),
+                    port,
+                },
+                (None, Some(port)) => BackendError::NoPortNamed {
+                    service: service(),
+                    port: port.clone(),
+                },
+                (None, None) => BackendError::PortNotGiven { service: service() },
             })?;
         let want = sp.name.as_deref().unwrap_or("");
         let mut out = Vec::new();

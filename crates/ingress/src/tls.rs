@@ -107,10 +107,7 @@ pub fn compile_certs(ingresses: &[&Ingress], secrets: &[Secret]) -> (CertTable, 
                     Some(s) => match certified_key(s) {
                         Ok(c) => Some(Arc::new(c)),
                         Err(e) => {
-                            warnings.push(format!(
-                                "ingress {}: spec.tls[{i}]: secret {ns}/{secret_name}: {e}",
-                                ing.key()
-                            ));
+                            warnings.push(format!("ingress {}: spec.tls[{i}]: {e}", ing.key()));
                             None
                         }
                     },
@@ -136,33 +133,112 @@ pub fn compile_certs(ingresses: &[&Ingress], secrets: &[Secret]) -> (CertTable, 
     (table, warnings)
 }
 
+/// Why a Secret gives no certificate; each names the Secret (`namespace/name`).
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// Not a `kubernetes.io/tls` Secret.
+    #[error(
+        "secret {secret}: type is {type_:?}, want {:?}",
+        model::TLS_SECRET_TYPE
+    )]
+    WrongType {
+        /// The Secret, `namespace/name`.
+        secret: String,
+        /// Its `type` (`Opaque` when absent).
+        type_: String,
+    },
+    /// `data[key]` is absent or not base64.
+    #[error("secret {secret}: data[{key}] is missing or not base64")]
+    Missing {
+        /// The Secret, `namespace/name`.
+        secret: String,
+        /// `tls.crt` or `tls.key`.
+        key: &'static str,
+    },
+    /// `data[key]` is not PEM of the kind it should hold.
+    #[error("secret {secret}: data[{key}]: {source}")]
+    Pem {
+        /// The Secret, `namespace/name`.
+        secret: String,
+        /// `tls.crt` or `tls.key`.
+        key: &'static str,
+        /// What the PEM reader found.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// `data[tls.crt]` holds no certificate.
+    #[error("secret {secret}: data[tls.crt]: no PEM certificate")]
+    NoCertificate {
+        /// The Secret, `namespace/name`.
+        secret: String,
+    },
+    /// `data[tls.key]` is a key rustls cannot sign with.
+    #[error("secret {secret}: data[tls.key]: {source}")]
+    UnsupportedKey {
+        /// The Secret, `namespace/name`.
+        secret: String,
+        /// Why rustls refused it.
+        source: rustls::Error,
+    },
+    /// `tls.key` is not the key of the first certificate in `tls.crt`.
+    #[error("secret {secret}: tls.key does not belong to tls.crt: {source}")]
+    KeyMismatch {
+        /// The Secret, `namespace/name`.
+        secret: String,
+        /// What rustls found.
+        source: rustls::Error,
+    },
+}
+
 /// The certificate chain and key of a `kubernetes.io/tls` Secret.
-pub fn certified_key(s: &Secret) -> Result<CertifiedKey, String> {
+pub fn certified_key(s: &Secret) -> Result<CertifiedKey, SecretError> {
+    let secret = || {
+        format!(
+            "{}/{}",
+            s.metadata.namespace.as_deref().unwrap_or("default"),
+            s.metadata.name
+        )
+    };
     let type_ = s.type_.as_deref().unwrap_or("Opaque");
     if type_ != model::TLS_SECRET_TYPE {
-        return Err(format!(
-            "type is {type_:?}, want {:?}",
-            model::TLS_SECRET_TYPE
-        ));
+        return Err(SecretError::WrongType {
+            secret: secret(),
+            type_: type_.to_string(),
+        });
     }
-    let crt = s
-        .decoded("tls.crt")
-        .ok_or("data[tls.crt] is missing or not base64")?;
-    let key = s
-        .decoded("tls.key")
-        .ok_or("data[tls.key] is missing or not base64")?;
+    let decoded = |key| {
+        s.decoded(key).ok_or_else(|| SecretError::Missing {
+            secret: secret(),
+            key,
+        })
+    };
+    let crt = decoded("tls.crt")?;
+    let key = decoded("tls.key")?;
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&crt)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("data[tls.crt]: {e}"))?;
+        .map_err(|source| SecretError::Pem {
+            secret: secret(),
+            key: "tls.crt",
+            source,
+        })?;
     if chain.is_empty() {
-        return Err("data[tls.crt]: no PEM certificate".into());
+        return Err(SecretError::NoCertificate { secret: secret() });
     }
-    let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| format!("data[tls.key]: {e}"))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|e| format!("data[tls.key]: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(&key).map_err(|source| SecretError::Pem {
+        secret: secret(),
+        key: "tls.key",
+        source,
+    })?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|source| {
+        SecretError::UnsupportedKey {
+            secret: secret(),
+            source,
+        }
+    })?;
     let ck = CertifiedKey::new(chain, signing);
-    ck.keys_match()
-        .map_err(|e| format!("tls.key does not belong to tls.crt: {e}"))?;
+    ck.keys_match().map_err(|source| SecretError::KeyMismatch {
+        secret: secret(),
+        source,
+    })?;
     Ok(ck)
 }
 
@@ -180,12 +256,23 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
+/// Why the TLS server configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The crypto provider cannot do the protocol versions asked for (TLS 1.2 and 1.3).
+    #[error("tls config: {source}")]
+    ProtocolVersions {
+        /// What rustls said.
+        source: rustls::Error,
+    },
+}
+
 /// The server config: TLS 1.2 and 1.3 with the ring provider, ALPN h2 then http/1.1.
-pub fn server_config(certs: Arc<ArcSwap<CertTable>>) -> Result<rustls::ServerConfig, String> {
+pub fn server_config(certs: Arc<ArcSwap<CertTable>>) -> Result<rustls::ServerConfig, ConfigError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls config: {e}"))?
+        .map_err(|source| ConfigError::ProtocolVersions { source })?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver(certs)));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
