@@ -44,7 +44,9 @@ pub use ingress::{
 };
 pub use kind::Kind;
 pub use manifest::{ObjectRef, parse_manifests, parse_object_refs};
-pub use meta::{Condition, IntOrString, LabelSelector, LabelSelectorRequirement, ObjectMeta};
+pub use meta::{
+    Condition, IntOrString, LabelSelector, LabelSelectorRequirement, ObjectMeta, SelectorError,
+};
 pub use object::{Object, list_json, object_key, to_yaml};
 pub use pod::{
     Container, ContainerPort, Deployment, DeploymentSpec, ExecAction, HttpGetAction, Lifecycle,

@@ -105,6 +105,107 @@ impl LabelSelector {
     pub fn is_empty(&self) -> bool {
         self.match_labels.is_empty() && self.match_expressions.is_empty()
     }
+
+    /// Parses a selector as written in the API's `labelSelector` parameter and kubectl's `-l`:
+    /// comma-separated requirements `k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`, `k`
+    /// and `!k`. Equality becomes `matchLabels`-like `In`, inequality `NotIn` (which, as
+    /// upstream, also matches objects without the label). The empty string selects everything.
+    pub fn parse(s: &str) -> Result<LabelSelector, SelectorError> {
+        let mut out = LabelSelector::default();
+        let bad = |why: &str| SelectorError {
+            selector: s.to_string(),
+            why: why.to_string(),
+        };
+        if s.trim().is_empty() {
+            return Ok(out);
+        }
+        // Split at commas outside parentheses.
+        let mut parts = Vec::new();
+        let (mut depth, mut start) = (0usize, 0usize);
+        for (i, c) in s.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth = depth.checked_sub(1).ok_or_else(|| bad("unbalanced ')'"))?,
+                ',' if depth == 0 => {
+                    parts.push(&s[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        if depth != 0 {
+            return Err(bad("unbalanced '('"));
+        }
+        parts.push(&s[start..]);
+        let valid_key = |k: &str| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        };
+        for part in parts {
+            let part = part.trim();
+            let req = |key: &str, op: &str, values: Vec<String>| -> Result<_, SelectorError> {
+                if !valid_key(key) {
+                    return Err(bad(&format!("invalid label key {key:?}")));
+                }
+                Ok(LabelSelectorRequirement {
+                    key: key.to_string(),
+                    operator: op.to_string(),
+                    values,
+                    extra: Map::new(),
+                })
+            };
+            let r = if let Some(key) = part.strip_prefix('!') {
+                req(key.trim(), "DoesNotExist", vec![])?
+            } else if let Some((head, set)) = part.split_once('(') {
+                let set = set
+                    .trim_end()
+                    .strip_suffix(')')
+                    .ok_or_else(|| bad(&format!("{part:?}: a set must end with ')'")))?;
+                let mut words = head.split_whitespace();
+                let (key, op) = (words.next().unwrap_or_default(), words.next());
+                if words.next().is_some() {
+                    return Err(bad(&format!("{part:?}: expected KEY in|notin (VALUES)")));
+                }
+                let op = match op {
+                    Some("in") => "In",
+                    Some("notin") => "NotIn",
+                    _ => return Err(bad(&format!("{part:?}: expected in or notin"))),
+                };
+                let values: Vec<String> = set
+                    .split(',')
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+                    .collect();
+                if values.is_empty() {
+                    return Err(bad(&format!("{part:?}: a set needs at least one value")));
+                }
+                req(key, op, values)?
+            } else if let Some((k, v)) = part.split_once("!=") {
+                req(k.trim(), "NotIn", vec![v.trim().to_string()])?
+            } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+                req(k.trim(), "In", vec![v.trim().to_string()])?
+            } else if part.contains(['<', '>']) {
+                return Err(bad(&format!(
+                    "{part:?}: the < and > operators are not supported"
+                )));
+            } else {
+                req(part, "Exists", vec![])?
+            };
+            out.match_expressions.push(r);
+        }
+        Ok(out)
+    }
+}
+
+/// A `labelSelector` string that does not parse ([`LabelSelector::parse`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid label selector {selector:?}: {why}")]
+pub struct SelectorError {
+    /// The selector as given.
+    pub selector: String,
+    /// What is wrong with it.
+    pub why: String,
 }
 
 impl LabelSelectorRequirement {
@@ -183,6 +284,61 @@ impl fmt::Display for IntOrString {
         match self {
             IntOrString::Int(i) => write!(f, "{i}"),
             IntOrString::String(s) => f.write_str(s),
+        }
+    }
+}
+
+#[cfg(test)]
+mod selector_tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn label_selector_strings_parse_as_kubectl_writes_them() {
+        let web = labels(&[("app", "web"), ("tier", "front")]);
+        let db = labels(&[("app", "db")]);
+        let cases = [
+            ("", true, true),
+            ("app=web", true, false),
+            ("app==web", true, false),
+            ("app!=web", false, true),
+            ("tier", true, false),
+            ("!tier", false, true),
+            ("app in (web, db)", true, true),
+            ("app notin (web)", false, true),
+            ("app in (web,db),tier", true, false),
+            (" app = db ", false, true),
+        ];
+        for (sel, want_web, want_db) in cases {
+            let s = LabelSelector::parse(sel).unwrap_or_else(|e| panic!("{sel:?}: {e}"));
+            assert_eq!(
+                (s.matches(&web), s.matches(&db)),
+                (want_web, want_db),
+                "{sel:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_label_selectors_are_refused_naming_the_selector() {
+        for bad in [
+            "app in (web",
+            "app in ()",
+            "app)",
+            "a b=c",
+            "app>3",
+            "app in web)",
+            ",",
+        ] {
+            let e = LabelSelector::parse(bad).expect_err(bad);
+            assert_eq!(e.selector, bad);
+            assert!(e.to_string().starts_with("invalid label selector"), "{e}");
         }
     }
 }
