@@ -746,22 +746,53 @@ pub async fn get(
     namespace: Option<&str>,
     name: Option<&str>,
 ) -> Result<Vec<Value>, ApiError> {
+    Ok(list(store, kind, namespace, name)
+        .await?
+        .items
+        .into_iter()
+        .map(|(v, _)| v)
+        .collect())
+}
+
+/// Objects as read from the store, each with the revision of its last write (its
+/// `resourceVersion`), and the revision the read was made at.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listed {
+    /// The objects, sorted by store key, each with its mod revision.
+    pub items: Vec<(Value, i64)>,
+    /// The store revision of the read (for one object by name: its mod revision).
+    pub revision: i64,
+}
+
+/// [`get`] with revisions: what `flatnet get` and the API server read.
+pub async fn list(
+    store: &EtcdStore,
+    kind: Kind,
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Result<Listed, ApiError> {
     if let Some(name) = name {
         let key = kind_key(kind, namespace, name);
         let Some(kv) = store.get(&key).await? else {
             return Err(ApiError::not_found(kind, namespace, name));
         };
-        return Ok(vec![kv.decode()?]);
+        return Ok(Listed {
+            items: vec![(kv.decode()?, kv.mod_revision)],
+            revision: kv.mod_revision,
+        });
     }
     let prefix = match (kind.namespaced(), namespace) {
         (true, Some(ns)) => format!("{}{ns}/", store::keys::kind_prefix(kind)),
         _ => store::keys::kind_prefix(kind),
     };
-    let (kvs, _) = store.list(&prefix).await?;
-    Ok(kvs
-        .iter()
-        .filter_map(|kv| kv.decode::<Value>().ok())
-        .collect())
+    let (kvs, revision) = store.list(&prefix).await?;
+    Ok(Listed {
+        items: kvs
+            .iter()
+            .filter_map(|kv| kv.decode::<Value>().ok().map(|v| (v, kv.mod_revision)))
+            .collect(),
+        revision,
+    })
 }
 
 /// Adds what the network knows about each node, as annotations (as flannel annotates nodes
