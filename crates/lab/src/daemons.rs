@@ -1,4 +1,4 @@
-//! The lab's long-running processes (etcd, controller, one kubelet and one agent per node):
+//! The lab's long-running processes (etcd, API server, controller, one kubelet and one agent per node):
 //! started detached, recorded (pid and command line) under the lab's run directory, and
 //! stopped (`kill -9`, as a crash would) or started again by name — `flatnet lab stop|start`.
 
@@ -10,11 +10,13 @@ use crate::names::Lab;
 use crate::shell;
 use crate::topology::LabError;
 
-/// A lab daemon, named `etcd`, `controller`, `kubelet/NODE` or `agent/NODE`.
+/// A lab daemon, named `etcd`, `apiserver`, `controller`, `kubelet/NODE` or `agent/NODE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Daemon {
     /// The lab's etcd, in the root namespace.
     Etcd,
+    /// The lab's Kubernetes API server, on loopback in the root namespace.
+    ApiServer,
     /// The controller (Deployments, EndpointSlices, LoadBalancer IPs).
     Controller,
     /// The kubelet of the named node.
@@ -24,15 +26,17 @@ pub enum Daemon {
 }
 
 impl Daemon {
-    /// Parses a name as [`Daemon`] writes it (`etcd`, `controller`, `kubelet/NODE`, `agent/NODE`).
+    /// Parses a name as [`Daemon`] writes it (`etcd`, `apiserver`, `controller`, `kubelet/NODE`,
+    /// `agent/NODE`).
     pub fn parse(s: &str) -> Result<Daemon, LabError> {
         match s.split_once('/') {
             None if s == "etcd" => Ok(Daemon::Etcd),
+            None if s == "apiserver" => Ok(Daemon::ApiServer),
             None if s == "controller" => Ok(Daemon::Controller),
             Some(("kubelet", n)) if !n.is_empty() => Ok(Daemon::Kubelet(n.into())),
             Some(("agent", n)) if !n.is_empty() => Ok(Daemon::Agent(n.into())),
             _ => Err(LabError::Other(format!(
-                "unknown component {s:?}: use etcd, controller, kubelet/NODE or agent/NODE"
+                "unknown component {s:?}: use etcd, apiserver, controller, kubelet/NODE or agent/NODE"
             ))),
         }
     }
@@ -41,6 +45,7 @@ impl Daemon {
     pub fn id(&self) -> String {
         match self {
             Daemon::Etcd => "etcd".into(),
+            Daemon::ApiServer => "apiserver".into(),
             Daemon::Controller => "controller".into(),
             Daemon::Kubelet(n) => format!("kubelet-{n}"),
             Daemon::Agent(n) => format!("agent-{n}"),
@@ -197,6 +202,10 @@ mod tests {
     #[test]
     fn component_names_round_trip() {
         assert_eq!(Daemon::parse("etcd").ok(), Some(Daemon::Etcd));
+        assert_eq!(
+            Daemon::parse("apiserver").map(|d| d.id()).ok().as_deref(),
+            Some("apiserver")
+        );
         assert_eq!(
             Daemon::parse("agent/node2").ok(),
             Some(Daemon::Agent("node2".into()))

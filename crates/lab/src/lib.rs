@@ -4,6 +4,8 @@
 //! # Layout
 //! - `api`: the API server and scheduler part: defaulting, storing, binding pods, Deployments,
 //!   Service allocations (with `allocator`, pure: clusterIPs, nodePorts, API defaults).
+//! - `apiserver`: the Kubernetes REST API over `api` (discovery, get, list), for kubectl and
+//!   client libraries; `flatnet lab kubeconfig` points at it.
 //! - `names`: every name and path a lab uses (namespaces, state directories), in one place.
 //! - `shell`: running `ip` and other host tools, and processes inside a namespace.
 //! - `topology`: `lab up` / `lab down`: fabric bridge, node and external namespaces, etcd.
@@ -27,6 +29,7 @@
 
 pub mod allocator;
 pub mod api;
+pub mod apiserver;
 pub mod cleanup;
 pub mod client;
 pub mod controller;

@@ -74,6 +74,16 @@ impl Lab {
         self.run_dir().join("etcd.endpoint")
     }
 
+    /// The port the lab's API server listens on (loopback), written when it first binds.
+    pub fn apiserver_port_file(&self) -> PathBuf {
+        self.run_dir().join("apiserver.port")
+    }
+
+    /// The kubeconfig for the lab's API server (`flatnet lab kubeconfig` prints this path).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.run_dir().join("kubeconfig")
+    }
+
     /// Durable state of one node (IPAM, agent state, CNI config, pod sandboxes).
     pub fn node_dir(&self, node: &str) -> PathBuf {
         self.data_dir().join("nodes").join(node)

@@ -1,6 +1,6 @@
 //! `lab up`: the machines and their cabling. A fabric namespace holds the underlay bridge;
-//! every node and the `external` host hang off it with a veth. Then etcd, the network config
-//! and one kubelet per node.
+//! every node and the `external` host hang off it with a veth. Then etcd, the network config,
+//! one agent and kubelet per node, the controller and the API server (with its kubeconfig).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -218,10 +218,23 @@ async fn build(
         &opts.bin_dir.join("flatnet"),
         &["lab".into(), "controller".into(), lab.daemon_marker()],
     )?;
+    daemons::spawn(
+        lab,
+        &Daemon::ApiServer,
+        &opts.bin_dir.join("flatnet"),
+        &["lab".into(), "apiserver".into(), lab.daemon_marker()],
+    )?;
     progress(
-        "agents, kubelets and controller started; waiting for nodes to lease subnets and register",
+        "agents, kubelets, controller and API server started; waiting for nodes to lease subnets and register",
     );
     wait_nodes_ready(&store, opts.nodes, Duration::from_secs(30), progress).await?;
+    let port = crate::apiserver::wait_ready_and_write_kubeconfig(lab, Duration::from_secs(10))
+        .await
+        .map_err(|e| LabError::Other(e.to_string()))?;
+    progress(&format!(
+        "API server on http://127.0.0.1:{port}; kubeconfig {}",
+        lab.kubeconfig().display()
+    ));
     crate::kube_dns::apply(lab, &store, opts, &endpoint, progress).await?;
     apply_ingress_gateway(lab, &store, opts, &endpoint, progress).await?;
     progress(&format!(

@@ -1,4 +1,5 @@
-//! `flatnet lab up|down|status|exec`, and the lab's own daemons (`kubelet`, `responder`),
+//! `flatnet lab up|down|status|exec|kubeconfig`, and the lab's own daemons (`kubelet`,
+//! `controller`, `apiserver`, `responder`),
 //! which the lab starts itself.
 
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ impl Args {
     pub fn is_daemon(&self) -> bool {
         matches!(
             self.command,
-            LabCmd::Kubelet(_) | LabCmd::Controller | LabCmd::Responder(_)
+            LabCmd::Kubelet(_) | LabCmd::Controller | LabCmd::ApiServer | LabCmd::Responder(_)
         )
     }
 }
@@ -36,7 +37,10 @@ enum LabCmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Kill a lab component (etcd, controller, kubelet/NODE, agent/NODE) with SIGKILL, as a crash would.
+    /// Print the path of the kubeconfig for the lab's Kubernetes API server
+    /// (`export KUBECONFIG=$(flatnet lab kubeconfig)`).
+    Kubeconfig,
+    /// Kill a lab component (etcd, apiserver, controller, kubelet/NODE, agent/NODE) with SIGKILL, as a crash would.
     Stop { component: String },
     /// Start a stopped lab component again, as `lab up` started it.
     Start { component: String },
@@ -46,6 +50,9 @@ enum LabCmd {
     /// (started by `lab up`) Deployments, EndpointSlices and LoadBalancer IPs.
     #[command(hide = true)]
     Controller,
+    /// (started by `lab up`) The Kubernetes API server, on loopback.
+    #[command(name = "apiserver", hide = true)]
+    ApiServer,
     /// (started by the kubelet) The built-in container answering with the pod's name.
     #[command(hide = true)]
     Responder(ResponderArgs),
@@ -124,6 +131,21 @@ pub fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
             }
             super::exec_in_netns(&lab::shell::netns_path(&ns), &command, None)
         }
+        LabCmd::Kubeconfig => {
+            let path = lab.kubeconfig();
+            if !lab.etcd_endpoint_file().exists() {
+                return Err(lab::topology::LabError::NotUp(lab.name.clone()).into());
+            }
+            if !path.exists() {
+                anyhow::bail!(
+                    "lab {} has no kubeconfig at {} (its API server never became ready; see `flatnet lab status`)",
+                    lab.name,
+                    path.display()
+                );
+            }
+            println!("{}", path.display());
+            Ok(0)
+        }
         LabCmd::Stop { component } => {
             let d = lab::daemons::Daemon::parse(&component)?;
             if lab::daemons::stop(&lab, &d)? {
@@ -147,6 +169,10 @@ pub fn run(args: Args, lab: lab::Lab) -> anyhow::Result<i32> {
                 bin_dir: bin_dir()?,
             };
             lab::kubelet::run(cfg).await?;
+            Ok(0)
+        }),
+        LabCmd::ApiServer => super::block_on(async move {
+            lab::apiserver::run(lab).await?;
             Ok(0)
         }),
         LabCmd::Controller => super::block_on(async move {

@@ -1,0 +1,463 @@
+//! The lab's Kubernetes API server (issue 15): the REST API kubectl and client libraries speak,
+//! over the lab's one registry ([`crate::api`]). This slice serves discovery, health and the
+//! read verbs (get, list with `labelSelector`) over plain HTTP on `127.0.0.1`; design.md §11
+//! "Issue 15" has the plan for the rest (watch, writes, HTTPS).
+//!
+//! # Layout
+//! - `route`: method + path + query to a [`route::Route`] (pure).
+//! - `discovery`: `/version`, `/api`, `/apis`, the resource lists, from [`model::Kind`] (pure).
+//! - `encode`: lists and objects with `resourceVersion`, `Status` errors (pure).
+//! - this file: the daemon (`flatnet lab apiserver`): port file, kubeconfig, hyper serving.
+//!
+//! The server must not decode, default or validate objects itself: every read and write goes
+//! through [`crate::api`], which `flatnet apply/get/delete/label` use too.
+
+pub mod discovery;
+pub mod encode;
+pub mod route;
+
+use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::names::Lab;
+use route::{Route, RouteError};
+
+/// Why the API server could not start or serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiServerError {
+    /// The listening socket could not be bound.
+    #[error("bind the API server to {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A file of the lab's state (port file, kubeconfig) could not be read or written.
+    #[error("{path}: {source}")]
+    StateFile {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The server did not answer `/healthz` in time.
+    #[error("the API server of lab {lab} did not answer /healthz within {timeout:?}")]
+    NotReady {
+        /// The lab's name.
+        lab: String,
+        /// How long was waited.
+        timeout: Duration,
+    },
+    /// Accepting a connection failed.
+    #[error("accept on {addr}: {source}")]
+    Accept {
+        /// The listening address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+fn state_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> ApiServerError + '_ {
+    move |source| ApiServerError::StateFile {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The port recorded by the first start of the lab's API server, if any.
+pub fn recorded_port(lab: &Lab) -> Option<u16> {
+    std::fs::read_to_string(lab.apiserver_port_file())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Binds the API server's socket on loopback: the recorded port (so a restart keeps the
+/// kubeconfig valid), else an ephemeral one, which is then recorded.
+pub async fn bind(lab: &Lab) -> Result<TcpListener, ApiServerError> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, recorded_port(lab).unwrap_or(0)));
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ApiServerError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ApiServerError::Bind { addr, source })?;
+    let path = lab.apiserver_port_file();
+    std::fs::write(&path, local.port().to_string()).map_err(state_err(&path))?;
+    Ok(listener)
+}
+
+/// The kubeconfig for a server on `port` (YAML; one cluster, user and context named after the
+/// lab, namespace `default`).
+pub fn kubeconfig(lab: &Lab, port: u16) -> String {
+    let n = format!("flatnet-{}", lab.name);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {n}\n  cluster:\n    server: http://127.0.0.1:{port}\ncontexts:\n- name: {n}\n  context:\n    cluster: {n}\n    user: {n}\n    namespace: default\ncurrent-context: {n}\nusers:\n- name: {n}\n  user: {{}}\npreferences: {{}}\n"
+    )
+}
+
+/// Waits until the lab's API server answers `/healthz` (its port file written and the store
+/// connected), then writes the kubeconfig; returns the port.
+pub async fn wait_ready_and_write_kubeconfig(
+    lab: &Lab,
+    timeout: Duration,
+) -> Result<u16, ApiServerError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(port) = recorded_port(lab)
+            && healthz(port).await
+        {
+            let path = lab.kubeconfig();
+            std::fs::write(&path, kubeconfig(lab, port)).map_err(state_err(&path))?;
+            return Ok(port);
+        }
+        if Instant::now() > deadline {
+            return Err(ApiServerError::NotReady {
+                lab: lab.name.clone(),
+                timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether `GET /healthz` on the loopback port answers 200.
+async fn healthz(port: u16) -> bool {
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).await?;
+        s.write_all(b"GET /healthz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await?;
+        Ok::<bool, std::io::Error>(
+            buf.starts_with(b"HTTP/1.1 200") || buf.starts_with(b"HTTP/1.0 200"),
+        )
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), probe).await,
+        Ok(Ok(true))
+    )
+}
+
+/// What every request handler shares.
+struct State {
+    store: store::EtcdStore,
+    /// `127.0.0.1:PORT`, for `/api`'s `serverAddressByClientCIDRs`.
+    server: String,
+}
+
+/// The daemon: binds, connects to the lab's etcd (retrying until it answers), then serves
+/// until killed.
+pub async fn run(lab: Lab) -> Result<(), ApiServerError> {
+    let listener = bind(&lab).await?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ApiServerError::Accept {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            source,
+        })?;
+    let store = loop {
+        match crate::client::connect(&lab).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "store not reachable yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    tracing::info!(%addr, "API server listening (plain HTTP)");
+    serve(listener, store).await
+}
+
+/// Serves HTTP/1.1 on `listener`, one task per connection.
+pub async fn serve(listener: TcpListener, store: store::EtcdStore) -> Result<(), ApiServerError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ApiServerError::Accept {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            source,
+        })?;
+    let state = Arc::new(State {
+        store,
+        server: addr.to_string(),
+    });
+    loop {
+        let (io, peer) = listener
+            .accept()
+            .await
+            .map_err(|source| ApiServerError::Accept { addr, source })?;
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(io), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(code: u16, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn json_response(code: u16, v: &Value) -> Response<Full<Bytes>> {
+    respond(
+        code,
+        "application/json",
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+}
+
+async fn handle<B>(state: &State, req: Request<B>) -> Response<Full<Bytes>> {
+    let method = req.method().as_str().to_string();
+    let path = req.uri().path().to_string();
+    let (code, resp) = match answer(state, &method, &path, req.uri().query().unwrap_or("")).await {
+        Answer::Json(code, v) => (code, json_response(code, &v)),
+        Answer::Raw(code, ct, body) => (code, respond(code, ct, body)),
+    };
+    tracing::debug!(%method, %path, code, "request");
+    resp
+}
+
+/// A response before it is put on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A JSON body with its HTTP code.
+    Json(u16, Value),
+    /// Another body: code, content type, bytes.
+    Raw(u16, &'static str, Vec<u8>),
+}
+
+/// The answer for a request that needs no store (discovery, health, routing errors), or None
+/// when it reads resources (pure, so tests cover routing and discovery without a store).
+pub fn static_answer(
+    server: &str,
+    method: &str,
+    path: &str,
+    query: &str,
+) -> Result<Option<Answer>, Answer> {
+    let r = route::route(method, path).map_err(|e| match e {
+        RouteError::NotFound => Answer::Json(
+            404,
+            encode::status(404, "NotFound", &e.to_string(), Some(json!({}))),
+        ),
+        RouteError::MethodNotAllowed => Answer::Json(
+            405,
+            encode::status(405, "MethodNotAllowed", &e.to_string(), Some(json!({}))),
+        ),
+    })?;
+    let q = route::query(query)
+        .map_err(|m| Answer::Json(400, encode::status(400, "BadRequest", &m, None)))?;
+    Ok(Some(match r {
+        Route::Version => Answer::Json(200, discovery::version()),
+        Route::Api => Answer::Json(200, discovery::api(server)),
+        Route::Apis => Answer::Json(200, discovery::apis()),
+        Route::Resources { group_version } => match discovery::resources(&group_version) {
+            Some(v) => Answer::Json(200, v),
+            None => Answer::Json(
+                404,
+                encode::status(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                    None,
+                ),
+            ),
+        },
+        Route::Health => Answer::Raw(200, "text/plain; charset=utf-8", b"ok".to_vec()),
+        // An empty document: kubectl then skips client-side validation of kinds it does not
+        // find (kube-api.md).
+        Route::OpenApiV2 => Answer::Raw(
+            200,
+            "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            Vec::new(),
+        ),
+        Route::OpenApiV3 => Answer::Json(200, json!({"paths": {}})),
+        Route::Get { .. } | Route::List { .. } if q.watch => Answer::Json(
+            405,
+            encode::status(
+                405,
+                "MethodNotAllowed",
+                "watch is not served yet (issue 15)",
+                None,
+            ),
+        ),
+        Route::Get { .. } | Route::List { .. } => {
+            if let Some(sel) = &q.label_selector {
+                model::LabelSelector::parse(sel).map_err(|e| {
+                    Answer::Json(400, encode::status(400, "BadRequest", &e.to_string(), None))
+                })?;
+            }
+            return Ok(None);
+        }
+    }))
+}
+
+async fn answer(state: &State, method: &str, path: &str, query: &str) -> Answer {
+    match static_answer(&state.server, method, path, query) {
+        Err(a) | Ok(Some(a)) => return a,
+        Ok(None) => {}
+    }
+    // static_answer checked both already; a failure here cannot happen.
+    let (Ok(r), Ok(q)) = (route::route(method, path), route::query(query)) else {
+        return Answer::Json(
+            500,
+            encode::status(500, "InternalError", "route changed", None),
+        );
+    };
+    let selector = q
+        .label_selector
+        .as_deref()
+        .and_then(|s| model::LabelSelector::parse(s).ok())
+        .unwrap_or_default();
+    let (kind, ns, name) = match r {
+        Route::Get {
+            kind,
+            namespace,
+            name,
+        } => (kind, namespace, Some(name)),
+        Route::List { kind, namespace } => (kind, namespace, None),
+        _ => {
+            return Answer::Json(
+                500,
+                encode::status(500, "InternalError", "not a read", None),
+            );
+        }
+    };
+    let mut listed =
+        match crate::api::list(&state.store, kind, ns.as_deref(), name.as_deref()).await {
+            Ok(l) => l,
+            Err(e) => {
+                let (code, s) = encode::api_error(&e);
+                return Answer::Json(code, s);
+            }
+        };
+    if kind == model::Kind::Node {
+        // As `flatnet get` shows nodes: podCIDR from the subnet lease, agent annotations.
+        let (mut values, revs): (Vec<Value>, Vec<i64>) = listed.items.into_iter().unzip();
+        if let Err(e) = crate::api::annotate_nodes(&state.store, &mut values).await {
+            let (code, s) = encode::api_error(&e);
+            return Answer::Json(code, s);
+        }
+        listed.items = values.into_iter().zip(revs).collect();
+    }
+    if name.is_some() {
+        return match listed.items.pop() {
+            Some((v, rev)) => Answer::Json(200, encode::object(v, rev)),
+            None => Answer::Json(
+                500,
+                encode::status(500, "InternalError", "empty read", None),
+            ),
+        };
+    }
+    listed.items.retain(|(v, _)| {
+        let labels: std::collections::BTreeMap<String, String> =
+            crate::api::labels_of(v).into_iter().collect();
+        selector.matches(&labels)
+    });
+    Answer::Json(200, encode::list(kind, listed))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
+mod tests {
+    use super::*;
+
+    fn answer(method: &str, path: &str, query: &str) -> Result<Option<Answer>, Answer> {
+        static_answer("127.0.0.1:6443", method, path, query)
+    }
+
+    #[test]
+    fn discovery_and_health_are_answered_without_a_store() {
+        let Ok(Some(Answer::Json(200, v))) = answer("GET", "/version", "") else {
+            panic!("version")
+        };
+        assert_eq!(v["minor"], discovery::MINOR);
+        let Ok(Some(Answer::Json(200, v))) = answer("GET", "/api", "") else {
+            panic!("api")
+        };
+        assert_eq!(v["versions"], json!(["v1"]));
+        assert_eq!(
+            v["serverAddressByClientCIDRs"][0]["serverAddress"],
+            "127.0.0.1:6443"
+        );
+        let Ok(Some(Answer::Json(200, v))) = answer("GET", "/apis/networking.k8s.io/v1", "") else {
+            panic!("group")
+        };
+        assert_eq!(v["groupVersion"], "networking.k8s.io/v1");
+        assert_eq!(
+            answer("GET", "/readyz", ""),
+            Ok(Some(Answer::Raw(
+                200,
+                "text/plain; charset=utf-8",
+                b"ok".to_vec()
+            )))
+        );
+    }
+
+    #[test]
+    fn reads_are_left_to_the_registry_and_bad_requests_are_statuses() {
+        assert_eq!(
+            answer("GET", "/api/v1/namespaces/default/pods", "limit=500"),
+            Ok(None)
+        );
+        let Err(Answer::Json(404, s)) = answer("GET", "/apis/batch/v1/jobs", "") else {
+            panic!("unknown group")
+        };
+        assert_eq!(
+            (s["kind"].as_str(), s["reason"].as_str()),
+            (Some("Status"), Some("NotFound"))
+        );
+        let Err(Answer::Json(405, s)) = answer("PUT", "/api/v1/namespaces/default/pods/a", "")
+        else {
+            panic!("write")
+        };
+        assert_eq!(s["reason"], "MethodNotAllowed");
+        let Err(Answer::Json(400, s)) = answer("GET", "/api/v1/pods", "labelSelector=app%20in%20(")
+        else {
+            panic!("bad selector")
+        };
+        assert!(
+            s["message"]
+                .as_str()
+                .unwrap()
+                .contains("invalid label selector"),
+            "{s}"
+        );
+        let Ok(Some(Answer::Json(405, _))) = answer("GET", "/api/v1/pods", "watch=1") else {
+            panic!("watch is not served yet")
+        };
+    }
+
+    #[test]
+    fn kubeconfig_points_at_loopback_with_one_context() {
+        let lab = Lab::new("lab").unwrap();
+        let k = kubeconfig(&lab, 41234);
+        assert!(k.contains("server: http://127.0.0.1:41234\n"), "{k}");
+        assert!(k.contains("current-context: flatnet-lab\n"), "{k}");
+    }
+}
