@@ -1,0 +1,161 @@
+//! Tier 2: the lab's Kubernetes API server driven by the real kubectl (issue 15, first slice):
+//! `flatnet lab kubeconfig` after `lab up`, a pod applied with `flatnet apply` read back with
+//! `kubectl get`, the API server stopped and started again on the same port.
+//!
+//! kubectl: `/usr/lib/google-cloud-sdk/bin/kubectl.1.33`, else `kubectl` on PATH (the image's
+//! dispatcher picks the minor from `/version`). A missing kubectl is a skip, a failure under
+//! `REQUIRE_KUBECTL=1`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::{Lab, can_run};
+
+/// The kubectl to run, or None (after a skip message, or a panic under REQUIRE_KUBECTL=1).
+fn kubectl(test: &str) -> Option<PathBuf> {
+    let pinned = PathBuf::from("/usr/lib/google-cloud-sdk/bin/kubectl.1.33");
+    if pinned.exists() {
+        return Some(pinned);
+    }
+    let on_path = Command::new("sh")
+        .args(["-c", "command -v kubectl"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if on_path.is_some() {
+        return on_path;
+    }
+    let why = "no kubectl (kubectl.1.33 or kubectl on PATH)";
+    if std::env::var("REQUIRE_KUBECTL").is_ok_and(|v| v == "1") {
+        panic!("{test}: cannot run ({why}) but REQUIRE_KUBECTL=1");
+    }
+    eprintln!("SKIPPED {test}: {why} (REQUIRE_KUBECTL=1 makes this a failure)");
+    None
+}
+
+/// kubectl with the lab's kubeconfig and a discovery cache of its own (kept apart per test).
+struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: String,
+    cache: testkit::TempDir,
+}
+
+impl Kubectl {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .arg(format!("--cache-dir={}", self.cache.path().display()))
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed ({:?}): {}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, labels: {app: web}}\nspec:\n  containers: [{name: s, ports: [{containerPort: 8080}]}]\n";
+
+#[test]
+fn kubectl_gets_a_pod_applied_with_flatnet() {
+    let test = "kubectl_gets_a_pod_applied_with_flatnet";
+    if !can_run(test) {
+        return;
+    }
+    let Some(bin) = kubectl(test) else {
+        return;
+    };
+    let lab = Lab::up("e2ekubectl", &[]);
+    let kubeconfig = lab.ok(&["lab", "kubeconfig"]).trim().to_string();
+    assert!(
+        std::path::Path::new(&kubeconfig).exists(),
+        "lab kubeconfig prints an existing file: {kubeconfig:?}"
+    );
+    let k = Kubectl {
+        bin,
+        kubeconfig,
+        cache: testkit::TempDir::new("kubectl-cache"),
+    };
+    // the server names a version kubectl accepts (the dispatcher picks its minor from it)
+    let v: serde_json::Value =
+        serde_json::from_str(&k.ok(&["version", "-o", "json"])).expect("version json");
+    assert_eq!(v["serverVersion"]["major"], "1", "{v}");
+
+    lab.apply(POD);
+    let list: serde_json::Value =
+        serde_json::from_str(&k.ok(&["get", "pods", "-o", "json"])).expect("get -o json");
+    let items = list["items"].as_array().expect("items");
+    let web = items
+        .iter()
+        .find(|p| p["metadata"]["name"] == "web")
+        .unwrap_or_else(|| panic!("pod web listed by kubectl: {list}"));
+    let rv: i64 = web["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("resourceVersion is an etcd revision: {web}"));
+    assert!(rv > 0);
+    assert_eq!(web["metadata"]["namespace"], "default");
+
+    let table = k.ok(&["get", "pods"]);
+    assert!(
+        table.lines().next().is_some_and(|h| h.starts_with("NAME")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("web")),
+        "{table}"
+    );
+    // label selectors go through flatnet's selector code
+    assert!(
+        k.ok(&["get", "pods", "-l", "app=web", "-o", "name"])
+            .contains("pod/web")
+    );
+    let none = k.run(&["get", "pods", "-l", "app in (db)", "-o", "name"]);
+    assert!(none.status.success());
+    assert!(String::from_utf8_lossy(&none.stdout).trim().is_empty());
+    // kube-system pods of the lab itself, across namespaces
+    let all = k.ok(&["get", "pods", "-A", "-o", "name"]);
+    assert!(all.contains("pod/kube-dns-"), "{all}");
+    // a missing object is kubectl's NotFound
+    let missing = k.run(&["get", "pod", "nope"]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("NotFound") && err.contains("pods \"nope\" not found"),
+        "{err}"
+    );
+
+    // stopped and started again, the server comes back on the kubeconfig's port
+    lab.ok(&["lab", "stop", "apiserver"]);
+    assert!(!k.run(&["get", "pods"]).status.success());
+    lab.ok(&["lab", "start", "apiserver"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !k.run(&["get", "pod", "web", "-o", "name"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "apiserver not back within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = lab.ok(&["lab", "status"]);
+    assert!(
+        status
+            .lines()
+            .any(|l| l.trim_start().starts_with("apiserver") && l.contains("running")),
+        "{status}"
+    );
+}
