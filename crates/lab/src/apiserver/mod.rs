@@ -7,7 +7,8 @@
 //! - `route`: method + path + query to a [`route::Route`] (pure).
 //! - `discovery`: `/version`, `/api`, `/apis`, the resource lists, from [`model::Kind`] (pure).
 //! - `encode`: lists and objects with `resourceVersion`, `Status` errors (pure).
-//! - this file: the daemon (`flatnet lab apiserver`): port file, kubeconfig, hyper serving.
+//! - this file: [`plan`] (pure: what a request gets, before any store read), the daemon
+//!   (`flatnet lab apiserver`): port file, kubeconfig, hyper serving.
 //!
 //! The server must not decode, default or validate objects itself: every read and write goes
 //! through [`crate::api`], which `flatnet apply/get/delete/label` use too.
@@ -252,40 +253,54 @@ pub enum Answer {
     Raw(u16, &'static str, Vec<u8>),
 }
 
-/// The answer for a request that needs no store (discovery, health, routing errors), or None
-/// when it reads resources (pure, so tests cover routing and discovery without a store).
-pub fn static_answer(
-    server: &str,
-    method: &str,
-    path: &str,
-    query: &str,
-) -> Result<Option<Answer>, Answer> {
-    let r = route::route(method, path).map_err(|e| match e {
-        RouteError::NotFound => Answer::Json(
-            404,
-            encode::status(404, "NotFound", &e.to_string(), Some(json!({}))),
-        ),
-        RouteError::MethodNotAllowed => Answer::Json(
-            405,
-            encode::status(405, "MethodNotAllowed", &e.to_string(), Some(json!({}))),
-        ),
-    })?;
-    let q = route::query(query)
-        .map_err(|m| Answer::Json(400, encode::status(400, "BadRequest", &m, None)))?;
-    Ok(Some(match r {
+/// What to do for a request, decided without the store (pure, so tests cover routing,
+/// discovery and bad requests without etcd).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Answer with this at once (discovery, health, a `Status` error).
+    Answer(Answer),
+    /// Read from the registry: one object (`name`) or a list filtered by `selector`.
+    Read {
+        /// The kind read.
+        kind: model::Kind,
+        /// The namespace; None for all namespaces and cluster-scoped kinds.
+        namespace: Option<String>,
+        /// One object by name, or None for a list.
+        name: Option<String>,
+        /// The parsed `labelSelector` (empty: everything).
+        selector: model::LabelSelector,
+    },
+}
+
+fn failure(code: u16, reason: &str, message: &str) -> Answer {
+    Answer::Json(code, encode::status(code, reason, message, None))
+}
+
+/// Decides what a request gets.
+pub fn plan(server: &str, method: &str, path: &str, query: &str) -> Plan {
+    let r = match route::route(method, path) {
+        Ok(r) => r,
+        Err(e @ RouteError::NotFound) => {
+            return Plan::Answer(failure(404, "NotFound", &e.to_string()));
+        }
+        Err(e @ RouteError::MethodNotAllowed) => {
+            return Plan::Answer(failure(405, "MethodNotAllowed", &e.to_string()));
+        }
+    };
+    let q = match route::query(query) {
+        Ok(q) => q,
+        Err(m) => return Plan::Answer(failure(400, "BadRequest", &m)),
+    };
+    let answer = match r {
         Route::Version => Answer::Json(200, discovery::version()),
         Route::Api => Answer::Json(200, discovery::api(server)),
         Route::Apis => Answer::Json(200, discovery::apis()),
         Route::Resources { group_version } => match discovery::resources(&group_version) {
             Some(v) => Answer::Json(200, v),
-            None => Answer::Json(
+            None => failure(
                 404,
-                encode::status(
-                    404,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                    None,
-                ),
+                "NotFound",
+                "the server could not find the requested resource",
             ),
         },
         Route::Health => Answer::Raw(200, "text/plain; charset=utf-8", b"ok".to_vec()),
@@ -297,81 +312,72 @@ pub fn static_answer(
             Vec::new(),
         ),
         Route::OpenApiV3 => Answer::Json(200, json!({"paths": {}})),
-        Route::Get { .. } | Route::List { .. } if q.watch => Answer::Json(
+        Route::Get { .. } | Route::List { .. } if q.watch => failure(
             405,
-            encode::status(
-                405,
-                "MethodNotAllowed",
-                "watch is not served yet (issue 15)",
-                None,
-            ),
+            "MethodNotAllowed",
+            "watch is not served yet (issue 15)",
         ),
-        Route::Get { .. } | Route::List { .. } => {
-            if let Some(sel) = &q.label_selector {
-                model::LabelSelector::parse(sel).map_err(|e| {
-                    Answer::Json(400, encode::status(400, "BadRequest", &e.to_string(), None))
-                })?;
-            }
-            return Ok(None);
-        }
-    }))
-}
-
-async fn answer(state: &State, method: &str, path: &str, query: &str) -> Answer {
-    match static_answer(&state.server, method, path, query) {
-        Err(a) | Ok(Some(a)) => return a,
-        Ok(None) => {}
-    }
-    // static_answer checked both already; a failure here cannot happen.
-    let (Ok(r), Ok(q)) = (route::route(method, path), route::query(query)) else {
-        return Answer::Json(
-            500,
-            encode::status(500, "InternalError", "route changed", None),
-        );
-    };
-    let selector = q
-        .label_selector
-        .as_deref()
-        .and_then(|s| model::LabelSelector::parse(s).ok())
-        .unwrap_or_default();
-    let (kind, ns, name) = match r {
         Route::Get {
             kind,
             namespace,
             name,
-        } => (kind, namespace, Some(name)),
-        Route::List { kind, namespace } => (kind, namespace, None),
-        _ => {
-            return Answer::Json(
-                500,
-                encode::status(500, "InternalError", "not a read", None),
-            );
+        } => {
+            return Plan::Read {
+                kind,
+                namespace,
+                name: Some(name),
+                selector: model::LabelSelector::default(),
+            };
         }
+        Route::List { kind, namespace } => {
+            let selector = match q.label_selector.as_deref().map(model::LabelSelector::parse) {
+                None => model::LabelSelector::default(),
+                Some(Ok(s)) => s,
+                Some(Err(e)) => return Plan::Answer(failure(400, "BadRequest", &e.to_string())),
+            };
+            return Plan::Read {
+                kind,
+                namespace,
+                name: None,
+                selector,
+            };
+        }
+    };
+    Plan::Answer(answer)
+}
+
+async fn answer(state: &State, method: &str, path: &str, query: &str) -> Answer {
+    let (kind, ns, name, selector) = match plan(&state.server, method, path, query) {
+        Plan::Answer(a) => return a,
+        Plan::Read {
+            kind,
+            namespace,
+            name,
+            selector,
+        } => (kind, namespace, name, selector),
+    };
+    let registry_error = |e: &crate::api::ApiError| {
+        let (code, s) = encode::api_error(e);
+        Answer::Json(code, s)
     };
     let mut listed =
         match crate::api::list(&state.store, kind, ns.as_deref(), name.as_deref()).await {
             Ok(l) => l,
-            Err(e) => {
-                let (code, s) = encode::api_error(&e);
-                return Answer::Json(code, s);
-            }
+            Err(e) => return registry_error(&e),
         };
     if kind == model::Kind::Node {
         // As `flatnet get` shows nodes: podCIDR from the subnet lease, agent annotations.
         let (mut values, revs): (Vec<Value>, Vec<i64>) = listed.items.into_iter().unzip();
         if let Err(e) = crate::api::annotate_nodes(&state.store, &mut values).await {
-            let (code, s) = encode::api_error(&e);
-            return Answer::Json(code, s);
+            return registry_error(&e);
         }
         listed.items = values.into_iter().zip(revs).collect();
     }
     if name.is_some() {
+        // `api::list` by name returns exactly the one object or NotFound.
         return match listed.items.pop() {
             Some((v, rev)) => Answer::Json(200, encode::object(v, rev)),
-            None => Answer::Json(
-                500,
-                encode::status(500, "InternalError", "empty read", None),
-            ),
+            None => failure(500, "InternalError", "a read by name returned nothing"),
         };
     }
     listed.items.retain(|(v, _)| {
@@ -387,60 +393,90 @@ async fn answer(state: &State, method: &str, path: &str, query: &str) -> Answer 
 mod tests {
     use super::*;
 
-    fn answer(method: &str, path: &str, query: &str) -> Result<Option<Answer>, Answer> {
-        static_answer("127.0.0.1:6443", method, path, query)
+    fn answer(method: &str, path: &str, query: &str) -> Answer {
+        match plan("127.0.0.1:6443", method, path, query) {
+            Plan::Answer(a) => a,
+            read => panic!("{method} {path}?{query} needs the store: {read:?}"),
+        }
+    }
+
+    fn json(a: Answer) -> (u16, Value) {
+        match a {
+            Answer::Json(code, v) => (code, v),
+            other => panic!("not JSON: {other:?}"),
+        }
     }
 
     #[test]
     fn discovery_and_health_are_answered_without_a_store() {
-        let Ok(Some(Answer::Json(200, v))) = answer("GET", "/version", "") else {
-            panic!("version")
-        };
-        assert_eq!(v["minor"], discovery::MINOR);
-        let Ok(Some(Answer::Json(200, v))) = answer("GET", "/api", "") else {
-            panic!("api")
-        };
+        let (code, v) = json(answer("GET", "/version", ""));
+        assert_eq!((code, v["minor"].as_str()), (200, Some(discovery::MINOR)));
+        let (_, v) = json(answer("GET", "/api", ""));
         assert_eq!(v["versions"], json!(["v1"]));
         assert_eq!(
             v["serverAddressByClientCIDRs"][0]["serverAddress"],
             "127.0.0.1:6443"
         );
-        let Ok(Some(Answer::Json(200, v))) = answer("GET", "/apis/networking.k8s.io/v1", "") else {
-            panic!("group")
-        };
-        assert_eq!(v["groupVersion"], "networking.k8s.io/v1");
+        let (_, v) = json(answer("GET", "/apis", ""));
+        assert_eq!(v["kind"], "APIGroupList");
+        let (code, v) = json(answer("GET", "/apis/networking.k8s.io/v1", ""));
+        assert_eq!(
+            (code, v["groupVersion"].as_str()),
+            (200, Some("networking.k8s.io/v1"))
+        );
         assert_eq!(
             answer("GET", "/readyz", ""),
-            Ok(Some(Answer::Raw(
-                200,
-                "text/plain; charset=utf-8",
-                b"ok".to_vec()
-            )))
+            Answer::Raw(200, "text/plain; charset=utf-8", b"ok".to_vec())
         );
+        let (code, v) = json(answer("GET", "/openapi/v3", ""));
+        assert_eq!((code, v), (200, json!({"paths": {}})));
     }
 
     #[test]
-    fn reads_are_left_to_the_registry_and_bad_requests_are_statuses() {
-        assert_eq!(
-            answer("GET", "/api/v1/namespaces/default/pods", "limit=500"),
-            Ok(None)
-        );
-        let Err(Answer::Json(404, s)) = answer("GET", "/apis/batch/v1/jobs", "") else {
-            panic!("unknown group")
-        };
-        assert_eq!(
-            (s["kind"].as_str(), s["reason"].as_str()),
-            (Some("Status"), Some("NotFound"))
-        );
-        let Err(Answer::Json(405, s)) = answer("PUT", "/api/v1/namespaces/default/pods/a", "")
+    fn reads_go_to_the_registry_with_their_selector() {
+        let Plan::Read {
+            kind,
+            namespace,
+            name,
+            selector,
+        } = plan(
+            "x",
+            "GET",
+            "/api/v1/namespaces/default/pods",
+            "limit=500&labelSelector=app%3Dweb",
+        )
         else {
-            panic!("write")
+            panic!("a list is a read")
         };
-        assert_eq!(s["reason"], "MethodNotAllowed");
-        let Err(Answer::Json(400, s)) = answer("GET", "/api/v1/pods", "labelSelector=app%20in%20(")
-        else {
-            panic!("bad selector")
+        assert_eq!(kind, model::Kind::Pod);
+        assert_eq!(namespace.as_deref(), Some("default"));
+        assert_eq!(name, None);
+        let web = [("app".to_string(), "web".to_string())]
+            .into_iter()
+            .collect();
+        assert!(selector.matches(&web));
+        assert!(!selector.matches(&Default::default()));
+        let Plan::Read { name, .. } = plan("x", "GET", "/api/v1/nodes/node1", "") else {
+            panic!("a get is a read")
         };
+        assert_eq!(name.as_deref(), Some("node1"));
+    }
+
+    #[test]
+    fn bad_requests_are_status_objects() {
+        let (code, s) = json(answer("GET", "/apis/batch/v1/jobs", ""));
+        assert_eq!(code, 404);
+        assert_eq!(
+            (s["kind"].as_str(), s["reason"].as_str(), s["code"].as_u64()),
+            (Some("Status"), Some("NotFound"), Some(404))
+        );
+        let (code, s) = json(answer("PUT", "/api/v1/namespaces/default/pods/a", ""));
+        assert_eq!(
+            (code, s["reason"].as_str()),
+            (405, Some("MethodNotAllowed"))
+        );
+        let (code, s) = json(answer("GET", "/api/v1/pods", "labelSelector=app%20in%20("));
+        assert_eq!(code, 400);
         assert!(
             s["message"]
                 .as_str()
@@ -448,9 +484,10 @@ mod tests {
                 .contains("invalid label selector"),
             "{s}"
         );
-        let Ok(Some(Answer::Json(405, _))) = answer("GET", "/api/v1/pods", "watch=1") else {
-            panic!("watch is not served yet")
-        };
+        let (code, _) = json(answer("GET", "/api/v1/pods", "watch=1"));
+        assert_eq!(code, 405, "watch is not served yet");
+        let (code, _) = json(answer("GET", "/api/v1/pods", "labelSelector=%zz"));
+        assert_eq!(code, 400);
     }
 
     #[test]
