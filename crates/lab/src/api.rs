@@ -764,6 +764,15 @@ pub struct Listed {
     pub revision: i64,
 }
 
+/// The store prefix holding the objects of `kind` in `namespace` (None: all namespaces; for a
+/// cluster-scoped kind the namespace does not matter): what a list reads and a watch follows.
+pub fn list_prefix(kind: Kind, namespace: Option<&str>) -> String {
+    match (kind.namespaced(), namespace) {
+        (true, Some(ns)) => format!("{}{ns}/", store::keys::kind_prefix(kind)),
+        _ => store::keys::kind_prefix(kind),
+    }
+}
+
 /// [`get`] with revisions: what `flatnet get` and the API server read.
 pub async fn list(
     store: &EtcdStore,
@@ -781,11 +790,7 @@ pub async fn list(
             revision: kv.mod_revision,
         });
     }
-    let prefix = match (kind.namespaced(), namespace) {
-        (true, Some(ns)) => format!("{}{ns}/", store::keys::kind_prefix(kind)),
-        _ => store::keys::kind_prefix(kind),
-    };
-    let (kvs, revision) = store.list(&prefix).await?;
+    let (kvs, revision) = store.list(&list_prefix(kind, namespace)).await?;
     Ok(Listed {
         items: kvs
             .iter()

@@ -74,6 +74,39 @@ pub fn api_error(e: &ApiError) -> (u16, Value) {
     }
 }
 
+/// One watch event as a line of the stream: `{"type": ..., "object": ...}` and a newline.
+pub fn watch_event(event_type: &str, object: &Value) -> Vec<u8> {
+    let mut line =
+        serde_json::to_vec(&json!({"type": event_type, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// The object a DELETED event carries when only the key is known (the store's delete event has
+/// no previous value yet): kind, name, namespace and the deletion's revision, read from the key
+/// `objects/<plural>/<namespace or _>/<name>`.
+pub fn deleted_object(kind: Kind, key: &str, revision: i64) -> Value {
+    let mut parts = key.rsplitn(3, '/');
+    let name = parts.next().unwrap_or_default();
+    let ns = parts.next().filter(|n| *n != "_" && kind.namespaced());
+    let mut meta = json!({"name": name, "resourceVersion": revision.to_string()});
+    if let Some(ns) = ns {
+        meta["namespace"] = json!(ns);
+    }
+    json!({"apiVersion": kind.api_version(), "kind": kind.as_str(), "metadata": meta})
+}
+
+/// The in-stream ERROR a watch ends with when its start revision was compacted away (clients
+/// relist on it, as kube-apiserver's `too old resource version`).
+pub fn expired(requested: i64, oldest: i64) -> Value {
+    status(
+        410,
+        "Expired",
+        &format!("too old resource version: {requested} ({oldest})"),
+        None,
+    )
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
@@ -98,6 +131,31 @@ mod tests {
         assert_eq!(l["items"][0]["metadata"]["resourceVersion"], "7");
         // whatever was stored, the served RV is the store's
         assert_eq!(l["items"][1]["metadata"]["resourceVersion"], "9");
+    }
+
+    #[test]
+    fn watch_events_are_json_lines_and_deletes_name_their_object() {
+        let line = watch_event("ADDED", &json!({"kind": "Pod"}));
+        assert_eq!(line.last(), Some(&b'\n'));
+        let v: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v, json!({"type": "ADDED", "object": {"kind": "Pod"}}));
+        let d = deleted_object(Kind::Pod, "objects/pods/shop/web", 42);
+        assert_eq!(
+            d,
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "web", "namespace": "shop", "resourceVersion": "42"}})
+        );
+        let n = deleted_object(Kind::Node, "objects/nodes/_/node1", 7);
+        assert_eq!(
+            n["metadata"],
+            json!({"name": "node1", "resourceVersion": "7"})
+        );
+        let e = expired(5, 9);
+        assert_eq!(
+            (e["code"].as_u64(), e["reason"].as_str()),
+            (Some(410), Some("Expired"))
+        );
+        assert_eq!(e["message"], "too old resource version: 5 (9)");
     }
 
     #[test]

@@ -22,11 +22,14 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::Full;
+use http_body_util::channel::{Channel, Sender};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use store::Store;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -216,8 +219,11 @@ pub async fn serve(listener: TcpListener, store: store::EtcdStore) -> Result<(),
     }
 }
 
-fn respond(code: u16, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+/// Every response body: a whole one, or a watch's stream.
+type Body = BoxBody<Bytes, Infallible>;
+
+fn respond(code: u16, content_type: &str, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
     *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
         r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
@@ -225,23 +231,130 @@ fn respond(code: u16, content_type: &str, body: Vec<u8>) -> Response<Full<Bytes>
     r
 }
 
-fn json_response(code: u16, v: &Value) -> Response<Full<Bytes>> {
-    respond(
-        code,
-        "application/json",
-        serde_json::to_vec(v).unwrap_or_default(),
-    )
+fn whole(bytes: Vec<u8>) -> Body {
+    Full::new(Bytes::from(bytes)).boxed()
 }
 
-async fn handle<B>(state: &State, req: Request<B>) -> Response<Full<Bytes>> {
+async fn handle<B>(state: &Arc<State>, req: Request<B>) -> Response<Body> {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let (code, resp) = match answer(state, &method, &path, req.uri().query().unwrap_or("")).await {
-        Answer::Json(code, v) => (code, json_response(code, &v)),
-        Answer::Raw(code, ct, body) => (code, respond(code, ct, body)),
+        Answer::Json(code, v) => (
+            code,
+            respond(
+                code,
+                "application/json",
+                whole(serde_json::to_vec(&v).unwrap_or_default()),
+            ),
+        ),
+        Answer::Raw(code, ct, body) => (code, respond(code, ct, whole(body))),
+        Answer::Watch(w) => {
+            let (tx, body) = Channel::<Bytes, Infallible>::new(WATCH_BUFFER);
+            tokio::spawn(watch(state.clone(), w, tx));
+            (200, respond(200, "application/json", body.boxed()))
+        }
     };
     tracing::debug!(%method, %path, code, "request");
     resp
+}
+
+/// Events a watch may have queued for a client that does not read; then the watch waits
+/// (its store watch's own buffer then fills, and etcd holds the rest).
+pub const WATCH_BUFFER: usize = 64;
+
+/// Streams one watch until its timeout, a store error or the client going away. A store watch
+/// per HTTP watch (design.md §11 "Issue 15": a shared reflector per kind comes with the load
+/// work).
+async fn watch(state: Arc<State>, w: WatchRequest, mut tx: Sender<Bytes, Infallible>) {
+    let deadline = tokio::time::Instant::now() + w.timeout;
+    let matches = |v: &Value| {
+        let labels: std::collections::BTreeMap<String, String> =
+            crate::api::labels_of(v).into_iter().collect();
+        w.selector.matches(&labels)
+    };
+    let error_event = |e: &store::StoreError, requested: i64| match e {
+        store::StoreError::Compacted { revision } => encode::expired(requested, *revision),
+        e => encode::status(503, "ServiceUnavailable", &e.to_string(), None),
+    };
+    let from = match w.after {
+        Some(rv) => rv + 1,
+        None => {
+            let listed =
+                match crate::api::list(&state.store, w.kind, w.namespace.as_deref(), None).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let (_, s) = encode::api_error(&e);
+                        let _ = tx
+                            .send_data(Bytes::from(encode::watch_event("ERROR", &s)))
+                            .await;
+                        return;
+                    }
+                };
+            for (v, rev) in listed.items {
+                if matches(&v) {
+                    let line = encode::watch_event("ADDED", &encode::object(v, rev));
+                    if tx.send_data(Bytes::from(line)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            listed.revision + 1
+        }
+    };
+    let prefix = crate::api::list_prefix(w.kind, w.namespace.as_deref());
+    let mut rx = match state.store.watch(&prefix, from).await {
+        Ok(rx) => rx,
+        Err(e) => {
+            let s = error_event(&e, from - 1);
+            let _ = tx
+                .send_data(Bytes::from(encode::watch_event("ERROR", &s)))
+                .await;
+            return;
+        }
+    };
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => e,
+            _ = tokio::time::sleep_until(deadline) => return,
+        };
+        let line = match event {
+            None => return,
+            Some(Err(e)) => {
+                // Compaction ends the watch with an in-stream 410 (clients relist); a broken
+                // store watch just ends it (clients watch again from their last revision).
+                if matches!(e, store::StoreError::Compacted { .. }) {
+                    let _ = tx
+                        .send_data(Bytes::from(encode::watch_event(
+                            "ERROR",
+                            &error_event(&e, from - 1),
+                        )))
+                        .await;
+                }
+                return;
+            }
+            Some(Ok(store::WatchEvent::Put(kv))) => {
+                let Ok(v) = kv.decode::<Value>() else {
+                    continue;
+                };
+                if !matches(&v) {
+                    continue;
+                }
+                let t = if kv.create_revision == kv.mod_revision {
+                    "ADDED"
+                } else {
+                    "MODIFIED"
+                };
+                encode::watch_event(t, &encode::object(v, kv.mod_revision))
+            }
+            Some(Ok(store::WatchEvent::Delete { key, mod_revision })) => encode::watch_event(
+                "DELETED",
+                &encode::deleted_object(w.kind, &key, mod_revision),
+            ),
+        };
+        if tx.send_data(Bytes::from(line)).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// A response before it is put on the wire.
@@ -251,6 +364,8 @@ pub enum Answer {
     Json(u16, Value),
     /// Another body: code, content type, bytes.
     Raw(u16, &'static str, Vec<u8>),
+    /// A watch stream (200, one JSON event per line).
+    Watch(WatchRequest),
 }
 
 /// What to do for a request, decided without the store (pure, so tests cover routing,
@@ -270,7 +385,28 @@ pub enum Plan {
         /// The parsed `labelSelector` (empty: everything).
         selector: model::LabelSelector,
     },
+    /// Stream changes of a list (`watch=true`).
+    Watch(WatchRequest),
 }
+
+/// A watch of one kind, as asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchRequest {
+    /// The kind watched.
+    pub kind: model::Kind,
+    /// The namespace; None for all namespaces and cluster-scoped kinds.
+    pub namespace: Option<String>,
+    /// Only objects matching it are sent.
+    pub selector: model::LabelSelector,
+    /// Changes after this revision; None (`resourceVersion` unset or `0`): synthetic ADDED
+    /// events for the current state first, then changes after it.
+    pub after: Option<i64>,
+    /// When the stream ends (`timeoutSeconds`, else [`WATCH_TIMEOUT`]).
+    pub timeout: Duration,
+}
+
+/// How long a watch without `timeoutSeconds` runs (kube-apiserver picks 30-60 min at random).
+pub const WATCH_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 fn failure(code: u16, reason: &str, message: &str) -> Answer {
     Answer::Json(code, encode::status(code, reason, message, None))
@@ -312,10 +448,10 @@ pub fn plan(server: &str, method: &str, path: &str, query: &str) -> Plan {
             Vec::new(),
         ),
         Route::OpenApiV3 => Answer::Json(200, json!({"paths": {}})),
-        Route::Get { .. } | Route::List { .. } if q.watch => failure(
+        Route::Get { .. } if q.watch => failure(
             405,
             "MethodNotAllowed",
-            "watch is not served yet (issue 15)",
+            "watch a list with fieldSelector=metadata.name=NAME instead (not served yet)",
         ),
         Route::Get {
             kind,
@@ -335,6 +471,28 @@ pub fn plan(server: &str, method: &str, path: &str, query: &str) -> Plan {
                 Some(Ok(s)) => s,
                 Some(Err(e)) => return Plan::Answer(failure(400, "BadRequest", &e.to_string())),
             };
+            if q.watch {
+                let after = match q.resource_version.as_deref() {
+                    None | Some("") | Some("0") => None,
+                    Some(rv) => match rv.parse::<i64>() {
+                        Ok(n) if n > 0 => Some(n),
+                        _ => {
+                            return Plan::Answer(failure(
+                                400,
+                                "BadRequest",
+                                &format!("resourceVersion {rv:?} is not a revision"),
+                            ));
+                        }
+                    },
+                };
+                return Plan::Watch(WatchRequest {
+                    kind,
+                    namespace,
+                    selector,
+                    after,
+                    timeout: q.timeout_seconds.map_or(WATCH_TIMEOUT, Duration::from_secs),
+                });
+            }
             return Plan::Read {
                 kind,
                 namespace,
@@ -349,6 +507,7 @@ pub fn plan(server: &str, method: &str, path: &str, query: &str) -> Plan {
 async fn answer(state: &State, method: &str, path: &str, query: &str) -> Answer {
     let (kind, ns, name, selector) = match plan(&state.server, method, path, query) {
         Plan::Answer(a) => return a,
+        Plan::Watch(w) => return Answer::Watch(w),
         Plan::Read {
             kind,
             namespace,
@@ -463,6 +622,29 @@ mod tests {
     }
 
     #[test]
+    fn watches_are_planned_with_their_start_revision_and_timeout() {
+        let Plan::Watch(w) = plan(
+            "x",
+            "GET",
+            "/apis/apps/v1/namespaces/shop/deployments",
+            "watch=true&resourceVersion=41&timeoutSeconds=290&allowWatchBookmarks=true",
+        ) else {
+            panic!("a watch")
+        };
+        assert_eq!(w.kind, model::Kind::Deployment);
+        assert_eq!(w.namespace.as_deref(), Some("shop"));
+        assert_eq!(w.after, Some(41));
+        assert_eq!(w.timeout, Duration::from_secs(290));
+        // "0" and unset: the current state first (synthetic ADDED), then changes
+        for q in ["watch=1&resourceVersion=0", "watch=True"] {
+            let Plan::Watch(w) = plan("x", "GET", "/api/v1/pods", q) else {
+                panic!("a watch: {q}")
+            };
+            assert_eq!((w.after, w.timeout), (None, WATCH_TIMEOUT), "{q}");
+        }
+    }
+
+    #[test]
     fn bad_requests_are_status_objects() {
         let (code, s) = json(answer("GET", "/apis/batch/v1/jobs", ""));
         assert_eq!(code, 404);
@@ -484,8 +666,10 @@ mod tests {
                 .contains("invalid label selector"),
             "{s}"
         );
-        let (code, _) = json(answer("GET", "/api/v1/pods", "watch=1"));
-        assert_eq!(code, 405, "watch is not served yet");
+        let (code, _) = json(answer("GET", "/api/v1/pods", "watch=1&resourceVersion=abc"));
+        assert_eq!(code, 400, "a resourceVersion that is no revision");
+        let (code, _) = json(answer("GET", "/api/v1/pods", "watch=1&timeoutSeconds=x"));
+        assert_eq!(code, 400);
         let (code, _) = json(answer("GET", "/api/v1/pods", "labelSelector=%zz"));
         assert_eq!(code, 400);
     }
@@ -498,3 +682,6 @@ mod tests {
         assert!(k.contains("current-context: flatnet-lab\n"), "{k}");
     }
 }
+
+#[cfg(test)]
+mod store_tests;

@@ -147,6 +147,11 @@ pub struct Query {
     pub label_selector: Option<String>,
     /// `watch` (`true`, `1`, `t`, `True` as Go's `ParseBool`).
     pub watch: bool,
+    /// `resourceVersion`, as given (a watch starts after it; unset or `0`: from the current
+    /// state, with synthetic ADDED events).
+    pub resource_version: Option<String>,
+    /// `timeoutSeconds`: a watch ends after this long.
+    pub timeout_seconds: Option<u64>,
 }
 
 /// Parses a query string (without the `?`); a parameter that does not percent-decode is an
@@ -160,6 +165,13 @@ pub fn query(q: &str) -> Result<Query, String> {
         match k {
             "labelSelector" => out.label_selector = Some(v),
             "watch" => out.watch = matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"),
+            "resourceVersion" => out.resource_version = Some(v),
+            "timeoutSeconds" => {
+                out.timeout_seconds = Some(
+                    v.parse()
+                        .map_err(|_| format!("timeoutSeconds {v:?} is not a number of seconds"))?,
+                )
+            }
             _ => {}
         }
     }
