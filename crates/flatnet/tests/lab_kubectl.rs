@@ -1,6 +1,7 @@
 //! Tier 2: the lab's Kubernetes API server driven by the real kubectl (issue 15, first slice):
 //! `flatnet lab kubeconfig` after `lab up`, a pod applied with `flatnet apply` read back with
-//! `kubectl get`, the API server stopped and started again on the same port.
+//! `kubectl get` (JSON, table, `-l`, `-A`, NotFound), `kubectl get -w` following a pod applied
+//! later, the API server stopped and started again on the same port.
 //!
 //! kubectl: `/usr/lib/google-cloud-sdk/bin/kubectl.1.33`, else `kubectl` on PATH (the image's
 //! dispatcher picks the minor from `/version`). A missing kubectl is a skip, a failure under
@@ -10,6 +11,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use common::{Lab, can_run};
 
@@ -53,6 +55,32 @@ impl Kubectl {
             .expect("run kubectl")
     }
 
+    /// A kubectl left running (`get -w`), its stdout lines sent to the receiver; killed on drop.
+    fn spawn(&self, args: &[&str]) -> Running {
+        let mut child = Command::new(&self.bin)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .arg(format!("--cache-dir={}", self.cache.path().display()))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn kubectl");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
     fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
         assert!(
@@ -63,6 +91,35 @@ impl Kubectl {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Waits (10 s at most) for a line equal to `want`; the lines seen on failure.
+    fn expect_line(&self, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            match self.lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(l) if l.trim() == want => return,
+                Ok(l) => seen.push(l),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        panic!("kubectl printed no line {want:?} within 10 s; it printed {seen:?}");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -139,17 +196,22 @@ fn kubectl_gets_a_pod_applied_with_flatnet() {
         "{err}"
     );
 
+    // kubectl get -w follows changes (list, then a watch from the list's resourceVersion)
+    // (the listed pod first: once printed, every later change is after the list's revision)
+    let watch = k.spawn(&["get", "pods", "-w", "-o", "name"]);
+    watch.expect_line("pod/web");
+    lab.apply(&POD.replace("name: web,", "name: web2,"));
+    watch.expect_line("pod/web2");
+    drop(watch);
+
     // stopped and started again, the server comes back on the kubeconfig's port
     lab.ok(&["lab", "stop", "apiserver"]);
     assert!(!k.run(&["get", "pods"]).status.success());
     lab.ok(&["lab", "start", "apiserver"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while !k.run(&["get", "pod", "web", "-o", "name"]).status.success() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "apiserver not back within 10 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(Instant::now() < deadline, "apiserver not back within 10 s");
+        std::thread::sleep(Duration::from_millis(100));
     }
     let status = lab.ok(&["lab", "status"]);
     assert!(
