@@ -6,6 +6,7 @@
 //!   Service allocations (with `allocator`, pure: clusterIPs, nodePorts, API defaults).
 //! - `apiserver`: the Kubernetes REST API over `api` (discovery, get, list), for kubectl and
 //!   client libraries; `flatnet lab kubeconfig` points at it.
+//! - `columns`: the table columns of each kind, for `flatnet get` and the API server (pure).
 //! - `names`: every name and path a lab uses (namespaces, state directories), in one place.
 //! - `shell`: running `ip` and other host tools, and processes inside a namespace.
 //! - `topology`: `lab up` / `lab down`: fabric bridge, node and external namespaces, etcd.
@@ -32,6 +33,7 @@ pub mod api;
 pub mod apiserver;
 pub mod cleanup;
 pub mod client;
+pub mod columns;
 pub mod controller;
 pub mod daemons;
 pub mod endpoints;
