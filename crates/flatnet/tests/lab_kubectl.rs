@@ -1,6 +1,6 @@
 //! Tier 2: the lab's Kubernetes API server driven by the real kubectl (issue 15, first slice):
 //! `flatnet lab kubeconfig` after `lab up`, a pod applied with `flatnet apply` read back with
-//! `kubectl get` (JSON, table, `-l`, `-A`, NotFound), `kubectl get -w` following a pod applied
+//! `kubectl get` (JSON, flatnet's columns as a Table, `-o wide`, `-l`, `-A`, NotFound), `kubectl get -w` following a pod applied
 //! later, the API server stopped and started again on the same port.
 //!
 //! kubectl: `/usr/lib/google-cloud-sdk/bin/kubectl.1.33`, else `kubectl` on PATH (the image's
@@ -165,10 +165,39 @@ fn kubectl_gets_a_pod_applied_with_flatnet() {
     assert!(rv > 0);
     assert_eq!(web["metadata"]["namespace"], "default");
 
+    // as=Table: flatnet get's columns, the wide ones with -o wide
     let table = k.ok(&["get", "pods"]);
-    assert!(
-        table.lines().next().is_some_and(|h| h.starts_with("NAME")),
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "STATUS", "IP", "NODE", "AGE"],
         "{table}"
+    );
+    let wide = k.ok(&["get", "pods", "-o", "wide"]);
+    assert!(
+        wide.lines().next().is_some_and(|h| h.ends_with("LABELS")),
+        "{wide}"
+    );
+    let svc = k.ok(&["get", "svc", "-A"]);
+    assert!(
+        svc.lines()
+            .next()
+            .is_some_and(|h| h.split_whitespace().collect::<Vec<_>>()
+                == [
+                    "NAMESPACE",
+                    "NAME",
+                    "TYPE",
+                    "CLUSTER-IP",
+                    "EXTERNAL-IP",
+                    "PORT(S)",
+                    "AGE"
+                ]),
+        "{svc}"
     );
     assert!(
         table

@@ -32,6 +32,63 @@ pub fn list(kind: Kind, listed: Listed) -> Value {
     })
 }
 
+/// Whether an `Accept` header asks for a `meta.k8s.io` Table (`kubectl get` does, with plain
+/// JSON as its fallback).
+pub fn wants_table(accept: &str) -> bool {
+    accept.split(',').any(|range| {
+        let params: Vec<&str> = range.split(';').map(str::trim).collect();
+        params.contains(&"as=Table") && params.contains(&"g=meta.k8s.io")
+    })
+}
+
+/// A `meta.k8s.io/v1` Table of objects: the columns of [`crate::columns::row`] (the `-o wide`
+/// ones at priority 1), each row's cells and its object as `PartialObjectMetadata` (kubectl
+/// takes NAMESPACE and `--show-labels` from it). `revision`: the list's resourceVersion.
+pub fn table(kind: Kind, items: Vec<(Value, i64)>, revision: Option<i64>) -> Value {
+    let sample = items.first().map(|(v, _)| v.clone()).unwrap_or(json!({}));
+    let (narrow, _) = crate::columns::row(kind, &sample, false);
+    let (wide, _) = crate::columns::row(kind, &sample, true);
+    let columns: Vec<Value> = wide
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            json!({
+                "name": name,
+                "type": "string",
+                "format": if *name == "NAME" { "name" } else { "" },
+                "description": "",
+                "priority": if i < narrow.len() { 0 } else { 1 },
+            })
+        })
+        .collect();
+    let rows: Vec<Value> = items
+        .into_iter()
+        .map(|(v, rev)| {
+            let (_, cells) = crate::columns::row(kind, &v, true);
+            let meta = object(v, rev)["metadata"].clone();
+            json!({
+                "cells": cells,
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": meta,
+                },
+            })
+        })
+        .collect();
+    let mut t = json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": {},
+        "columnDefinitions": columns,
+        "rows": rows,
+    });
+    if let Some(rev) = revision {
+        t["metadata"]["resourceVersion"] = json!(rev.to_string());
+    }
+    t
+}
+
 /// A `Status` failure: `code` is also the HTTP status.
 pub fn status(code: u16, reason: &str, message: &str, details: Option<Value>) -> Value {
     let mut s = json!({
@@ -156,6 +213,64 @@ mod tests {
             (Some(410), Some("Expired"))
         );
         assert_eq!(e["message"], "too old resource version: 5 (9)");
+    }
+
+    #[test]
+    fn kubectl_accept_header_asks_for_a_table() {
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+        ));
+        assert!(!wants_table("application/json"));
+        assert!(!wants_table(""));
+        assert!(!wants_table(
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+        ));
+    }
+
+    #[test]
+    fn tables_carry_flatnets_columns_wide_ones_at_priority_one() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
+            "spec": {"nodeName": "node1", "containers": [{"name": "c"}]},
+            "status": {"phase": "Running", "podIP": "10.244.0.5"}});
+        let t = table(Kind::Pod, vec![(pod, 17)], Some(20));
+        assert_eq!(
+            (t["kind"].as_str(), t["apiVersion"].as_str()),
+            (Some("Table"), Some("meta.k8s.io/v1"))
+        );
+        assert_eq!(t["metadata"]["resourceVersion"], "20");
+        let cols: Vec<(&str, u64)> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap(), c["priority"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(
+            cols,
+            [
+                ("NAME", 0),
+                ("READY", 0),
+                ("STATUS", 0),
+                ("IP", 0),
+                ("NODE", 0),
+                ("AGE", 0),
+                ("LABELS", 1)
+            ]
+        );
+        let row = &t["rows"][0];
+        assert_eq!(
+            row["cells"].as_array().unwrap()[..5],
+            json!(["web", "0/1", "Running", "10.244.0.5", "node1"])
+                .as_array()
+                .unwrap()[..]
+        );
+        assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
+        assert_eq!(row["object"]["metadata"]["namespace"], "shop");
+        assert_eq!(row["object"]["metadata"]["resourceVersion"], "17");
+        // an empty list still has its columns
+        let empty = table(Kind::Service, vec![], Some(3));
+        assert_eq!(empty["columnDefinitions"][1]["name"], "TYPE");
+        assert_eq!(empty["rows"], json!([]));
     }
 
     #[test]

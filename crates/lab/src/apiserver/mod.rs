@@ -238,7 +238,14 @@ fn whole(bytes: Vec<u8>) -> Body {
 async fn handle<B>(state: &Arc<State>, req: Request<B>) -> Response<Body> {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
-    let (code, resp) = match answer(state, &method, &path, req.uri().query().unwrap_or("")).await {
+    let accept = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let query = req.uri().query().unwrap_or("");
+    let (code, resp) = match answer(state, &method, &path, query, &accept).await {
         Answer::Json(code, v) => (
             code,
             respond(
@@ -272,6 +279,13 @@ async fn watch(state: Arc<State>, w: WatchRequest, mut tx: Sender<Bytes, Infalli
             crate::api::labels_of(v).into_iter().collect();
         w.selector.matches(&labels)
     };
+    let as_served = |v: Value, rev: i64| {
+        if w.table {
+            encode::table(w.kind, vec![(v, rev)], None)
+        } else {
+            encode::object(v, rev)
+        }
+    };
     let error_event = |e: &store::StoreError, requested: i64| match e {
         store::StoreError::Compacted { revision } => encode::expired(requested, *revision),
         e => encode::status(503, "ServiceUnavailable", &e.to_string(), None),
@@ -292,7 +306,7 @@ async fn watch(state: Arc<State>, w: WatchRequest, mut tx: Sender<Bytes, Infalli
                 };
             for (v, rev) in listed.items {
                 if matches(&v) {
-                    let line = encode::watch_event("ADDED", &encode::object(v, rev));
+                    let line = encode::watch_event("ADDED", &as_served(v, rev));
                     if tx.send_data(Bytes::from(line)).await.is_err() {
                         return;
                     }
@@ -344,7 +358,7 @@ async fn watch(state: Arc<State>, w: WatchRequest, mut tx: Sender<Bytes, Infalli
                 } else {
                     "MODIFIED"
                 };
-                encode::watch_event(t, &encode::object(v, kv.mod_revision))
+                encode::watch_event(t, &as_served(v, kv.mod_revision))
             }
             Some(Ok(store::WatchEvent::Delete { key, mod_revision })) => encode::watch_event(
                 "DELETED",
@@ -384,6 +398,8 @@ pub enum Plan {
         name: Option<String>,
         /// The parsed `labelSelector` (empty: everything).
         selector: model::LabelSelector,
+        /// Answer with a `meta.k8s.io/v1` Table (kubectl's `as=Table`).
+        table: bool,
     },
     /// Stream changes of a list (`watch=true`).
     Watch(WatchRequest),
@@ -403,6 +419,8 @@ pub struct WatchRequest {
     pub after: Option<i64>,
     /// When the stream ends (`timeoutSeconds`, else [`WATCH_TIMEOUT`]).
     pub timeout: Duration,
+    /// Each event's object is a one-row Table (kubectl `get -w` asks for them).
+    pub table: bool,
 }
 
 /// How long a watch without `timeoutSeconds` runs (kube-apiserver picks 30-60 min at random).
@@ -412,8 +430,9 @@ fn failure(code: u16, reason: &str, message: &str) -> Answer {
     Answer::Json(code, encode::status(code, reason, message, None))
 }
 
-/// Decides what a request gets.
-pub fn plan(server: &str, method: &str, path: &str, query: &str) -> Plan {
+/// Decides what a request gets (`accept`: its `Accept` header).
+pub fn plan(server: &str, method: &str, path: &str, query: &str, accept: &str) -> Plan {
+    let table = encode::wants_table(accept);
     let r = match route::route(method, path) {
         Ok(r) => r,
         Err(e @ RouteError::NotFound) => {
@@ -463,6 +482,7 @@ pub fn plan(server: &str, method: &str, path: &str, query: &str) -> Plan {
                 namespace,
                 name: Some(name),
                 selector: model::LabelSelector::default(),
+                table,
             };
         }
         Route::List { kind, namespace } => {
@@ -491,6 +511,7 @@ pub fn plan(server: &str, method: &str, path: &str, query: &str) -> Plan {
                     selector,
                     after,
                     timeout: q.timeout_seconds.map_or(WATCH_TIMEOUT, Duration::from_secs),
+                    table,
                 });
             }
             return Plan::Read {
@@ -498,14 +519,15 @@ pub fn plan(server: &str, method: &str, path: &str, query: &str) -> Plan {
                 namespace,
                 name: None,
                 selector,
+                table,
             };
         }
     };
     Plan::Answer(answer)
 }
 
-async fn answer(state: &State, method: &str, path: &str, query: &str) -> Answer {
-    let (kind, ns, name, selector) = match plan(&state.server, method, path, query) {
+async fn answer(state: &State, method: &str, path: &str, query: &str, accept: &str) -> Answer {
+    let (kind, ns, name, selector, table) = match plan(&state.server, method, path, query, accept) {
         Plan::Answer(a) => return a,
         Plan::Watch(w) => return Answer::Watch(w),
         Plan::Read {
@@ -513,7 +535,8 @@ async fn answer(state: &State, method: &str, path: &str, query: &str) -> Answer 
             namespace,
             name,
             selector,
-        } => (kind, namespace, name, selector),
+            table,
+        } => (kind, namespace, name, selector, table),
     };
     let registry_error = |e: &crate::api::ApiError| {
         let (code, s) = encode::api_error(e);
@@ -531,6 +554,17 @@ async fn answer(state: &State, method: &str, path: &str, query: &str) -> Answer 
             return registry_error(&e);
         }
         listed.items = values.into_iter().zip(revs).collect();
+    }
+    if table {
+        if name.is_none() {
+            listed.items.retain(|(v, _)| {
+                let labels: std::collections::BTreeMap<String, String> =
+                    crate::api::labels_of(v).into_iter().collect();
+                selector.matches(&labels)
+            });
+        }
+        let rev = name.is_none().then_some(listed.revision);
+        return Answer::Json(200, encode::table(kind, listed.items, rev));
     }
     if name.is_some() {
         // `api::list` by name returns exactly the one object or NotFound.
@@ -553,7 +587,7 @@ mod tests {
     use super::*;
 
     fn answer(method: &str, path: &str, query: &str) -> Answer {
-        match plan("127.0.0.1:6443", method, path, query) {
+        match plan("127.0.0.1:6443", method, path, query, "application/json") {
             Plan::Answer(a) => a,
             read => panic!("{method} {path}?{query} needs the store: {read:?}"),
         }
@@ -598,11 +632,13 @@ mod tests {
             namespace,
             name,
             selector,
+            table,
         } = plan(
             "x",
             "GET",
             "/api/v1/namespaces/default/pods",
             "limit=500&labelSelector=app%3Dweb",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
         )
         else {
             panic!("a list is a read")
@@ -610,12 +646,13 @@ mod tests {
         assert_eq!(kind, model::Kind::Pod);
         assert_eq!(namespace.as_deref(), Some("default"));
         assert_eq!(name, None);
+        assert!(table, "kubectl's Accept asks for a Table");
         let web = [("app".to_string(), "web".to_string())]
             .into_iter()
             .collect();
         assert!(selector.matches(&web));
         assert!(!selector.matches(&Default::default()));
-        let Plan::Read { name, .. } = plan("x", "GET", "/api/v1/nodes/node1", "") else {
+        let Plan::Read { name, .. } = plan("x", "GET", "/api/v1/nodes/node1", "", "") else {
             panic!("a get is a read")
         };
         assert_eq!(name.as_deref(), Some("node1"));
@@ -628,6 +665,7 @@ mod tests {
             "GET",
             "/apis/apps/v1/namespaces/shop/deployments",
             "watch=true&resourceVersion=41&timeoutSeconds=290&allowWatchBookmarks=true",
+            "application/json",
         ) else {
             panic!("a watch")
         };
@@ -637,7 +675,7 @@ mod tests {
         assert_eq!(w.timeout, Duration::from_secs(290));
         // "0" and unset: the current state first (synthetic ADDED), then changes
         for q in ["watch=1&resourceVersion=0", "watch=True"] {
-            let Plan::Watch(w) = plan("x", "GET", "/api/v1/pods", q) else {
+            let Plan::Watch(w) = plan("x", "GET", "/api/v1/pods", q, "") else {
                 panic!("a watch: {q}")
             };
             assert_eq!((w.after, w.timeout), (None, WATCH_TIMEOUT), "{q}");
