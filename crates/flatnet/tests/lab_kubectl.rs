@@ -1,7 +1,8 @@
 //! Tier 2: the lab's Kubernetes API server driven by the real kubectl (issue 15, first slice):
 //! `flatnet lab kubeconfig` after `lab up`, a pod applied with `flatnet apply` read back with
 //! `kubectl get` (JSON, flatnet's columns as a Table, `-o wide`, `-l`, `-A`, NotFound), `kubectl get -w` following a pod applied
-//! later, the API server stopped and started again on the same port.
+//! later, `kubectl wait` for Ready and for a delete, the API server stopped and started again
+//! on the same port.
 //!
 //! kubectl: `/usr/lib/google-cloud-sdk/bin/kubectl.1.33`, else `kubectl` on PATH (the image's
 //! dispatcher picks the minor from `/version`). A missing kubectl is a skip, a failure under
@@ -225,6 +226,9 @@ fn kubectl_gets_a_pod_applied_with_flatnet() {
         "{err}"
     );
 
+    // kubectl wait: a get, a list by fieldSelector=metadata.name, a watch from its revision
+    k.ok(&["wait", "--for=condition=Ready", "pod/web", "--timeout=30s"]);
+
     // kubectl get -w follows changes (list, then a watch from the list's resourceVersion)
     // (the listed pod first: once printed, every later change is after the list's revision)
     let watch = k.spawn(&["get", "pods", "-w", "-o", "name"]);
@@ -248,5 +252,24 @@ fn kubectl_gets_a_pod_applied_with_flatnet() {
             .lines()
             .any(|l| l.trim_start().starts_with("apiserver") && l.contains("running")),
         "{status}"
+    );
+
+    // kubectl wait --for=delete sees a delete made with flatnet
+    let waiter = Command::new(&k.bin)
+        .env("KUBECONFIG", &k.kubeconfig)
+        .arg(format!("--cache-dir={}", k.cache.path().display()))
+        .args(["wait", "--for=delete", "pod/web", "--timeout=60s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn kubectl wait");
+    std::thread::sleep(Duration::from_millis(300));
+    lab.ok(&["delete", "pod", "web"]);
+    let out = waiter.wait_with_output().expect("kubectl wait");
+    assert!(
+        out.status.success(),
+        "kubectl wait --for=delete: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -6,6 +6,7 @@
 //! # Layout
 //! - `route`: method + path + query to a [`route::Route`] (pure).
 //! - `discovery`: `/version`, `/api`, `/apis`, the resource lists, from [`model::Kind`] (pure).
+//! - `filter`: `labelSelector` and `fieldSelector` (pure).
 //! - `encode`: lists and objects with `resourceVersion`, `Status` errors (pure).
 //! - this file: [`plan`] (pure: what a request gets, before any store read), the daemon
 //!   (`flatnet lab apiserver`): port file, kubeconfig, hyper serving.
@@ -15,6 +16,7 @@
 
 pub mod discovery;
 pub mod encode;
+pub mod filter;
 pub mod route;
 
 use std::convert::Infallible;
@@ -274,11 +276,7 @@ pub const WATCH_BUFFER: usize = 64;
 /// work).
 async fn watch(state: Arc<State>, w: WatchRequest, mut tx: Sender<Bytes, Infallible>) {
     let deadline = tokio::time::Instant::now() + w.timeout;
-    let matches = |v: &Value| {
-        let labels: std::collections::BTreeMap<String, String> =
-            crate::api::labels_of(v).into_iter().collect();
-        w.selector.matches(&labels)
-    };
+    let matches = |v: &Value| w.filter.matches(v);
     let as_served = |v: Value, rev: i64| {
         if w.table {
             encode::table(w.kind, vec![(v, rev)], None)
@@ -388,7 +386,7 @@ pub enum Answer {
 pub enum Plan {
     /// Answer with this at once (discovery, health, a `Status` error).
     Answer(Answer),
-    /// Read from the registry: one object (`name`) or a list filtered by `selector`.
+    /// Read from the registry: one object (`name`) or a list filtered by `filter`.
     Read {
         /// The kind read.
         kind: model::Kind,
@@ -396,8 +394,8 @@ pub enum Plan {
         namespace: Option<String>,
         /// One object by name, or None for a list.
         name: Option<String>,
-        /// The parsed `labelSelector` (empty: everything).
-        selector: model::LabelSelector,
+        /// The parsed `labelSelector` and `fieldSelector` (empty: everything).
+        filter: filter::Filter,
         /// Answer with a `meta.k8s.io/v1` Table (kubectl's `as=Table`).
         table: bool,
     },
@@ -413,7 +411,7 @@ pub struct WatchRequest {
     /// The namespace; None for all namespaces and cluster-scoped kinds.
     pub namespace: Option<String>,
     /// Only objects matching it are sent.
-    pub selector: model::LabelSelector,
+    pub filter: filter::Filter,
     /// Changes after this revision; None (`resourceVersion` unset or `0`): synthetic ADDED
     /// events for the current state first, then changes after it.
     pub after: Option<i64>,
@@ -481,15 +479,18 @@ pub fn plan(server: &str, method: &str, path: &str, query: &str, accept: &str) -
                 kind,
                 namespace,
                 name: Some(name),
-                selector: model::LabelSelector::default(),
+                filter: filter::Filter::default(),
                 table,
             };
         }
         Route::List { kind, namespace } => {
-            let selector = match q.label_selector.as_deref().map(model::LabelSelector::parse) {
-                None => model::LabelSelector::default(),
-                Some(Ok(s)) => s,
-                Some(Err(e)) => return Plan::Answer(failure(400, "BadRequest", &e.to_string())),
+            let filter = match filter::Filter::parse(
+                kind,
+                q.label_selector.as_deref(),
+                q.field_selector.as_deref(),
+            ) {
+                Ok(f) => f,
+                Err(m) => return Plan::Answer(failure(400, "BadRequest", &m)),
             };
             if q.watch {
                 let after = match q.resource_version.as_deref() {
@@ -508,7 +509,7 @@ pub fn plan(server: &str, method: &str, path: &str, query: &str, accept: &str) -
                 return Plan::Watch(WatchRequest {
                     kind,
                     namespace,
-                    selector,
+                    filter,
                     after,
                     timeout: q.timeout_seconds.map_or(WATCH_TIMEOUT, Duration::from_secs),
                     table,
@@ -518,7 +519,7 @@ pub fn plan(server: &str, method: &str, path: &str, query: &str, accept: &str) -
                 kind,
                 namespace,
                 name: None,
-                selector,
+                filter,
                 table,
             };
         }
@@ -527,16 +528,16 @@ pub fn plan(server: &str, method: &str, path: &str, query: &str, accept: &str) -
 }
 
 async fn answer(state: &State, method: &str, path: &str, query: &str, accept: &str) -> Answer {
-    let (kind, ns, name, selector, table) = match plan(&state.server, method, path, query, accept) {
+    let (kind, ns, name, filter, table) = match plan(&state.server, method, path, query, accept) {
         Plan::Answer(a) => return a,
         Plan::Watch(w) => return Answer::Watch(w),
         Plan::Read {
             kind,
             namespace,
             name,
-            selector,
+            filter,
             table,
-        } => (kind, namespace, name, selector, table),
+        } => (kind, namespace, name, filter, table),
     };
     let registry_error = |e: &crate::api::ApiError| {
         let (code, s) = encode::api_error(e);
@@ -557,11 +558,7 @@ async fn answer(state: &State, method: &str, path: &str, query: &str, accept: &s
     }
     if table {
         if name.is_none() {
-            listed.items.retain(|(v, _)| {
-                let labels: std::collections::BTreeMap<String, String> =
-                    crate::api::labels_of(v).into_iter().collect();
-                selector.matches(&labels)
-            });
+            listed.items.retain(|(v, _)| filter.matches(v));
         }
         let rev = name.is_none().then_some(listed.revision);
         return Answer::Json(200, encode::table(kind, listed.items, rev));
@@ -573,11 +570,7 @@ async fn answer(state: &State, method: &str, path: &str, query: &str, accept: &s
             None => failure(500, "InternalError", "a read by name returned nothing"),
         };
     }
-    listed.items.retain(|(v, _)| {
-        let labels: std::collections::BTreeMap<String, String> =
-            crate::api::labels_of(v).into_iter().collect();
-        selector.matches(&labels)
-    });
+    listed.items.retain(|(v, _)| filter.matches(v));
     Answer::Json(200, encode::list(kind, listed))
 }
 
@@ -631,7 +624,7 @@ mod tests {
             kind,
             namespace,
             name,
-            selector,
+            filter,
             table,
         } = plan(
             "x",
@@ -647,11 +640,8 @@ mod tests {
         assert_eq!(namespace.as_deref(), Some("default"));
         assert_eq!(name, None);
         assert!(table, "kubectl's Accept asks for a Table");
-        let web = [("app".to_string(), "web".to_string())]
-            .into_iter()
-            .collect();
-        assert!(selector.matches(&web));
-        assert!(!selector.matches(&Default::default()));
+        assert!(filter.matches(&json!({"metadata": {"name": "a", "labels": {"app": "web"}}})));
+        assert!(!filter.matches(&json!({"metadata": {"name": "a"}})));
         let Plan::Read { name, .. } = plan("x", "GET", "/api/v1/nodes/node1", "", "") else {
             panic!("a get is a read")
         };
@@ -710,6 +700,19 @@ mod tests {
         assert_eq!(code, 400);
         let (code, _) = json(answer("GET", "/api/v1/pods", "labelSelector=%zz"));
         assert_eq!(code, 400);
+        let (code, s) = json(answer(
+            "GET",
+            "/api/v1/services",
+            "fieldSelector=spec.nodeName%3Dx",
+        ));
+        assert_eq!(code, 400);
+        assert!(
+            s["message"]
+                .as_str()
+                .unwrap()
+                .contains("field label not supported"),
+            "{s}"
+        );
     }
 
     #[test]

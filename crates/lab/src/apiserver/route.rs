@@ -145,6 +145,8 @@ fn resource(group_version: String, rest: &[&str]) -> Result<Route, RouteError> {
 pub struct Query {
     /// `labelSelector`, decoded.
     pub label_selector: Option<String>,
+    /// `fieldSelector`, decoded.
+    pub field_selector: Option<String>,
     /// `watch` (`true`, `1`, `t`, `True` as Go's `ParseBool`).
     pub watch: bool,
     /// `resourceVersion`, as given (a watch starts after it; unset or `0`: from the current
@@ -164,6 +166,7 @@ pub fn query(q: &str) -> Result<Query, String> {
             .ok_or_else(|| format!("query parameter {k}: bad percent-encoding"))?;
         match k {
             "labelSelector" => out.label_selector = Some(v),
+            "fieldSelector" => out.field_selector = Some(v),
             "watch" => out.watch = matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"),
             "resourceVersion" => out.resource_version = Some(v),
             "timeoutSeconds" => {
