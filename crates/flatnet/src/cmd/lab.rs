@@ -216,6 +216,12 @@ async fn up(a: UpArgs, lab: lab::Lab) -> anyhow::Result<i32> {
 async fn status(lab: lab::Lab) -> anyhow::Result<i32> {
     let ep = lab::client::endpoint(&lab)?;
     println!("lab {}: etcd {ep}", lab.name);
+    if let Some(port) = lab::apiserver::recorded_port(&lab) {
+        println!(
+            "API server http://127.0.0.1:{port} (KUBECONFIG={})",
+            lab.kubeconfig().display()
+        );
+    }
     for (id, pid) in lab::daemons::list(&lab) {
         match pid {
             Some(p) => println!("  {id:<16} running (pid {p})"),
