@@ -169,12 +169,6 @@ struct State {
 /// until killed.
 pub async fn run(lab: Lab) -> Result<(), ApiServerError> {
     let listener = bind(&lab).await?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| ApiServerError::Accept {
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            source,
-        })?;
     let store = loop {
         match crate::client::connect(&lab).await {
             Ok(s) => break s,
@@ -184,7 +178,6 @@ pub async fn run(lab: Lab) -> Result<(), ApiServerError> {
             }
         }
     };
-    tracing::info!(%addr, "API server listening (plain HTTP)");
     serve(listener, store).await
 }
 
@@ -196,6 +189,7 @@ pub async fn serve(listener: TcpListener, store: store::EtcdStore) -> Result<(),
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             source,
         })?;
+    tracing::info!(%addr, "API server listening (plain HTTP)");
     let state = Arc::new(State {
         store,
         server: addr.to_string(),
