@@ -1,7 +1,7 @@
 //! Tier 2: the lab's Kubernetes API server driven by the real kubectl (issue 15, first slice):
 //! `flatnet lab kubeconfig` after `lab up`, a pod applied with `flatnet apply` read back with
 //! `kubectl get` (JSON, flatnet's columns as a Table, `-o wide`, `-l`, `-A`, NotFound), `kubectl get -w` following a pod applied
-//! later, `kubectl wait` for Ready and for a delete, the API server stopped and started again
+//! later, `kubectl wait` for Ready and for a delete, `kubectl delete`, the API server stopped and started again
 //! on the same port.
 //!
 //! kubectl: `/usr/lib/google-cloud-sdk/bin/kubectl.1.33`, else `kubectl` on PATH (the image's
@@ -253,6 +253,11 @@ fn kubectl_gets_a_pod_applied_with_flatnet() {
             .any(|l| l.trim_start().starts_with("apiserver") && l.contains("running")),
         "{status}"
     );
+
+    // kubectl delete goes through the registry: the pod is gone for flatnet too
+    let out = k.ok(&["delete", "pod", "web2", "--timeout=60s"]);
+    assert!(out.contains("pod \"web2\" deleted"), "{out}");
+    assert!(!lab.run(&["get", "pod", "web2"]).status.success());
 
     // kubectl wait --for=delete sees a delete made with flatnet
     let waiter = Command::new(&k.bin)

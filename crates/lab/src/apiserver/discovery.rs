@@ -76,8 +76,8 @@ pub fn short_names(kind: Kind) -> &'static [&'static str] {
     }
 }
 
-/// The verbs served for every kind (reads only, in this slice).
-pub const VERBS: [&str; 2] = ["get", "list"];
+/// The verbs served for every kind (reads and delete, in this slice).
+pub const VERBS: [&str; 4] = ["delete", "get", "list", "watch"];
 
 /// `GET /api/v1` or `/apis/<group>/<version>`: an `APIResourceList`; None for a group version
 /// no kind is in.
@@ -159,7 +159,7 @@ mod tests {
         assert_eq!(pods["singularName"], "pod");
         assert_eq!(pods["namespaced"], true);
         assert_eq!(pods["shortNames"], json!(["po"]));
-        assert_eq!(pods["verbs"], json!(["get", "list"]));
+        assert_eq!(pods["verbs"], json!(["delete", "get", "list", "watch"]));
         assert_eq!(pods["categories"], json!(["all"]));
         let nodes = core["resources"]
             .as_array()

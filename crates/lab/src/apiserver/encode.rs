@@ -89,6 +89,33 @@ pub fn table(kind: Kind, items: Vec<(Value, i64)>, revision: Option<i64>) -> Val
     t
 }
 
+/// The `DeleteOptions` of a DELETE body (empty: defaults): `gracePeriodSeconds`; the
+/// propagation policy is the registry's own (dependents go in the background).
+pub fn delete_options(body: &[u8]) -> Result<crate::api::DeleteOptions, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(crate::api::DeleteOptions::default());
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("DeleteOptions body: {e}"))?;
+    let grace_period = match v.get("gracePeriodSeconds") {
+        None | Some(Value::Null) => None,
+        Some(g) => Some(g.as_i64().ok_or_else(|| {
+            format!("DeleteOptions body: gracePeriodSeconds {g} is not an integer")
+        })?),
+    };
+    Ok(crate::api::DeleteOptions { grace_period })
+}
+
+/// The `Status` a delete answers with when the object is gone at once.
+pub fn deleted(kind: Kind, name: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": {"name": name, "kind": kind.plural()},
+    })
+}
+
 /// A `Status` failure: `code` is also the HTTP status.
 pub fn status(code: u16, reason: &str, message: &str, details: Option<Value>) -> Value {
     let mut s = json!({
@@ -271,6 +298,18 @@ mod tests {
         let empty = table(Kind::Service, vec![], Some(3));
         assert_eq!(empty["columnDefinitions"][1]["name"], "TYPE");
         assert_eq!(empty["rows"], json!([]));
+    }
+
+    #[test]
+    fn delete_bodies_give_the_grace_period() {
+        assert_eq!(delete_options(b"").unwrap().grace_period, None);
+        let o = delete_options(br#"{"propagationPolicy":"Background"}"#).unwrap();
+        assert_eq!(o.grace_period, None);
+        let o = delete_options(br#"{"gracePeriodSeconds":0,"propagationPolicy":"Background"}"#)
+            .unwrap();
+        assert_eq!(o.grace_period, Some(0));
+        assert!(delete_options(b"{").is_err());
+        assert!(delete_options(br#"{"gracePeriodSeconds":"x"}"#).is_err());
     }
 
     #[test]

@@ -231,7 +231,10 @@ fn whole(bytes: Vec<u8>) -> Body {
     Full::new(Bytes::from(bytes)).boxed()
 }
 
-async fn handle<B>(state: &Arc<State>, req: Request<B>) -> Response<Body> {
+/// The largest request body read (DeleteOptions, later objects); more is 413.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+async fn handle(state: &Arc<State>, req: Request<hyper::body::Incoming>) -> Response<Body> {
     let method = req.method().as_str().to_string();
     let path = req.uri().path().to_string();
     let accept = req
@@ -240,8 +243,27 @@ async fn handle<B>(state: &Arc<State>, req: Request<B>) -> Response<Body> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let query = req.uri().query().unwrap_or("");
-    let (code, resp) = match answer(state, &method, &path, query, &accept).await {
+    let query = req.uri().query().unwrap_or("").to_string();
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let s = encode::status(
+                413,
+                "RequestEntityTooLarge",
+                &format!("request body: {e}"),
+                None,
+            );
+            return respond(
+                413,
+                "application/json",
+                whole(serde_json::to_vec(&s).unwrap_or_default()),
+            );
+        }
+    };
+    let (code, resp) = match answer(state, &method, &path, &query, &accept, &body).await {
         Answer::Json(code, v) => (
             code,
             respond(
@@ -395,6 +417,15 @@ pub enum Plan {
     },
     /// Stream changes of a list (`watch=true`).
     Watch(WatchRequest),
+    /// Delete one object through the registry (options from the body).
+    Delete {
+        /// Its kind.
+        kind: model::Kind,
+        /// Its namespace; None for cluster-scoped kinds.
+        namespace: Option<String>,
+        /// `metadata.name`.
+        name: String,
+    },
 }
 
 /// A watch of one kind, as asked.
@@ -459,6 +490,17 @@ pub fn plan(server: &str, method: &str, path: &str, query: &str, accept: &str) -
             Vec::new(),
         ),
         Route::OpenApiV3 => Answer::Json(200, json!({"paths": {}})),
+        Route::Delete {
+            kind,
+            namespace,
+            name,
+        } => {
+            return Plan::Delete {
+                kind,
+                namespace,
+                name,
+            };
+        }
         Route::Get { .. } if q.watch => failure(
             405,
             "MethodNotAllowed",
@@ -521,10 +563,22 @@ pub fn plan(server: &str, method: &str, path: &str, query: &str, accept: &str) -
     Plan::Answer(answer)
 }
 
-async fn answer(state: &State, method: &str, path: &str, query: &str, accept: &str) -> Answer {
+async fn answer(
+    state: &State,
+    method: &str,
+    path: &str,
+    query: &str,
+    accept: &str,
+    body: &[u8],
+) -> Answer {
     let (kind, ns, name, filter, table) = match plan(&state.server, method, path, query, accept) {
         Plan::Answer(a) => return a,
         Plan::Watch(w) => return Answer::Watch(w),
+        Plan::Delete {
+            kind,
+            namespace,
+            name,
+        } => return delete(state, kind, namespace.as_deref(), &name, body).await,
         Plan::Read {
             kind,
             namespace,
@@ -566,6 +620,39 @@ async fn answer(state: &State, method: &str, path: &str, query: &str, accept: &s
     }
     listed.items.retain(|(v, _)| filter.matches(v));
     Answer::Json(200, encode::list(kind, listed))
+}
+
+/// A DELETE through the registry (`api::delete`: a pod gracefully, a namespace with its
+/// contents). Answers the object as it is now (a pod being terminated, with its
+/// `deletionTimestamp`), or a Success `Status` when it is gone at once.
+async fn delete(
+    state: &State,
+    kind: model::Kind,
+    namespace: Option<&str>,
+    name: &str,
+    body: &[u8],
+) -> Answer {
+    let opts = match encode::delete_options(body) {
+        Ok(o) => o,
+        Err(m) => return failure(400, "BadRequest", &m),
+    };
+    let registry_error = |e: &crate::api::ApiError| {
+        let (code, s) = encode::api_error(e);
+        Answer::Json(code, s)
+    };
+    if let Err(e) = crate::api::delete(&state.store, kind, namespace, name, opts).await {
+        return registry_error(&e);
+    }
+    match crate::api::list(&state.store, kind, namespace, Some(name)).await {
+        Ok(mut l) => match l.items.pop() {
+            Some((v, rev)) => Answer::Json(200, encode::object(v, rev)),
+            None => Answer::Json(200, encode::deleted(kind, name)),
+        },
+        Err(crate::api::ApiError::NotFound { .. }) => {
+            Answer::Json(200, encode::deleted(kind, name))
+        }
+        Err(e) => registry_error(&e),
+    }
 }
 
 #[cfg(test)]

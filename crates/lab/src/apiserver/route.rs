@@ -32,6 +32,15 @@ pub enum Route {
         /// `metadata.name`.
         name: String,
     },
+    /// `DELETE` of one object by name.
+    Delete {
+        /// Its kind.
+        kind: Kind,
+        /// Its namespace; None for cluster-scoped kinds.
+        namespace: Option<String>,
+        /// `metadata.name`.
+        name: String,
+    },
     /// Objects of one kind: in one namespace, or all (`namespace` None).
     List {
         /// Their kind.
@@ -64,7 +73,8 @@ pub fn known_group_version(group_version: &str) -> bool {
     Kind::ALL.iter().any(|k| k.api_version() == group_version)
 }
 
-/// Routes a request. Only reads (`GET`, and `HEAD` like it) are served.
+/// Routes a request. Reads (`GET`, and `HEAD` like it) are served everywhere, `DELETE` on
+/// one object.
 pub fn route(method: &str, path: &str) -> Result<Route, RouteError> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let found = match segs.as_slice() {
@@ -78,10 +88,22 @@ pub fn route(method: &str, path: &str) -> Result<Route, RouteError> {
         ["apis", group, version, rest @ ..] => resource(format!("{group}/{version}"), rest)?,
         _ => return Err(RouteError::NotFound),
     };
-    if method != "GET" && method != "HEAD" {
-        return Err(RouteError::MethodNotAllowed);
+    match (found, method) {
+        (found, "GET" | "HEAD") => Ok(found),
+        (
+            Route::Get {
+                kind,
+                namespace,
+                name,
+            },
+            "DELETE",
+        ) => Ok(Route::Delete {
+            kind,
+            namespace,
+            name,
+        }),
+        _ => Err(RouteError::MethodNotAllowed),
     }
-    Ok(found)
 }
 
 fn resource(group_version: String, rest: &[&str]) -> Result<Route, RouteError> {

@@ -1,10 +1,11 @@
 //! The server over a real etcd (skipped without one, a failure under `REQUIRE_NETNS=1`):
 //! lists carry the store's revisions, a watch from a list's revision sees later writes made
-//! through the registry, a watch from `0` starts with the current state.
+//! through the registry, a watch from `0` starts with the current state, DELETE goes through
+//! the registry.
 
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::BodyExt;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -29,6 +30,16 @@ async fn start(endpoint: &str) -> (store::EtcdStore, u16) {
 
 /// GET `path`; the status and a receiver of the body's chunks.
 async fn get(port: u16, path: &str) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Bytes>) {
+    send(port, "GET", path, "").await
+}
+
+/// Any request; the status and a receiver of the body's chunks.
+async fn send(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, tokio::sync::mpsc::UnboundedReceiver<Bytes>) {
     let stream = tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
         .await
         .expect("connect");
@@ -36,9 +47,11 @@ async fn get(port: u16, path: &str) -> (u16, tokio::sync::mpsc::UnboundedReceive
         .await
         .expect("handshake");
     tokio::spawn(conn);
-    let req = Request::get(path)
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", "127.0.0.1")
-        .body(Empty::<Bytes>::new())
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
         .expect("request");
     let resp = sender.send_request(req).await.expect("response");
     let code = resp.status().as_u16();
@@ -57,7 +70,11 @@ async fn get(port: u16, path: &str) -> (u16, tokio::sync::mpsc::UnboundedReceive
 }
 
 async fn get_json(port: u16, path: &str) -> (u16, Value) {
-    let (code, mut rx) = get(port, path).await;
+    send_json(port, "GET", path, "").await
+}
+
+async fn send_json(port: u16, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let (code, mut rx) = send(port, method, path, body).await;
     let mut all = Vec::new();
     while let Some(b) = rx.recv().await {
         all.extend_from_slice(&b);
@@ -195,6 +212,29 @@ fn lists_and_watches_follow_the_store_revisions() {
         })
         .await;
         assert!(ended.is_ok(), "the watch ends after timeoutSeconds");
+
+        // DELETE goes through the registry: gone at once is a Success Status, then NotFound
+        crate::api::apply(&store, namespace("gone"))
+            .await
+            .expect("apply");
+        let (code, s) = send_json(
+            port,
+            "DELETE",
+            "/api/v1/namespaces/gone",
+            r#"{"propagationPolicy":"Background"}"#,
+        )
+        .await;
+        assert_eq!((code, s["status"].as_str()), (200, Some("Success")), "{s}");
+        let (code, s) = send_json(port, "DELETE", "/api/v1/namespaces/gone", "").await;
+        assert_eq!((code, s["reason"].as_str()), (404, Some("NotFound")), "{s}");
+        let (code, s) = send_json(port, "DELETE", "/api/v1/namespaces/default", "{").await;
+        assert_eq!(code, 400, "a malformed DeleteOptions body: {s}");
+        assert!(
+            crate::api::get(&store, model::Kind::Namespace, None, Some("default"))
+                .await
+                .is_ok(),
+            "nothing was deleted on a bad request"
+        );
 
         // a missing object is a NotFound Status
         let (code, s) = get_json(port, "/api/v1/namespaces/default/pods/nope").await;
