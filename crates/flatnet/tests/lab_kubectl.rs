@@ -1,7 +1,8 @@
 //! Tier 2: the lab's Kubernetes API server driven by the real kubectl (issue 15, first slice):
 //! `flatnet lab kubeconfig` after `lab up`, a pod applied with `flatnet apply` read back with
 //! `kubectl get` (JSON, flatnet's columns as a Table, `-o wide`, `-l`, `-A`, NotFound), `kubectl get -w` following a pod applied
-//! later, `kubectl wait` for Ready and for a delete, `kubectl delete`, the API server stopped and started again
+//! later, `kubectl wait` for Ready and for a delete, `kubectl delete`, `create` and `apply`
+//! (created, unchanged), the API server stopped and started again
 //! on the same port.
 //!
 //! kubectl: `/usr/lib/google-cloud-sdk/bin/kubectl.1.33`, else `kubectl` on PATH (the image's
@@ -80,6 +81,27 @@ impl Kubectl {
             }
         });
         Running { child, lines }
+    }
+
+    /// kubectl with `input` on stdin.
+    fn run_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(&self.bin)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .arg(format!("--cache-dir={}", self.cache.path().display()))
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn kubectl");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write manifest");
+        child.wait_with_output().expect("kubectl")
     }
 
     fn ok(&self, args: &[&str]) -> String {
@@ -258,6 +280,37 @@ fn kubectl_gets_a_pod_applied_with_flatnet() {
     let out = k.ok(&["delete", "pod", "web2", "--timeout=60s"]);
     assert!(out.contains("pod \"web2\" deleted"), "{out}");
     assert!(!lab.run(&["get", "pod", "web2"]).status.success());
+
+    // kubectl create and apply go through the registry's create (defaulting, validation,
+    // allocation): created, then AlreadyExists; apply: created, then unchanged
+    let kc = POD.replace("name: web,", "name: kc,");
+    let out = k.run_stdin(&["create", "-f", "-"], &kc);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = k.run_stdin(&["create", "-f", "-"], &kc);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("AlreadyExists"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let ka = POD.replace("name: web,", "name: ka,");
+    for want in ["pod/ka created", "pod/ka unchanged"] {
+        let out = k.run_stdin(&["apply", "-f", "-"], &ka);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(want),
+            "{want}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        lab.get_json(&["pod", "ka"])["metadata"]["labels"]["app"],
+        "web"
+    );
 
     // kubectl wait --for=delete sees a delete made with flatnet
     let waiter = Command::new(&k.bin)

@@ -27,6 +27,16 @@ pub enum ApiError {
         /// `metadata.name`.
         name: String,
     },
+    /// A create found the object already there (`kubectl create`, POST).
+    #[error("{kind} {name} already exists{ns}", ns = namespace.as_ref().map(|n| format!(" in namespace {n}")).unwrap_or_default())]
+    AlreadyExists {
+        /// The kind as written (`Pod`, `Service`, ...).
+        kind: String,
+        /// Its namespace; None for cluster-scoped kinds.
+        namespace: Option<String>,
+        /// `metadata.name`.
+        name: String,
+    },
     /// The request cannot be carried out as given (an invalid object, a missing namespace, a taken
     /// or out-of-range clusterIP or nodePort, ...); the message says why.
     #[error("{0}")]
@@ -34,6 +44,14 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    fn already_exists(obj: &Object) -> Self {
+        ApiError::AlreadyExists {
+            kind: obj.kind.as_str().into(),
+            namespace: obj.namespace().map(str::to_string),
+            name: obj.name().into(),
+        }
+    }
+
     fn not_found(kind: Kind, namespace: Option<&str>, name: &str) -> Self {
         ApiError::NotFound {
             kind: kind.as_str().into(),
@@ -103,9 +121,34 @@ pub async fn ensure_builtin_namespaces(store: &EtcdStore) -> Result<(), ApiError
     Ok(())
 }
 
+/// Whether a write may replace a stored object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `apply`: create what is new, update what exists.
+    CreateOrUpdate,
+    /// `create` (POST): an existing object is [`ApiError::AlreadyExists`], left untouched.
+    CreateOnly,
+}
+
 /// Stores validated objects: creates what is new, updates what exists, keeping the fields the
 /// cluster owns (uid, creation time, pod binding and status).
 pub async fn apply(store: &EtcdStore, objects: Vec<Object>) -> Result<Vec<Applied>, ApiError> {
+    write(store, objects, Mode::CreateOrUpdate).await
+}
+
+/// [`apply`] for objects that must not exist yet (the API's create): the same defaulting,
+/// validation and allocation; an object already stored fails with
+/// [`ApiError::AlreadyExists`] and is not changed (decided by the same compare-and-swap that
+/// writes, so two creates cannot both succeed).
+pub async fn create(store: &EtcdStore, objects: Vec<Object>) -> Result<Vec<Applied>, ApiError> {
+    write(store, objects, Mode::CreateOnly).await
+}
+
+async fn write(
+    store: &EtcdStore,
+    objects: Vec<Object>,
+    mode: Mode,
+) -> Result<Vec<Applied>, ApiError> {
     // Every namespace referenced must exist or be created by this same apply.
     let mut namespaces: Vec<String> = objects
         .iter()
@@ -139,9 +182,9 @@ pub async fn apply(store: &EtcdStore, objects: Vec<Object>) -> Result<Vec<Applie
     let mut out = Vec::new();
     for obj in objects {
         let action = if obj.kind == Kind::Service {
-            apply_service(store, &obj, &mut prepared).await?
+            apply_service(store, &obj, &mut prepared, mode).await?
         } else {
-            apply_one(store, &obj).await?
+            apply_one(store, &obj, mode).await?
         };
         // Deployments are expanded into pods by the controller (one writer, no races).
         out.push(Applied {
@@ -154,9 +197,10 @@ pub async fn apply(store: &EtcdStore, objects: Vec<Object>) -> Result<Vec<Applie
     Ok(out)
 }
 
-async fn apply_one(store: &EtcdStore, obj: &Object) -> Result<&'static str, ApiError> {
+async fn apply_one(store: &EtcdStore, obj: &Object, mode: Mode) -> Result<&'static str, ApiError> {
     let key = obj.key();
     let mut action = "created";
+    let mut exists = false;
     let mut new = obj.value.clone();
     // Bind only what needs binding: a new pod without `spec.nodeName`.
     let unbound = obj.kind == Kind::Pod
@@ -183,6 +227,9 @@ async fn apply_one(store: &EtcdStore, obj: &Object) -> Result<&'static str, ApiE
                 }
                 new["status"] = json!({"phase": "Pending"});
             }
+        } else if mode == Mode::CreateOnly {
+            exists = true;
+            return false;
         } else {
             action = "configured";
             for f in ["uid", "creationTimestamp"] {
@@ -209,6 +256,9 @@ async fn apply_one(store: &EtcdStore, obj: &Object) -> Result<&'static str, ApiE
         true
     })
     .await?;
+    if exists {
+        return Err(ApiError::already_exists(obj));
+    }
     Ok(if changed { action } else { "unchanged" })
 }
 
@@ -345,6 +395,7 @@ async fn apply_service(
     store: &EtcdStore,
     obj: &Object,
     prepared: &mut BTreeMap<String, Prepared>,
+    mode: Mode,
 ) -> Result<&'static str, ApiError> {
     let owner = obj.display_name();
     let key = obj.key();
@@ -371,6 +422,7 @@ async fn apply_service(
                 new["status"] = json!({"loadBalancer": {}});
                 ("created", 0)
             }
+            Some(_) if mode == Mode::CreateOnly => return Err(ApiError::already_exists(obj)),
             Some((cur, rev)) => {
                 for f in ["uid", "creationTimestamp"] {
                     new["metadata"][f] = cur["metadata"][f].clone();
@@ -519,7 +571,7 @@ pub async fn reconcile_deployment(store: &EtcdStore, ns: &str, name: &str) -> Re
                 kind: Kind::Pod,
                 value: pod,
             };
-            apply_one(store, &obj).await?;
+            apply_one(store, &obj, Mode::CreateOrUpdate).await?;
         }
     } else if owned.len() > replicas {
         let mut owned = owned;

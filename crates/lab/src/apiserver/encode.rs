@@ -133,8 +133,9 @@ pub fn status(code: u16, reason: &str, message: &str, details: Option<Value>) ->
     s
 }
 
-/// The `Status` (and HTTP code) for a registry error: 404 NotFound naming the object as
-/// kube-apiserver does (`pods "web" not found`), 503 when etcd does not answer, 500 otherwise.
+/// The `Status` (and HTTP code) for a registry error: 404 NotFound and 409 AlreadyExists
+/// naming the object as kube-apiserver does (`pods "web" not found`), 422 Invalid for what the
+/// registry refused, 503 when etcd does not answer, 500 otherwise.
 pub fn api_error(e: &ApiError) -> (u16, Value) {
     match e {
         ApiError::NotFound { kind, name, .. } => {
@@ -151,6 +152,23 @@ pub fn api_error(e: &ApiError) -> (u16, Value) {
                 ),
             )
         }
+        ApiError::AlreadyExists { kind, name, .. } => {
+            let plural = Kind::from_kind_field(kind)
+                .map(|k| k.plural())
+                .unwrap_or(kind.as_str());
+            (
+                409,
+                status(
+                    409,
+                    "AlreadyExists",
+                    &format!("{plural} \"{name}\" already exists"),
+                    Some(json!({"name": name, "kind": plural})),
+                ),
+            )
+        }
+        // Refused by the registry's validation or allocation (a missing namespace, a taken
+        // clusterIP): nothing was written.
+        ApiError::Invalid(m) => (422, status(422, "Invalid", m, None)),
         ApiError::Store(store::StoreError::Unavailable(_)) => {
             (503, status(503, "ServiceUnavailable", &e.to_string(), None))
         }

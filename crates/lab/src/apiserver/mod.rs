@@ -1,7 +1,7 @@
 //! The lab's Kubernetes API server (issue 15): the REST API kubectl and client libraries speak,
-//! over the lab's one registry ([`crate::api`]). This slice serves discovery, health and the
-//! read verbs (get, list with `labelSelector`) over plain HTTP on `127.0.0.1`; design.md §11
-//! "Issue 15" has the plan for the rest (watch, writes, HTTPS).
+//! over the lab's one registry ([`crate::api`]). This slice serves discovery, health, get, list
+//! and watch (label and field selectors, Tables), create and delete over plain HTTP on
+//! `127.0.0.1`; design.md §11 "Issue 15" has the plan for the rest (update, patch, HTTPS).
 //!
 //! # Layout
 //! - `route`: method + path + query to a [`route::Route`] (pure).
@@ -275,7 +275,7 @@ async fn handle(state: &Arc<State>, req: Request<hyper::body::Incoming>) -> Resp
         Answer::Raw(code, ct, body) => (code, respond(code, ct, whole(body))),
         Answer::Watch(w) => {
             let (tx, body) = Channel::<Bytes, Infallible>::new(WATCH_BUFFER);
-            tokio::spawn(watch(state.clone(), w, tx));
+            tokio::spawn(watch(state.clone(), *w, tx));
             (200, respond(200, "application/json", body.boxed()))
         }
     };
@@ -393,7 +393,7 @@ pub enum Answer {
     /// Another body: code, content type, bytes.
     Raw(u16, &'static str, Vec<u8>),
     /// A watch stream (200, one JSON event per line).
-    Watch(WatchRequest),
+    Watch(Box<WatchRequest>),
 }
 
 /// What to do for a request, decided without the store (pure, so tests cover routing,
@@ -417,6 +417,13 @@ pub enum Plan {
     },
     /// Stream changes of a list (`watch=true`).
     Watch(WatchRequest),
+    /// Create one object through the registry (from the body).
+    Create {
+        /// Its kind.
+        kind: model::Kind,
+        /// The namespace from the path; None for cluster-scoped kinds.
+        namespace: Option<String>,
+    },
     /// Delete one object through the registry (options from the body).
     Delete {
         /// Its kind.
@@ -490,6 +497,12 @@ pub fn plan(server: &str, method: &str, path: &str, query: &str, accept: &str) -
             Vec::new(),
         ),
         Route::OpenApiV3 => Answer::Json(200, json!({"paths": {}})),
+        Route::Create { .. } | Route::Delete { .. } if q.dry_run.is_some() => failure(
+            400,
+            "BadRequest",
+            "dryRun is not supported yet (issue 15); nothing was written",
+        ),
+        Route::Create { kind, namespace } => return Plan::Create { kind, namespace },
         Route::Delete {
             kind,
             namespace,
@@ -573,12 +586,15 @@ async fn answer(
 ) -> Answer {
     let (kind, ns, name, filter, table) = match plan(&state.server, method, path, query, accept) {
         Plan::Answer(a) => return a,
-        Plan::Watch(w) => return Answer::Watch(w),
+        Plan::Watch(w) => return Answer::Watch(Box::new(w)),
         Plan::Delete {
             kind,
             namespace,
             name,
         } => return delete(state, kind, namespace.as_deref(), &name, body).await,
+        Plan::Create { kind, namespace } => {
+            return create(state, kind, namespace.as_deref(), body).await;
+        }
         Plan::Read {
             kind,
             namespace,
@@ -620,6 +636,88 @@ async fn answer(
     }
     listed.items.retain(|(v, _)| filter.matches(v));
     Answer::Json(200, encode::list(kind, listed))
+}
+
+/// The object a create body holds (pure): JSON of `kind`, its namespace the path's (filled in
+/// when missing), parsed and validated by `model::parse_manifests` as `flatnet apply` does.
+/// Errors are the answer: 400 for a body that is no such object, 422 for an invalid one.
+pub fn create_body(
+    kind: model::Kind,
+    namespace: Option<&str>,
+    body: &[u8],
+) -> Result<model::Object, Answer> {
+    let mut v: Value = serde_json::from_slice(body)
+        .map_err(|e| failure(400, "BadRequest", &format!("request body is not JSON: {e}")))?;
+    if !v.is_object() {
+        return Err(failure(
+            400,
+            "BadRequest",
+            "request body is not a JSON object",
+        ));
+    }
+    if v.get("kind").and_then(Value::as_str) != Some(kind.as_str()) {
+        return Err(failure(
+            400,
+            "BadRequest",
+            &format!(
+                "the kind of the object ({}) does not match the resource ({})",
+                v.get("kind").and_then(Value::as_str).unwrap_or("none"),
+                kind.plural()
+            ),
+        ));
+    }
+    if let Some(ns) = namespace {
+        match v.pointer("/metadata/namespace").and_then(Value::as_str) {
+            None | Some("") => {
+                if !v.get("metadata").is_some_and(Value::is_object) {
+                    v["metadata"] = json!({});
+                }
+                v["metadata"]["namespace"] = json!(ns);
+            }
+            Some(given) if given != ns => {
+                return Err(failure(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let mut objects = model::parse_manifests(&v.to_string(), "request body")
+        .map_err(|e| failure(422, "Invalid", &e.to_string()))?;
+    match (objects.pop(), objects.is_empty()) {
+        (Some(obj), true) => Ok(obj),
+        _ => Err(failure(
+            400,
+            "BadRequest",
+            "the request body must hold exactly one object",
+        )),
+    }
+}
+
+/// A POST through the registry (`api::create`: `flatnet apply`'s defaulting, validation and
+/// allocation; 409 when the object exists). Answers 201 with the object as stored.
+async fn create(state: &State, kind: model::Kind, namespace: Option<&str>, body: &[u8]) -> Answer {
+    let obj = match create_body(kind, namespace, body) {
+        Ok(o) => o,
+        Err(a) => return a,
+    };
+    let name = obj.name().to_string();
+    let registry_error = |e: &crate::api::ApiError| {
+        let (code, s) = encode::api_error(e);
+        Answer::Json(code, s)
+    };
+    if let Err(e) = crate::api::create(&state.store, vec![obj]).await {
+        return registry_error(&e);
+    }
+    match crate::api::list(&state.store, kind, namespace, Some(&name)).await {
+        Ok(mut l) => match l.items.pop() {
+            Some((v, rev)) => Answer::Json(201, encode::object(v, rev)),
+            None => failure(500, "InternalError", "the created object is gone"),
+        },
+        Err(e) => registry_error(&e),
+    }
 }
 
 /// A DELETE through the registry (`api::delete`: a pod gracefully, a namespace with its
@@ -794,6 +892,50 @@ mod tests {
                 .contains("field label not supported"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn create_bodies_take_the_paths_namespace_and_are_validated() {
+        let pod = br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web"},"spec":{"containers":[{"name":"c"}]}}"#;
+        let obj = create_body(model::Kind::Pod, Some("shop"), pod).unwrap();
+        assert_eq!((obj.namespace(), obj.name()), (Some("shop"), "web"));
+        let code = |r: Result<model::Object, Answer>| match r {
+            Err(Answer::Json(code, _)) => code,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert_eq!(
+            code(create_body(model::Kind::Service, Some("shop"), pod)),
+            400,
+            "kind"
+        );
+        let elsewhere = br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"x"},"spec":{"containers":[{"name":"c"}]}}"#;
+        assert_eq!(
+            code(create_body(model::Kind::Pod, Some("shop"), elsewhere)),
+            400,
+            "namespace"
+        );
+        assert_eq!(
+            code(create_body(model::Kind::Pod, Some("shop"), b"{")),
+            400,
+            "JSON"
+        );
+        let invalid = br#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"Web_1"},"spec":{"containers":[]}}"#;
+        assert_eq!(
+            code(create_body(model::Kind::Pod, Some("shop"), invalid)),
+            422,
+            "invalid"
+        );
+    }
+
+    #[test]
+    fn dry_runs_are_refused_until_served() {
+        let (code, s) = json(answer(
+            "POST",
+            "/api/v1/namespaces/default/pods",
+            "dryRun=All",
+        ));
+        assert_eq!(code, 400);
+        assert!(s["message"].as_str().unwrap().contains("dryRun"), "{s}");
     }
 
     #[test]

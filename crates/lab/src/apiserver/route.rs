@@ -32,6 +32,13 @@ pub enum Route {
         /// `metadata.name`.
         name: String,
     },
+    /// `POST` of a new object to a namespace's (or a cluster-scoped kind's) collection.
+    Create {
+        /// The kind created.
+        kind: Kind,
+        /// The namespace from the path; None for cluster-scoped kinds.
+        namespace: Option<String>,
+    },
     /// `DELETE` of one object by name.
     Delete {
         /// Its kind.
@@ -73,8 +80,8 @@ pub fn known_group_version(group_version: &str) -> bool {
     Kind::ALL.iter().any(|k| k.api_version() == group_version)
 }
 
-/// Routes a request. Reads (`GET`, and `HEAD` like it) are served everywhere, `DELETE` on
-/// one object.
+/// Routes a request. Reads (`GET`, and `HEAD` like it) are served everywhere, `POST` on a
+/// collection (a namespaced kind's in its namespace), `DELETE` on one object.
 pub fn route(method: &str, path: &str) -> Result<Route, RouteError> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let found = match segs.as_slice() {
@@ -102,6 +109,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, RouteError> {
             namespace,
             name,
         }),
+        (Route::List { kind, namespace }, "POST") if namespace.is_some() || !kind.namespaced() => {
+            Ok(Route::Create { kind, namespace })
+        }
         _ => Err(RouteError::MethodNotAllowed),
     }
 }
@@ -176,6 +186,8 @@ pub struct Query {
     pub resource_version: Option<String>,
     /// `timeoutSeconds`: a watch ends after this long.
     pub timeout_seconds: Option<u64>,
+    /// `dryRun` (refused until it is served: a write asked as a dry run must not happen).
+    pub dry_run: Option<String>,
 }
 
 /// Parses a query string (without the `?`); a parameter that does not percent-decode is an
@@ -189,6 +201,7 @@ pub fn query(q: &str) -> Result<Query, String> {
         match k {
             "labelSelector" => out.label_selector = Some(v),
             "fieldSelector" => out.field_selector = Some(v),
+            "dryRun" => out.dry_run = Some(v),
             "watch" => out.watch = matches!(v.as_str(), "1" | "t" | "T" | "true" | "TRUE" | "True"),
             "resourceVersion" => out.resource_version = Some(v),
             "timeoutSeconds" => {
@@ -325,7 +338,26 @@ mod tests {
         );
         assert_eq!(get("/api/v1/widgets"), Err(RouteError::NotFound));
         assert_eq!(
+            route("POST", "/api/v1/pods"),
+            Err(RouteError::MethodNotAllowed),
+            "a namespaced kind is created in its namespace"
+        );
+        assert_eq!(
             route("POST", "/api/v1/namespaces/default/pods"),
+            Ok(Route::Create {
+                kind: Kind::Pod,
+                namespace: Some("default".into())
+            })
+        );
+        assert_eq!(
+            route("POST", "/api/v1/namespaces"),
+            Ok(Route::Create {
+                kind: Kind::Namespace,
+                namespace: None
+            })
+        );
+        assert_eq!(
+            route("PUT", "/api/v1/namespaces/default/pods/a"),
             Err(RouteError::MethodNotAllowed)
         );
         assert_eq!(

@@ -236,6 +236,17 @@ fn lists_and_watches_follow_the_store_revisions() {
             "nothing was deleted on a bad request"
         );
 
+        // POST creates through the registry: 201 with the stored object, then 409
+        let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web"},"spec":{"nodeName":"node1","containers":[{"name":"c"}]}}"#;
+        let (code, v) = send_json(port, "POST", "/api/v1/namespaces/default/pods", pod).await;
+        assert_eq!(code, 201, "{v}");
+        assert_eq!(v["metadata"]["namespace"], "default");
+        assert!(v["metadata"]["uid"].is_string(), "registry defaulting: {v}");
+        let (code, s) = send_json(port, "POST", "/api/v1/namespaces/default/pods", pod).await;
+        assert_eq!((code, s["reason"].as_str()), (409, Some("AlreadyExists")), "{s}");
+        let (code, s) = send_json(port, "POST", "/api/v1/namespaces/nowhere/pods", pod).await;
+        assert_eq!(code, 422, "a missing namespace: {s}");
+
         // a missing object is a NotFound Status
         let (code, s) = get_json(port, "/api/v1/namespaces/default/pods/nope").await;
         assert_eq!((code, s["reason"].as_str()), (404, Some("NotFound")));
