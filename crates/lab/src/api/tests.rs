@@ -186,3 +186,42 @@ fn reapply_keeps_allocations_and_delete_releases_them() {
         assert!(index.cluster_ips.values().all(|h| h.service == "default/other"), "{index:?}");
     });
 }
+
+#[test]
+fn create_refuses_what_exists_and_changes_nothing() {
+    let dir = TempDir::new("lab-api-create");
+    let Some(etcd) = start_etcd(dir.path()) else {
+        return;
+    };
+    rt().block_on(async {
+        let s = connect(&etcd.endpoint, "10.96.0.0/24").await;
+        let yaml = service("web", "  type: NodePort\n  ports: [{port: 80}]");
+        let made = create(&s, parse(&yaml)).await.expect("create");
+        assert_eq!(made[0].action, "created");
+        let before = spec_of(&s, "web").await;
+        // the same name again, asking for other ports: refused, the stored one untouched
+        let other = service("web", "  type: NodePort\n  ports: [{port: 81}]");
+        match create(&s, parse(&other)).await {
+            Err(ApiError::AlreadyExists {
+                kind,
+                namespace,
+                name,
+            }) => assert_eq!(
+                (kind.as_str(), namespace.as_deref(), name.as_str()),
+                ("Service", Some("default"), "web")
+            ),
+            other => panic!("not AlreadyExists: {other:?}"),
+        }
+        assert_eq!(spec_of(&s, "web").await, before);
+        let ns = parse("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: default\n");
+        assert!(matches!(
+            create(&s, ns).await,
+            Err(ApiError::AlreadyExists { .. })
+        ));
+        // apply still updates
+        assert_eq!(
+            apply(&s, parse(&other)).await.expect("apply")[0].action,
+            "configured"
+        );
+    });
+}
