@@ -48,21 +48,22 @@ struct Kubectl {
 }
 
 impl Kubectl {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
-            .env("KUBECONFIG", &self.kubeconfig)
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env("KUBECONFIG", &self.kubeconfig)
             .arg(format!("--cache-dir={}", self.cache.path().display()))
-            .args(args)
-            .output()
-            .expect("run kubectl")
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run kubectl")
     }
 
     /// A kubectl left running (`get -w`), its stdout lines sent to the receiver; killed on drop.
     fn spawn(&self, args: &[&str]) -> Running {
-        let mut child = Command::new(&self.bin)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .arg(format!("--cache-dir={}", self.cache.path().display()))
-            .args(args)
+        let mut child = self
+            .command(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -86,10 +87,8 @@ impl Kubectl {
     /// kubectl with `input` on stdin.
     fn run_stdin(&self, args: &[&str], input: &str) -> Output {
         use std::io::Write;
-        let mut child = Command::new(&self.bin)
-            .env("KUBECONFIG", &self.kubeconfig)
-            .arg(format!("--cache-dir={}", self.cache.path().display()))
-            .args(args)
+        let mut child = self
+            .command(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -313,10 +312,8 @@ fn kubectl_gets_a_pod_applied_with_flatnet() {
     );
 
     // kubectl wait --for=delete sees a delete made with flatnet
-    let waiter = Command::new(&k.bin)
-        .env("KUBECONFIG", &k.kubeconfig)
-        .arg(format!("--cache-dir={}", k.cache.path().display()))
-        .args(["wait", "--for=delete", "pod/web", "--timeout=60s"])
+    let waiter = k
+        .command(&["wait", "--for=delete", "pod/web", "--timeout=60s"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -133,38 +133,30 @@ pub fn status(code: u16, reason: &str, message: &str, details: Option<Value>) ->
     s
 }
 
+/// A failure about one object, worded as kube-apiserver does: `pods "web" not found`.
+fn about(code: u16, reason: &str, kind: &str, name: &str, what: &str) -> (u16, Value) {
+    let plural = Kind::from_kind_field(kind)
+        .map(|k| k.plural())
+        .unwrap_or(kind);
+    (
+        code,
+        status(
+            code,
+            reason,
+            &format!("{plural} \"{name}\" {what}"),
+            Some(json!({"name": name, "kind": plural})),
+        ),
+    )
+}
+
 /// The `Status` (and HTTP code) for a registry error: 404 NotFound and 409 AlreadyExists
 /// naming the object as kube-apiserver does (`pods "web" not found`), 422 Invalid for what the
 /// registry refused, 503 when etcd does not answer, 500 otherwise.
 pub fn api_error(e: &ApiError) -> (u16, Value) {
     match e {
-        ApiError::NotFound { kind, name, .. } => {
-            let plural = Kind::from_kind_field(kind)
-                .map(|k| k.plural())
-                .unwrap_or(kind.as_str());
-            (
-                404,
-                status(
-                    404,
-                    "NotFound",
-                    &format!("{plural} \"{name}\" not found"),
-                    Some(json!({"name": name, "kind": plural})),
-                ),
-            )
-        }
+        ApiError::NotFound { kind, name, .. } => about(404, "NotFound", kind, name, "not found"),
         ApiError::AlreadyExists { kind, name, .. } => {
-            let plural = Kind::from_kind_field(kind)
-                .map(|k| k.plural())
-                .unwrap_or(kind.as_str());
-            (
-                409,
-                status(
-                    409,
-                    "AlreadyExists",
-                    &format!("{plural} \"{name}\" already exists"),
-                    Some(json!({"name": name, "kind": plural})),
-                ),
-            )
+            about(409, "AlreadyExists", kind, name, "already exists")
         }
         // Refused by the registry's validation or allocation (a missing namespace, a taken
         // clusterIP): nothing was written.
